@@ -1,0 +1,313 @@
+//! The artifact proxy (`/api/2.0/mlflow-artifacts/artifacts/...`) over an [`object_store`]: the
+//! local disk by default, or a GCS bucket. Bodies stream in both directions, so a file of any
+//! size passes through in bounded memory.
+//!
+//! Path safety: the request path is percent-decoded exactly once (by the router) and then split
+//! into segments; any empty, `.` or `..` segment, a backslash or a NUL is refused with a 400
+//! before the store is touched. object_store encodes each segment again on its side, so even a
+//! literal `%2e%2e` that survived as a name stays a name inside the root.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::MlflowState;
+use crate::error::{MlflowError, MlflowResult};
+
+/// Where artifacts are kept: a root inside an object store.
+#[derive(Debug, Clone)]
+pub struct ArtifactRepo {
+    store: Arc<dyn ObjectStore>,
+    /// Prefix inside the store (empty for a local directory; the bucket prefix for GCS).
+    prefix: Vec<String>,
+    /// Human-readable location for logs.
+    location: String,
+}
+
+/// Errors of artifact configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactConfigError {
+    /// The destination could not be opened.
+    #[error("cannot open artifact destination {0}: {1}")]
+    Open(String, String),
+}
+
+impl ArtifactRepo {
+    /// Opens a destination: a local directory (created if missing), or `gs://bucket/prefix`
+    /// (credentials from the environment, as object_store's GCS builder reads them).
+    pub fn open(destination: &str) -> Result<Self, ArtifactConfigError> {
+        let fail = |e: &dyn std::fmt::Display| ArtifactConfigError::Open(destination.to_owned(), e.to_string());
+        if let Some(rest) = destination.strip_prefix("gs://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| fail(&e))?;
+            let prefix = prefix.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+            return Ok(Self { store: Arc::new(store), prefix, location: destination.to_owned() });
+        }
+        std::fs::create_dir_all(destination).map_err(|e| fail(&e))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(destination).map_err(|e| fail(&e))?;
+        Ok(Self { store: Arc::new(store), prefix: vec![], location: destination.to_owned() })
+    }
+
+    /// Where the artifacts are, for logs.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn store_path(&self, segments: &[&str]) -> StorePath {
+        StorePath::from_iter(self.prefix.iter().map(String::as_str).chain(segments.iter().copied()))
+    }
+
+    /// Lists one level under `dir`: `(name, is_dir, size)`, names relative to `dir`.
+    pub async fn list(&self, dir: &[&str]) -> MlflowResult<Vec<(String, bool, Option<u64>)>> {
+        let prefix = self.store_path(dir);
+        let listing = match self.store.list_with_delimiter(Some(&prefix)).await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(vec![]),
+            Err(e) => return Err(MlflowError::internal(&e)),
+        };
+        let name_of = |p: &StorePath| {
+            p.filename().map(|f| percent_encoding::percent_decode_str(f).decode_utf8_lossy().into_owned())
+        };
+        let mut out: Vec<(String, bool, Option<u64>)> = Vec::new();
+        for d in &listing.common_prefixes {
+            if let Some(name) = name_of(d) {
+                out.push((name, true, None));
+            }
+        }
+        for o in &listing.objects {
+            if let Some(name) = name_of(&o.location) {
+                out.push((name, false, Some(o.size)));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Splits and checks an artifact path. `..`, `.`, empty segments (`a//b`, a leading `/`),
+/// backslashes and NULs are refused, however they were encoded on the wire.
+pub fn safe_segments(path: &str) -> MlflowResult<Vec<&str>> {
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    if trimmed.is_empty() {
+        return Ok(vec![]);
+    }
+    let invalid = || MlflowError::invalid(format!("Invalid path: '{path}'. Artifact paths are relative and may not contain '..', '.', '\\' or empty segments."));
+    if trimmed.contains(['\\', '\0']) {
+        return Err(invalid());
+    }
+    let segments: Vec<&str> = trimmed.split('/').collect();
+    if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
+        return Err(invalid());
+    }
+    Ok(segments)
+}
+
+/// `PUT /api/2.0/mlflow-artifacts/artifacts/<path>`: streams the body into the store.
+/// The object appears only when the upload completes (a temporary file is renamed, or the GCS
+/// resumable upload is finalised), so a broken upload never leaves a truncated artifact.
+pub async fn upload_artifact(
+    State(s): State<MlflowState>,
+    UrlPath(path): UrlPath<String>,
+    body: Body,
+) -> MlflowResult<Json<Value>> {
+    let segments = safe_segments(&path)?;
+    if segments.is_empty() {
+        return Err(MlflowError::invalid("An artifact upload needs a file path"));
+    }
+    let repo = &s.artifacts;
+    let location = repo.store_path(&segments);
+    let upload = repo.store.put_multipart(&location).await.map_err(|e| MlflowError::internal(&e))?;
+    let mut writer = WriteMultipart::new(upload);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => {
+                // Bound the parts in flight: memory stays at a few chunks whatever the size.
+                if let Err(e) = writer.wait_for_capacity(4).await {
+                    return Err(MlflowError::internal(&e));
+                }
+                writer.put(bytes);
+            }
+            Err(e) => {
+                let _ = writer.abort().await;
+                return Err(MlflowError::invalid(format!("the upload was interrupted: {e}")));
+            }
+        }
+    }
+    writer.finish().await.map_err(|e| MlflowError::internal(&e))?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /api/2.0/mlflow-artifacts/artifacts/<path>`: streams a file.
+pub async fn download_artifact(State(s): State<MlflowState>, UrlPath(path): UrlPath<String>) -> Response {
+    match download(&s, &path).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn download(s: &MlflowState, path: &str) -> MlflowResult<Response> {
+    let segments = safe_segments(path)?;
+    if segments.is_empty() {
+        return Err(MlflowError::not_found("No artifact path given"));
+    }
+    let repo = &s.artifacts;
+    let got = match repo.store.get(&repo.store_path(&segments)).await {
+        Ok(g) => g,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(MlflowError::not_found(format!("Artifact '{path}' does not exist")));
+        }
+        Err(e) => return Err(MlflowError::internal(&e)),
+    };
+    let size = got.meta.size;
+    let name = segments.last().copied().unwrap_or("artifact");
+    let mime = mime_guess::from_path(name).first_or_octet_stream();
+    let stream = got.into_stream().map_err(std::io::Error::other);
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(mime.essence_str()) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    let disposition = format!(
+        "attachment; filename*=UTF-8''{}",
+        percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+    );
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
+}
+
+/// `?path=` of the proxy's listing route.
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    path: Option<String>,
+}
+
+fn files_json(entries: Vec<(String, bool, Option<u64>)>, prefix: &str) -> Vec<Value> {
+    entries
+        .into_iter()
+        .map(|(name, is_dir, size)| {
+            let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            match size {
+                Some(size) if !is_dir => json!({ "path": path, "is_dir": false, "file_size": size }),
+                _ => json!({ "path": path, "is_dir": true }),
+            }
+        })
+        .collect()
+}
+
+/// `GET /api/2.0/mlflow-artifacts/artifacts?path=<dir>`: one level, names relative to `dir`.
+pub async fn list_artifacts(State(s): State<MlflowState>, Query(q): Query<ListQuery>) -> MlflowResult<Json<Value>> {
+    let path = q.path.unwrap_or_default();
+    let segments = safe_segments(&path)?;
+    let entries = s.artifacts.list(&segments).await?;
+    if entries.is_empty() {
+        return Ok(Json(json!({})));
+    }
+    Ok(Json(json!({ "files": files_json(entries, "") })))
+}
+
+/// `DELETE /api/2.0/mlflow-artifacts/artifacts/<path>`: a file, or a directory recursively.
+pub async fn delete_artifact(
+    State(s): State<MlflowState>,
+    UrlPath(path): UrlPath<String>,
+) -> MlflowResult<Json<Value>> {
+    let segments = safe_segments(&path)?;
+    if segments.is_empty() {
+        return Err(MlflowError::invalid("Refusing to delete the artifact root"));
+    }
+    let repo = &s.artifacts;
+    let location = repo.store_path(&segments);
+    match repo.store.delete(&location).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        // A directory on the local disk cannot be deleted as an object; its files are below.
+        Err(_) => {}
+    }
+    let mut children = repo.store.list(Some(&location));
+    while let Some(meta) = children.next().await {
+        let meta = meta.map_err(|e| MlflowError::internal(&e))?;
+        match repo.store.delete(&meta.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(MlflowError::internal(&e)),
+        }
+    }
+    Ok(Json(json!({})))
+}
+
+/// `GET /api/2.0/mlflow/artifacts/list?run_id=&path=`: the tracking API's listing, with paths
+/// relative to the run's artifact root and that root as `root_uri`.
+#[derive(Deserialize)]
+pub struct RunArtifactsQuery {
+    run_id: Option<String>,
+    run_uuid: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+/// Lists a run's artifacts through the tracking API.
+pub async fn list_run_artifacts(
+    State(s): State<MlflowState>,
+    Query(q): Query<RunArtifactsQuery>,
+) -> MlflowResult<Json<Value>> {
+    let run_id = q
+        .run_id
+        .filter(|r| !r.is_empty())
+        .or(q.run_uuid.filter(|r| !r.is_empty()))
+        .ok_or_else(|| MlflowError::missing("run_id"))?;
+    let run = s.store.get_run(&run_id).await?;
+    let root_uri = run.info.artifact_uri.clone();
+    let rel = q.path.unwrap_or_default();
+    let rel_segments = safe_segments(&rel)?;
+    // Only runs whose artifacts go through this proxy can be listed here.
+    let Some(root) = root_uri.strip_prefix("mlflow-artifacts:") else {
+        return Ok(Json(json!({ "root_uri": root_uri })));
+    };
+    let root = root.trim_start_matches('/');
+    let mut segments = safe_segments(root)?;
+    segments.extend(rel_segments.iter().copied());
+    let entries = s.artifacts.list(&segments).await?;
+    let prefix = rel_segments.join("/");
+    let mut out = serde_json::Map::new();
+    out.insert("root_uri".into(), json!(root_uri));
+    if !entries.is_empty() {
+        out.insert("files".into(), json!(files_json(entries, &prefix)));
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+/// Status for an unsupported method on the proxy.
+pub async fn method_not_allowed() -> StatusCode {
+    StatusCode::METHOD_NOT_ALLOWED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_is_refused() {
+        for bad in ["../x", "a/../b", "..", "/etc/passwd", "a//b", "a\\..\\b", "./a", "a/./b", "a\0b"] {
+            assert!(safe_segments(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(safe_segments("1/abc/artifacts/m.txt").unwrap(), vec!["1", "abc", "artifacts", "m.txt"]);
+        assert_eq!(safe_segments("").unwrap(), Vec::<&str>::new());
+        assert_eq!(safe_segments("dir/").unwrap(), vec!["dir"]);
+        // A literal `%2e%2e` (double-encoded on the wire) is a plain name, not a parent reference.
+        assert_eq!(safe_segments("%2e%2e/x").unwrap(), vec!["%2e%2e", "x"]);
+    }
+}

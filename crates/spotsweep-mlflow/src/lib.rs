@@ -1,0 +1,99 @@
+//! The MLflow tracking protocol as the MLflow 3.x Python client uses it: wire types, request
+//! parsing, validation, and the axum routes for `/api/2.0/mlflow`, its `/ajax-api` twin, the
+//! artifact proxy (`/api/2.0/mlflow-artifacts`) and `/api/3.0/mlflow/server-info`.
+//!
+//! Depends on the store (through its traits) and on the core's search grammar; must not know
+//! about authentication, sweeps or the daemon's own `/api/v1` (the server wraps these routes).
+
+pub mod artifacts;
+pub mod error;
+pub mod extract;
+mod names;
+pub mod tracking;
+pub mod validation;
+pub mod wire;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use spotsweep_store::TrackingStore;
+
+pub use artifacts::ArtifactRepo;
+pub use error::{ErrorCode, MlflowError};
+
+/// What the MLflow handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct MlflowState {
+    /// Experiments, runs and metrics.
+    pub store: Arc<dyn TrackingStore>,
+    /// Where artifact bytes live (local disk or a bucket).
+    pub artifacts: Arc<ArtifactRepo>,
+    /// The artifact root new experiments get (`mlflow-artifacts:`, so the client uploads
+    /// through this server's proxy).
+    pub default_artifact_root: String,
+}
+
+impl MlflowState {
+    /// State with the proxy's artifact root, as `mlflow server --serve-artifacts` has it.
+    pub fn new(store: Arc<dyn TrackingStore>, artifacts: Arc<ArtifactRepo>) -> Self {
+        Self { store, artifacts, default_artifact_root: "mlflow-artifacts:".into() }
+    }
+}
+
+/// The tracking endpoints, relative to `/api/2.0/mlflow` (and `/ajax-api/2.0/mlflow`).
+fn tracking_routes() -> Router<MlflowState> {
+    use tracking::*;
+    Router::new()
+        .route("/experiments/create", post(create_experiment))
+        .route("/experiments/get", get(get_experiment))
+        .route("/experiments/get-by-name", get(get_experiment_by_name))
+        .route("/experiments/search", get(search_experiments).post(search_experiments))
+        .route("/experiments/update", post(update_experiment))
+        .route("/experiments/delete", post(delete_experiment))
+        .route("/experiments/restore", post(restore_experiment))
+        .route("/experiments/set-experiment-tag", post(set_experiment_tag))
+        .route("/experiments/delete-experiment-tag", post(delete_experiment_tag))
+        .route("/runs/create", post(create_run))
+        .route("/runs/get", get(get_run))
+        .route("/runs/update", post(update_run))
+        .route("/runs/delete", post(delete_run))
+        .route("/runs/restore", post(restore_run))
+        .route("/runs/log-metric", post(log_metric))
+        .route("/runs/log-parameter", post(log_param))
+        .route("/runs/set-tag", post(set_tag))
+        .route("/runs/delete-tag", post(delete_tag))
+        .route("/runs/log-batch", post(log_batch))
+        .route("/runs/log-inputs", post(log_inputs))
+        .route("/runs/search", post(search_runs).get(search_runs))
+        .route("/metrics/get-history", get(get_metric_history))
+        .route("/metrics/get-history-bulk-interval", get(get_history_bulk_interval))
+        .route("/artifacts/list", get(artifacts::list_run_artifacts))
+        .route("/logged-models/search", post(search_logged_models))
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+}
+
+/// The artifact proxy, relative to `/api/2.0/mlflow-artifacts`. Bodies stream: no size limit.
+fn artifact_routes() -> Router<MlflowState> {
+    use artifacts::*;
+    Router::new().route("/artifacts", get(list_artifacts)).route(
+        "/artifacts/{*path}",
+        get(download_artifact).put(upload_artifact).delete(delete_artifact),
+    )
+}
+
+/// Every MLflow route, under both the REST and the UI (`/ajax-api`) prefixes.
+pub fn router(state: MlflowState) -> Router {
+    let ui_only = Router::new()
+        .route("/metrics/get-history-bulk", get(tracking::get_history_bulk))
+        .route("/metrics/get-history-bulk-interval", get(tracking::get_history_bulk_interval));
+    Router::new()
+        .nest("/api/2.0/mlflow", tracking_routes())
+        .nest("/ajax-api/2.0/mlflow", tracking_routes().merge(ui_only))
+        .nest("/api/2.0/mlflow-artifacts", artifact_routes())
+        .nest("/ajax-api/2.0/mlflow-artifacts", artifact_routes())
+        .route("/api/3.0/mlflow/server-info", get(tracking::server_info))
+        .route("/ajax-api/3.0/mlflow/server-info", get(tracking::server_info))
+        .with_state(state)
+}

@@ -1,0 +1,110 @@
+//! Persistence for spotsweep: the MLflow tracking tables and the daemon's API tokens (later:
+//! sweeps, trials, leases, agents, pools, VMs and the cost ledger).
+//!
+//! The API is two object-safe traits, [`TrackingStore`] and [`TokenStore`], over plain domain
+//! types ([`model`]); [`SqliteStore`] implements both on one SQLite file in WAL mode, and a
+//! PostgreSQL backend can implement the same traits later. Every acknowledged write is one
+//! transaction. Filters arrive as the typed predicates of [`spotsweep_core::search`] and are
+//! translated into SQL with bound parameters only.
+//!
+//! Must not depend on axum or on the MLflow wire format: validation of the protocol's rules
+//! (key syntax, lengths) belongs to the mlflow crate, which calls this one.
+
+pub mod model;
+mod sqlite;
+
+use async_trait::async_trait;
+
+pub use model::*;
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// What can go wrong in the store. `NotFound`, `AlreadyExists` and `Invalid` carry messages
+/// meant for the API's caller; `Busy` means "try again"; `Internal` is logged, not shown.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The addressed entity does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A unique name is taken.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request conflicts with stored state (e.g. changing an immutable param, writing to a
+    /// deleted run).
+    #[error("{0}")]
+    Invalid(String),
+    /// The database is overloaded or locked; the caller may retry.
+    #[error("the database is busy, retry shortly")]
+    Busy,
+    /// The database refuses to open (e.g. written by a newer spotsweep).
+    #[error("{0}")]
+    Incompatible(String),
+    /// Anything else (I/O, corruption, a bug).
+    #[error("database error: {0}")]
+    Internal(#[from] sqlx::Error),
+}
+
+/// Shorthand for this crate's results.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Experiments, runs, params, metrics, tags and dataset inputs: what the MLflow protocol needs.
+#[async_trait]
+pub trait TrackingStore: Send + Sync + 'static {
+    /// Creates an experiment; its `artifact_location` defaults to `<default_root>/<id>`.
+    async fn create_experiment(&self, new: NewExperiment) -> Result<i64>;
+    /// One experiment with its tags.
+    async fn get_experiment(&self, experiment_id: i64) -> Result<Experiment>;
+    /// One experiment by exact name, deleted ones included.
+    async fn get_experiment_by_name(&self, name: &str) -> Result<Experiment>;
+    /// Renames an experiment; the new name must be free.
+    async fn rename_experiment(&self, experiment_id: i64, new_name: &str) -> Result<()>;
+    /// Soft-deletes or restores an experiment together with all its runs.
+    async fn set_experiment_lifecycle(&self, experiment_id: i64, stage: LifecycleStage) -> Result<()>;
+    /// Sets (inserts or overwrites) an experiment tag.
+    async fn set_experiment_tag(&self, experiment_id: i64, key: &str, value: &str) -> Result<()>;
+    /// Deletes an experiment tag; `NotFound` when the key is absent.
+    async fn delete_experiment_tag(&self, experiment_id: i64, key: &str) -> Result<()>;
+    /// Experiments matching a filter, ordered and paged.
+    async fn search_experiments(&self, query: &ExperimentQuery) -> Result<Page<Experiment>>;
+
+    /// Creates a run in an active experiment.
+    async fn create_run(&self, new: NewRun) -> Result<Run>;
+    /// One run with its latest metrics, params, tags and inputs (deleted runs too).
+    async fn get_run(&self, run_id: &str) -> Result<Run>;
+    /// Changes a run's status, end time or name.
+    async fn update_run(&self, run_id: &str, update: RunUpdate) -> Result<RunInfo>;
+    /// Soft-deletes or restores a run.
+    async fn set_run_lifecycle(&self, run_id: &str, stage: LifecycleStage) -> Result<()>;
+    /// Logs metrics, params and tags to an active run, all or nothing.
+    async fn log_batch(&self, run_id: &str, batch: Batch) -> Result<()>;
+    /// Deletes a run tag; `NotFound` when the key is absent.
+    async fn delete_run_tag(&self, run_id: &str, key: &str) -> Result<()>;
+    /// Records dataset inputs of a run.
+    async fn log_inputs(&self, run_id: &str, inputs: Vec<DatasetInput>) -> Result<()>;
+    /// Runs matching a filter, ordered and paged.
+    async fn search_runs(&self, query: &RunQuery) -> Result<Page<Run>>;
+    /// One page of a metric's history in history order; an unknown run or key is empty.
+    async fn metric_history(&self, run_id: &str, key: &str, offset: u64, limit: u32) -> Result<Page<Metric>>;
+    /// Metric points of several runs, down-sampled to at most `max_results` steps per run, always
+    /// keeping the first and last step in range. Returns `(run_id, metric)` in run, step order.
+    async fn metric_history_bulk_interval(
+        &self,
+        run_ids: &[String],
+        key: &str,
+        start_step: Option<i64>,
+        end_step: Option<i64>,
+        max_results: usize,
+    ) -> Result<Vec<(String, Metric)>>;
+}
+
+/// API tokens: stored as SHA-256 hashes, never as secrets.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// Stores a new token's hash and returns its record.
+    async fn create_token(&self, name: &str, token_hash: &str) -> Result<ApiToken>;
+    /// Every token that is not revoked.
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>>;
+    /// Revokes a token; `NotFound` if it does not exist or is already revoked.
+    async fn revoke_token(&self, id: &str) -> Result<()>;
+    /// The hashes of every live token (loaded once at start to check requests from memory).
+    async fn live_token_hashes(&self) -> Result<Vec<String>>;
+}

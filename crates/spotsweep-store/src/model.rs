@@ -1,0 +1,289 @@
+//! Domain types of the tracking store, independent of any wire format.
+
+use spotsweep_core::search::{ExperimentOrderBy, ExperimentPredicate, RunOrderBy, RunPredicate};
+
+/// Whether an experiment or run is visible (`active`) or soft-deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleStage {
+    /// Visible.
+    Active,
+    /// Soft-deleted: hidden from default searches, refuses writes.
+    Deleted,
+}
+
+impl LifecycleStage {
+    /// The stored and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Deleted => "deleted",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Self {
+        if s == "deleted" { Self::Deleted } else { Self::Active }
+    }
+}
+
+/// Which lifecycle stages a search returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ViewType {
+    /// Active only (the default).
+    #[default]
+    ActiveOnly,
+    /// Deleted only.
+    DeletedOnly,
+    /// Both.
+    All,
+}
+
+/// A run's status, as MLflow spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Running.
+    Running,
+    /// Scheduled.
+    Scheduled,
+    /// Finished.
+    Finished,
+    /// Failed.
+    Failed,
+    /// Killed.
+    Killed,
+}
+
+impl RunStatus {
+    /// The stored and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "RUNNING",
+            Self::Scheduled => "SCHEDULED",
+            Self::Finished => "FINISHED",
+            Self::Failed => "FAILED",
+            Self::Killed => "KILLED",
+        }
+    }
+
+    /// Parses MLflow's spelling; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "RUNNING" => Self::Running,
+            "SCHEDULED" => Self::Scheduled,
+            "FINISHED" => Self::Finished,
+            "FAILED" => Self::Failed,
+            "KILLED" => Self::Killed,
+            _ => return None,
+        })
+    }
+}
+
+/// A key and a string value (params, tags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+}
+
+/// One metric point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    /// The metric key.
+    pub key: String,
+    /// The value; NaN is preserved, ±infinity is stored as ±`f64::MAX` like the reference.
+    pub value: f64,
+    /// Milliseconds since the epoch.
+    pub timestamp: i64,
+    /// The step.
+    pub step: i64,
+}
+
+/// An experiment with its tags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Experiment {
+    /// Numeric id (the wire sends it as a decimal string).
+    pub experiment_id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Where its runs' artifacts live.
+    pub artifact_location: String,
+    /// Active or deleted.
+    pub lifecycle_stage: LifecycleStage,
+    /// Milliseconds since the epoch.
+    pub creation_time: i64,
+    /// Milliseconds since the epoch.
+    pub last_update_time: i64,
+    /// Tags, by key.
+    pub tags: Vec<KeyValue>,
+}
+
+/// What `create_experiment` needs.
+#[derive(Debug, Clone)]
+pub struct NewExperiment {
+    /// Unique name.
+    pub name: String,
+    /// Explicit artifact location, or `None` for `<artifact_root>/<id>`.
+    pub artifact_location: Option<String>,
+    /// Default artifact root (e.g. `mlflow-artifacts:`), used when no location is given.
+    pub artifact_root: String,
+    /// Initial tags.
+    pub tags: Vec<KeyValue>,
+    /// Creation time in ms.
+    pub now: i64,
+}
+
+/// A run's metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    /// 32 lowercase hex characters.
+    pub run_id: String,
+    /// The experiment's id.
+    pub experiment_id: i64,
+    /// The run's name.
+    pub run_name: String,
+    /// The user, or "".
+    pub user_id: String,
+    /// Status.
+    pub status: RunStatus,
+    /// Milliseconds since the epoch.
+    pub start_time: i64,
+    /// Milliseconds since the epoch, once ended.
+    pub end_time: Option<i64>,
+    /// Where its artifacts live.
+    pub artifact_uri: String,
+    /// Active or deleted.
+    pub lifecycle_stage: LifecycleStage,
+}
+
+/// A dataset input of a run (`runs/log-inputs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetInput {
+    /// Dataset name.
+    pub name: String,
+    /// Dataset digest.
+    pub digest: String,
+    /// Source type (e.g. `local`).
+    pub source_type: String,
+    /// Source (JSON text).
+    pub source: String,
+    /// Schema (JSON text).
+    pub schema: Option<String>,
+    /// Profile (JSON text).
+    pub profile: Option<String>,
+    /// Input tags (e.g. `mlflow.data.context`).
+    pub tags: Vec<KeyValue>,
+}
+
+impl DatasetInput {
+    /// The `mlflow.data.context` input tag, which `datasets.context` filters on.
+    pub fn context(&self) -> Option<&str> {
+        self.tags.iter().find(|t| t.key == "mlflow.data.context").map(|t| t.value.as_str())
+    }
+}
+
+/// A run with its data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Metadata.
+    pub info: RunInfo,
+    /// The latest value of each metric.
+    pub metrics: Vec<Metric>,
+    /// Params.
+    pub params: Vec<KeyValue>,
+    /// Tags.
+    pub tags: Vec<KeyValue>,
+    /// Dataset inputs.
+    pub inputs: Vec<DatasetInput>,
+}
+
+/// What `create_run` needs.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// The experiment to create it in.
+    pub experiment_id: i64,
+    /// 32 lowercase hex characters, chosen by the caller.
+    pub run_id: String,
+    /// The name (already resolved from the request, the tag or a generated one).
+    pub run_name: String,
+    /// The user, or "".
+    pub user_id: String,
+    /// Start time in ms.
+    pub start_time: i64,
+    /// Initial tags (already including `mlflow.runName`).
+    pub tags: Vec<KeyValue>,
+}
+
+/// What `update_run` may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct RunUpdate {
+    /// New status.
+    pub status: Option<RunStatus>,
+    /// New end time.
+    pub end_time: Option<i64>,
+    /// New name (also rewrites the `mlflow.runName` tag).
+    pub run_name: Option<String>,
+}
+
+/// A validated batch of writes to one run.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Metric points.
+    pub metrics: Vec<Metric>,
+    /// Params (immutable once logged).
+    pub params: Vec<KeyValue>,
+    /// Tags (last write wins).
+    pub tags: Vec<KeyValue>,
+}
+
+/// A page of results and where the next one starts.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// The offset of the next page, `None` on the last page.
+    pub next_offset: Option<u64>,
+}
+
+/// A runs search.
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    /// Experiments to search in.
+    pub experiment_ids: Vec<i64>,
+    /// AND-ed predicates.
+    pub filter: Vec<RunPredicate>,
+    /// Sort keys, before the implicit `start_time DESC, run_id ASC`.
+    pub order_by: Vec<RunOrderBy>,
+    /// Lifecycle stages to include.
+    pub view: ViewType,
+    /// Page size.
+    pub limit: u32,
+    /// Rows to skip.
+    pub offset: u64,
+}
+
+/// An experiments search.
+#[derive(Debug, Clone, Default)]
+pub struct ExperimentQuery {
+    /// AND-ed predicates.
+    pub filter: Vec<ExperimentPredicate>,
+    /// Sort keys; empty means `creation_time DESC, experiment_id ASC`.
+    pub order_by: Vec<ExperimentOrderBy>,
+    /// Lifecycle stages to include.
+    pub view: ViewType,
+    /// Page size.
+    pub limit: u32,
+    /// Rows to skip.
+    pub offset: u64,
+}
+
+/// An API token's record (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Stable id, used to revoke it.
+    pub id: String,
+    /// A label chosen by whoever created it.
+    pub name: String,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}

@@ -1,0 +1,141 @@
+//! The SQLite backend: one file in WAL mode, one writer connection, a small pool of readers.
+//!
+//! Why one writer: SQLite allows one writer at a time anyway; funnelling every write through one
+//! connection turns lock contention ("database is locked", the reference server's classic
+//! failure under concurrent loggers) into a short queue in the pool. Readers never block on it
+//! thanks to WAL. `synchronous = NORMAL` in WAL mode makes a commit durable against a crash of
+//! the process (`kill -9`): the WAL frame is in the OS page cache before `COMMIT` returns. Only a
+//! power loss can lose the last transactions, which is the trade every WAL database makes.
+
+mod search;
+mod tokens;
+mod tracking;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::{Result, StoreError};
+
+/// The migrations, embedded at compile time from `migrations/sqlite`.
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// How to open a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// The database file; created if missing.
+    pub path: PathBuf,
+    /// Read connections in the pool (reads run in parallel with the one writer).
+    pub readers: u32,
+}
+
+impl SqliteOptions {
+    /// Defaults for a file: four readers.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), readers: 4 }
+    }
+}
+
+/// The SQLite store. Cheap to share behind an `Arc`; [`SqliteStore::close`] it on shutdown.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// Exactly one connection: every write transaction runs here, one at a time.
+    writer: SqlitePool,
+    /// Read-only connections for queries.
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database. Refuses a database whose schema is
+    /// newer than this binary knows, rather than guessing at it.
+    pub async fn open(options: &SqliteOptions) -> Result<Self> {
+        let connect = connect_options(&options.path)?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            // Writes queue here for a while under load; past this the request answers 503.
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(connect.clone())
+            .await?;
+        refuse_newer_schema(&writer).await?;
+        MIGRATOR.run(&writer).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => StoreError::Internal(e),
+            other => StoreError::Incompatible(format!("cannot migrate the database: {other}")),
+        })?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.readers.max(1))
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(connect.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes every connection, checkpointing the WAL. Waits for in-flight queries.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    /// Starts a write transaction on the writer connection. `BEGIN IMMEDIATE` takes the write
+    /// lock up front, so a transaction never fails half-way on a lock upgrade.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)
+    }
+}
+
+fn connect_options(path: &Path) -> Result<SqliteConnectOptions> {
+    let url = format!("sqlite://{}", path.display());
+    let options = SqliteConnectOptions::from_str(&url)
+        .map_err(|e| StoreError::Incompatible(format!("bad database path {}: {e}", path.display())))?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true)
+        // MLflow's LIKE is case-sensitive; ILIKE is spelled LOWER(x) LIKE LOWER(y).
+        .pragma("case_sensitive_like", "ON");
+    Ok(options)
+}
+
+/// A database written by a newer spotsweep has migrations this binary does not know. sqlx would
+/// report a missing migration; say what it means instead.
+async fn refuse_newer_schema(pool: &SqlitePool) -> Result<()> {
+    let exists: Option<(String,)> =
+        sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+            .fetch_optional(pool)
+            .await?;
+    if exists.is_none() {
+        return Ok(());
+    }
+    let (applied,): (Option<i64>,) =
+        sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?;
+    let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    match applied {
+        Some(applied) if applied > known => Err(StoreError::Incompatible(format!(
+            "the database schema is version {applied}, newer than this spotsweep binary knows \
+             (up to {known}); run a newer spotsweep, or restore a backup made by this version"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Maps sqlx errors: lock contention and pool exhaustion become `Busy` (a 503 the client
+/// retries), everything else stays internal.
+pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::PoolTimedOut => StoreError::Busy,
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6" | "517" | "261")) => {
+            StoreError::Busy
+        }
+        _ => StoreError::Internal(e),
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,238 @@
+//! Translation of the typed search predicates into SQL. Every user-supplied value is a bound
+//! parameter; the only text spliced into the statement is chosen here from fixed column names,
+//! operators and generated aliases.
+
+use sqlx::{QueryBuilder, Sqlite};
+
+use spotsweep_core::search::{
+    DatasetField, ExperimentAttribute, ExperimentPredicate, NumOp, RunAttribute, RunOrderKey, RunPredicate,
+    StrOp, StringCondition,
+};
+
+use super::tracking::{json_ids, json_strings};
+use crate::{ExperimentQuery, RunQuery, ViewType};
+
+fn num_op(op: NumOp) -> &'static str {
+    match op {
+        NumOp::Eq => " = ",
+        NumOp::Ne => " != ",
+        NumOp::Lt => " < ",
+        NumOp::Le => " <= ",
+        NumOp::Gt => " > ",
+        NumOp::Ge => " >= ",
+    }
+}
+
+/// Pushes `<column> op ?` for a string comparison. `LIKE` is case-sensitive on our connections
+/// (`PRAGMA case_sensitive_like`); `ILIKE` lowers both sides.
+fn push_str_cmp(qb: &mut QueryBuilder<Sqlite>, column: &str, op: StrOp, value: &str) {
+    match op {
+        StrOp::Eq => qb.push(column).push(" = ").push_bind(value.to_owned()),
+        StrOp::Ne => qb.push(column).push(" != ").push_bind(value.to_owned()),
+        StrOp::Like => qb.push(column).push(" LIKE ").push_bind(value.to_owned()),
+        StrOp::ILike => qb.push("LOWER(").push(column).push(") LIKE LOWER(").push_bind(value.to_owned()).push(")"),
+    };
+}
+
+fn run_attr_column(attr: RunAttribute) -> &'static str {
+    match attr {
+        RunAttribute::RunId => "r.run_uuid",
+        RunAttribute::Status => "r.status",
+        RunAttribute::RunName => "r.name",
+        RunAttribute::UserId => "r.user_id",
+        RunAttribute::ArtifactUri => "r.artifact_uri",
+        RunAttribute::StartTime => "r.start_time",
+        RunAttribute::EndTime => "r.end_time",
+    }
+}
+
+fn dataset_column(field: DatasetField) -> &'static str {
+    match field {
+        DatasetField::Name => "d.name",
+        DatasetField::Digest => "d.digest",
+        DatasetField::Context => "d.context",
+    }
+}
+
+/// `EXISTS (SELECT 1 FROM <table> x WHERE x.run_id = r.id AND x.key = ? AND <cond>)` for params
+/// and tags; a comparison needs the key to exist (so `!=` never matches a run without it).
+fn push_kv_condition(qb: &mut QueryBuilder<Sqlite>, table: &str, key: &str, cond: &StringCondition) {
+    let negate = matches!(cond, StringCondition::IsNull);
+    qb.push(if negate { "NOT EXISTS (SELECT 1 FROM " } else { "EXISTS (SELECT 1 FROM " });
+    qb.push(table).push(" x WHERE x.run_id = r.id AND x.key = ").push_bind(key.to_owned());
+    if let StringCondition::Compare(op, value) = cond {
+        qb.push(" AND ");
+        push_str_cmp(qb, "x.value", *op, value);
+    }
+    qb.push(")");
+}
+
+fn push_run_predicate(qb: &mut QueryBuilder<Sqlite>, predicate: &RunPredicate) {
+    match predicate {
+        RunPredicate::Metric { key, op, value } => {
+            // Only the latest value is compared; NaN never compares true (as in SQL itself).
+            qb.push("EXISTS (SELECT 1 FROM latest_metrics x WHERE x.run_id = r.id AND x.key = ")
+                .push_bind(key.clone())
+                .push(" AND x.is_nan = 0 AND x.value")
+                .push(num_op(*op))
+                .push_bind(*value)
+                .push(")");
+        }
+        RunPredicate::Param { key, cond } => push_kv_condition(qb, "params", key, cond),
+        RunPredicate::Tag { key, cond } => push_kv_condition(qb, "tags", key, cond),
+        RunPredicate::AttributeString { attr, op, value } => push_str_cmp(qb, run_attr_column(*attr), *op, value),
+        RunPredicate::AttributeNumber { attr, op, value } => {
+            qb.push(run_attr_column(*attr)).push(num_op(*op)).push_bind(*value);
+        }
+        RunPredicate::RunIdIn { negated, values } => {
+            qb.push(if *negated { "r.run_uuid NOT IN" } else { "r.run_uuid IN" })
+                .push(" (SELECT value FROM json_each(")
+                .push_bind(json_strings(values))
+                .push("))");
+        }
+        RunPredicate::Dataset { field, cond } => {
+            qb.push("EXISTS (SELECT 1 FROM run_inputs d WHERE d.run_id = r.id AND ");
+            match cond {
+                StringCondition::Compare(op, value) => push_str_cmp(qb, dataset_column(*field), *op, value),
+                StringCondition::IsNull => {
+                    qb.push(dataset_column(*field)).push(" IS NULL");
+                }
+                StringCondition::IsNotNull => {
+                    qb.push(dataset_column(*field)).push(" IS NOT NULL");
+                }
+            }
+            qb.push(")");
+        }
+        RunPredicate::DatasetIn { field, negated, values } => {
+            qb.push("EXISTS (SELECT 1 FROM run_inputs d WHERE d.run_id = r.id AND ")
+                .push(dataset_column(*field))
+                .push(if *negated { " NOT IN" } else { " IN" })
+                .push(" (SELECT value FROM json_each(")
+                .push_bind(json_strings(values))
+                .push(")))");
+        }
+    }
+}
+
+/// The whole runs search: filter, order (missing keys last in both directions, NaN after
+/// numbers), the implicit `start_time DESC, run_uuid ASC` tie-breakers, and `limit + 1` rows.
+pub(super) fn run_search_sql(query: &RunQuery, columns: &str) -> QueryBuilder<Sqlite> {
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
+    qb.push(columns).push(" FROM runs r");
+    // One LEFT JOIN per sort key on a non-attribute: aliases are o0, o1, ... (generated, not
+    // user text).
+    for (i, order) in query.order_by.iter().enumerate() {
+        let table = match &order.key {
+            RunOrderKey::Metric(_) => "latest_metrics",
+            RunOrderKey::Param(_) => "params",
+            RunOrderKey::Tag(_) => "tags",
+            RunOrderKey::Attribute(_) => continue,
+        };
+        let key = match &order.key {
+            RunOrderKey::Metric(k) | RunOrderKey::Param(k) | RunOrderKey::Tag(k) => k.clone(),
+            RunOrderKey::Attribute(_) => continue,
+        };
+        qb.push(format!(" LEFT JOIN {table} o{i} ON o{i}.run_id = r.id AND o{i}.key = "))
+            .push_bind(key);
+    }
+    qb.push(" WHERE r.experiment_id IN (SELECT value FROM json_each(")
+        .push_bind(json_ids(&query.experiment_ids))
+        .push("))");
+    match query.view {
+        ViewType::ActiveOnly => {
+            qb.push(" AND r.lifecycle_stage = 'active'");
+        }
+        ViewType::DeletedOnly => {
+            qb.push(" AND r.lifecycle_stage = 'deleted'");
+        }
+        ViewType::All => {}
+    }
+    for predicate in &query.filter {
+        qb.push(" AND ");
+        push_run_predicate(&mut qb, predicate);
+    }
+    qb.push(" ORDER BY ");
+    for (i, order) in query.order_by.iter().enumerate() {
+        let dir = if order.ascending { " ASC" } else { " DESC" };
+        match &order.key {
+            RunOrderKey::Metric(_) => {
+                qb.push(format!("o{i}.value IS NULL, o{i}.is_nan, o{i}.value{dir}, "));
+            }
+            RunOrderKey::Param(_) | RunOrderKey::Tag(_) => {
+                qb.push(format!("o{i}.value IS NULL, o{i}.value{dir}, "));
+            }
+            RunOrderKey::Attribute(attr) => {
+                let col = run_attr_column(*attr);
+                qb.push(format!("{col} IS NULL, {col}{dir}, "));
+            }
+        }
+    }
+    qb.push("r.start_time DESC, r.run_uuid ASC LIMIT ")
+        .push_bind(i64::from(query.limit) + 1)
+        .push(" OFFSET ")
+        .push_bind(query.offset as i64);
+    qb
+}
+
+fn experiment_attr_column(attr: ExperimentAttribute) -> &'static str {
+    match attr {
+        ExperimentAttribute::Name => "e.name",
+        ExperimentAttribute::ExperimentId => "e.experiment_id",
+        ExperimentAttribute::CreationTime => "e.creation_time",
+        ExperimentAttribute::LastUpdateTime => "e.last_update_time",
+    }
+}
+
+/// The whole experiments search; the default order is `creation_time DESC, experiment_id ASC`.
+pub(super) fn experiment_search_sql(query: &ExperimentQuery, columns: &str) -> QueryBuilder<Sqlite> {
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
+    let columns: Vec<String> = columns.split(", ").map(|c| format!("e.{c}")).collect();
+    qb.push(columns.join(", ")).push(" FROM experiments e WHERE ");
+    qb.push(match query.view {
+        ViewType::ActiveOnly => "e.lifecycle_stage = 'active'",
+        ViewType::DeletedOnly => "e.lifecycle_stage = 'deleted'",
+        ViewType::All => "1 = 1",
+    });
+    for predicate in &query.filter {
+        qb.push(" AND ");
+        match predicate {
+            ExperimentPredicate::Name { op, value } => push_str_cmp(&mut qb, "e.name", *op, value),
+            ExperimentPredicate::Time { attr, op, value } => {
+                qb.push(experiment_attr_column(*attr)).push(num_op(*op)).push_bind(*value);
+            }
+            ExperimentPredicate::ExperimentId { op, value } => {
+                push_str_cmp(&mut qb, "CAST(e.experiment_id AS TEXT)", *op, value);
+            }
+            ExperimentPredicate::ExperimentIdIn { negated, values } => {
+                qb.push(if *negated { "CAST(e.experiment_id AS TEXT) NOT IN" } else { "CAST(e.experiment_id AS TEXT) IN" })
+                    .push(" (SELECT value FROM json_each(")
+                    .push_bind(json_strings(values))
+                    .push("))");
+            }
+            ExperimentPredicate::Tag { key, cond } => {
+                let negate = matches!(cond, StringCondition::IsNull);
+                qb.push(if negate { "NOT EXISTS" } else { "EXISTS" })
+                    .push(" (SELECT 1 FROM experiment_tags x WHERE x.experiment_id = e.experiment_id AND x.key = ")
+                    .push_bind(key.clone());
+                if let StringCondition::Compare(op, value) = cond {
+                    qb.push(" AND ");
+                    push_str_cmp(&mut qb, "x.value", *op, value);
+                }
+                qb.push(")");
+            }
+        }
+    }
+    qb.push(" ORDER BY ");
+    if query.order_by.is_empty() {
+        qb.push("e.creation_time DESC, ");
+    }
+    for order in &query.order_by {
+        let dir = if order.ascending { " ASC" } else { " DESC" };
+        qb.push(experiment_attr_column(order.key)).push(dir).push(", ");
+    }
+    qb.push("e.experiment_id ASC LIMIT ")
+        .push_bind(i64::from(query.limit) + 1)
+        .push(" OFFSET ")
+        .push_bind(query.offset as i64);
+    qb
+}

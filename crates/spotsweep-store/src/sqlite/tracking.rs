@@ -1,0 +1,850 @@
+//! The tracking tables: experiments, runs, params, tags, metrics and dataset inputs.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use super::search::{experiment_search_sql, run_search_sql};
+use super::{SqliteStore, map_err, now_ms};
+use crate::{
+    Batch, DatasetInput, Experiment, ExperimentQuery, KeyValue, LifecycleStage, Metric, NewExperiment, NewRun,
+    Page, Result, Run, RunInfo, RunQuery, RunStatus, RunUpdate, StoreError, TrackingStore,
+};
+
+/// The columns of `runs` that make a [`RunInfo`], plus the internal key, in [`RunRow`] order.
+pub(super) const RUN_COLUMNS: &str = "r.id, r.run_uuid, r.experiment_id, r.name, r.user_id, r.status, \
+     r.start_time, r.end_time, r.artifact_uri, r.lifecycle_stage";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct RunRow {
+    id: i64,
+    run_uuid: String,
+    experiment_id: i64,
+    name: String,
+    user_id: String,
+    status: String,
+    start_time: i64,
+    end_time: Option<i64>,
+    artifact_uri: String,
+    lifecycle_stage: String,
+}
+
+impl RunRow {
+    fn into_info(self) -> (i64, RunInfo) {
+        let info = RunInfo {
+            run_id: self.run_uuid,
+            experiment_id: self.experiment_id,
+            run_name: self.name,
+            user_id: self.user_id,
+            status: RunStatus::parse(&self.status).unwrap_or(RunStatus::Running),
+            start_time: self.start_time,
+            end_time: self.end_time,
+            artifact_uri: self.artifact_uri,
+            lifecycle_stage: LifecycleStage::parse(&self.lifecycle_stage),
+        };
+        (self.id, info)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ExperimentRow {
+    experiment_id: i64,
+    name: String,
+    artifact_location: String,
+    lifecycle_stage: String,
+    creation_time: i64,
+    last_update_time: i64,
+}
+
+impl ExperimentRow {
+    fn into_experiment(self, tags: Vec<KeyValue>) -> Experiment {
+        Experiment {
+            experiment_id: self.experiment_id,
+            name: self.name,
+            artifact_location: self.artifact_location,
+            lifecycle_stage: LifecycleStage::parse(&self.lifecycle_stage),
+            creation_time: self.creation_time,
+            last_update_time: self.last_update_time,
+            tags,
+        }
+    }
+}
+
+const EXPERIMENT_COLUMNS: &str = "experiment_id, name, artifact_location, lifecycle_stage, creation_time, last_update_time";
+
+/// NaN cannot live in a REAL column: it is stored as 0 with `is_nan = 1`. ±∞ are stored as
+/// ±`f64::MAX`, which is what the reference server returns for them.
+fn stored_value(value: f64) -> (f64, bool) {
+    if value.is_nan() {
+        (0.0, true)
+    } else if value.is_infinite() {
+        (if value > 0.0 { f64::MAX } else { f64::MIN }, false)
+    } else {
+        (value, false)
+    }
+}
+
+fn loaded_value(value: f64, is_nan: bool) -> f64 {
+    if is_nan { f64::NAN } else { value }
+}
+
+/// The ordering that decides the "latest" point of a metric: step, then timestamp, then value.
+fn latest_order(m: &Metric) -> (i64, i64, f64) {
+    (m.step, m.timestamp, stored_value(m.value).0)
+}
+
+/// Row counts for multi-row INSERT statements. A batch is split greedily into chunks of these
+/// sizes, so at most a handful of distinct statements exist (each prepared once and cached) and
+/// a 1000-point batch takes 4 statements instead of 1000.
+const CHUNKS: [usize; 4] = [250, 50, 10, 1];
+
+fn split_chunks(mut n: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    for size in CHUNKS {
+        while n >= size {
+            out.push(size);
+            n -= size;
+        }
+    }
+    out
+}
+
+async fn run_key_for_write(conn: &mut SqliteConnection, run_id: &str) -> Result<i64> {
+    let row: Option<(i64, String)> = sqlx::query_as("SELECT id, lifecycle_stage FROM runs WHERE run_uuid = ?")
+        .bind(run_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    match row {
+        None => Err(StoreError::NotFound(format!("Run with id={run_id} not found"))),
+        Some((_, stage)) if stage != "active" => Err(StoreError::Invalid(format!(
+            "The run {run_id} must be in the 'active' state. Current state is {stage}."
+        ))),
+        Some((id, _)) => Ok(id),
+    }
+}
+
+async fn experiment_row(conn: &mut SqliteConnection, experiment_id: i64) -> Result<ExperimentRow> {
+    let sql = format!("SELECT {EXPERIMENT_COLUMNS} FROM experiments WHERE experiment_id = ?");
+    sqlx::query_as::<_, ExperimentRow>(sqlx::AssertSqlSafe(sql))
+        .bind(experiment_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?
+        .ok_or_else(|| StoreError::NotFound(format!("No Experiment with id={experiment_id} exists")))
+}
+
+async fn touch_experiment(conn: &mut SqliteConnection, experiment_id: i64) -> Result<()> {
+    sqlx::query("UPDATE experiments SET last_update_time = ? WHERE experiment_id = ?")
+        .bind(now_ms())
+        .bind(experiment_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
+async fn upsert_tags(conn: &mut SqliteConnection, run_key: i64, tags: &[KeyValue]) -> Result<()> {
+    for tag in tags {
+        sqlx::query(
+            "INSERT INTO tags (run_id, key, value) VALUES (?, ?, ?) \
+             ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(run_key)
+        .bind(&tag.key)
+        .bind(&tag.value)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        // The run's name and its mlflow.runName tag are one fact stored twice.
+        if tag.key == "mlflow.runName" {
+            sqlx::query("UPDATE runs SET name = ? WHERE id = ?")
+                .bind(&tag.value)
+                .bind(run_key)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+        }
+    }
+    Ok(())
+}
+
+async fn insert_metrics(conn: &mut SqliteConnection, run_key: i64, metrics: &[Metric]) -> Result<()> {
+    let mut rest = metrics;
+    for size in split_chunks(metrics.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT OR IGNORE INTO metrics (run_id, key, timestamp, step, value, is_nan) ");
+        qb.push_values(chunk, |mut row, m| {
+            let (value, is_nan) = stored_value(m.value);
+            row.push_bind(run_key)
+                .push_bind(m.key.as_str())
+                .push_bind(m.timestamp)
+                .push_bind(m.step)
+                .push_bind(value)
+                .push_bind(is_nan);
+        });
+        qb.build().persistent(true).execute(&mut *conn).await.map_err(map_err)?;
+    }
+    // Only the best point of each key in this batch can become the latest one.
+    let mut best: HashMap<&str, &Metric> = HashMap::new();
+    for m in metrics {
+        best.entry(&m.key)
+            .and_modify(|b| {
+                if latest_order(m) > latest_order(b) {
+                    *b = m;
+                }
+            })
+            .or_insert(m);
+    }
+    for m in best.values() {
+        let (value, is_nan) = stored_value(m.value);
+        sqlx::query(
+            "INSERT INTO latest_metrics (run_id, key, timestamp, step, value, is_nan) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (run_id, key) DO UPDATE SET timestamp = excluded.timestamp, step = excluded.step, \
+               value = excluded.value, is_nan = excluded.is_nan \
+             WHERE (excluded.step, excluded.timestamp, excluded.value) \
+                 > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)",
+        )
+        .bind(run_key)
+        .bind(&m.key)
+        .bind(m.timestamp)
+        .bind(m.step)
+        .bind(value)
+        .bind(is_nan)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+async fn insert_params(conn: &mut SqliteConnection, run_key: i64, run_id: &str, params: &[KeyValue]) -> Result<()> {
+    if params.is_empty() {
+        return Ok(());
+    }
+    let keys = serde_json::to_string(&params.iter().map(|p| p.key.as_str()).collect::<Vec<_>>())
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let existing: Vec<(String, String)> = sqlx::query_as(
+        "SELECT key, value FROM params WHERE run_id = ? AND key IN (SELECT value FROM json_each(?))",
+    )
+    .bind(run_key)
+    .bind(keys)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    let existing: HashMap<String, String> = existing.into_iter().collect();
+    for p in params {
+        if let Some(old) = existing.get(&p.key)
+            && *old != p.value
+        {
+            return Err(StoreError::Invalid(format!(
+                "Changing param values is not allowed. Param with key='{}' was already logged with \
+                 value='{}' for run ID='{}'. Attempted logging new value '{}'.",
+                p.key, old, run_id, p.value
+            )));
+        }
+    }
+    let mut rest = params;
+    for size in split_chunks(params.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT OR IGNORE INTO params (run_id, key, value) ");
+        qb.push_values(chunk, |mut row, p| {
+            row.push_bind(run_key).push_bind(p.key.as_str()).push_bind(p.value.as_str());
+        });
+        qb.build().persistent(true).execute(&mut *conn).await.map_err(map_err)?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    async fn experiment_tags(&self, ids: &[i64]) -> Result<HashMap<i64, Vec<KeyValue>>> {
+        let mut out: HashMap<i64, Vec<KeyValue>> = HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT experiment_id, key, value FROM experiment_tags \
+             WHERE experiment_id IN (SELECT value FROM json_each(?)) ORDER BY experiment_id, key",
+        )
+        .bind(json_ids(ids))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        for (id, key, value) in rows {
+            out.entry(id).or_default().push(KeyValue { key, value });
+        }
+        Ok(out)
+    }
+
+    /// Loads the data (latest metrics, params, tags, inputs) of runs, keyed by internal id.
+    pub(super) async fn load_runs(&self, rows: Vec<RunRow>) -> Result<Vec<Run>> {
+        let infos: Vec<(i64, RunInfo)> = rows.into_iter().map(RunRow::into_info).collect();
+        let ids: Vec<i64> = infos.iter().map(|(id, _)| *id).collect();
+        let ids_json = json_ids(&ids);
+        let metrics: Vec<(i64, String, i64, i64, f64, bool)> = sqlx::query_as(
+            "SELECT run_id, key, timestamp, step, value, is_nan FROM latest_metrics \
+             WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, key",
+        )
+        .bind(&ids_json)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let params: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT run_id, key, value FROM params WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, key",
+        )
+        .bind(&ids_json)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let tags: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT run_id, key, value FROM tags WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, key",
+        )
+        .bind(&ids_json)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        type InputRow = (i64, String, String, String, String, Option<String>, Option<String>, String);
+        let inputs: Vec<InputRow> = sqlx::query_as(
+            "SELECT run_id, name, digest, source_type, source, schema, profile, tags FROM run_inputs \
+             WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, name, digest",
+        )
+        .bind(&ids_json)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+
+        let mut by_id: HashMap<i64, Run> = HashMap::with_capacity(infos.len());
+        let mut order = Vec::with_capacity(infos.len());
+        for (id, info) in infos {
+            order.push(id);
+            by_id.insert(id, Run { info, metrics: vec![], params: vec![], tags: vec![], inputs: vec![] });
+        }
+        for (id, key, timestamp, step, value, is_nan) in metrics {
+            if let Some(run) = by_id.get_mut(&id) {
+                run.metrics.push(Metric { key, value: loaded_value(value, is_nan), timestamp, step });
+            }
+        }
+        for (id, key, value) in params {
+            if let Some(run) = by_id.get_mut(&id) {
+                run.params.push(KeyValue { key, value });
+            }
+        }
+        for (id, key, value) in tags {
+            if let Some(run) = by_id.get_mut(&id) {
+                run.tags.push(KeyValue { key, value });
+            }
+        }
+        for (id, name, digest, source_type, source, schema, profile, tags) in inputs {
+            if let Some(run) = by_id.get_mut(&id) {
+                let tags: Vec<(String, String)> = serde_json::from_str(&tags).unwrap_or_default();
+                let tags = tags.into_iter().map(|(key, value)| KeyValue { key, value }).collect();
+                run.inputs.push(DatasetInput { name, digest, source_type, source, schema, profile, tags });
+            }
+        }
+        Ok(order.into_iter().filter_map(|id| by_id.remove(&id)).collect())
+    }
+}
+
+/// A JSON array of integers, bound as one parameter and expanded with `json_each` (integers are
+/// exact in JSON, and one bound list keeps the SQL text fixed).
+pub(super) fn json_ids(ids: &[i64]) -> String {
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())
+}
+
+pub(super) fn json_strings(values: &[String]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "[]".into())
+}
+
+#[async_trait]
+impl TrackingStore for SqliteStore {
+    async fn create_experiment(&self, new: NewExperiment) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        let taken: Option<(i64,)> = sqlx::query_as("SELECT experiment_id FROM experiments WHERE name = ?")
+            .bind(&new.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if taken.is_some() {
+            return Err(StoreError::AlreadyExists(format!("Experiment '{}' already exists.", new.name)));
+        }
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO experiments (name, artifact_location, lifecycle_stage, creation_time, last_update_time) \
+             VALUES (?, '', 'active', ?, ?) RETURNING experiment_id",
+        )
+        .bind(&new.name)
+        .bind(new.now)
+        .bind(new.now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let location = new
+            .artifact_location
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| format!("{}/{id}", new.artifact_root.trim_end_matches('/')));
+        sqlx::query("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?")
+            .bind(location)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        for tag in &new.tags {
+            sqlx::query(
+                "INSERT INTO experiment_tags (experiment_id, key, value) VALUES (?, ?, ?) \
+                 ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(id)
+            .bind(&tag.key)
+            .bind(&tag.value)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(id)
+    }
+
+    async fn get_experiment(&self, experiment_id: i64) -> Result<Experiment> {
+        let mut conn = self.reader.acquire().await.map_err(map_err)?;
+        let row = experiment_row(&mut conn, experiment_id).await?;
+        drop(conn);
+        let mut tags = self.experiment_tags(&[experiment_id]).await?;
+        Ok(row.into_experiment(tags.remove(&experiment_id).unwrap_or_default()))
+    }
+
+    async fn get_experiment_by_name(&self, name: &str) -> Result<Experiment> {
+        let sql = format!("SELECT {EXPERIMENT_COLUMNS} FROM experiments WHERE name = ?");
+        let row = sqlx::query_as::<_, ExperimentRow>(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("Could not find experiment with name '{name}'")))?;
+        let id = row.experiment_id;
+        let mut tags = self.experiment_tags(&[id]).await?;
+        Ok(row.into_experiment(tags.remove(&id).unwrap_or_default()))
+    }
+
+    async fn rename_experiment(&self, experiment_id: i64, new_name: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let row = experiment_row(&mut tx, experiment_id).await?;
+        if row.lifecycle_stage != "active" {
+            return Err(StoreError::Invalid(format!(
+                "Cannot rename a non-active experiment {experiment_id}. Restore it first."
+            )));
+        }
+        let taken: Option<(i64,)> =
+            sqlx::query_as("SELECT experiment_id FROM experiments WHERE name = ? AND experiment_id != ?")
+                .bind(new_name)
+                .bind(experiment_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if taken.is_some() {
+            return Err(StoreError::AlreadyExists(format!("Experiment '{new_name}' already exists.")));
+        }
+        sqlx::query("UPDATE experiments SET name = ?, last_update_time = ? WHERE experiment_id = ?")
+            .bind(new_name)
+            .bind(now_ms())
+            .bind(experiment_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn set_experiment_lifecycle(&self, experiment_id: i64, stage: LifecycleStage) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        experiment_row(&mut tx, experiment_id).await?;
+        let now = now_ms();
+        sqlx::query("UPDATE experiments SET lifecycle_stage = ?, last_update_time = ? WHERE experiment_id = ?")
+            .bind(stage.as_str())
+            .bind(now)
+            .bind(experiment_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let deleted_time = (stage == LifecycleStage::Deleted).then_some(now);
+        sqlx::query("UPDATE runs SET lifecycle_stage = ?, deleted_time = ? WHERE experiment_id = ?")
+            .bind(stage.as_str())
+            .bind(deleted_time)
+            .bind(experiment_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn set_experiment_tag(&self, experiment_id: i64, key: &str, value: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let row = experiment_row(&mut tx, experiment_id).await?;
+        if row.lifecycle_stage != "active" {
+            return Err(StoreError::Invalid(format!(
+                "The experiment {experiment_id} must be in the 'active' state. Current state is {}.",
+                row.lifecycle_stage
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO experiment_tags (experiment_id, key, value) VALUES (?, ?, ?) \
+             ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(experiment_id)
+        .bind(key)
+        .bind(value)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        touch_experiment(&mut tx, experiment_id).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn delete_experiment_tag(&self, experiment_id: i64, key: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        experiment_row(&mut tx, experiment_id).await?;
+        let done = sqlx::query("DELETE FROM experiment_tags WHERE experiment_id = ? AND key = ?")
+            .bind(experiment_id)
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "No tag with name: {key} in experiment with id {experiment_id}"
+            )));
+        }
+        touch_experiment(&mut tx, experiment_id).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn search_experiments(&self, query: &ExperimentQuery) -> Result<Page<Experiment>> {
+        let mut qb = experiment_search_sql(query, EXPERIMENT_COLUMNS);
+        let rows: Vec<ExperimentRow> =
+            qb.build_query_as().fetch_all(&self.reader).await.map_err(map_err)?;
+        let (rows, next_offset) = page(rows, query.limit, query.offset);
+        let ids: Vec<i64> = rows.iter().map(|r| r.experiment_id).collect();
+        let mut tags = self.experiment_tags(&ids).await?;
+        let items = rows
+            .into_iter()
+            .map(|r| {
+                let t = tags.remove(&r.experiment_id).unwrap_or_default();
+                r.into_experiment(t)
+            })
+            .collect();
+        Ok(Page { items, next_offset })
+    }
+
+    async fn create_run(&self, new: NewRun) -> Result<Run> {
+        let mut tx = self.begin_write().await?;
+        let exp = experiment_row(&mut tx, new.experiment_id).await?;
+        if exp.lifecycle_stage != "active" {
+            return Err(StoreError::Invalid(format!(
+                "The experiment {} must be in the 'active' state. Current state is {}.",
+                new.experiment_id, exp.lifecycle_stage
+            )));
+        }
+        let artifact_uri = format!("{}/{}/artifacts", exp.artifact_location.trim_end_matches('/'), new.run_id);
+        let (key,): (i64,) = sqlx::query_as(
+            "INSERT INTO runs (run_uuid, experiment_id, name, user_id, status, start_time, artifact_uri, lifecycle_stage) \
+             VALUES (?, ?, ?, ?, 'RUNNING', ?, ?, 'active') RETURNING id",
+        )
+        .bind(&new.run_id)
+        .bind(new.experiment_id)
+        .bind(&new.run_name)
+        .bind(&new.user_id)
+        .bind(new.start_time)
+        .bind(&artifact_uri)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        upsert_tags(&mut tx, key, &new.tags).await?;
+        tx.commit().await.map_err(map_err)?;
+        let mut tags = new.tags;
+        tags.sort_by(|a, b| a.key.cmp(&b.key));
+        tags.dedup_by(|b, a| {
+            // Keep the last write of a repeated key, as the upsert did.
+            if a.key == b.key {
+                a.value = std::mem::take(&mut b.value);
+                true
+            } else {
+                false
+            }
+        });
+        Ok(Run {
+            info: RunInfo {
+                run_id: new.run_id,
+                experiment_id: new.experiment_id,
+                run_name: tags
+                    .iter()
+                    .find(|t| t.key == "mlflow.runName")
+                    .map(|t| t.value.clone())
+                    .unwrap_or(new.run_name),
+                user_id: new.user_id,
+                status: RunStatus::Running,
+                start_time: new.start_time,
+                end_time: None,
+                artifact_uri,
+                lifecycle_stage: LifecycleStage::Active,
+            },
+            metrics: vec![],
+            params: vec![],
+            tags,
+            inputs: vec![],
+        })
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Run> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.run_uuid = ?");
+        let row = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(sql))
+            .bind(run_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("Run with id={run_id} not found")))?;
+        let mut runs = self.load_runs(vec![row]).await?;
+        runs.pop().ok_or_else(|| StoreError::NotFound(format!("Run with id={run_id} not found")))
+    }
+
+    async fn update_run(&self, run_id: &str, update: RunUpdate) -> Result<RunInfo> {
+        let mut tx = self.begin_write().await?;
+        let key = run_key_for_write(&mut tx, run_id).await?;
+        if let Some(status) = update.status {
+            sqlx::query("UPDATE runs SET status = ? WHERE id = ?")
+                .bind(status.as_str())
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        if let Some(end_time) = update.end_time {
+            sqlx::query("UPDATE runs SET end_time = ? WHERE id = ?")
+                .bind(end_time)
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        if let Some(name) = update.run_name.filter(|n| !n.is_empty()) {
+            upsert_tags(&mut tx, key, &[KeyValue { key: "mlflow.runName".into(), value: name }]).await?;
+        }
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = ?");
+        let row = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(sql))
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(row.into_info().1)
+    }
+
+    async fn set_run_lifecycle(&self, run_id: &str, stage: LifecycleStage) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let deleted_time = (stage == LifecycleStage::Deleted).then(now_ms);
+        let done = sqlx::query("UPDATE runs SET lifecycle_stage = ?, deleted_time = ? WHERE run_uuid = ?")
+            .bind(stage.as_str())
+            .bind(deleted_time)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("Run with id={run_id} not found")));
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn log_batch(&self, run_id: &str, batch: Batch) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let key = run_key_for_write(&mut tx, run_id).await?;
+        // Params first: an immutability conflict rejects the whole batch before anything else
+        // is written (and the transaction is dropped, i.e. rolled back, on any error).
+        insert_params(&mut tx, key, run_id, &batch.params).await?;
+        if !batch.metrics.is_empty() {
+            insert_metrics(&mut tx, key, &batch.metrics).await?;
+        }
+        upsert_tags(&mut tx, key, &batch.tags).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn delete_run_tag(&self, run_id: &str, key: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let run_key = run_key_for_write(&mut tx, run_id).await?;
+        let done = sqlx::query("DELETE FROM tags WHERE run_id = ? AND key = ?")
+            .bind(run_key)
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("No tag with name: {key} in run with id {run_id}")));
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn log_inputs(&self, run_id: &str, inputs: Vec<DatasetInput>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let key = run_key_for_write(&mut tx, run_id).await?;
+        for input in &inputs {
+            let tags: Vec<(&str, &str)> = input.tags.iter().map(|t| (t.key.as_str(), t.value.as_str())).collect();
+            sqlx::query(
+                "INSERT INTO run_inputs (run_id, name, digest, source_type, source, schema, profile, tags, context) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (run_id, name, digest) DO UPDATE SET source_type = excluded.source_type, \
+                   source = excluded.source, schema = excluded.schema, profile = excluded.profile, \
+                   tags = excluded.tags, context = excluded.context",
+            )
+            .bind(key)
+            .bind(&input.name)
+            .bind(&input.digest)
+            .bind(&input.source_type)
+            .bind(&input.source)
+            .bind(&input.schema)
+            .bind(&input.profile)
+            .bind(serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into()))
+            .bind(input.context())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn search_runs(&self, query: &RunQuery) -> Result<Page<Run>> {
+        if query.experiment_ids.is_empty() {
+            return Ok(Page { items: vec![], next_offset: None });
+        }
+        let mut qb = run_search_sql(query, RUN_COLUMNS);
+        let rows: Vec<RunRow> = qb.build_query_as().fetch_all(&self.reader).await.map_err(map_err)?;
+        let (rows, next_offset) = page(rows, query.limit, query.offset);
+        let items = self.load_runs(rows).await?;
+        Ok(Page { items, next_offset })
+    }
+
+    async fn metric_history(&self, run_id: &str, key: &str, offset: u64, limit: u32) -> Result<Page<Metric>> {
+        let rows: Vec<(i64, i64, f64, bool)> = sqlx::query_as(
+            "SELECT m.timestamp, m.step, m.value, m.is_nan FROM metrics m \
+             WHERE m.run_id = (SELECT id FROM runs WHERE run_uuid = ?) AND m.key = ? \
+             ORDER BY m.timestamp, m.step, m.value LIMIT ? OFFSET ?",
+        )
+        .bind(run_id)
+        .bind(key)
+        .bind(i64::from(limit) + 1)
+        .bind(offset as i64)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let (rows, next_offset) = page(rows, limit, offset);
+        let items = rows
+            .into_iter()
+            .map(|(timestamp, step, value, is_nan)| Metric {
+                key: key.to_owned(),
+                value: loaded_value(value, is_nan),
+                timestamp,
+                step,
+            })
+            .collect();
+        Ok(Page { items, next_offset })
+    }
+
+    async fn metric_history_bulk_interval(
+        &self,
+        run_ids: &[String],
+        key: &str,
+        start_step: Option<i64>,
+        end_step: Option<i64>,
+        max_results: usize,
+    ) -> Result<Vec<(String, Metric)>> {
+        let ids = json_strings(run_ids);
+        let start = start_step.unwrap_or(i64::MIN);
+        let end = end_step.unwrap_or(i64::MAX);
+        // Sample the union of the runs' steps, so every run is drawn at the same steps and the
+        // UI's charts line up.
+        let steps: Vec<(i64,)> = sqlx::query_as(
+            "SELECT DISTINCT m.step FROM metrics m JOIN runs r ON r.id = m.run_id \
+             WHERE r.run_uuid IN (SELECT value FROM json_each(?)) AND m.key = ? AND m.step BETWEEN ? AND ? \
+             ORDER BY m.step",
+        )
+        .bind(&ids)
+        .bind(key)
+        .bind(start)
+        .bind(end)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let steps: Vec<i64> = steps.into_iter().map(|(s,)| s).collect();
+        let sampled = sample_evenly(&steps, max_results);
+        let rows: Vec<(String, i64, i64, f64, bool)> = sqlx::query_as(
+            "SELECT r.run_uuid, m.timestamp, m.step, m.value, m.is_nan FROM metrics m JOIN runs r ON r.id = m.run_id \
+             WHERE r.run_uuid IN (SELECT value FROM json_each(?)) AND m.key = ? \
+               AND m.step IN (SELECT value FROM json_each(?)) \
+             ORDER BY r.run_uuid, m.step, m.timestamp, m.value",
+        )
+        .bind(&ids)
+        .bind(key)
+        .bind(json_ids(&sampled))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(run, timestamp, step, value, is_nan)| {
+                (run, Metric { key: key.to_owned(), value: loaded_value(value, is_nan), timestamp, step })
+            })
+            .collect())
+    }
+}
+
+/// Picks at most `n` of the sorted `steps`, evenly spread, always keeping the first and the last.
+pub fn sample_evenly(steps: &[i64], n: usize) -> Vec<i64> {
+    if steps.len() <= n.max(2) {
+        return steps.to_vec();
+    }
+    let n = n.max(2);
+    let last = steps.len() - 1;
+    let mut out: Vec<i64> = (0..n).map(|i| steps[(i * last + (n - 1) / 2) / (n - 1)]).collect();
+    out.dedup();
+    out
+}
+
+/// Queries fetch `limit + 1` rows: the extra row only says whether another page exists.
+fn page<T>(mut rows: Vec<T>, limit: u32, offset: u64) -> (Vec<T>, Option<u64>) {
+    if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        (rows, Some(offset + u64::from(limit)))
+    } else {
+        (rows, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_any_count() {
+        for n in 0..1200 {
+            assert_eq!(split_chunks(n).iter().sum::<usize>(), n);
+            assert!(split_chunks(n).len() <= 4 + 4 + 4 + 9 + n / 250);
+        }
+    }
+
+    #[test]
+    fn sampling_keeps_ends_and_bound() {
+        let steps: Vec<i64> = (0..1000).collect();
+        let s = sample_evenly(&steps, 10);
+        assert_eq!(s.len(), 10);
+        assert_eq!(s.first(), Some(&0));
+        assert_eq!(s.last(), Some(&999));
+        assert_eq!(sample_evenly(&steps[..5], 10), steps[..5].to_vec());
+    }
+}
