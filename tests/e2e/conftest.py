@@ -165,8 +165,13 @@ class ServerHandle:
                 result["url"] = m.group(1)
                 found.set()
 
-        env = dict(os.environ)
+        # The daemon reads SPOTSWEEP_* variables (config, listen, no-auth, log format): keep
+        # the caller's shell from changing what the contract says the flags do.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTSWEEP_")}
+        if "SPOTSWEEP_LOG" in os.environ:
+            env["SPOTSWEEP_LOG"] = os.environ["SPOTSWEEP_LOG"]
         env.setdefault("RUST_BACKTRACE", "1")
+        env.setdefault("NO_COLOR", "1")
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,

@@ -95,6 +95,7 @@ def test_kill9_keeps_acknowledged_writes(server_factory):
         t.join(15)
     assert not errors, errors[:5]
     total = sum(len(a) for a in acked)
+    print(f"acknowledged metric writes per worker: {[len(a) for a in acked]}")
     assert total >= 4 * N_WORKERS, f"too few acknowledged writes to be meaningful: {acked}"
 
     srv.start()  # same data dir

@@ -205,7 +205,7 @@ def test_duplicate_order_by_is_400(client, server, exp_id, fast_errors):
 def test_ajax_api_twin(server, client, exp_id, run_id):
     client.log_metric(run_id, "m", 3.0, timestamp=10, step=1)
     a = server.get("runs/get", params={"run_id": run_id})
-    b = server.get(f"/ajax-api/2.0/mlflow/runs/get", params={"run_id": run_id})
+    b = server.get("/ajax-api/2.0/mlflow/runs/get", params={"run_id": run_id})
     assert a.status_code == b.status_code == 200
     assert a.json() == b.json()
     r = server.post(

@@ -373,3 +373,29 @@ def test_search_experiments_requires_max_results(server):
     r = server.get("experiments/search", params={"max_results": 5})
     assert r.status_code == 200
     assert len(r.json()["experiments"]) <= 5
+
+
+def test_nan_and_inf_in_filters_and_order(client, unique):
+    exp_id = client.create_experiment(unique("nanfilter"))
+    for name, v in [("nan", float("nan")), ("pinf", float("inf")), ("zero", 0.0), ("one", 1.0)]:
+        rid = client.create_run(exp_id, run_name=name).info.run_id
+        client.log_metric(rid, "m", v, timestamp=1)
+
+    def f(flt):
+        return set(names(client.search_runs([exp_id], filter_string=flt)))
+
+    # NaN compares like IEEE: never equal/less/greater, always "!="
+    assert f("metrics.m = 0") == {"zero"}
+    assert f("metrics.m != 0") == {"nan", "pinf", "one"}
+    assert f("metrics.m < 100") == {"zero", "one"}
+    assert f("metrics.m > -1") == {"zero", "one", "pinf"}
+    # +inf is stored as DBL_MAX
+    assert f("metrics.m > 1") == {"pinf"}
+    assert f("metrics.m = 1.7976931348623157e308") == {"pinf"}
+    # NaN sorts after all numbers in both directions
+    assert names(client.search_runs([exp_id], order_by=["metrics.m DESC"])) == [
+        "pinf", "one", "zero", "nan"
+    ]
+    assert names(client.search_runs([exp_id], order_by=["metrics.m ASC"])) == [
+        "zero", "one", "pinf", "nan"
+    ]

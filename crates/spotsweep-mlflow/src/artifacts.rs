@@ -31,6 +31,8 @@ pub struct ArtifactRepo {
     prefix: Vec<String>,
     /// Human-readable location for logs.
     location: String,
+    /// The directory, when the store is the local disk (empty directories are pruned there).
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// Errors of artifact configuration.
@@ -45,19 +47,36 @@ impl ArtifactRepo {
     /// Opens a destination: a local directory (created if missing), or `gs://bucket/prefix`
     /// (credentials from the environment, as object_store's GCS builder reads them).
     pub fn open(destination: &str) -> Result<Self, ArtifactConfigError> {
-        let fail = |e: &dyn std::fmt::Display| ArtifactConfigError::Open(destination.to_owned(), e.to_string());
+        let fail =
+            |e: &dyn std::fmt::Display| ArtifactConfigError::Open(destination.to_owned(), e.to_string());
         if let Some(rest) = destination.strip_prefix("gs://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(bucket)
                 .build()
                 .map_err(|e| fail(&e))?;
-            let prefix = prefix.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
-            return Ok(Self { store: Arc::new(store), prefix, location: destination.to_owned() });
+            let prefix = prefix
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            return Ok(Self {
+                store: Arc::new(store),
+                prefix,
+                location: destination.to_owned(),
+                local_root: None,
+            });
         }
         std::fs::create_dir_all(destination).map_err(|e| fail(&e))?;
-        let store = object_store::local::LocalFileSystem::new_with_prefix(destination).map_err(|e| fail(&e))?;
-        Ok(Self { store: Arc::new(store), prefix: vec![], location: destination.to_owned() })
+        let store =
+            object_store::local::LocalFileSystem::new_with_prefix(destination).map_err(|e| fail(&e))?;
+        let local_root = Some(std::path::PathBuf::from(destination));
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: vec![],
+            location: destination.to_owned(),
+            local_root,
+        })
     }
 
     /// Where the artifacts are, for logs.
@@ -66,7 +85,12 @@ impl ArtifactRepo {
     }
 
     fn store_path(&self, segments: &[&str]) -> StorePath {
-        StorePath::from_iter(self.prefix.iter().map(String::as_str).chain(segments.iter().copied()))
+        StorePath::from_iter(
+            self.prefix
+                .iter()
+                .map(String::as_str)
+                .chain(segments.iter().copied()),
+        )
     }
 
     /// Lists one level under `dir`: `(name, is_dir, size)`, names relative to `dir`.
@@ -78,7 +102,11 @@ impl ArtifactRepo {
             Err(e) => return Err(MlflowError::internal(&e)),
         };
         let name_of = |p: &StorePath| {
-            p.filename().map(|f| percent_encoding::percent_decode_str(f).decode_utf8_lossy().into_owned())
+            p.filename().map(|f| {
+                percent_encoding::percent_decode_str(f)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
         };
         let mut out: Vec<(String, bool, Option<u64>)> = Vec::new();
         for d in &listing.common_prefixes {
@@ -103,7 +131,11 @@ pub fn safe_segments(path: &str) -> MlflowResult<Vec<&str>> {
     if trimmed.is_empty() {
         return Ok(vec![]);
     }
-    let invalid = || MlflowError::invalid(format!("Invalid path: '{path}'. Artifact paths are relative and may not contain '..', '.', '\\' or empty segments."));
+    let invalid = || {
+        MlflowError::invalid(format!(
+            "Invalid path: '{path}'. Artifact paths are relative and may not contain '..', '.', '\\' or empty segments."
+        ))
+    };
     if trimmed.contains(['\\', '\0']) {
         return Err(invalid());
     }
@@ -128,7 +160,11 @@ pub async fn upload_artifact(
     }
     let repo = &s.artifacts;
     let location = repo.store_path(&segments);
-    let upload = repo.store.put_multipart(&location).await.map_err(|e| MlflowError::internal(&e))?;
+    let upload = repo
+        .store
+        .put_multipart(&location)
+        .await
+        .map_err(|e| MlflowError::internal(&e))?;
     let mut writer = WriteMultipart::new(upload);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
@@ -167,7 +203,9 @@ async fn download(s: &MlflowState, path: &str) -> MlflowResult<Response> {
     let got = match repo.store.get(&repo.store_path(&segments)).await {
         Ok(g) => g,
         Err(object_store::Error::NotFound { .. }) => {
-            return Err(MlflowError::not_found(format!("Artifact '{path}' does not exist")));
+            return Err(MlflowError::not_found(format!(
+                "Artifact '{path}' does not exist"
+            )));
         }
         Err(e) => return Err(MlflowError::internal(&e)),
     };
@@ -202,7 +240,11 @@ fn files_json(entries: Vec<(String, bool, Option<u64>)>, prefix: &str) -> Vec<Va
     entries
         .into_iter()
         .map(|(name, is_dir, size)| {
-            let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
             match size {
                 Some(size) if !is_dir => json!({ "path": path, "is_dir": false, "file_size": size }),
                 _ => json!({ "path": path, "is_dir": true }),
@@ -212,7 +254,10 @@ fn files_json(entries: Vec<(String, bool, Option<u64>)>, prefix: &str) -> Vec<Va
 }
 
 /// `GET /api/2.0/mlflow-artifacts/artifacts?path=<dir>`: one level, names relative to `dir`.
-pub async fn list_artifacts(State(s): State<MlflowState>, Query(q): Query<ListQuery>) -> MlflowResult<Json<Value>> {
+pub async fn list_artifacts(
+    State(s): State<MlflowState>,
+    Query(q): Query<ListQuery>,
+) -> MlflowResult<Json<Value>> {
     let path = q.path.unwrap_or_default();
     let segments = safe_segments(&path)?;
     let entries = s.artifacts.list(&segments).await?;
@@ -244,6 +289,14 @@ pub async fn delete_artifact(
         match repo.store.delete(&meta.location).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(MlflowError::internal(&e)),
+        }
+    }
+    // A local directory outlives its files; remove it so that listings no longer show it. The
+    // segments were checked by `safe_segments`, so the joined path stays under the root.
+    if let Some(root) = &repo.local_root {
+        let dir = segments.iter().fold(root.clone(), |p, s| p.join(s));
+        if dir.is_dir() {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
         }
     }
     Ok(Json(json!({})))
@@ -301,10 +354,23 @@ mod tests {
 
     #[test]
     fn traversal_is_refused() {
-        for bad in ["../x", "a/../b", "..", "/etc/passwd", "a//b", "a\\..\\b", "./a", "a/./b", "a\0b"] {
+        for bad in [
+            "../x",
+            "a/../b",
+            "..",
+            "/etc/passwd",
+            "a//b",
+            "a\\..\\b",
+            "./a",
+            "a/./b",
+            "a\0b",
+        ] {
             assert!(safe_segments(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(safe_segments("1/abc/artifacts/m.txt").unwrap(), vec!["1", "abc", "artifacts", "m.txt"]);
+        assert_eq!(
+            safe_segments("1/abc/artifacts/m.txt").unwrap(),
+            vec!["1", "abc", "artifacts", "m.txt"]
+        );
         assert_eq!(safe_segments("").unwrap(), Vec::<&str>::new());
         assert_eq!(safe_segments("dir/").unwrap(), vec!["dir"]);
         // A literal `%2e%2e` (double-encoded on the wire) is a plain name, not a parent reference.

@@ -33,7 +33,9 @@ impl ErrorCode {
     /// The HTTP status the reference server uses for the code.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::InvalidParameterValue | Self::BadRequest | Self::ResourceAlreadyExists => StatusCode::BAD_REQUEST,
+            Self::InvalidParameterValue | Self::BadRequest | Self::ResourceAlreadyExists => {
+                StatusCode::BAD_REQUEST
+            }
             Self::ResourceDoesNotExist | Self::EndpointNotFound => StatusCode::NOT_FOUND,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -56,23 +58,34 @@ pub struct MlflowError {
 impl MlflowError {
     /// `400 INVALID_PARAMETER_VALUE`.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self { error_code: ErrorCode::InvalidParameterValue, message: message.into() }
+        Self {
+            error_code: ErrorCode::InvalidParameterValue,
+            message: message.into(),
+        }
     }
 
     /// `404 RESOURCE_DOES_NOT_EXIST`.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self { error_code: ErrorCode::ResourceDoesNotExist, message: message.into() }
+        Self {
+            error_code: ErrorCode::ResourceDoesNotExist,
+            message: message.into(),
+        }
     }
 
     /// `400 INVALID_PARAMETER_VALUE` for a required field that is absent.
     pub fn missing(field: &str) -> Self {
-        Self::invalid(format!("Missing value for required parameter '{field}'. See the API docs for more information about request parameters."))
+        Self::invalid(format!(
+            "Missing value for required parameter '{field}'. See the API docs for more information about request parameters."
+        ))
     }
 
     /// `500 INTERNAL_ERROR`, after logging the cause.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self { error_code: ErrorCode::InternalError, message: "internal server error; see the daemon's log".into() }
+        Self {
+            error_code: ErrorCode::InternalError,
+            message: "internal server error; see the daemon's log".into(),
+        }
     }
 }
 
@@ -80,7 +93,10 @@ impl From<StoreError> for MlflowError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(m) => Self::not_found(m),
-            StoreError::AlreadyExists(m) => Self { error_code: ErrorCode::ResourceAlreadyExists, message: m },
+            StoreError::AlreadyExists(m) => Self {
+                error_code: ErrorCode::ResourceAlreadyExists,
+                message: m,
+            },
             StoreError::Invalid(m) => Self::invalid(m),
             StoreError::Busy => Self {
                 error_code: ErrorCode::TemporarilyUnavailable,

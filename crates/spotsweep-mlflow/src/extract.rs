@@ -32,8 +32,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Mlflow<T> {
             if body.iter().all(u8::is_ascii_whitespace) {
                 Value::Object(Map::new())
             } else {
-                serde_json::from_slice(&body)
-                    .map_err(|e| MlflowError { error_code: crate::ErrorCode::BadRequest, message: format!("Malformed JSON body: {e}") })?
+                serde_json::from_slice(&body).map_err(|e| MlflowError {
+                    error_code: crate::ErrorCode::BadRequest,
+                    message: format!("Malformed JSON body: {e}"),
+                })?
             }
         };
         serde_json::from_value(value)
@@ -69,7 +71,9 @@ fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> 
 
 fn decode_component(s: &str) -> String {
     let plus_as_space = s.replace('+', " ");
-    percent_encoding::percent_decode_str(&plus_as_space).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(&plus_as_space)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// A JSON number or a numeric string, as an `i64` (proto3 JSON sends int64 as strings).
@@ -79,13 +83,19 @@ pub fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Er
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
             .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18).map(|f| f as i64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+                    .map(|f| f as i64)
+            })
             .map(Some)
             .ok_or_else(|| D::Error::custom(format!("expected an integer, got {n}"))),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => {
-            s.trim().parse::<i64>().map(Some).map_err(|_| D::Error::custom(format!("expected an integer, got '{s}'")))
-        }
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("expected an integer, got '{s}'"))),
         Some(other) => Err(D::Error::custom(format!("expected an integer, got {other}"))),
     }
 }
@@ -124,7 +134,9 @@ pub fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
             })
             .collect(),
         Some(Value::Number(n)) => Ok(vec![n.to_string()]),
-        Some(other) => Err(D::Error::custom(format!("expected a list of strings, got {other}"))),
+        Some(other) => Err(D::Error::custom(format!(
+            "expected a list of strings, got {other}"
+        ))),
     }
 }
 

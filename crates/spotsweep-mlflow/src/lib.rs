@@ -38,7 +38,11 @@ pub struct MlflowState {
 impl MlflowState {
     /// State with the proxy's artifact root, as `mlflow server --serve-artifacts` has it.
     pub fn new(store: Arc<dyn TrackingStore>, artifacts: Arc<ArtifactRepo>) -> Self {
-        Self { store, artifacts, default_artifact_root: "mlflow-artifacts:".into() }
+        Self {
+            store,
+            artifacts,
+            default_artifact_root: "mlflow-artifacts:".into(),
+        }
     }
 }
 
@@ -49,7 +53,10 @@ fn tracking_routes() -> Router<MlflowState> {
         .route("/experiments/create", post(create_experiment))
         .route("/experiments/get", get(get_experiment))
         .route("/experiments/get-by-name", get(get_experiment_by_name))
-        .route("/experiments/search", get(search_experiments).post(search_experiments))
+        .route(
+            "/experiments/search",
+            get(search_experiments).post(search_experiments),
+        )
         .route("/experiments/update", post(update_experiment))
         .route("/experiments/delete", post(delete_experiment))
         .route("/experiments/restore", post(restore_experiment))
@@ -68,7 +75,10 @@ fn tracking_routes() -> Router<MlflowState> {
         .route("/runs/log-inputs", post(log_inputs))
         .route("/runs/search", post(search_runs).get(search_runs))
         .route("/metrics/get-history", get(get_metric_history))
-        .route("/metrics/get-history-bulk-interval", get(get_history_bulk_interval))
+        .route(
+            "/metrics/get-history-bulk-interval",
+            get(get_history_bulk_interval),
+        )
         .route("/artifacts/list", get(artifacts::list_run_artifacts))
         .route("/logged-models/search", post(search_logged_models))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
@@ -79,15 +89,15 @@ fn artifact_routes() -> Router<MlflowState> {
     use artifacts::*;
     Router::new().route("/artifacts", get(list_artifacts)).route(
         "/artifacts/{*path}",
-        get(download_artifact).put(upload_artifact).delete(delete_artifact),
+        get(download_artifact)
+            .put(upload_artifact)
+            .delete(delete_artifact),
     )
 }
 
 /// Every MLflow route, under both the REST and the UI (`/ajax-api`) prefixes.
 pub fn router(state: MlflowState) -> Router {
-    let ui_only = Router::new()
-        .route("/metrics/get-history-bulk", get(tracking::get_history_bulk))
-        .route("/metrics/get-history-bulk-interval", get(tracking::get_history_bulk_interval));
+    let ui_only = Router::new().route("/metrics/get-history-bulk", get(tracking::get_history_bulk));
     Router::new()
         .nest("/api/2.0/mlflow", tracking_routes())
         .nest("/ajax-api/2.0/mlflow", tracking_routes().merge(ui_only))

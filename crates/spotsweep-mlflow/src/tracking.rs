@@ -22,7 +22,10 @@ use crate::wire::*;
 type JsonResult = MlflowResult<Json<Value>>;
 
 fn required<'a>(value: &'a Option<String>, field: &str) -> MlflowResult<&'a str> {
-    value.as_deref().filter(|v| !v.is_empty()).ok_or_else(|| MlflowError::missing(field))
+    value
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| MlflowError::missing(field))
 }
 
 fn now_ms() -> i64 {
@@ -42,9 +45,17 @@ fn encode_page_token(offset: u64) -> String {
 }
 
 fn decode_page_token(token: Option<&str>) -> MlflowResult<u64> {
-    let Some(token) = token.filter(|t| !t.is_empty()) else { return Ok(0) };
-    let bad = || MlflowError::invalid(format!("Invalid page token '{token}': pass back a next_page_token as received."));
-    let bytes = base64::engine::general_purpose::STANDARD.decode(token).map_err(|_| bad())?;
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Ok(0);
+    };
+    let bad = || {
+        MlflowError::invalid(format!(
+            "Invalid page token '{token}': pass back a next_page_token as received."
+        ))
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .map_err(|_| bad())?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     value.get("offset").and_then(Value::as_u64).ok_or_else(bad)
 }
@@ -84,7 +95,10 @@ fn tags_in(tags: Vec<KeyValueJson>, max_value: usize) -> MlflowResult<Vec<KeyVal
         .map(|t| {
             let key = t.key.unwrap_or_default();
             validate_key(KeyKind::Tag, &key)?;
-            Ok(KeyValue { key, value: truncate(t.value.unwrap_or_default(), max_value) })
+            Ok(KeyValue {
+                key,
+                value: truncate(t.value.unwrap_or_default(), max_value),
+            })
         })
         .collect()
 }
@@ -102,7 +116,10 @@ pub struct CreateExperiment {
 }
 
 /// Creates an experiment.
-pub async fn create_experiment(State(s): State<MlflowState>, Mlflow(req): Mlflow<CreateExperiment>) -> JsonResult {
+pub async fn create_experiment(
+    State(s): State<MlflowState>,
+    Mlflow(req): Mlflow<CreateExperiment>,
+) -> JsonResult {
     let name = required(&req.name, "name")?;
     validate_experiment_name(name)?;
     let mut tags = Vec::with_capacity(req.tags.len());
@@ -174,15 +191,23 @@ pub struct SearchExperiments {
 }
 
 /// Searches experiments.
-pub async fn search_experiments(State(s): State<MlflowState>, Mlflow(req): Mlflow<SearchExperiments>) -> JsonResult {
+pub async fn search_experiments(
+    State(s): State<MlflowState>,
+    Mlflow(req): Mlflow<SearchExperiments>,
+) -> JsonResult {
     let limit = max_results(req.max_results, None)?;
     let filter = parse_experiment_filter(req.filter.as_deref().unwrap_or(""))
         .map_err(|e| MlflowError::invalid(e.0))?;
     let mut order_by = Vec::new();
     for entry in &req.order_by {
         let o = parse_experiment_order_by(entry).map_err(|e| MlflowError::invalid(e.0))?;
-        if order_by.iter().any(|x: &spotsweep_core::search::ExperimentOrderBy| x.key == o.key) {
-            return Err(MlflowError::invalid(format!("`order_by` contains duplicate fields: '{entry}'")));
+        if order_by
+            .iter()
+            .any(|x: &spotsweep_core::search::ExperimentOrderBy| x.key == o.key)
+        {
+            return Err(MlflowError::invalid(format!(
+                "`order_by` contains duplicate fields: '{entry}'"
+            )));
         }
         order_by.push(o);
     }
@@ -216,7 +241,10 @@ pub struct UpdateExperiment {
 }
 
 /// Renames an experiment.
-pub async fn update_experiment(State(s): State<MlflowState>, Mlflow(req): Mlflow<UpdateExperiment>) -> JsonResult {
+pub async fn update_experiment(
+    State(s): State<MlflowState>,
+    Mlflow(req): Mlflow<UpdateExperiment>,
+) -> JsonResult {
     let id = parse_experiment_id(required(&req.experiment_id, "experiment_id")?)?;
     if let Some(name) = req.new_name.as_deref().filter(|n| !n.is_empty()) {
         validate_experiment_name(name)?;
@@ -226,16 +254,26 @@ pub async fn update_experiment(State(s): State<MlflowState>, Mlflow(req): Mlflow
 }
 
 /// Soft-deletes an experiment and its runs.
-pub async fn delete_experiment(State(s): State<MlflowState>, Mlflow(req): Mlflow<GetExperiment>) -> JsonResult {
+pub async fn delete_experiment(
+    State(s): State<MlflowState>,
+    Mlflow(req): Mlflow<GetExperiment>,
+) -> JsonResult {
     let id = parse_experiment_id(required(&req.experiment_id, "experiment_id")?)?;
-    s.store.set_experiment_lifecycle(id, LifecycleStage::Deleted).await?;
+    s.store
+        .set_experiment_lifecycle(id, LifecycleStage::Deleted)
+        .await?;
     empty()
 }
 
 /// Restores an experiment and its runs.
-pub async fn restore_experiment(State(s): State<MlflowState>, Mlflow(req): Mlflow<GetExperiment>) -> JsonResult {
+pub async fn restore_experiment(
+    State(s): State<MlflowState>,
+    Mlflow(req): Mlflow<GetExperiment>,
+) -> JsonResult {
     let id = parse_experiment_id(required(&req.experiment_id, "experiment_id")?)?;
-    s.store.set_experiment_lifecycle(id, LifecycleStage::Active).await?;
+    s.store
+        .set_experiment_lifecycle(id, LifecycleStage::Active)
+        .await?;
     empty()
 }
 
@@ -250,7 +288,10 @@ pub struct ExperimentTag {
 }
 
 /// Sets an experiment tag.
-pub async fn set_experiment_tag(State(s): State<MlflowState>, Mlflow(req): Mlflow<ExperimentTag>) -> JsonResult {
+pub async fn set_experiment_tag(
+    State(s): State<MlflowState>,
+    Mlflow(req): Mlflow<ExperimentTag>,
+) -> JsonResult {
     let id = parse_experiment_id(required(&req.experiment_id, "experiment_id")?)?;
     let key = required(&req.key, "key")?;
     validate_key(KeyKind::Tag, key)?;
@@ -265,7 +306,10 @@ pub async fn set_experiment_tag(State(s): State<MlflowState>, Mlflow(req): Mlflo
 }
 
 /// Deletes an experiment tag.
-pub async fn delete_experiment_tag(State(s): State<MlflowState>, Mlflow(req): Mlflow<ExperimentTag>) -> JsonResult {
+pub async fn delete_experiment_tag(
+    State(s): State<MlflowState>,
+    Mlflow(req): Mlflow<ExperimentTag>,
+) -> JsonResult {
     let id = parse_experiment_id(required(&req.experiment_id, "experiment_id")?)?;
     let key = required(&req.key, "key")?;
     s.store.delete_experiment_tag(id, key).await?;
@@ -309,7 +353,11 @@ pub struct CreateRun {
 pub async fn create_run(State(s): State<MlflowState>, Mlflow(req): Mlflow<CreateRun>) -> JsonResult {
     let experiment_id = parse_experiment_id(req.experiment_id.as_deref().unwrap_or("0"))?;
     let mut tags = tags_in(req.tags, MAX_TAG_VALUE_LEN)?;
-    let tag_name = tags.iter().rev().find(|t| t.key == "mlflow.runName").map(|t| t.value.clone());
+    let tag_name = tags
+        .iter()
+        .rev()
+        .find(|t| t.key == "mlflow.runName")
+        .map(|t| t.value.clone());
     let run_name = match (req.run_name.filter(|n| !n.is_empty()), tag_name) {
         (Some(name), Some(tagged)) if name != tagged => {
             return Err(MlflowError::invalid(format!(
@@ -322,7 +370,10 @@ pub async fn create_run(State(s): State<MlflowState>, Mlflow(req): Mlflow<Create
         (None, None) => crate::names::random_run_name(),
     };
     tags.retain(|t| t.key != "mlflow.runName");
-    tags.push(KeyValue { key: "mlflow.runName".into(), value: run_name.clone() });
+    tags.push(KeyValue {
+        key: "mlflow.runName".into(),
+        value: run_name.clone(),
+    });
     let run = s
         .store
         .create_run(NewRun {
@@ -379,20 +430,31 @@ pub async fn update_run(State(s): State<MlflowState>, Mlflow(req): Mlflow<Update
     });
     let info = s
         .store
-        .update_run(req.run.id()?, RunUpdate { status, end_time: req.end_time, run_name: req.run_name })
+        .update_run(
+            req.run.id()?,
+            RunUpdate {
+                status,
+                end_time: req.end_time,
+                run_name: req.run_name,
+            },
+        )
         .await?;
     Ok(Json(json!({ "run_info": RunInfoJson::from(&info) })))
 }
 
 /// Soft-deletes a run.
 pub async fn delete_run(State(s): State<MlflowState>, Mlflow(req): Mlflow<RunRef>) -> JsonResult {
-    s.store.set_run_lifecycle(req.id()?, LifecycleStage::Deleted).await?;
+    s.store
+        .set_run_lifecycle(req.id()?, LifecycleStage::Deleted)
+        .await?;
     empty()
 }
 
 /// Restores a run.
 pub async fn restore_run(State(s): State<MlflowState>, Mlflow(req): Mlflow<RunRef>) -> JsonResult {
-    s.store.set_run_lifecycle(req.id()?, LifecycleStage::Active).await?;
+    s.store
+        .set_run_lifecycle(req.id()?, LifecycleStage::Active)
+        .await?;
     empty()
 }
 
@@ -406,7 +468,12 @@ fn metric_in(m: MetricIn) -> MlflowResult<Metric> {
             "Invalid timestamp {timestamp} for metric '{key}': it must be a non-negative number of milliseconds"
         )));
     }
-    Ok(Metric { key, value, timestamp, step: m.step.unwrap_or(0) })
+    Ok(Metric {
+        key,
+        value,
+        timestamp,
+        step: m.step.unwrap_or(0),
+    })
 }
 
 /// `runs/log-metric`
@@ -422,7 +489,15 @@ pub struct LogMetric {
 pub async fn log_metric(State(s): State<MlflowState>, Mlflow(req): Mlflow<LogMetric>) -> JsonResult {
     let run_id = req.run.id()?.to_owned();
     let metric = metric_in(req.metric)?;
-    s.store.log_batch(&run_id, Batch { metrics: vec![metric], ..Batch::default() }).await?;
+    s.store
+        .log_batch(
+            &run_id,
+            Batch {
+                metrics: vec![metric],
+                ..Batch::default()
+            },
+        )
+        .await?;
     empty()
 }
 
@@ -441,8 +516,22 @@ pub async fn log_param(State(s): State<MlflowState>, Mlflow(req): Mlflow<LogKeyV
     let run_id = req.run.id()?;
     let key = required(&req.key, "key")?;
     validate_key(KeyKind::Param, key)?;
-    let value = truncate(req.value.clone().ok_or_else(|| MlflowError::missing("value"))?, MAX_PARAM_VALUE_LEN);
-    s.store.log_batch(run_id, Batch { params: vec![KeyValue { key: key.to_owned(), value }], ..Batch::default() }).await?;
+    let value = truncate(
+        req.value.clone().ok_or_else(|| MlflowError::missing("value"))?,
+        MAX_PARAM_VALUE_LEN,
+    );
+    s.store
+        .log_batch(
+            run_id,
+            Batch {
+                params: vec![KeyValue {
+                    key: key.to_owned(),
+                    value,
+                }],
+                ..Batch::default()
+            },
+        )
+        .await?;
     empty()
 }
 
@@ -452,7 +541,18 @@ pub async fn set_tag(State(s): State<MlflowState>, Mlflow(req): Mlflow<LogKeyVal
     let key = required(&req.key, "key")?;
     validate_key(KeyKind::Tag, key)?;
     let value = truncate(req.value.clone().unwrap_or_default(), MAX_TAG_VALUE_LEN);
-    s.store.log_batch(run_id, Batch { tags: vec![KeyValue { key: key.to_owned(), value }], ..Batch::default() }).await?;
+    s.store
+        .log_batch(
+            run_id,
+            Batch {
+                tags: vec![KeyValue {
+                    key: key.to_owned(),
+                    value,
+                }],
+                ..Batch::default()
+            },
+        )
+        .await?;
     empty()
 }
 
@@ -488,9 +588,11 @@ pub struct LogBatch {
 pub async fn log_batch(State(s): State<MlflowState>, Mlflow(req): Mlflow<LogBatch>) -> JsonResult {
     let run_id = req.run.id()?.to_owned();
     let (nm, np, nt) = (req.metrics.len(), req.params.len(), req.tags.len());
-    for (count, max, what) in
-        [(nm, MAX_BATCH_METRICS, "metrics"), (np, MAX_BATCH_PARAMS, "params"), (nt, MAX_BATCH_TAGS, "tags")]
-    {
+    for (count, max, what) in [
+        (nm, MAX_BATCH_METRICS, "metrics"),
+        (np, MAX_BATCH_PARAMS, "params"),
+        (nt, MAX_BATCH_TAGS, "tags"),
+    ] {
         if count > max {
             return Err(MlflowError::invalid(format!(
                 "A batch logging request can contain at most {max} {what}. Got {count} {what}. \
@@ -505,16 +607,27 @@ pub async fn log_batch(State(s): State<MlflowState>, Mlflow(req): Mlflow<LogBatc
             nm + np + nt
         )));
     }
-    let metrics = req.metrics.into_iter().map(metric_in).collect::<MlflowResult<Vec<_>>>()?;
+    let metrics = req
+        .metrics
+        .into_iter()
+        .map(metric_in)
+        .collect::<MlflowResult<Vec<_>>>()?;
     let mut params = Vec::with_capacity(np);
     for p in req.params {
         let key = p.key.unwrap_or_default();
         validate_key(KeyKind::Param, &key)?;
-        let value = truncate(p.value.ok_or_else(|| MlflowError::missing("value"))?, MAX_PARAM_VALUE_LEN);
+        let value = truncate(
+            p.value.ok_or_else(|| MlflowError::missing("value"))?,
+            MAX_PARAM_VALUE_LEN,
+        );
         params.push(KeyValue { key, value });
     }
     let mut seen = std::collections::HashSet::new();
-    let dupes: Vec<&str> = params.iter().filter(|p| !seen.insert(p.key.as_str())).map(|p| p.key.as_str()).collect();
+    let dupes: Vec<&str> = params
+        .iter()
+        .filter(|p| !seen.insert(p.key.as_str()))
+        .map(|p| p.key.as_str())
+        .collect();
     if !dupes.is_empty() {
         return Err(MlflowError::invalid(format!(
             "Duplicate parameter keys have been submitted: {dupes:?}. Please ensure the request contains only one \
@@ -522,7 +635,16 @@ pub async fn log_batch(State(s): State<MlflowState>, Mlflow(req): Mlflow<LogBatc
         )));
     }
     let tags = tags_in(req.tags, MAX_TAG_VALUE_LEN)?;
-    s.store.log_batch(&run_id, Batch { metrics, params, tags }).await?;
+    s.store
+        .log_batch(
+            &run_id,
+            Batch {
+                metrics,
+                params,
+                tags,
+            },
+        )
+        .await?;
     empty()
 }
 
@@ -540,7 +662,9 @@ pub async fn log_inputs(State(s): State<MlflowState>, Mlflow(req): Mlflow<LogInp
     let run_id = req.run.id()?.to_owned();
     let mut inputs = Vec::with_capacity(req.datasets.len());
     for d in req.datasets {
-        let ds = d.dataset.ok_or_else(|| MlflowError::missing("datasets.dataset"))?;
+        let ds = d
+            .dataset
+            .ok_or_else(|| MlflowError::missing("datasets.dataset"))?;
         inputs.push(DatasetInput {
             name: ds.name.ok_or_else(|| MlflowError::missing("dataset.name"))?,
             digest: ds.digest.ok_or_else(|| MlflowError::missing("dataset.digest"))?,
@@ -551,7 +675,10 @@ pub async fn log_inputs(State(s): State<MlflowState>, Mlflow(req): Mlflow<LogInp
             tags: d
                 .tags
                 .into_iter()
-                .map(|t| KeyValue { key: t.key.unwrap_or_default(), value: t.value.unwrap_or_default() })
+                .map(|t| KeyValue {
+                    key: t.key.unwrap_or_default(),
+                    value: t.value.unwrap_or_default(),
+                })
                 .collect(),
         });
     }
@@ -577,7 +704,8 @@ pub struct SearchRuns {
 /// Searches runs.
 pub async fn search_runs(State(s): State<MlflowState>, Mlflow(req): Mlflow<SearchRuns>) -> JsonResult {
     let limit = max_results(req.max_results, Some(1000))?;
-    let filter = parse_run_filter(req.filter.as_deref().unwrap_or("")).map_err(|e| MlflowError::invalid(e.0))?;
+    let filter =
+        parse_run_filter(req.filter.as_deref().unwrap_or("")).map_err(|e| MlflowError::invalid(e.0))?;
     let mut order_by: Vec<RunOrderBy> = Vec::new();
     for entry in &req.order_by {
         let o = parse_run_order_by(entry).map_err(|e| MlflowError::invalid(e.0))?;
@@ -591,7 +719,11 @@ pub async fn search_runs(State(s): State<MlflowState>, Mlflow(req): Mlflow<Searc
         order_by.push(o);
     }
     // Unknown or malformed experiment ids match nothing rather than failing, like the reference.
-    let experiment_ids: Vec<i64> = req.experiment_ids.iter().filter_map(|id| id.trim().parse().ok()).collect();
+    let experiment_ids: Vec<i64> = req
+        .experiment_ids
+        .iter()
+        .filter_map(|id| id.trim().parse().ok())
+        .collect();
     let page = s
         .store
         .search_runs(&RunQuery {
@@ -634,12 +766,17 @@ pub async fn get_metric_history(State(s): State<MlflowState>, Mlflow(req): Mlflo
     let key = required(&req.metric_key, "metric_key")?;
     let limit = match req.max_results {
         Some(n) if n <= 0 => {
-            return Err(MlflowError::invalid(format!("Invalid value {n} for parameter 'max_results': it must be positive")));
+            return Err(MlflowError::invalid(format!(
+                "Invalid value {n} for parameter 'max_results': it must be positive"
+            )));
         }
         Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
         None => u32::MAX - 1,
     };
-    let page = s.store.metric_history(run_id, key, decode_page_token(req.page_token.as_deref())?, limit).await?;
+    let page = s
+        .store
+        .metric_history(run_id, key, decode_page_token(req.page_token.as_deref())?, limit)
+        .await?;
     let mut out = serde_json::Map::new();
     if !page.items.is_empty() {
         let metrics: Vec<MetricJson> = page.items.iter().map(Into::into).collect();
@@ -666,7 +803,10 @@ pub struct BulkInterval {
 }
 
 /// Down-sampled histories of several runs for charts.
-pub async fn get_history_bulk_interval(State(s): State<MlflowState>, Mlflow(req): Mlflow<BulkInterval>) -> JsonResult {
+pub async fn get_history_bulk_interval(
+    State(s): State<MlflowState>,
+    Mlflow(req): Mlflow<BulkInterval>,
+) -> JsonResult {
     const MAX_RUNS: usize = 100;
     const MAX_POINTS: i64 = 2500;
     let key = required(&req.metric_key, "metric_key")?;
@@ -688,7 +828,9 @@ pub async fn get_history_bulk_interval(State(s): State<MlflowState>, Mlflow(req)
     if let (Some(a), Some(b)) = (req.start_step, req.end_step)
         && a > b
     {
-        return Err(MlflowError::invalid(format!("end_step ({b}) must be greater than or equal to start_step ({a})")));
+        return Err(MlflowError::invalid(format!(
+            "end_step ({b}) must be greater than or equal to start_step ({a})"
+        )));
     }
     let points = s
         .store
@@ -696,7 +838,10 @@ pub async fn get_history_bulk_interval(State(s): State<MlflowState>, Mlflow(req)
         .await?;
     let metrics: Vec<MetricJson> = points
         .into_iter()
-        .map(|(run_id, m)| MetricJson { run_id: Some(run_id), ..MetricJson::from(&m) })
+        .map(|(run_id, m)| MetricJson {
+            run_id: Some(run_id),
+            ..MetricJson::from(&m)
+        })
         .collect();
     if metrics.is_empty() {
         return empty();
@@ -721,7 +866,10 @@ pub async fn get_history_bulk(State(s): State<MlflowState>, Mlflow(req): Mlflow<
     let mut metrics = Vec::new();
     for run_id in req.run_id.iter().take(100) {
         let page = s.store.metric_history(run_id, key, 0, cap).await?;
-        metrics.extend(page.items.iter().map(|m| MetricJson { run_id: Some(run_id.clone()), ..MetricJson::from(m) }));
+        metrics.extend(page.items.iter().map(|m| MetricJson {
+            run_id: Some(run_id.clone()),
+            ..MetricJson::from(m)
+        }));
     }
     metrics.truncate(cap as usize);
     if metrics.is_empty() {
@@ -760,7 +908,10 @@ mod tests {
     fn run_ids_are_uuid4_hex() {
         let id = uuid_hex();
         assert_eq!(id.len(), 32);
-        assert!(id.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_eq!(&id[12..13], "4");
     }
 }

@@ -60,7 +60,11 @@ pub fn validate_key(kind: KeyKind, key: &str) -> MlflowResult<()> {
              dashes (-), periods (.), spaces ( ), colon(:) and slashes (/)."
         )));
     }
-    if key.is_empty() || key.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if key.is_empty()
+        || key
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(MlflowError::invalid(format!(
             "Invalid {noun} name: '{key}'. Names cannot be empty, contain '.' or '..' path segments, \
              or start, end or repeat '/'."
@@ -87,7 +91,9 @@ pub fn truncate(mut value: String, max: usize) -> String {
 /// Checks an experiment name.
 pub fn validate_experiment_name(name: &str) -> MlflowResult<()> {
     if name.trim().is_empty() {
-        return Err(MlflowError::invalid("Invalid experiment name: ''. An experiment name must be a non-empty string."));
+        return Err(MlflowError::invalid(
+            "Invalid experiment name: ''. An experiment name must be a non-empty string.",
+        ));
     }
     if name.chars().count() > MAX_EXPERIMENT_NAME_LEN {
         return Err(MlflowError::invalid(format!(
@@ -101,7 +107,9 @@ pub fn validate_experiment_name(name: &str) -> MlflowResult<()> {
 /// Parses an experiment id (a decimal string on the wire).
 pub fn parse_experiment_id(id: &str) -> MlflowResult<i64> {
     id.trim().parse::<i64>().map_err(|_| {
-        MlflowError::invalid(format!("Invalid experiment ID: '{id}'. Experiment IDs are decimal integers."))
+        MlflowError::invalid(format!(
+            "Invalid experiment ID: '{id}'. Experiment IDs are decimal integers."
+        ))
     })
 }
 
@@ -114,7 +122,9 @@ mod tests {
         for ok in ["a", "a/b", "loss val", "ünï", "実験", "a.b-c:d_e", "..a"] {
             assert!(validate_key(KeyKind::Param, ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a//b", "../x", "/abs", "a/../b", "a/", "x*", "a?", ".", "a/./b", "q=1"] {
+        for bad in [
+            "", "a//b", "../x", "/abs", "a/../b", "a/", "x*", "a?", ".", "a/./b", "q=1",
+        ] {
             assert!(validate_key(KeyKind::Metric, bad).is_err(), "{bad}");
         }
         assert!(validate_key(KeyKind::Tag, &"k".repeat(251)).is_err());

@@ -20,7 +20,10 @@ pub struct KeyValueJson {
 
 impl From<&KeyValue> for KeyValueJson {
     fn from(kv: &KeyValue) -> Self {
-        Self { key: Some(kv.key.clone()), value: Some(kv.value.clone()) }
+        Self {
+            key: Some(kv.key.clone()),
+            value: Some(kv.value.clone()),
+        }
     }
 }
 
@@ -70,7 +73,13 @@ pub struct MetricJson {
 
 impl From<&Metric> for MetricJson {
     fn from(m: &Metric) -> Self {
-        Self { key: m.key.clone(), value: m.value, timestamp: m.timestamp, step: m.step, run_id: None }
+        Self {
+            key: m.key.clone(),
+            value: m.value,
+            timestamp: m.timestamp,
+            step: m.step,
+            run_id: None,
+        }
     }
 }
 
@@ -250,7 +259,9 @@ impl From<&Run> for RunJson {
                 params: r.params.iter().map(Into::into).collect(),
                 tags: r.tags.iter().map(Into::into).collect(),
             },
-            inputs: RunInputsJson { dataset_inputs: r.inputs.iter().map(Into::into).collect() },
+            inputs: RunInputsJson {
+                dataset_inputs: r.inputs.iter().map(Into::into).collect(),
+            },
             outputs: Empty {},
         }
     }

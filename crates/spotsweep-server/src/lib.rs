@@ -1,1 +1,117 @@
-//! placeholder
+//! The spotsweep daemon: configuration, authentication, the `/api/v1` routes and their OpenAPI
+//! document, and the assembly of everything (MLflow tracking included) into one HTTP server
+//! with a graceful shutdown.
+//!
+//! `main` only parses flags and sets up logging; tests start the same [`run`] on `127.0.0.1:0`.
+//! This crate may use every library crate; nothing but the CLI may use it.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use spotsweep_mlflow::{ArtifactRepo, MlflowState};
+use spotsweep_store::{SqliteOptions, SqliteStore, TokenStore};
+use tokio::net::TcpListener;
+
+pub use config::{Config, ConfigError, LogFormat, Overrides};
+
+use crate::auth::Auth;
+
+/// The daemon's version, as `/version` reports it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the `/api/v1` handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// API token records.
+    pub tokens: Arc<dyn TokenStore>,
+    /// The live token set that requests are checked against.
+    pub auth: Arc<Auth>,
+}
+
+async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({
+            "error_code": "ENDPOINT_NOT_FOUND",
+            "message": "No such endpoint. The MLflow API is under /api/2.0/mlflow, spotsweep's own under /api/v1 \
+                        (see /api/v1/openapi.json).",
+        })),
+    )
+}
+
+/// Every route of the daemon, behind the token check.
+pub fn router(state: AppState, mlflow: MlflowState) -> Router {
+    let (api, _) = api::router().split_for_parts();
+    let openapi = api::openapi_json();
+    Router::new()
+        .route("/health", get(|| async { "OK" }))
+        .route("/version", get(|| async { VERSION }))
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = openapi.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
+            }),
+        )
+        .merge(api.with_state(state.clone()))
+        .merge(spotsweep_mlflow::router(mlflow))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::require_token,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// Runs the daemon on `listener` until `shutdown` completes, then lets in-flight requests
+/// finish and closes the database cleanly.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let store = Arc::new(
+        SqliteStore::open(&SqliteOptions::new(config.database_path()))
+            .await
+            .with_context(|| format!("cannot open database {}", config.database_path().display()))?,
+    );
+    let auth = Arc::new(Auth::load(store.as_ref(), !config.no_auth).await?);
+    let token_path = config.admin_token_path();
+    if auth::bootstrap_admin_token(store.as_ref(), &auth, &token_path).await? {
+        tracing::info!(path = %token_path.display(), "first start: wrote the admin token (mode 0600)");
+    } else if auth.enabled {
+        tracing::info!(path = %token_path.display(), "API tokens required; the admin token was written here at first start");
+    }
+    if !auth.enabled {
+        tracing::warn!("--no-auth: every request is accepted without a token (loopback only)");
+    }
+    let artifacts = Arc::new(ArtifactRepo::open(&config.artifacts_destination)?);
+    tracing::info!(artifacts = artifacts.location(), database = %config.database_path().display(), "storage ready");
+
+    let state = AppState {
+        tokens: store.clone(),
+        auth,
+    };
+    let mlflow = MlflowState::new(store.clone(), artifacts);
+    let app = router(state, mlflow);
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on http://{addr}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server error")?;
+    tracing::info!("shutting down: requests drained, closing the database");
+    store.close().await;
+    Ok(())
+}

@@ -21,7 +21,11 @@ impl LifecycleStage {
     }
 
     pub(crate) fn parse(s: &str) -> Self {
-        if s == "deleted" { Self::Deleted } else { Self::Active }
+        if s == "deleted" {
+            Self::Deleted
+        } else {
+            Self::Active
+        }
     }
 }
 
@@ -178,7 +182,10 @@ pub struct DatasetInput {
 impl DatasetInput {
     /// The `mlflow.data.context` input tag, which `datasets.context` filters on.
     pub fn context(&self) -> Option<&str> {
-        self.tags.iter().find(|t| t.key == "mlflow.data.context").map(|t| t.value.as_str())
+        self.tags
+            .iter()
+            .find(|t| t.key == "mlflow.data.context")
+            .map(|t| t.value.as_str())
     }
 }
 

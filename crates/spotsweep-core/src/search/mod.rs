@@ -9,9 +9,7 @@
 
 mod parse;
 
-pub use parse::{
-    parse_experiment_filter, parse_experiment_order_by, parse_run_filter, parse_run_order_by,
-};
+pub use parse::{parse_experiment_filter, parse_experiment_order_by, parse_run_filter, parse_run_order_by};
 
 /// A filter or `order_by` string the grammar rejects. The message is meant for the person who
 /// wrote it and is sent back verbatim in a `400 INVALID_PARAMETER_VALUE`.

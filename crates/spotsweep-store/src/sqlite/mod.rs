@@ -16,7 +16,9 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::{Result, StoreError};
 
@@ -35,7 +37,10 @@ pub struct SqliteOptions {
 impl SqliteOptions {
     /// Defaults for a file: four readers.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), readers: 4 }
+        Self {
+            path: path.into(),
+            readers: 4,
+        }
     }
 }
 
@@ -113,7 +118,9 @@ async fn refuse_newer_schema(pool: &SqlitePool) -> Result<()> {
         return Ok(());
     }
     let (applied,): (Option<i64>,) =
-        sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?;
+        sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?;
     let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     match applied {
         Some(applied) if applied > known => Err(StoreError::Incompatible(format!(
@@ -137,5 +144,8 @@ pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

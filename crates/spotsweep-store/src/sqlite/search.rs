@@ -30,7 +30,12 @@ fn push_str_cmp(qb: &mut QueryBuilder<Sqlite>, column: &str, op: StrOp, value: &
         StrOp::Eq => qb.push(column).push(" = ").push_bind(value.to_owned()),
         StrOp::Ne => qb.push(column).push(" != ").push_bind(value.to_owned()),
         StrOp::Like => qb.push(column).push(" LIKE ").push_bind(value.to_owned()),
-        StrOp::ILike => qb.push("LOWER(").push(column).push(") LIKE LOWER(").push_bind(value.to_owned()).push(")"),
+        StrOp::ILike => qb
+            .push("LOWER(")
+            .push(column)
+            .push(") LIKE LOWER(")
+            .push_bind(value.to_owned())
+            .push(")"),
     };
 }
 
@@ -58,8 +63,14 @@ fn dataset_column(field: DatasetField) -> &'static str {
 /// and tags; a comparison needs the key to exist (so `!=` never matches a run without it).
 fn push_kv_condition(qb: &mut QueryBuilder<Sqlite>, table: &str, key: &str, cond: &StringCondition) {
     let negate = matches!(cond, StringCondition::IsNull);
-    qb.push(if negate { "NOT EXISTS (SELECT 1 FROM " } else { "EXISTS (SELECT 1 FROM " });
-    qb.push(table).push(" x WHERE x.run_id = r.id AND x.key = ").push_bind(key.to_owned());
+    qb.push(if negate {
+        "NOT EXISTS (SELECT 1 FROM "
+    } else {
+        "EXISTS (SELECT 1 FROM "
+    });
+    qb.push(table)
+        .push(" x WHERE x.run_id = r.id AND x.key = ")
+        .push_bind(key.to_owned());
     if let StringCondition::Compare(op, value) = cond {
         qb.push(" AND ");
         push_str_cmp(qb, "x.value", *op, value);
@@ -80,15 +91,23 @@ fn push_run_predicate(qb: &mut QueryBuilder<Sqlite>, predicate: &RunPredicate) {
         }
         RunPredicate::Param { key, cond } => push_kv_condition(qb, "params", key, cond),
         RunPredicate::Tag { key, cond } => push_kv_condition(qb, "tags", key, cond),
-        RunPredicate::AttributeString { attr, op, value } => push_str_cmp(qb, run_attr_column(*attr), *op, value),
+        RunPredicate::AttributeString { attr, op, value } => {
+            push_str_cmp(qb, run_attr_column(*attr), *op, value)
+        }
         RunPredicate::AttributeNumber { attr, op, value } => {
-            qb.push(run_attr_column(*attr)).push(num_op(*op)).push_bind(*value);
+            qb.push(run_attr_column(*attr))
+                .push(num_op(*op))
+                .push_bind(*value);
         }
         RunPredicate::RunIdIn { negated, values } => {
-            qb.push(if *negated { "r.run_uuid NOT IN" } else { "r.run_uuid IN" })
-                .push(" (SELECT value FROM json_each(")
-                .push_bind(json_strings(values))
-                .push("))");
+            qb.push(if *negated {
+                "r.run_uuid NOT IN"
+            } else {
+                "r.run_uuid IN"
+            })
+            .push(" (SELECT value FROM json_each(")
+            .push_bind(json_strings(values))
+            .push("))");
         }
         RunPredicate::Dataset { field, cond } => {
             qb.push("EXISTS (SELECT 1 FROM run_inputs d WHERE d.run_id = r.id AND ");
@@ -103,7 +122,11 @@ fn push_run_predicate(qb: &mut QueryBuilder<Sqlite>, predicate: &RunPredicate) {
             }
             qb.push(")");
         }
-        RunPredicate::DatasetIn { field, negated, values } => {
+        RunPredicate::DatasetIn {
+            field,
+            negated,
+            values,
+        } => {
             qb.push("EXISTS (SELECT 1 FROM run_inputs d WHERE d.run_id = r.id AND ")
                 .push(dataset_column(*field))
                 .push(if *negated { " NOT IN" } else { " IN" })
@@ -132,8 +155,10 @@ pub(super) fn run_search_sql(query: &RunQuery, columns: &str) -> QueryBuilder<Sq
             RunOrderKey::Metric(k) | RunOrderKey::Param(k) | RunOrderKey::Tag(k) => k.clone(),
             RunOrderKey::Attribute(_) => continue,
         };
-        qb.push(format!(" LEFT JOIN {table} o{i} ON o{i}.run_id = r.id AND o{i}.key = "))
-            .push_bind(key);
+        qb.push(format!(
+            " LEFT JOIN {table} o{i} ON o{i}.run_id = r.id AND o{i}.key = "
+        ))
+        .push_bind(key);
     }
     qb.push(" WHERE r.experiment_id IN (SELECT value FROM json_each(")
         .push_bind(json_ids(&query.experiment_ids))
@@ -198,16 +223,22 @@ pub(super) fn experiment_search_sql(query: &ExperimentQuery, columns: &str) -> Q
         match predicate {
             ExperimentPredicate::Name { op, value } => push_str_cmp(&mut qb, "e.name", *op, value),
             ExperimentPredicate::Time { attr, op, value } => {
-                qb.push(experiment_attr_column(*attr)).push(num_op(*op)).push_bind(*value);
+                qb.push(experiment_attr_column(*attr))
+                    .push(num_op(*op))
+                    .push_bind(*value);
             }
             ExperimentPredicate::ExperimentId { op, value } => {
                 push_str_cmp(&mut qb, "CAST(e.experiment_id AS TEXT)", *op, value);
             }
             ExperimentPredicate::ExperimentIdIn { negated, values } => {
-                qb.push(if *negated { "CAST(e.experiment_id AS TEXT) NOT IN" } else { "CAST(e.experiment_id AS TEXT) IN" })
-                    .push(" (SELECT value FROM json_each(")
-                    .push_bind(json_strings(values))
-                    .push("))");
+                qb.push(if *negated {
+                    "CAST(e.experiment_id AS TEXT) NOT IN"
+                } else {
+                    "CAST(e.experiment_id AS TEXT) IN"
+                })
+                .push(" (SELECT value FROM json_each(")
+                .push_bind(json_strings(values))
+                .push("))");
             }
             ExperimentPredicate::Tag { key, cond } => {
                 let negate = matches!(cond, StringCondition::IsNull);

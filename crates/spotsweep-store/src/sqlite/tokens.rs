@@ -8,7 +8,11 @@ use crate::{ApiToken, Result, StoreError, TokenStore};
 #[async_trait]
 impl TokenStore for SqliteStore {
     async fn create_token(&self, name: &str, token_hash: &str) -> Result<ApiToken> {
-        let token = ApiToken { id: uuid::Uuid::new_v4().simple().to_string(), name: name.to_owned(), created_at: now_ms() };
+        let token = ApiToken {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            name: name.to_owned(),
+            created_at: now_ms(),
+        };
         let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO api_tokens (id, name, token_hash, created_at) VALUES (?, ?, ?, ?)")
             .bind(&token.id)
@@ -29,7 +33,10 @@ impl TokenStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(map_err)?;
-        Ok(rows.into_iter().map(|(id, name, created_at)| ApiToken { id, name, created_at }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, created_at)| ApiToken { id, name, created_at })
+            .collect())
     }
 
     async fn revoke_token(&self, id: &str) -> Result<()> {
@@ -48,10 +55,11 @@ impl TokenStore for SqliteStore {
     }
 
     async fn live_token_hashes(&self) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT token_hash FROM api_tokens WHERE revoked_at IS NULL")
-            .fetch_all(&self.reader)
-            .await
-            .map_err(map_err)?;
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT token_hash FROM api_tokens WHERE revoked_at IS NULL")
+                .fetch_all(&self.reader)
+                .await
+                .map_err(map_err)?;
         Ok(rows.into_iter().map(|(h,)| h).collect())
     }
 }

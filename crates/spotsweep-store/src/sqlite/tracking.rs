@@ -8,8 +8,8 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use super::search::{experiment_search_sql, run_search_sql};
 use super::{SqliteStore, map_err, now_ms};
 use crate::{
-    Batch, DatasetInput, Experiment, ExperimentQuery, KeyValue, LifecycleStage, Metric, NewExperiment, NewRun,
-    Page, Result, Run, RunInfo, RunQuery, RunStatus, RunUpdate, StoreError, TrackingStore,
+    Batch, DatasetInput, Experiment, ExperimentQuery, KeyValue, LifecycleStage, Metric, NewExperiment,
+    NewRun, Page, Result, Run, RunInfo, RunQuery, RunStatus, RunUpdate, StoreError, TrackingStore,
 };
 
 /// The columns of `runs` that make a [`RunInfo`], plus the internal key, in [`RunRow`] order.
@@ -71,7 +71,8 @@ impl ExperimentRow {
     }
 }
 
-const EXPERIMENT_COLUMNS: &str = "experiment_id, name, artifact_location, lifecycle_stage, creation_time, last_update_time";
+const EXPERIMENT_COLUMNS: &str =
+    "experiment_id, name, artifact_location, lifecycle_stage, creation_time, last_update_time";
 
 /// NaN cannot live in a REAL column: it is stored as 0 with `is_nan = 1`. ±∞ are stored as
 /// ±`f64::MAX`, which is what the reference server returns for them.
@@ -111,11 +112,12 @@ fn split_chunks(mut n: usize) -> Vec<usize> {
 }
 
 async fn run_key_for_write(conn: &mut SqliteConnection, run_id: &str) -> Result<i64> {
-    let row: Option<(i64, String)> = sqlx::query_as("SELECT id, lifecycle_stage FROM runs WHERE run_uuid = ?")
-        .bind(run_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(map_err)?;
+    let row: Option<(i64, String)> =
+        sqlx::query_as("SELECT id, lifecycle_stage FROM runs WHERE run_uuid = ?")
+            .bind(run_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(map_err)?;
     match row {
         None => Err(StoreError::NotFound(format!("Run with id={run_id} not found"))),
         Some((_, stage)) if stage != "active" => Err(StoreError::Invalid(format!(
@@ -186,7 +188,11 @@ async fn insert_metrics(conn: &mut SqliteConnection, run_key: i64, metrics: &[Me
                 .push_bind(value)
                 .push_bind(is_nan);
         });
-        qb.build().persistent(true).execute(&mut *conn).await.map_err(map_err)?;
+        qb.build()
+            .persistent(true)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
     }
     // Only the best point of each key in this batch can become the latest one.
     let mut best: HashMap<&str, &Metric> = HashMap::new();
@@ -221,7 +227,12 @@ async fn insert_metrics(conn: &mut SqliteConnection, run_key: i64, metrics: &[Me
     Ok(())
 }
 
-async fn insert_params(conn: &mut SqliteConnection, run_key: i64, run_id: &str, params: &[KeyValue]) -> Result<()> {
+async fn insert_params(
+    conn: &mut SqliteConnection,
+    run_key: i64,
+    run_id: &str,
+    params: &[KeyValue],
+) -> Result<()> {
     if params.is_empty() {
         return Ok(());
     }
@@ -251,11 +262,18 @@ async fn insert_params(conn: &mut SqliteConnection, run_key: i64, run_id: &str, 
     for size in split_chunks(params.len()) {
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT OR IGNORE INTO params (run_id, key, value) ");
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT OR IGNORE INTO params (run_id, key, value) ");
         qb.push_values(chunk, |mut row, p| {
-            row.push_bind(run_key).push_bind(p.key.as_str()).push_bind(p.value.as_str());
+            row.push_bind(run_key)
+                .push_bind(p.key.as_str())
+                .push_bind(p.value.as_str());
         });
-        qb.build().persistent(true).execute(&mut *conn).await.map_err(map_err)?;
+        qb.build()
+            .persistent(true)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
     }
     Ok(())
 }
@@ -307,7 +325,16 @@ impl SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(map_err)?;
-        type InputRow = (i64, String, String, String, String, Option<String>, Option<String>, String);
+        type InputRow = (
+            i64,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            String,
+        );
         let inputs: Vec<InputRow> = sqlx::query_as(
             "SELECT run_id, name, digest, source_type, source, schema, profile, tags FROM run_inputs \
              WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, name, digest",
@@ -321,11 +348,25 @@ impl SqliteStore {
         let mut order = Vec::with_capacity(infos.len());
         for (id, info) in infos {
             order.push(id);
-            by_id.insert(id, Run { info, metrics: vec![], params: vec![], tags: vec![], inputs: vec![] });
+            by_id.insert(
+                id,
+                Run {
+                    info,
+                    metrics: vec![],
+                    params: vec![],
+                    tags: vec![],
+                    inputs: vec![],
+                },
+            );
         }
         for (id, key, timestamp, step, value, is_nan) in metrics {
             if let Some(run) = by_id.get_mut(&id) {
-                run.metrics.push(Metric { key, value: loaded_value(value, is_nan), timestamp, step });
+                run.metrics.push(Metric {
+                    key,
+                    value: loaded_value(value, is_nan),
+                    timestamp,
+                    step,
+                });
             }
         }
         for (id, key, value) in params {
@@ -341,8 +382,19 @@ impl SqliteStore {
         for (id, name, digest, source_type, source, schema, profile, tags) in inputs {
             if let Some(run) = by_id.get_mut(&id) {
                 let tags: Vec<(String, String)> = serde_json::from_str(&tags).unwrap_or_default();
-                let tags = tags.into_iter().map(|(key, value)| KeyValue { key, value }).collect();
-                run.inputs.push(DatasetInput { name, digest, source_type, source, schema, profile, tags });
+                let tags = tags
+                    .into_iter()
+                    .map(|(key, value)| KeyValue { key, value })
+                    .collect();
+                run.inputs.push(DatasetInput {
+                    name,
+                    digest,
+                    source_type,
+                    source,
+                    schema,
+                    profile,
+                    tags,
+                });
             }
         }
         Ok(order.into_iter().filter_map(|id| by_id.remove(&id)).collect())
@@ -369,7 +421,10 @@ impl TrackingStore for SqliteStore {
             .await
             .map_err(map_err)?;
         if taken.is_some() {
-            return Err(StoreError::AlreadyExists(format!("Experiment '{}' already exists.", new.name)));
+            return Err(StoreError::AlreadyExists(format!(
+                "Experiment '{}' already exists.",
+                new.name
+            )));
         }
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO experiments (name, artifact_location, lifecycle_stage, creation_time, last_update_time) \
@@ -444,7 +499,9 @@ impl TrackingStore for SqliteStore {
                 .await
                 .map_err(map_err)?;
         if taken.is_some() {
-            return Err(StoreError::AlreadyExists(format!("Experiment '{new_name}' already exists.")));
+            return Err(StoreError::AlreadyExists(format!(
+                "Experiment '{new_name}' already exists."
+            )));
         }
         sqlx::query("UPDATE experiments SET name = ?, last_update_time = ? WHERE experiment_id = ?")
             .bind(new_name)
@@ -461,13 +518,15 @@ impl TrackingStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         experiment_row(&mut tx, experiment_id).await?;
         let now = now_ms();
-        sqlx::query("UPDATE experiments SET lifecycle_stage = ?, last_update_time = ? WHERE experiment_id = ?")
-            .bind(stage.as_str())
-            .bind(now)
-            .bind(experiment_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        sqlx::query(
+            "UPDATE experiments SET lifecycle_stage = ?, last_update_time = ? WHERE experiment_id = ?",
+        )
+        .bind(stage.as_str())
+        .bind(now)
+        .bind(experiment_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
         let deleted_time = (stage == LifecycleStage::Deleted).then_some(now);
         sqlx::query("UPDATE runs SET lifecycle_stage = ?, deleted_time = ? WHERE experiment_id = ?")
             .bind(stage.as_str())
@@ -525,8 +584,11 @@ impl TrackingStore for SqliteStore {
 
     async fn search_experiments(&self, query: &ExperimentQuery) -> Result<Page<Experiment>> {
         let mut qb = experiment_search_sql(query, EXPERIMENT_COLUMNS);
-        let rows: Vec<ExperimentRow> =
-            qb.build_query_as().fetch_all(&self.reader).await.map_err(map_err)?;
+        let rows: Vec<ExperimentRow> = qb
+            .build_query_as()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
         let (rows, next_offset) = page(rows, query.limit, query.offset);
         let ids: Vec<i64> = rows.iter().map(|r| r.experiment_id).collect();
         let mut tags = self.experiment_tags(&ids).await?;
@@ -549,7 +611,11 @@ impl TrackingStore for SqliteStore {
                 new.experiment_id, exp.lifecycle_stage
             )));
         }
-        let artifact_uri = format!("{}/{}/artifacts", exp.artifact_location.trim_end_matches('/'), new.run_id);
+        let artifact_uri = format!(
+            "{}/{}/artifacts",
+            exp.artifact_location.trim_end_matches('/'),
+            new.run_id
+        );
         let (key,): (i64,) = sqlx::query_as(
             "INSERT INTO runs (run_uuid, experiment_id, name, user_id, status, start_time, artifact_uri, lifecycle_stage) \
              VALUES (?, ?, ?, ?, 'RUNNING', ?, ?, 'active') RETURNING id",
@@ -608,7 +674,8 @@ impl TrackingStore for SqliteStore {
             .map_err(map_err)?
             .ok_or_else(|| StoreError::NotFound(format!("Run with id={run_id} not found")))?;
         let mut runs = self.load_runs(vec![row]).await?;
-        runs.pop().ok_or_else(|| StoreError::NotFound(format!("Run with id={run_id} not found")))
+        runs.pop()
+            .ok_or_else(|| StoreError::NotFound(format!("Run with id={run_id} not found")))
     }
 
     async fn update_run(&self, run_id: &str, update: RunUpdate) -> Result<RunInfo> {
@@ -631,7 +698,15 @@ impl TrackingStore for SqliteStore {
                 .map_err(map_err)?;
         }
         if let Some(name) = update.run_name.filter(|n| !n.is_empty()) {
-            upsert_tags(&mut tx, key, &[KeyValue { key: "mlflow.runName".into(), value: name }]).await?;
+            upsert_tags(
+                &mut tx,
+                key,
+                &[KeyValue {
+                    key: "mlflow.runName".into(),
+                    value: name,
+                }],
+            )
+            .await?;
         }
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = ?");
         let row = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(sql))
@@ -684,7 +759,9 @@ impl TrackingStore for SqliteStore {
             .await
             .map_err(map_err)?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("No tag with name: {key} in run with id {run_id}")));
+            return Err(StoreError::NotFound(format!(
+                "No tag with name: {key} in run with id {run_id}"
+            )));
         }
         tx.commit().await.map_err(map_err)?;
         Ok(())
@@ -694,7 +771,11 @@ impl TrackingStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         let key = run_key_for_write(&mut tx, run_id).await?;
         for input in &inputs {
-            let tags: Vec<(&str, &str)> = input.tags.iter().map(|t| (t.key.as_str(), t.value.as_str())).collect();
+            let tags: Vec<(&str, &str)> = input
+                .tags
+                .iter()
+                .map(|t| (t.key.as_str(), t.value.as_str()))
+                .collect();
             sqlx::query(
                 "INSERT INTO run_inputs (run_id, name, digest, source_type, source, schema, profile, tags, context) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
@@ -721,10 +802,17 @@ impl TrackingStore for SqliteStore {
 
     async fn search_runs(&self, query: &RunQuery) -> Result<Page<Run>> {
         if query.experiment_ids.is_empty() {
-            return Ok(Page { items: vec![], next_offset: None });
+            return Ok(Page {
+                items: vec![],
+                next_offset: None,
+            });
         }
         let mut qb = run_search_sql(query, RUN_COLUMNS);
-        let rows: Vec<RunRow> = qb.build_query_as().fetch_all(&self.reader).await.map_err(map_err)?;
+        let rows: Vec<RunRow> = qb
+            .build_query_as()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
         let (rows, next_offset) = page(rows, query.limit, query.offset);
         let items = self.load_runs(rows).await?;
         Ok(Page { items, next_offset })
@@ -798,7 +886,15 @@ impl TrackingStore for SqliteStore {
         Ok(rows
             .into_iter()
             .map(|(run, timestamp, step, value, is_nan)| {
-                (run, Metric { key: key.to_owned(), value: loaded_value(value, is_nan), timestamp, step })
+                (
+                    run,
+                    Metric {
+                        key: key.to_owned(),
+                        value: loaded_value(value, is_nan),
+                        timestamp,
+                        step,
+                    },
+                )
             })
             .collect())
     }
@@ -811,7 +907,9 @@ pub fn sample_evenly(steps: &[i64], n: usize) -> Vec<i64> {
     }
     let n = n.max(2);
     let last = steps.len() - 1;
-    let mut out: Vec<i64> = (0..n).map(|i| steps[(i * last + (n - 1) / 2) / (n - 1)]).collect();
+    let mut out: Vec<i64> = (0..n)
+        .map(|i| steps[(i * last + (n - 1) / 2) / (n - 1)])
+        .collect();
     out.dedup();
     out
 }

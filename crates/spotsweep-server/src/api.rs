@@ -1,0 +1,199 @@
+//! The daemon's own `/api/v1` routes (tokens for now), documented with utoipa.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use spotsweep_api::{ApiErrorBody, CreateTokenRequest, CreatedToken, TokenInfo, TokenList};
+use spotsweep_store::StoreError;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::auth::{hash_token, new_secret};
+
+/// An `/api/v1` error: logged in full when internal, shown as a code and a clean message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request",
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => Self {
+                status: StatusCode::NOT_FOUND,
+                code: "not_found",
+                message: m,
+            },
+            StoreError::AlreadyExists(m) => Self {
+                status: StatusCode::CONFLICT,
+                code: "already_exists",
+                message: m,
+            },
+            StoreError::Invalid(m) => Self::invalid(m),
+            StoreError::Busy => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "busy",
+                message: "the database is busy; retry shortly".into(),
+            },
+            other => {
+                tracing::error!(error = %other, "internal error");
+                Self {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "internal",
+                    message: "internal error; see the daemon's log".into(),
+                }
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ApiErrorBody {
+                code: self.code.into(),
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// Creates an API token. Its secret is in this response only.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    request_body = CreateTokenRequest,
+    responses(
+        (status = 201, description = "The token, with its secret", body = CreatedToken),
+        (status = 400, description = "Invalid name", body = ApiErrorBody),
+        (status = 401, description = "No valid bearer token"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_token(
+    State(s): State<AppState>,
+    body: Result<Json<CreateTokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let Json(req) = body.map_err(|e| {
+        ApiError::invalid(format!(
+            "invalid body: {}; expected {{\"name\": \"...\"}}",
+            e.body_text()
+        ))
+    })?;
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::invalid("name must be 1 to 100 characters"));
+    }
+    let secret = new_secret();
+    let hash = hash_token(&secret);
+    let record = s.tokens.create_token(name, &hash).await?;
+    s.auth.add(hash);
+    tracing::info!(id = %record.id, name = %record.name, "token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            id: record.id,
+            name: record.name,
+            token: secret,
+            created_at: record.created_at,
+        }),
+    ))
+}
+
+/// Lists live tokens (never their secrets).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    responses((status = 200, description = "Live tokens", body = TokenList), (status = 401, description = "No valid bearer token")),
+    security(("bearer" = []))
+)]
+pub async fn list_tokens(State(s): State<AppState>) -> Result<Json<TokenList>, ApiError> {
+    let tokens = s
+        .tokens
+        .list_tokens()
+        .await?
+        .into_iter()
+        .map(|t| TokenInfo {
+            id: t.id,
+            name: t.name,
+            created_at: t.created_at,
+        })
+        .collect();
+    Ok(Json(TokenList { tokens }))
+}
+
+/// Revokes a token: it is refused from the next request on.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "tokens",
+    params(("id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No live token with that id", body = ApiErrorBody),
+        (status = 401, description = "No valid bearer token"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn revoke_token(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    s.tokens.revoke_token(&id).await?;
+    s.auth.replace(s.tokens.live_token_hashes().await?);
+    tracing::info!(%id, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "spotsweep", description = "The spotsweep daemon's own API. MLflow's tracking API is served beside it under /api/2.0/mlflow."),
+    modifiers(&BearerAuth),
+    tags((name = "tokens", description = "API tokens"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The `/api/v1` routes and their OpenAPI document.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create_token, list_tokens))
+        .routes(routes!(revoke_token))
+}
+
+/// The OpenAPI document as committed in `openapi/openapi.json` (pretty JSON, trailing newline).
+pub fn openapi_json() -> String {
+    let (_, mut doc) = router().split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let mut text = doc.to_pretty_json().unwrap_or_default();
+    text.push('\n');
+    text
+}

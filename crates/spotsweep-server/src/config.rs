@@ -1,0 +1,188 @@
+//! The daemon's configuration: defaults, then a TOML file, then `SPOTSWEEP_*` environment
+//! variables and flags (the CLI merges those two through clap and hands them over as
+//! [`Overrides`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" | "human" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown log format '{other}': use 'text' or 'json'")),
+        }
+    }
+}
+
+/// The resolved configuration of `spotsweep serve`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Address to listen on (default `127.0.0.1:5000`).
+    pub listen: SocketAddr,
+    /// Holds `spotsweep.db`, `artifacts/` and `admin.token` (default `./spotsweep-data`).
+    pub data_dir: PathBuf,
+    /// Where artifact bytes go: a directory or `gs://bucket/prefix` (default
+    /// `<data_dir>/artifacts`).
+    pub artifacts_destination: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Serve without tokens; only allowed on a loopback address.
+    pub no_auth: bool,
+}
+
+/// The TOML file's shape: every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    artifacts_destination: Option<String>,
+    log_format: Option<LogFormat>,
+    no_auth: Option<bool>,
+}
+
+/// Values from flags or the environment; `None` means "not given".
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen` / `SPOTSWEEP_LISTEN`
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir` / `SPOTSWEEP_DATA_DIR`
+    pub data_dir: Option<PathBuf>,
+    /// `--artifacts-destination` / `SPOTSWEEP_ARTIFACTS_DESTINATION`
+    pub artifacts_destination: Option<String>,
+    /// `--log-format` / `SPOTSWEEP_LOG_FORMAT`
+    pub log_format: Option<LogFormat>,
+    /// `--no-auth` / `SPOTSWEEP_NO_AUTH`
+    pub no_auth: Option<bool>,
+}
+
+/// A configuration that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The file is not valid TOML of the expected shape.
+    #[error("invalid config file {0}: {1}")]
+    Parse(PathBuf, String),
+    /// `--no-auth` on a non-loopback address.
+    #[error(
+        "refusing to serve without authentication on {0}: --no-auth is only allowed on a loopback address \
+         (127.0.0.1 or ::1); drop --no-auth and use the admin token, or listen on loopback"
+    )]
+    NoAuthOffLoopback(SocketAddr),
+}
+
+impl Config {
+    /// Resolves defaults < file < overrides, and checks the result.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let from_file = match file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::Parse(path.to_owned(), e.to_string()))?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = overrides
+            .data_dir
+            .or(from_file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./spotsweep-data"));
+        let artifacts_destination = overrides
+            .artifacts_destination
+            .or(from_file.artifacts_destination)
+            .unwrap_or_else(|| data_dir.join("artifacts").display().to_string());
+        let config = Self {
+            listen: overrides
+                .listen
+                .or(from_file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5000))),
+            data_dir,
+            artifacts_destination,
+            log_format: overrides.log_format.or(from_file.log_format).unwrap_or_default(),
+            no_auth: overrides.no_auth.or(from_file.no_auth).unwrap_or(false),
+        };
+        if config.no_auth && !config.listen.ip().is_loopback() {
+            return Err(ConfigError::NoAuthOffLoopback(config.listen));
+        }
+        Ok(config)
+    }
+
+    /// The database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("spotsweep.db")
+    }
+
+    /// Where the first admin token is written.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_is_defaults_file_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7000\"\ndata_dir = \"/tmp/x\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.artifacts_destination, "/tmp/x/artifacts");
+        let c = Config::load(
+            Some(&file),
+            Overrides {
+                listen: Some("127.0.0.1:8000".parse().unwrap()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 8000);
+        let d = Config::load(None, Overrides::default()).unwrap();
+        assert_eq!(d.listen, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(d.data_dir, PathBuf::from("./spotsweep-data"));
+    }
+
+    #[test]
+    fn no_auth_needs_loopback_and_unknown_keys_fail() {
+        let o = Overrides {
+            listen: Some("0.0.0.0:5000".parse().unwrap()),
+            no_auth: Some(true),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            Config::load(None, o),
+            Err(ConfigError::NoAuthOffLoopback(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "listn = \"127.0.0.1:7000\"\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&file), Overrides::default()),
+            Err(ConfigError::Parse(..))
+        ));
+    }
+}

@@ -1,0 +1,110 @@
+//! Starts the real daemon (`spotsweep_server::run`) on 127.0.0.1:0 with a temporary data dir.
+
+#![allow(dead_code, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use spotsweep_server::{Config, LogFormat};
+use tokio::sync::oneshot;
+
+pub struct TestServer {
+    pub url: String,
+    pub token: String,
+    pub data_dir: PathBuf,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_path_buf();
+        let mut s = Self::start_in(data_dir, false).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    pub async fn start_in(data_dir: PathBuf, no_auth: bool) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let config = Config {
+            listen: addr,
+            data_dir: data_dir.clone(),
+            artifacts_destination: data_dir.join("artifacts").display().to_string(),
+            log_format: LogFormat::Text,
+            no_auth,
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(spotsweep_server::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        let url = format!("http://{addr}");
+        let client = reqwest::Client::new();
+        // The token file is written before the server accepts requests.
+        let token_path = data_dir.join("admin.token");
+        for _ in 0..200 {
+            if client.get(format!("{url}/health")).send().await.is_ok() && token_path.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let token = std::fs::read_to_string(&token_path).unwrap().trim().to_owned();
+        Self {
+            url,
+            token,
+            data_dir,
+            client,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            _dir: None,
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+    }
+
+    pub fn post(&self, path: &str, body: serde_json::Value) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .json(&body)
+    }
+
+    /// POSTs to the MLflow API and returns (status, JSON body).
+    pub async fn mlflow(&self, endpoint: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .post(&format!("/api/2.0/mlflow/{endpoint}"), body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// GETs from the MLflow API and returns (status, JSON body).
+    pub async fn mlflow_get(&self, endpoint_and_query: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .get(&format!("/api/2.0/mlflow/{endpoint_and_query}"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}

@@ -1,0 +1,387 @@
+//! The SQLite store against a real file: lifecycle, latest-metric rule, param immutability,
+//! search translation, persistence across reopen, and the newer-schema refusal.
+
+use spotsweep_core::search::{parse_run_filter, parse_run_order_by};
+use spotsweep_store::*;
+
+async fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&SqliteOptions::new(dir.path().join("t.db")))
+        .await
+        .unwrap()
+}
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: v.into(),
+    }
+}
+
+fn metric(k: &str, value: f64, timestamp: i64, step: i64) -> Metric {
+    Metric {
+        key: k.into(),
+        value,
+        timestamp,
+        step,
+    }
+}
+
+async fn new_run(store: &SqliteStore, exp: i64, id: &str, start: i64) {
+    store
+        .create_run(NewRun {
+            experiment_id: exp,
+            run_id: id.into(),
+            run_name: format!("run-{id}"),
+            user_id: "u".into(),
+            start_time: start,
+            tags: vec![kv("mlflow.runName", &format!("run-{id}"))],
+        })
+        .await
+        .unwrap();
+}
+
+async fn new_experiment(store: &SqliteStore, name: &str) -> i64 {
+    store
+        .create_experiment(NewExperiment {
+            name: name.into(),
+            artifact_location: None,
+            artifact_root: "mlflow-artifacts:".into(),
+            tags: vec![],
+            now: 1,
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn experiments_and_runs_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let default = store.get_experiment(0).await.unwrap();
+    assert_eq!(default.name, "Default");
+    let id = new_experiment(&store, "e1").await;
+    assert!(id > 0);
+    let e = store.get_experiment_by_name("e1").await.unwrap();
+    assert_eq!(e.artifact_location, format!("mlflow-artifacts:/{id}"));
+    assert!(matches!(
+        store
+            .create_experiment(NewExperiment {
+                name: "e1".into(),
+                artifact_location: None,
+                artifact_root: "x".into(),
+                tags: vec![],
+                now: 1
+            })
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    new_run(&store, id, "r1", 10).await;
+    let run = store.get_run("r1").await.unwrap();
+    assert_eq!(
+        run.info.artifact_uri,
+        format!("mlflow-artifacts:/{id}/r1/artifacts")
+    );
+    assert_eq!(run.info.status, RunStatus::Running);
+    assert!(matches!(
+        store.get_run("nope").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    store
+        .set_experiment_lifecycle(id, LifecycleStage::Deleted)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_run("r1").await.unwrap().info.lifecycle_stage,
+        LifecycleStage::Deleted
+    );
+    assert!(matches!(
+        store
+            .log_batch(
+                "r1",
+                Batch {
+                    tags: vec![kv("a", "b")],
+                    ..Batch::default()
+                }
+            )
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    store
+        .set_experiment_lifecycle(id, LifecycleStage::Active)
+        .await
+        .unwrap();
+    store
+        .log_batch(
+            "r1",
+            Batch {
+                tags: vec![kv("a", "b")],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn latest_metric_is_max_step_then_timestamp_then_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    new_run(&store, 0, "r", 1).await;
+    let batch = |m: Vec<Metric>| Batch {
+        metrics: m,
+        ..Batch::default()
+    };
+    store
+        .log_batch("r", batch(vec![metric("loss", 5.0, 100, 3)]))
+        .await
+        .unwrap();
+    // A later write at a lower step does not become the latest.
+    store
+        .log_batch("r", batch(vec![metric("loss", 1.0, 200, 2)]))
+        .await
+        .unwrap();
+    assert_eq!(store.get_run("r").await.unwrap().metrics[0].value, 5.0);
+    // Same step, later timestamp wins; same step and timestamp, larger value wins.
+    store
+        .log_batch(
+            "r",
+            batch(vec![metric("loss", 4.0, 150, 3), metric("loss", 4.5, 150, 3)]),
+        )
+        .await
+        .unwrap();
+    let latest = store.get_run("r").await.unwrap().metrics[0].clone();
+    assert_eq!((latest.value, latest.timestamp, latest.step), (4.5, 150, 3));
+    // Duplicate points are stored once; NaN and infinity survive as NaN and f64::MAX.
+    store
+        .log_batch("r", batch(vec![metric("loss", 1.0, 200, 2)]))
+        .await
+        .unwrap();
+    store
+        .log_batch(
+            "r",
+            batch(vec![
+                metric("n", f64::NAN, 1, 0),
+                metric("i", f64::INFINITY, 1, 0),
+            ]),
+        )
+        .await
+        .unwrap();
+    let history = store.metric_history("r", "loss", 0, 100).await.unwrap();
+    assert_eq!(history.items.len(), 4);
+    assert_eq!(
+        history.items.iter().map(|m| m.timestamp).collect::<Vec<_>>(),
+        vec![100, 150, 150, 200]
+    );
+    let run = store.get_run("r").await.unwrap();
+    let n = run.metrics.iter().find(|m| m.key == "n").unwrap();
+    assert!(n.value.is_nan());
+    assert_eq!(run.metrics.iter().find(|m| m.key == "i").unwrap().value, f64::MAX);
+    // Paging.
+    let p1 = store.metric_history("r", "loss", 0, 3).await.unwrap();
+    assert_eq!((p1.items.len(), p1.next_offset), (3, Some(3)));
+    let p2 = store.metric_history("r", "loss", 3, 3).await.unwrap();
+    assert_eq!((p2.items.len(), p2.next_offset), (1, None));
+    assert!(
+        store
+            .metric_history("unknown", "loss", 0, 3)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn params_are_immutable_and_a_bad_batch_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    new_run(&store, 0, "r", 1).await;
+    store
+        .log_batch(
+            "r",
+            Batch {
+                params: vec![kv("lr", "0.1")],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .log_batch(
+            "r",
+            Batch {
+                params: vec![kv("lr", "0.1")],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let err = store
+        .log_batch(
+            "r",
+            Batch {
+                params: vec![kv("lr", "0.2")],
+                metrics: vec![metric("m", 1.0, 1, 0)],
+                tags: vec![kv("t", "v")],
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("Changing param values is not allowed"),
+        "{err}"
+    );
+    let run = store.get_run("r").await.unwrap();
+    assert!(run.metrics.is_empty());
+    assert!(!run.tags.iter().any(|t| t.key == "t"));
+}
+
+#[tokio::test]
+async fn search_filters_orders_and_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let exp = new_experiment(&store, "s").await;
+    for i in 0..20i64 {
+        let id = format!("run{i:02}");
+        new_run(&store, exp, &id, 1000 + i).await;
+        let mut batch = Batch {
+            metrics: vec![metric("acc", i as f64 / 20.0, 1, 0)],
+            params: vec![kv("opt", if i % 2 == 0 { "adam" } else { "sgd" })],
+            tags: vec![],
+        };
+        if i % 5 == 0 {
+            batch.tags.push(kv("special", "Yes"));
+        }
+        store.log_batch(&id, batch).await.unwrap();
+    }
+    let query = |filter: &str, order: &[&str], limit: u32, offset: u64| RunQuery {
+        experiment_ids: vec![exp],
+        filter: parse_run_filter(filter).unwrap(),
+        order_by: order.iter().map(|o| parse_run_order_by(o).unwrap()).collect(),
+        view: ViewType::ActiveOnly,
+        limit,
+        offset,
+    };
+    let page = store
+        .search_runs(&query("metrics.acc > 0.5 AND params.opt = 'adam'", &[], 100, 0))
+        .await
+        .unwrap();
+    let ids: Vec<_> = page.items.iter().map(|r| r.info.run_id.as_str()).collect();
+    // Default order: start_time DESC.
+    assert_eq!(ids, vec!["run18", "run16", "run14", "run12"]);
+    let page = store
+        .search_runs(&query("tags.special LIKE 'Y%'", &["metrics.acc ASC"], 100, 0))
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 4);
+    assert_eq!(
+        store
+            .search_runs(&query("tags.special LIKE 'y%'", &[], 100, 0))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        0
+    );
+    assert_eq!(
+        store
+            .search_runs(&query("tags.special ILIKE 'y%'", &[], 100, 0))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        4
+    );
+    assert_eq!(
+        store
+            .search_runs(&query("tags.special IS NULL", &[], 100, 0))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        16
+    );
+    // Missing sort keys last in both directions.
+    for dir in ["ASC", "DESC"] {
+        let page = store
+            .search_runs(&query("", &[&format!("tags.special {dir}")], 100, 0))
+            .await
+            .unwrap();
+        assert!(
+            page.items[..4]
+                .iter()
+                .all(|r| r.tags.iter().any(|t| t.key == "special")),
+            "{dir}"
+        );
+    }
+    // Paging covers everything exactly once.
+    let mut seen = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = store
+            .search_runs(&query("", &["metrics.acc DESC"], 7, offset))
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|r| r.info.run_id.clone()));
+        match page.next_offset {
+            Some(next) => offset = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 20);
+    assert_eq!(seen[0], "run19");
+    let run_in = query("attributes.run_id IN ('run01', 'run02')", &[], 100, 0);
+    assert_eq!(store.search_runs(&run_in).await.unwrap().items.len(), 2);
+    store
+        .set_run_lifecycle("run01", LifecycleStage::Deleted)
+        .await
+        .unwrap();
+    assert_eq!(store.search_runs(&run_in).await.unwrap().items.len(), 1);
+    let deleted = RunQuery {
+        view: ViewType::DeletedOnly,
+        ..query("", &[], 100, 0)
+    };
+    assert_eq!(store.search_runs(&deleted).await.unwrap().items.len(), 1);
+}
+
+#[tokio::test]
+async fn writes_survive_reopen_and_newer_schemas_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir).await;
+        new_run(&store, 0, "r", 1).await;
+        store
+            .log_batch(
+                "r",
+                Batch {
+                    metrics: vec![metric("m", 2.0, 1, 1)],
+                    ..Batch::default()
+                },
+            )
+            .await
+            .unwrap();
+        store.close().await;
+    }
+    let store = open(&dir).await;
+    assert_eq!(store.get_run("r").await.unwrap().metrics[0].value, 2.0);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99999, 'future', 1, x'00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    store.close().await;
+    let err = SqliteStore::open(&SqliteOptions::new(dir.path().join("t.db")))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("newer than this spotsweep binary"),
+        "{err}"
+    );
+}
