@@ -825,12 +825,18 @@ pub async fn get_history_bulk_interval(
             "max_results must be between 1 and {MAX_POINTS}, got {max}"
         )));
     }
-    if let (Some(a), Some(b)) = (req.start_step, req.end_step)
-        && a > b
-    {
-        return Err(MlflowError::invalid(format!(
-            "end_step ({b}) must be greater than or equal to start_step ({a})"
-        )));
+    match (req.start_step, req.end_step) {
+        (Some(a), Some(b)) if a > b => {
+            return Err(MlflowError::invalid(format!(
+                "end_step ({b}) must be greater than or equal to start_step ({a})"
+            )));
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(MlflowError::invalid(
+                "If either start step or end step are specified, both must be specified.",
+            ));
+        }
+        _ => {}
     }
     let points = s
         .store

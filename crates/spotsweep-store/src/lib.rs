@@ -84,8 +84,9 @@ pub trait TrackingStore: Send + Sync + 'static {
     async fn search_runs(&self, query: &RunQuery) -> Result<Page<Run>>;
     /// One page of a metric's history in history order; an unknown run or key is empty.
     async fn metric_history(&self, run_id: &str, key: &str, offset: u64, limit: u32) -> Result<Page<Metric>>;
-    /// Metric points of several runs, down-sampled to at most `max_results` steps per run, always
-    /// keeping the first and last step in range. Returns `(run_id, metric)` in run, step order.
+    /// Metric points of several runs in a step range, each run down-sampled to at most
+    /// `max_results` points that always include its first and last. Returns `(run_id, metric)`
+    /// in the order of `run_ids`, then step.
     async fn metric_history_bulk_interval(
         &self,
         run_ids: &[String],

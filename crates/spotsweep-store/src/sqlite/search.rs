@@ -81,13 +81,19 @@ fn push_kv_condition(qb: &mut QueryBuilder<Sqlite>, table: &str, key: &str, cond
 fn push_run_predicate(qb: &mut QueryBuilder<Sqlite>, predicate: &RunPredicate) {
     match predicate {
         RunPredicate::Metric { key, op, value } => {
-            // Only the latest value is compared; NaN never compares true (as in SQL itself).
+            // Only the latest value is compared.
+            // IEEE rules for NaN, as the reference: it is `!=` to everything and compares
+            // false otherwise.
             qb.push("EXISTS (SELECT 1 FROM latest_metrics x WHERE x.run_id = r.id AND x.key = ")
                 .push_bind(key.clone())
-                .push(" AND x.is_nan = 0 AND x.value")
+                .push(if *op == NumOp::Ne {
+                    " AND (x.is_nan = 1 OR x.value"
+                } else {
+                    " AND (x.is_nan = 0 AND x.value"
+                })
                 .push(num_op(*op))
                 .push_bind(*value)
-                .push(")");
+                .push("))");
         }
         RunPredicate::Param { key, cond } => push_kv_condition(qb, "params", key, cond),
         RunPredicate::Tag { key, cond } => push_kv_condition(qb, "tags", key, cond),

@@ -852,66 +852,58 @@ impl TrackingStore for SqliteStore {
         end_step: Option<i64>,
         max_results: usize,
     ) -> Result<Vec<(String, Metric)>> {
-        let ids = json_strings(run_ids);
         let start = start_step.unwrap_or(i64::MIN);
         let end = end_step.unwrap_or(i64::MAX);
-        // Sample the union of the runs' steps, so every run is drawn at the same steps and the
-        // UI's charts line up.
-        let steps: Vec<(i64,)> = sqlx::query_as(
-            "SELECT DISTINCT m.step FROM metrics m JOIN runs r ON r.id = m.run_id \
-             WHERE r.run_uuid IN (SELECT value FROM json_each(?)) AND m.key = ? AND m.step BETWEEN ? AND ? \
-             ORDER BY m.step",
-        )
-        .bind(&ids)
-        .bind(key)
-        .bind(start)
-        .bind(end)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
-        let steps: Vec<i64> = steps.into_iter().map(|(s,)| s).collect();
-        let sampled = sample_evenly(&steps, max_results);
-        let rows: Vec<(String, i64, i64, f64, bool)> = sqlx::query_as(
-            "SELECT r.run_uuid, m.timestamp, m.step, m.value, m.is_nan FROM metrics m JOIN runs r ON r.id = m.run_id \
-             WHERE r.run_uuid IN (SELECT value FROM json_each(?)) AND m.key = ? \
-               AND m.step IN (SELECT value FROM json_each(?)) \
-             ORDER BY r.run_uuid, m.step, m.timestamp, m.value",
-        )
-        .bind(&ids)
-        .bind(key)
-        .bind(json_ids(&sampled))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
-        Ok(rows
-            .into_iter()
-            .map(|(run, timestamp, step, value, is_nan)| {
-                (
-                    run,
+        let mut out = Vec::new();
+        // Each run is sampled on its own rows, so a short run next to a long one keeps its shape.
+        for run_id in run_ids {
+            let rows: Vec<(i64, i64, f64, bool)> = sqlx::query_as(
+                "SELECT m.timestamp, m.step, m.value, m.is_nan FROM metrics m \
+                 WHERE m.run_id = (SELECT id FROM runs WHERE run_uuid = ?) AND m.key = ? AND m.step BETWEEN ? AND ? \
+                 ORDER BY m.step, m.timestamp, m.value, m.is_nan",
+            )
+            .bind(run_id)
+            .bind(key)
+            .bind(start)
+            .bind(end)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+            for i in sample_rows(rows.len(), max_results) {
+                let (timestamp, step, value, is_nan) = rows[i];
+                out.push((
+                    run_id.clone(),
                     Metric {
                         key: key.to_owned(),
                         value: loaded_value(value, is_nan),
                         timestamp,
                         step,
                     },
-                )
-            })
-            .collect())
+                ));
+            }
+        }
+        Ok(out)
     }
 }
 
-/// Picks at most `n` of the sorted `steps`, evenly spread, always keeping the first and the last.
-pub fn sample_evenly(steps: &[i64], n: usize) -> Vec<i64> {
-    if steps.len() <= n.max(2) {
-        return steps.to_vec();
+/// Which of `n` ordered rows a chart keeps when it may show `max` of them: the rows are cut into
+/// `max` nearly equal buckets (the first `n % max` one row longer), the first row of each is
+/// kept, and the last row always is, replacing the final sample when there is no room for it.
+/// This is the reference server's rule, so charts look the same against both.
+pub fn sample_rows(n: usize, max: usize) -> Vec<usize> {
+    if n <= max {
+        return (0..n).collect();
     }
-    let n = n.max(2);
-    let last = steps.len() - 1;
-    let mut out: Vec<i64> = (0..n)
-        .map(|i| steps[(i * last + (n - 1) / 2) / (n - 1)])
-        .collect();
-    out.dedup();
-    out
+    let max = max.max(1);
+    let (small, extra) = (n / max, n % max);
+    let mut picks: Vec<usize> = (0..max).map(|i| i * small + i.min(extra)).collect();
+    if picks.last() != Some(&(n - 1)) {
+        if picks.len() == max {
+            picks.pop();
+        }
+        picks.push(n - 1);
+    }
+    picks
 }
 
 /// Queries fetch `limit + 1` rows: the extra row only says whether another page exists.
@@ -937,12 +929,16 @@ mod tests {
     }
 
     #[test]
-    fn sampling_keeps_ends_and_bound() {
-        let steps: Vec<i64> = (0..1000).collect();
-        let s = sample_evenly(&steps, 10);
-        assert_eq!(s.len(), 10);
-        assert_eq!(s.first(), Some(&0));
-        assert_eq!(s.last(), Some(&999));
-        assert_eq!(sample_evenly(&steps[..5], 10), steps[..5].to_vec());
+    fn sampling_matches_the_reference_rule() {
+        assert_eq!(sample_rows(20, 6), vec![0, 4, 8, 11, 14, 19]);
+        assert_eq!(sample_rows(20, 1), vec![19]);
+        assert_eq!(sample_rows(5, 10), vec![0, 1, 2, 3, 4]);
+        for n in 1..300 {
+            for max in 1..40 {
+                let s = sample_rows(n, max);
+                assert!(s.len() <= max && s.windows(2).all(|w| w[0] < w[1]), "{n} {max}");
+                assert_eq!(s.last(), Some(&(n - 1)));
+            }
+        }
     }
 }
