@@ -77,6 +77,18 @@ CREATE TABLE latest_metrics (
 ) WITHOUT ROWID;
 CREATE INDEX latest_metrics_by_key ON latest_metrics (key, value);
 
+-- Keeps latest_metrics in step with every inserted point, in the inserting transaction. A
+-- duplicate point (INSERT OR IGNORE) inserts nothing and so changes nothing here.
+CREATE TRIGGER metrics_maintain_latest AFTER INSERT ON metrics
+BEGIN
+    INSERT INTO latest_metrics (run_id, key, timestamp, step, value, is_nan)
+    VALUES (NEW.run_id, NEW.key, NEW.timestamp, NEW.step, NEW.value, NEW.is_nan)
+    ON CONFLICT (run_id, key) DO UPDATE SET
+        timestamp = excluded.timestamp, step = excluded.step, value = excluded.value, is_nan = excluded.is_nan
+    WHERE (excluded.step, excluded.timestamp, excluded.value)
+        > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value);
+END;
+
 -- Dataset inputs (runs/log-inputs). One row per (run, dataset, context).
 CREATE TABLE run_inputs (
     run_id      INTEGER NOT NULL REFERENCES runs (id),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as StorePath;
@@ -155,11 +155,16 @@ pub async fn upload_artifact(
     body: Body,
 ) -> MlflowResult<Json<Value>> {
     let segments = safe_segments(&path)?;
+    store_body(&s.artifacts, &segments, body).await?;
+    Ok(Json(json!({})))
+}
+
+/// Streams a request body into the artifact at `segments`.
+async fn store_body(repo: &ArtifactRepo, segments: &[&str], body: Body) -> MlflowResult<()> {
     if segments.is_empty() {
         return Err(MlflowError::invalid("An artifact upload needs a file path"));
     }
-    let repo = &s.artifacts;
-    let location = repo.store_path(&segments);
+    let location = repo.store_path(segments);
     let upload = repo
         .store
         .put_multipart(&location)
@@ -183,7 +188,7 @@ pub async fn upload_artifact(
         }
     }
     writer.finish().await.map_err(|e| MlflowError::internal(&e))?;
-    Ok(Json(json!({})))
+    Ok(())
 }
 
 /// `GET /api/2.0/mlflow-artifacts/artifacts/<path>`: streams a file.
@@ -343,9 +348,66 @@ pub async fn list_run_artifacts(
     Ok(Json(Value::Object(out)))
 }
 
-/// Status for an unsupported method on the proxy.
-pub async fn method_not_allowed() -> StatusCode {
-    StatusCode::METHOD_NOT_ALLOWED
+/// The segments of a run's artifact root inside the proxy's store, or a 400 for runs whose
+/// artifacts live elsewhere (an explicit `artifact_location` the client writes to directly).
+async fn run_root(s: &MlflowState, run_id: &str) -> MlflowResult<Vec<String>> {
+    let run = s.store.get_run(run_id).await?;
+    let Some(root) = run.info.artifact_uri.strip_prefix("mlflow-artifacts:") else {
+        return Err(MlflowError::invalid(format!(
+            "The artifacts of run {run_id} are at {}, not behind this server's proxy",
+            run.info.artifact_uri
+        )));
+    };
+    Ok(safe_segments(root.trim_start_matches('/'))?
+        .into_iter()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// `?run_id=&path=` (or `run_uuid`) of the UI's artifact routes.
+#[derive(Deserialize)]
+pub struct RunArtifactQuery {
+    run_id: Option<String>,
+    run_uuid: Option<String>,
+    path: Option<String>,
+}
+
+impl RunArtifactQuery {
+    fn run(&self) -> MlflowResult<&str> {
+        self.run_id
+            .as_deref()
+            .filter(|r| !r.is_empty())
+            .or(self.run_uuid.as_deref().filter(|r| !r.is_empty()))
+            .ok_or_else(|| MlflowError::missing("run_id"))
+    }
+}
+
+/// `GET /get-artifact?run_id=&path=`: the UI's artifact viewer.
+pub async fn get_run_artifact(State(s): State<MlflowState>, Query(q): Query<RunArtifactQuery>) -> Response {
+    let result = async {
+        let mut path = run_root(&s, q.run()?).await?.join("/");
+        let rel = q.path.as_deref().unwrap_or("");
+        safe_segments(rel)?;
+        path.push('/');
+        path.push_str(rel);
+        download(&s, &path).await
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /ajax-api/2.0/mlflow/upload-artifact?run_uuid=&path=`: the UI's upload.
+pub async fn upload_run_artifact(
+    State(s): State<MlflowState>,
+    Query(q): Query<RunArtifactQuery>,
+    body: Body,
+) -> MlflowResult<Json<Value>> {
+    let root = run_root(&s, q.run()?).await?;
+    let rel = q.path.as_deref().ok_or_else(|| MlflowError::missing("path"))?;
+    let mut segments: Vec<&str> = root.iter().map(String::as_str).collect();
+    segments.extend(safe_segments(rel)?);
+    store_body(&s.artifacts, &segments, body).await?;
+    Ok(Json(json!({})))
 }
 
 #[cfg(test)]

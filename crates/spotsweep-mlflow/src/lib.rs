@@ -97,7 +97,10 @@ fn artifact_routes() -> Router<MlflowState> {
 
 /// Every MLflow route, under both the REST and the UI (`/ajax-api`) prefixes.
 pub fn router(state: MlflowState) -> Router {
-    let ui_only = Router::new().route("/metrics/get-history-bulk", get(tracking::get_history_bulk));
+    let ui_only = Router::new()
+        .route("/metrics/get-history-bulk", get(tracking::get_history_bulk))
+        .route("/experiments/search-datasets", post(tracking::search_datasets))
+        .route("/upload-artifact", post(artifacts::upload_run_artifact));
     Router::new()
         .nest("/api/2.0/mlflow", tracking_routes())
         .nest("/ajax-api/2.0/mlflow", tracking_routes().merge(ui_only))
@@ -105,5 +108,6 @@ pub fn router(state: MlflowState) -> Router {
         .nest("/ajax-api/2.0/mlflow-artifacts", artifact_routes())
         .route("/api/3.0/mlflow/server-info", get(tracking::server_info))
         .route("/ajax-api/3.0/mlflow/server-info", get(tracking::server_info))
+        .route("/get-artifact", get(artifacts::get_run_artifact))
         .with_state(state)
 }

@@ -884,6 +884,41 @@ pub async fn get_history_bulk(State(s): State<MlflowState>, Mlflow(req): Mlflow<
     Ok(Json(json!({ "metrics": metrics })))
 }
 
+/// `experiments/search-datasets` (UI only)
+#[derive(Deserialize)]
+pub struct SearchDatasets {
+    #[serde(default, deserialize_with = "one_or_many")]
+    experiment_ids: Vec<String>,
+}
+
+/// The distinct datasets used by runs of the experiments, for the UI's dataset dropdown.
+pub async fn search_datasets(
+    State(s): State<MlflowState>,
+    Mlflow(req): Mlflow<SearchDatasets>,
+) -> JsonResult {
+    let ids: Vec<i64> = req
+        .experiment_ids
+        .iter()
+        .filter_map(|id| id.trim().parse().ok())
+        .collect();
+    let summaries = s.store.dataset_summaries(&ids).await?;
+    if summaries.is_empty() {
+        return empty();
+    }
+    let items: Vec<Value> = summaries
+        .into_iter()
+        .map(|d| {
+            let mut v =
+                json!({ "experiment_id": d.experiment_id.to_string(), "name": d.name, "digest": d.digest });
+            if let Some(context) = d.context {
+                v["context"] = json!(context);
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "dataset_summaries": items })))
+}
+
 /// `logged-models/search`: the 3.x client probes it; this server tracks no logged models.
 pub async fn search_logged_models() -> JsonResult {
     empty()

@@ -506,3 +506,65 @@ async fn graceful_shutdown_keeps_every_acknowledged_write() {
     assert_eq!(body["metrics"].as_array().unwrap().len(), 50);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn ui_routes_datasets_and_run_artifacts() {
+    let mut s = TestServer::start().await;
+    let run = new_run(&s).await;
+    let dataset = json!({"name": "mnist", "digest": "abc", "source_type": "local", "source": "{}"});
+    let inputs = json!({"run_id": run, "datasets": [{"tags": [{"key": "mlflow.data.context", "value": "training"}], "dataset": dataset}]});
+    assert_eq!(s.mlflow("runs/log-inputs", inputs).await.0, 200);
+    let (_, found) = s
+        .mlflow("runs/search", json!({"experiment_ids": ["0"], "filter": "datasets.name = 'mnist' AND datasets.context = 'training'"}))
+        .await;
+    assert_eq!(found["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        found["runs"][0]["inputs"]["dataset_inputs"][0]["dataset"]["digest"],
+        "abc"
+    );
+    let r = s
+        .post(
+            "/ajax-api/2.0/mlflow/experiments/search-datasets",
+            json!({"experiment_ids": ["0"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let summaries: Value = r.json().await.unwrap();
+    assert_eq!(
+        summaries,
+        json!({"dataset_summaries": [{"experiment_id": "0", "name": "mnist", "digest": "abc", "context": "training"}]})
+    );
+    let up = s
+        .client
+        .post(format!(
+            "{}/ajax-api/2.0/mlflow/upload-artifact?run_uuid={run}&path=notes/a.txt",
+            s.url
+        ))
+        .bearer_auth(&s.token)
+        .body("note")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.status(), 200);
+    let got = s
+        .get(&format!("/get-artifact?run_id={run}&path=notes/a.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.text().await.unwrap(), "note");
+    let (_, listing) = s
+        .mlflow_get(&format!("artifacts/list?run_id={run}&path=notes"))
+        .await;
+    assert_eq!(
+        listing["files"],
+        json!([{"path": "notes/a.txt", "is_dir": false, "file_size": 4}])
+    );
+    let bad = s
+        .get(&format!("/get-artifact?run_id={run}&path=../../x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    s.stop().await;
+}

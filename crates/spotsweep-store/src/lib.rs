@@ -80,6 +80,8 @@ pub trait TrackingStore: Send + Sync + 'static {
     async fn delete_run_tag(&self, run_id: &str, key: &str) -> Result<()>;
     /// Records dataset inputs of a run.
     async fn log_inputs(&self, run_id: &str, inputs: Vec<DatasetInput>) -> Result<()>;
+    /// The distinct (experiment, dataset name, digest, context) used by runs of the experiments.
+    async fn dataset_summaries(&self, experiment_ids: &[i64]) -> Result<Vec<DatasetSummary>>;
     /// Runs matching a filter, ordered and paged.
     async fn search_runs(&self, query: &RunQuery) -> Result<Page<Run>>;
     /// One page of a metric's history in history order; an unknown run or key is empty.

@@ -294,3 +294,16 @@ pub struct ApiToken {
     /// Milliseconds since the epoch.
     pub created_at: i64,
 }
+
+/// A dataset used by runs of an experiment (the UI's dataset dropdown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetSummary {
+    /// The experiment.
+    pub experiment_id: i64,
+    /// Dataset name.
+    pub name: String,
+    /// Dataset digest.
+    pub digest: String,
+    /// The input's context (`training`, `eval`, ...).
+    pub context: Option<String>,
+}

@@ -11,8 +11,10 @@ mod search;
 mod tokens;
 mod tracking;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::migrate::Migrator;
@@ -51,7 +53,14 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Read-only connections for queries.
     reader: SqlitePool,
+    /// Internal keys of runs known to be active, so that a metric write skips the lookup. Read
+    /// and changed only inside write transactions, which the single writer serialises; any
+    /// lifecycle change empties it.
+    run_keys: Arc<Mutex<HashMap<String, i64>>>,
 }
+
+/// Entries kept in the run-key cache before it starts over.
+const RUN_KEY_CACHE_LIMIT: usize = 100_000;
 
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database. Refuses a database whose schema is
@@ -76,13 +85,36 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(connect.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            run_keys: Arc::default(),
+        })
     }
 
     /// Closes every connection, checkpointing the WAL. Waits for in-flight queries.
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+
+    pub(crate) fn cached_run_key(&self, run_id: &str) -> Option<i64> {
+        self.run_keys.lock().ok()?.get(run_id).copied()
+    }
+
+    pub(crate) fn cache_run_key(&self, run_id: &str, key: i64) {
+        if let Ok(mut keys) = self.run_keys.lock() {
+            if keys.len() >= RUN_KEY_CACHE_LIMIT {
+                keys.clear();
+            }
+            keys.insert(run_id.to_owned(), key);
+        }
+    }
+
+    pub(crate) fn forget_run_keys(&self) {
+        if let Ok(mut keys) = self.run_keys.lock() {
+            keys.clear();
+        }
     }
 
     /// Starts a write transaction on the writer connection. `BEGIN IMMEDIATE` takes the write

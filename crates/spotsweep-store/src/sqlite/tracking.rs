@@ -8,8 +8,9 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use super::search::{experiment_search_sql, run_search_sql};
 use super::{SqliteStore, map_err, now_ms};
 use crate::{
-    Batch, DatasetInput, Experiment, ExperimentQuery, KeyValue, LifecycleStage, Metric, NewExperiment,
-    NewRun, Page, Result, Run, RunInfo, RunQuery, RunStatus, RunUpdate, StoreError, TrackingStore,
+    Batch, DatasetInput, DatasetSummary, Experiment, ExperimentQuery, KeyValue, LifecycleStage, Metric,
+    NewExperiment, NewRun, Page, Result, Run, RunInfo, RunQuery, RunStatus, RunUpdate, StoreError,
+    TrackingStore,
 };
 
 /// The columns of `runs` that make a [`RunInfo`], plus the internal key, in [`RunRow`] order.
@@ -90,11 +91,6 @@ fn loaded_value(value: f64, is_nan: bool) -> f64 {
     if is_nan { f64::NAN } else { value }
 }
 
-/// The ordering that decides the "latest" point of a metric: step, then timestamp, then value.
-fn latest_order(m: &Metric) -> (i64, i64, f64) {
-    (m.step, m.timestamp, stored_value(m.value).0)
-}
-
 /// Row counts for multi-row INSERT statements. A batch is split greedily into chunks of these
 /// sizes, so at most a handful of distinct statements exist (each prepared once and cached) and
 /// a 1000-point batch takes 4 statements instead of 1000.
@@ -111,7 +107,10 @@ fn split_chunks(mut n: usize) -> Vec<usize> {
     out
 }
 
-async fn run_key_for_write(conn: &mut SqliteConnection, run_id: &str) -> Result<i64> {
+async fn run_key_for_write(store: &SqliteStore, conn: &mut SqliteConnection, run_id: &str) -> Result<i64> {
+    if let Some(key) = store.cached_run_key(run_id) {
+        return Ok(key);
+    }
     let row: Option<(i64, String)> =
         sqlx::query_as("SELECT id, lifecycle_stage FROM runs WHERE run_uuid = ?")
             .bind(run_id)
@@ -123,7 +122,10 @@ async fn run_key_for_write(conn: &mut SqliteConnection, run_id: &str) -> Result<
         Some((_, stage)) if stage != "active" => Err(StoreError::Invalid(format!(
             "The run {run_id} must be in the 'active' state. Current state is {stage}."
         ))),
-        Some((id, _)) => Ok(id),
+        Some((id, _)) => {
+            store.cache_run_key(run_id, id);
+            Ok(id)
+        }
     }
 }
 
@@ -194,36 +196,7 @@ async fn insert_metrics(conn: &mut SqliteConnection, run_key: i64, metrics: &[Me
             .await
             .map_err(map_err)?;
     }
-    // Only the best point of each key in this batch can become the latest one.
-    let mut best: HashMap<&str, &Metric> = HashMap::new();
-    for m in metrics {
-        best.entry(&m.key)
-            .and_modify(|b| {
-                if latest_order(m) > latest_order(b) {
-                    *b = m;
-                }
-            })
-            .or_insert(m);
-    }
-    for m in best.values() {
-        let (value, is_nan) = stored_value(m.value);
-        sqlx::query(
-            "INSERT INTO latest_metrics (run_id, key, timestamp, step, value, is_nan) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (run_id, key) DO UPDATE SET timestamp = excluded.timestamp, step = excluded.step, \
-               value = excluded.value, is_nan = excluded.is_nan \
-             WHERE (excluded.step, excluded.timestamp, excluded.value) \
-                 > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)",
-        )
-        .bind(run_key)
-        .bind(&m.key)
-        .bind(m.timestamp)
-        .bind(m.step)
-        .bind(value)
-        .bind(is_nan)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_err)?;
-    }
+    // latest_metrics follows through the `metrics_maintain_latest` trigger.
     Ok(())
 }
 
@@ -528,6 +501,7 @@ impl TrackingStore for SqliteStore {
         .await
         .map_err(map_err)?;
         let deleted_time = (stage == LifecycleStage::Deleted).then_some(now);
+        self.forget_run_keys();
         sqlx::query("UPDATE runs SET lifecycle_stage = ?, deleted_time = ? WHERE experiment_id = ?")
             .bind(stage.as_str())
             .bind(deleted_time)
@@ -680,7 +654,7 @@ impl TrackingStore for SqliteStore {
 
     async fn update_run(&self, run_id: &str, update: RunUpdate) -> Result<RunInfo> {
         let mut tx = self.begin_write().await?;
-        let key = run_key_for_write(&mut tx, run_id).await?;
+        let key = run_key_for_write(self, &mut tx, run_id).await?;
         if let Some(status) = update.status {
             sqlx::query("UPDATE runs SET status = ? WHERE id = ?")
                 .bind(status.as_str())
@@ -721,6 +695,7 @@ impl TrackingStore for SqliteStore {
     async fn set_run_lifecycle(&self, run_id: &str, stage: LifecycleStage) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let deleted_time = (stage == LifecycleStage::Deleted).then(now_ms);
+        self.forget_run_keys();
         let done = sqlx::query("UPDATE runs SET lifecycle_stage = ?, deleted_time = ? WHERE run_uuid = ?")
             .bind(stage.as_str())
             .bind(deleted_time)
@@ -737,7 +712,7 @@ impl TrackingStore for SqliteStore {
 
     async fn log_batch(&self, run_id: &str, batch: Batch) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let key = run_key_for_write(&mut tx, run_id).await?;
+        let key = run_key_for_write(self, &mut tx, run_id).await?;
         // Params first: an immutability conflict rejects the whole batch before anything else
         // is written (and the transaction is dropped, i.e. rolled back, on any error).
         insert_params(&mut tx, key, run_id, &batch.params).await?;
@@ -751,7 +726,7 @@ impl TrackingStore for SqliteStore {
 
     async fn delete_run_tag(&self, run_id: &str, key: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let run_key = run_key_for_write(&mut tx, run_id).await?;
+        let run_key = run_key_for_write(self, &mut tx, run_id).await?;
         let done = sqlx::query("DELETE FROM tags WHERE run_id = ? AND key = ?")
             .bind(run_key)
             .bind(key)
@@ -769,7 +744,7 @@ impl TrackingStore for SqliteStore {
 
     async fn log_inputs(&self, run_id: &str, inputs: Vec<DatasetInput>) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let key = run_key_for_write(&mut tx, run_id).await?;
+        let key = run_key_for_write(self, &mut tx, run_id).await?;
         for input in &inputs {
             let tags: Vec<(&str, &str)> = input
                 .tags
@@ -798,6 +773,28 @@ impl TrackingStore for SqliteStore {
         }
         tx.commit().await.map_err(map_err)?;
         Ok(())
+    }
+
+    async fn dataset_summaries(&self, experiment_ids: &[i64]) -> Result<Vec<DatasetSummary>> {
+        let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT DISTINCT r.experiment_id, d.name, d.digest, d.context FROM run_inputs d \
+             JOIN runs r ON r.id = d.run_id \
+             WHERE r.experiment_id IN (SELECT value FROM json_each(?)) AND r.lifecycle_stage = 'active' \
+             ORDER BY r.experiment_id, d.name, d.digest, d.context LIMIT 1000",
+        )
+        .bind(json_ids(experiment_ids))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(experiment_id, name, digest, context)| DatasetSummary {
+                experiment_id,
+                name,
+                digest,
+                context,
+            })
+            .collect())
     }
 
     async fn search_runs(&self, query: &RunQuery) -> Result<Page<Run>> {

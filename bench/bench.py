@@ -1,0 +1,502 @@
+"""Benchmarks one server (the reference `mlflow server` or spotsweep) and writes its figures as JSON.
+
+bench/run.sh calls it once per server, one after the other, and bench/report.py puts the two
+JSON files side by side. Order of the work on one server:
+
+  1. launch to the first 200 on /health (spotsweep: three fresh launches, median; reference: one)
+  2. seed 10,000 runs (10 params, 5 tags, 5 metrics) over HTTP, then runs/search p50 (wrk -c1)
+  3. RSS of the whole process tree (after the runs are loaded and searched)
+  4. runs/log-metric at concurrency 16 (wrk -t2 -c16, Lua: a different body on every request)
+  5. runs/log-batch, 1000 metrics a request, at concurrency 4 (wrk -t2 -c4)
+  6. a 100,000-point metric: MlflowClient().get_metric_history, median of 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import json
+import os
+import random
+import re
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+HERE = Path(__file__).resolve().parent
+
+WARMUP_S = float(os.environ.get("BENCH_WARMUP", "3"))
+DURATION_S = float(os.environ.get("BENCH_DURATION", "15"))
+N_RUNS = int(os.environ.get("BENCH_RUNS", "10000"))
+N_HISTORY = int(os.environ.get("BENCH_HISTORY", "100000"))
+SEARCH_S = float(os.environ.get("BENCH_SEARCH_S", "10"))
+
+SEARCH_FILTER = "metrics.m0 > 0.5 AND params.p0 = 'v3'"
+SEARCH_ORDER = ["metrics.m1 DESC"]
+SEARCH_MAX = 100
+
+LOG_METRIC_RUNS = 16
+LOG_BATCH_RUNS = 128
+LOG_BATCH_POOL = 64  # metric lists per wrk thread (see log_batch.lua)
+
+
+def log(msg: str) -> None:
+    print(f"  [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env() -> dict:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SPOTSWEEP_", "MLFLOW_", "BENCH_"))
+    }
+
+
+# ------------------------------------------------------------------------------ the server
+
+
+class Server:
+    """One server process (its own session, so the whole tree can be signalled and measured)."""
+
+    def __init__(self, kind: str, binary: str, work: Path, tag: str):
+        self.kind = kind
+        self.binary = binary
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{kind}-{tag}-", dir=work))
+        self.pgid_file = work / f"{kind}-{tag}.pgid"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.dir / "server.log"
+        self.launch_s: float | None = None
+
+    def command(self) -> list[str]:
+        if self.kind == "spotsweep":
+            return [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}",
+                    "--data-dir", str(self.dir / "data")]
+        mlflow = str(Path(sys.executable).parent / "mlflow")
+        return [mlflow, "server", "--backend-store-uri", f"sqlite:///{self.dir}/mlflow.db",
+                "--artifacts-destination", str(self.dir / "artifacts"),
+                "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def start(self, timeout: float) -> float:
+        cmd = self.command()
+        logf = open(self.log_path, "wb")
+        health = self.url + "/health"
+        sess = requests.Session()
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, cwd=self.dir, env=clean_env(), stdin=subprocess.DEVNULL,
+                                     stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pgid_file.write_text(str(self.proc.pid))
+        while True:
+            with contextlib.suppress(requests.RequestException):
+                if sess.get(health, timeout=5).status_code == 200:
+                    break
+            elapsed = time.perf_counter() - t0
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n"
+                                   + self.log_path.read_text(errors="replace")[-3000:])
+            if elapsed > timeout:
+                self.stop()
+                raise RuntimeError(f"{self.kind} not healthy after {timeout}s")
+            time.sleep(0.005 if elapsed < 2 else 0.05)
+        self.launch_s = time.perf_counter() - t0
+        sess.close()
+        if self.kind == "spotsweep":
+            token_file = self.dir / "data" / "admin.token"
+            deadline = time.monotonic() + 10
+            while not (token_file.exists() and token_file.read_text().strip()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no {token_file}")
+                time.sleep(0.01)
+            self.token = token_file.read_text().strip()
+        return self.launch_s
+
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def session(self) -> requests.Session:
+        s = requests.Session()
+        s.headers.update(self.headers())
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+        s.mount("http://", adapter)
+        return s
+
+    def api(self, path: str) -> str:
+        return f"{self.url}/api/2.0/mlflow/{path}"
+
+    def processes(self) -> list[psutil.Process]:
+        root = psutil.Process(self.proc.pid)
+        return [root] + root.children(recursive=True)
+
+    def memory(self) -> dict:
+        rss = pss = 0
+        names = []
+        for p in self.processes():
+            with contextlib.suppress(psutil.Error):
+                info = p.memory_full_info()
+                rss += info.rss
+                pss += getattr(info, "pss", 0)
+                names.append(p.name())
+        return {"rss_bytes": rss, "pss_bytes": pss, "processes": len(names),
+                "process_names": names}
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self.processes():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        # Workers of the reference may outlive the parent by a moment.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.pgid_file.unlink(missing_ok=True)
+        self.proc = None
+
+
+# ------------------------------------------------------------------------------ HTTP helpers
+
+
+def check(resp: requests.Response) -> dict:
+    if resp.status_code != 200:
+        raise RuntimeError(f"{resp.request.method} {resp.url}: {resp.status_code} {resp.text[:500]}")
+    return resp.json() if resp.content else {}
+
+
+def create_experiment(srv: Server, sess: requests.Session, name: str) -> str:
+    return check(sess.post(srv.api("experiments/create"), json={"name": name}, timeout=60))[
+        "experiment_id"]
+
+
+def create_run(srv: Server, sess: requests.Session, exp_id: str, name: str, start: int) -> str:
+    body = {"experiment_id": exp_id, "run_name": name, "start_time": start,
+            "tags": [{"key": "mlflow.user", "value": "bench"}]}
+    return check(sess.post(srv.api("runs/create"), json=body, timeout=60))["run"]["info"]["run_id"]
+
+
+def pooled(srv: Server, threads: int, items, fn):
+    """Runs fn(session, item) over items with a pool of threads, one keep-alive session each."""
+    local = threading.local()
+
+    def call(item):
+        if not hasattr(local, "s"):
+            local.s = srv.session()
+        return fn(local.s, item)
+
+    with cf.ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(call, items))
+
+
+# ------------------------------------------------------------------------------ wrk
+
+
+class CpuSampler:
+    """CPU seconds of the server tree, of wrk (the only child waited for meanwhile) and of the
+    whole machine over one wrk run."""
+
+    def __init__(self, srv: Server):
+        self.srv = srv
+
+    @staticmethod
+    def _machine():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+        idle = fields[3] + fields[4]
+        return sum(fields[:8]) / hz, idle / hz
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.server0 = self.srv.cpu_seconds()
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.child0 = ru.ru_utime + ru.ru_stime
+        self.machine0 = self._machine()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.t0
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total, idle = self._machine()
+        busy = (total - self.machine0[0]) - (idle - self.machine0[1])
+        self.result = {
+            "wall_s": wall,
+            "server_cpu_pct": 100 * (self.srv.cpu_seconds() - self.server0) / wall,
+            "wrk_cpu_pct": 100 * (ru.ru_utime + ru.ru_stime - self.child0) / wall,
+            "machine_busy_pct": 100 * busy / wall,  # of all cores: 200% = both cores busy
+            "cores": os.cpu_count(),
+        }
+
+
+def wrk(srv: Server, script: str, threads: int, conns: int, seconds: float, env: dict,
+        sample_cpu: bool = False) -> dict:
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "60s",
+           "-s", str(HERE / script), srv.url]
+    full_env = {**clean_env(), "BENCH_LUA_DIR": str(HERE), "BENCH_TOKEN": srv.token or "",
+                **{k: str(v) for k, v in env.items()}}
+    sampler = CpuSampler(srv)
+    with sampler if sample_cpu else contextlib.nullcontext():
+        out = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=seconds + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr}\n{out.stdout}")
+    m = re.search(r"^BENCH_JSON (\{.*\})$", out.stdout, re.M)
+    if not m:
+        raise RuntimeError(f"no BENCH_JSON line from wrk:\n{out.stdout}\n{out.stderr}")
+    res = json.loads(m.group(1))
+    res["req_per_s"] = res["requests"] / (res["duration_us"] / 1e6)
+    res["errors"] = sum(res[k] for k in res if k.startswith("err_"))
+    res["command"] = " ".join(cmd[:-1] + ["URL"])
+    if sample_cpu:
+        res["cpu"] = sampler.result
+    return res
+
+
+def describe_wrk(label: str, r: dict) -> None:
+    cpu = r.get("cpu")
+    cpu_s = (f"; CPU: server {cpu['server_cpu_pct']:.0f}%, wrk {cpu['wrk_cpu_pct']:.0f}%, machine "
+             f"{cpu['machine_busy_pct']:.0f}% of {cpu['cores'] * 100}%") if cpu else ""
+    log(f"{label}: {r['requests']} requests, {r['req_per_s']:.1f} req/s, p50 "
+        f"{r['lat_p50_us'] / 1000:.2f} ms, p99 {r['lat_p99_us'] / 1000:.2f} ms, errors "
+        f"{r['errors']}{cpu_s}")
+
+
+# ------------------------------------------------------------------------------ the measures
+
+
+def measure_launch(kind: str, binary: str, work: Path) -> tuple[Server, list[float]]:
+    """Launches on a fresh data dir. spotsweep: two throwaway launches, then the one that stays."""
+    times = []
+    tries = 3 if kind == "spotsweep" else 1
+    timeout = 20 if kind == "spotsweep" else 300
+    for i in range(tries):
+        srv = Server(kind, binary, work, f"launch{i}")
+        times.append(srv.start(timeout))
+        log(f"launch {i + 1}/{tries}: healthy after {times[-1]:.3f} s")
+        if i < tries - 1:
+            srv.stop()
+    return srv, times
+
+
+def seed_search_runs(srv: Server) -> dict:
+    """10 params, 5 tags, 5 metrics on each of N_RUNS runs; the same data for both servers."""
+    rng = random.Random(42)
+    base = 1_700_000_000_000
+    plan = []
+    for i in range(N_RUNS):
+        params = [{"key": f"p{j}", "value": f"v{rng.randrange(10)}"} for j in range(10)]
+        tags = [{"key": f"t{j}", "value": f"tag{rng.randrange(100)}"} for j in range(5)]
+        metrics = [{"key": f"m{j}", "value": rng.random(), "timestamp": base + i, "step": 0}
+                   for j in range(5)]
+        plan.append((i, params, tags, metrics))
+    sess = srv.session()
+    exp = create_experiment(srv, sess, "bench-search")
+    done = [0]
+    lock = threading.Lock()
+    t0 = time.perf_counter()
+
+    def seed(s, item):
+        i, params, tags, metrics = item
+        run_id = create_run(srv, s, exp, f"run-{i:05d}", base + i)
+        check(s.post(srv.api("runs/log-batch"), timeout=120,
+                     json={"run_id": run_id, "params": params, "tags": tags, "metrics": metrics}))
+        with lock:
+            done[0] += 1
+            if done[0] % 1000 == 0:
+                el = time.perf_counter() - t0
+                log(f"seeded {done[0]}/{N_RUNS} runs in {el:.1f} s ({done[0] / el:.0f} runs/s)")
+
+    pooled(srv, 8, plan, seed)
+    seconds = time.perf_counter() - t0
+    return {"experiment_id": exp, "seconds": seconds, "runs": N_RUNS,
+            "requests": 2 * N_RUNS, "threads": 8}
+
+
+def measure_search(srv: Server, exp: str) -> dict:
+    body = {"experiment_ids": [exp], "filter": SEARCH_FILTER, "run_view_type": "ACTIVE_ONLY",
+            "max_results": SEARCH_MAX, "order_by": SEARCH_ORDER}
+    sess = srv.session()
+    res = check(sess.post(srv.api("runs/search"), json=body, timeout=120))
+    runs = res.get("runs", [])
+    names = [r["info"]["run_name"] for r in runs]
+    m1 = [next(m["value"] for m in r["data"]["metrics"] if m["key"] == "m1") for r in runs]
+    if m1 != sorted(m1, reverse=True):
+        raise RuntimeError("search result not ordered by metrics.m1 DESC")
+    log(f"search returns {len(runs)} runs ({len(json.dumps(res))} bytes), first {names[:3]}")
+    env = {"BENCH_BODY": json.dumps(body)}
+    wrk(srv, "search.lua", 1, 1, 2, env)  # warm-up
+    r = wrk(srv, "search.lua", 1, 1, SEARCH_S, env)
+    describe_wrk("runs/search (wrk -t1 -c1)", r)
+    r.update({"body": body, "result_runs": len(runs), "result_names": names,
+              "has_next_page": "next_page_token" in res})
+    return r
+
+
+def write_runs_file(srv: Server, work: Path, name: str, n: int) -> Path:
+    sess = srv.session()
+    exp = create_experiment(srv, sess, f"bench-{name}")
+    ids = [create_run(srv, sess, exp, f"{name}-{i}", 1_700_000_000_000 + i) for i in range(n)]
+    path = srv.dir / f"{name}.runs"
+    path.write_text("\n".join(ids) + "\n")
+    return path
+
+
+def measure_log_metric(srv: Server, work: Path) -> dict:
+    runs = write_runs_file(srv, work, "logmetric", LOG_METRIC_RUNS)
+    env = {"BENCH_RUNS_FILE": runs}
+    describe_wrk("log-metric warm-up", wrk(srv, "log_metric.lua", 2, 16, WARMUP_S,
+                                          {**env, "BENCH_PHASE": 0}))
+    r = wrk(srv, "log_metric.lua", 2, 16, DURATION_S, {**env, "BENCH_PHASE": 1}, sample_cpu=True)
+    describe_wrk("log-metric -t2 -c16", r)
+    return r
+
+
+def measure_log_batch(srv: Server, work: Path) -> dict:
+    runs = write_runs_file(srv, work, "logbatch", LOG_BATCH_RUNS)
+    env = {"BENCH_RUNS_FILE": runs, "BENCH_POOL": LOG_BATCH_POOL}
+    describe_wrk("log-batch warm-up", wrk(srv, "log_batch.lua", 2, 4, WARMUP_S,
+                                         {**env, "BENCH_PHASE": 0}))
+    r = wrk(srv, "log_batch.lua", 2, 4, DURATION_S, {**env, "BENCH_PHASE": 1}, sample_cpu=True)
+    r["metrics_per_s"] = r["req_per_s"] * 1000
+    # Each wrk thread sends pool x runs different bodies before one repeats.
+    r["distinct_bodies"] = 2 * LOG_BATCH_POOL * LOG_BATCH_RUNS
+    r["all_distinct"] = r["requests"] <= r["distinct_bodies"]
+    describe_wrk("log-batch -t2 -c4", r)
+    log(f"log-batch: {r['metrics_per_s']:.0f} metrics/s; all bodies distinct: {r['all_distinct']}")
+    return r
+
+
+def measure_history(srv: Server) -> dict:
+    sess = srv.session()
+    exp = create_experiment(srv, sess, "bench-history")
+    run_id = create_run(srv, sess, exp, "history", 1_700_000_000_000)
+    rng = random.Random(7)
+    base = 1_700_000_000_000
+    batches = []
+    for b in range(0, N_HISTORY, 1000):
+        batches.append([{"key": "loss", "value": rng.random(), "timestamp": base + s, "step": s}
+                        for s in range(b, min(b + 1000, N_HISTORY))])
+    t0 = time.perf_counter()
+    pooled(srv, 4, batches, lambda s, m: check(
+        s.post(srv.api("runs/log-batch"), json={"run_id": run_id, "metrics": m}, timeout=300)))
+    seed_s = time.perf_counter() - t0
+    log(f"logged {N_HISTORY} points in {seed_s:.1f} s")
+
+    # The real client path: MlflowClient pages through metrics/get-history 25,000 at a time.
+    os.environ["MLFLOW_TRACKING_URI"] = srv.url
+    if srv.token:
+        os.environ["MLFLOW_TRACKING_TOKEN"] = srv.token
+    else:
+        os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "600"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=srv.url)
+    client.get_experiment(exp)  # imports, connection pool: not part of the timing
+    client_times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        hist = client.get_metric_history(run_id, "loss")
+        client_times.append(time.perf_counter() - t0)
+        if len(hist) != N_HISTORY:
+            raise RuntimeError(f"get_metric_history returned {len(hist)} points, not {N_HISTORY}")
+    log(f"MlflowClient.get_metric_history x3: {[round(t, 3) for t in client_times]} s")
+
+    # The same pages over raw HTTP, bodies read but not parsed: the server's share of it.
+    raw_times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        token, pages, nbytes = None, 0, 0
+        while True:
+            params = {"run_id": run_id, "run_uuid": run_id, "metric_key": "loss",
+                      "max_results": 25000}
+            if token:
+                params["page_token"] = token
+            resp = sess.get(srv.api("metrics/get-history"), params=params, timeout=600)
+            if resp.status_code != 200:
+                raise RuntimeError(resp.text[:300])
+            pages += 1
+            nbytes += len(resp.content)
+            m = re.search(rb'"next_page_token"\s*:\s*"([^"]*)"', resp.content)
+            token = m.group(1).decode() if m else None
+            if not token:
+                break
+        raw_times.append(time.perf_counter() - t0)
+    log(f"raw HTTP paging x3 ({pages} pages, {nbytes} bytes): {[round(t, 3) for t in raw_times]} s")
+    return {"points": N_HISTORY, "seed_s": seed_s, "client_s": client_times,
+            "client_median_s": statistics.median(client_times), "raw_s": raw_times,
+            "raw_median_s": statistics.median(raw_times), "pages": pages, "bytes": nbytes}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=["reference", "spotsweep"])
+    ap.add_argument("--bin", required=True, help="the spotsweep binary")
+    ap.add_argument("--work", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    a = ap.parse_args()
+
+    out: dict = {"kind": a.kind, "settings": {
+        "warmup_s": WARMUP_S, "duration_s": DURATION_S, "runs": N_RUNS, "history": N_HISTORY,
+        "search_s": SEARCH_S}}
+    started = time.perf_counter()
+    srv, launches = measure_launch(a.kind, a.bin, a.work)
+    try:
+        out["launch_s"] = launches
+        out["launch_median_s"] = statistics.median(launches)
+        out["memory_idle"] = srv.memory()
+        log(f"idle: {out['memory_idle']['rss_bytes'] / 1e6:.1f} MB RSS in "
+            f"{out['memory_idle']['processes']} processes {out['memory_idle']['process_names']}")
+
+        out["seed"] = seed_search_runs(srv)
+        log(f"seeded {N_RUNS} runs in {out['seed']['seconds']:.1f} s")
+        out["search"] = measure_search(srv, out["seed"]["experiment_id"])
+        out["memory_after_search"] = srv.memory()
+        log(f"after search: {out['memory_after_search']['rss_bytes'] / 1e6:.1f} MB RSS, "
+            f"{out['memory_after_search']['pss_bytes'] / 1e6:.1f} MB PSS in "
+            f"{out['memory_after_search']['processes']} processes")
+
+        out["log_metric"] = measure_log_metric(srv, a.work)
+        out["log_batch"] = measure_log_batch(srv, a.work)
+        out["history"] = measure_history(srv)
+        out["memory_end"] = srv.memory()
+        log(f"at the end: {out['memory_end']['rss_bytes'] / 1e6:.1f} MB RSS")
+        db = [p for p in srv.dir.rglob("*.db")]
+        out["db_bytes"] = sum(p.stat().st_size for p in db)
+    finally:
+        srv.stop()
+    out["elapsed_s"] = time.perf_counter() - started
+    a.out.write_text(json.dumps(out, indent=1))
+    log(f"{a.kind} done in {out['elapsed_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Performance benchmark: spotsweep against the reference `mlflow server` (mlflow==3.17.2, SQLite
+# backend, its default 4 uvicorn workers), one after the other on this machine, and one markdown
+# table with both columns side by side.
+#
+#   bench/run.sh                 # setup (idempotent) + both servers + the table
+#   bench/run.sh --save          # ... and write the table to bench/RESULTS.md
+#   bench/run.sh --setup-only    # only install wrk, the venv and build the release binary
+#   bench/run.sh --only spotsweep|reference   # one server (the other column is left empty)
+#
+# Knobs (environment): BENCH_DURATION (seconds per wrk load, default 15), BENCH_WARMUP (default 3),
+# BENCH_RUNS (runs seeded for the search, default 10000), BENCH_HISTORY (points of the long metric,
+# default 100000), BENCH_REF_SEED=http|direct (how the reference's 10k runs are seeded; default
+# http, see bench/seed_direct.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+orig_args="$*"
+save=0
+setup_only=0
+only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --save) save=1 ;;
+    --setup-only) setup_only=1 ;;
+    --only) only="$2"; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+started=$(date +%s)
+log() { printf '[bench %4ss] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
+
+# ------------------------------------------------------------------------------------ setup
+if ! command -v wrk >/dev/null 2>&1; then
+  log "installing wrk (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y -q wrk >/dev/null 2>&1; then
+    apt-get update -q >/dev/null
+    apt-get install -y -q wrk >/dev/null
+  fi
+fi
+
+venv=.venv-bench
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum bench/requirements.txt | cut -d' ' -f1)
+if [ ! -x "$venv/bin/mlflow" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "creating $venv (pip install -r bench/requirements.txt)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt
+  echo "$want" > "$stamp"
+fi
+PY="$ROOT/$venv/bin/python"
+
+log "cargo build --release -p spotsweep-cli"
+cargo build --release -q -p spotsweep-cli
+BIN="$ROOT/target/release/spotsweep"
+[ -x "$BIN" ] || { echo "no $BIN after the build" >&2; exit 1; }
+log "setup done"
+[ "$setup_only" = 1 ] && exit 0
+
+# ------------------------------------------------------------------------------------ run
+work=$(mktemp -d /tmp/spotsweep-bench.XXXXXX)
+cleanup() {
+  # Each driver writes the process-group id of the server it started; stop whatever is left.
+  for f in "$work"/*.pgid; do
+    [ -e "$f" ] || continue
+    pg=$(cat "$f")
+    kill -TERM -- "-$pg" 2>/dev/null || true
+    sleep 1
+    kill -KILL -- "-$pg" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+targets="reference spotsweep"
+[ -n "$only" ] && targets="$only"
+for t in $targets; do
+  log "=== $t ==="
+  "$PY" bench/bench.py "$t" --bin "$BIN" --work "$work" --out "$work/$t.json"
+done
+
+elapsed=$(( $(date +%s) - started ))
+args=(--elapsed "$elapsed" --command "bench/run.sh${orig_args:+ $orig_args}")
+[ -f "$work/reference.json" ] && args+=(--reference "$work/reference.json")
+[ -f "$work/spotsweep.json" ] && args+=(--spotsweep "$work/spotsweep.json")
+[ "$save" = 1 ] && args+=(--save bench/RESULTS.md)
+"$PY" bench/report.py "${args[@]}"
