@@ -340,3 +340,43 @@ def test_artifact_names_need_percent_decoding(client, run_id, workdir):
     p = Path(client.download_artifacts(run_id, "odd dir", str(d)))
     for n in names:
         assert (p / n).read_text() == n
+
+
+def _peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+@pytest.mark.spotsweep_only
+@pytest.mark.needs_process
+@pytest.mark.timeout(170)
+def test_uploads_and_downloads_stream_in_bounded_memory(server_factory):
+    """A file several times the daemon's memory passes through it both ways: peak RSS stays small."""
+    srv = server_factory()
+    size_mib = 384
+    block = os.urandom(1 << 20)
+
+    def body():
+        for i in range(size_mib):
+            yield block[i % 997 :] + block[: i % 997]
+
+    expected = hashlib.sha256()
+    for chunk in body():
+        expected.update(chunk)
+    path = f"{PROXY}/0/{uuid.uuid4().hex}/artifacts/big.bin"
+    r = srv.request("PUT", path, data=body())
+    assert r.status_code == 200, r.text
+    got = hashlib.sha256()
+    n = 0
+    with srv.request("GET", path, stream=True) as r:
+        assert r.status_code == 200
+        for chunk in r.iter_content(1 << 20):
+            got.update(chunk)
+            n += len(chunk)
+    assert n == size_mib << 20
+    assert got.hexdigest() == expected.hexdigest()
+    peak = _peak_rss_mib(srv.proc.pid)
+    assert peak < 120, f"peak RSS {peak:.0f} MiB while streaming {size_mib} MiB"

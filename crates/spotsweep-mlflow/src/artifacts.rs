@@ -283,11 +283,9 @@ pub async fn delete_artifact(
     }
     let repo = &s.artifacts;
     let location = repo.store_path(&segments);
-    match repo.store.delete(&location).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-        // A directory on the local disk cannot be deleted as an object; its files are below.
-        Err(_) => {}
-    }
+    // The path is a file, a directory, or nothing: delete the object if there is one (an error
+    // here just means it is not a file), then everything below it.
+    let _ = repo.store.delete(&location).await;
     let mut children = repo.store.list(Some(&location));
     while let Some(meta) = children.next().await {
         let meta = meta.map_err(|e| MlflowError::internal(&e))?;

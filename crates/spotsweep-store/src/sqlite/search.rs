@@ -151,20 +151,16 @@ pub(super) fn run_search_sql(query: &RunQuery, columns: &str) -> QueryBuilder<Sq
     // One LEFT JOIN per sort key on a non-attribute: aliases are o0, o1, ... (generated, not
     // user text).
     for (i, order) in query.order_by.iter().enumerate() {
-        let table = match &order.key {
-            RunOrderKey::Metric(_) => "latest_metrics",
-            RunOrderKey::Param(_) => "params",
-            RunOrderKey::Tag(_) => "tags",
-            RunOrderKey::Attribute(_) => continue,
-        };
-        let key = match &order.key {
-            RunOrderKey::Metric(k) | RunOrderKey::Param(k) | RunOrderKey::Tag(k) => k.clone(),
+        let (table, key) = match &order.key {
+            RunOrderKey::Metric(k) => ("latest_metrics", k),
+            RunOrderKey::Param(k) => ("params", k),
+            RunOrderKey::Tag(k) => ("tags", k),
             RunOrderKey::Attribute(_) => continue,
         };
         qb.push(format!(
             " LEFT JOIN {table} o{i} ON o{i}.run_id = r.id AND o{i}.key = "
         ))
-        .push_bind(key);
+        .push_bind(key.clone());
     }
     qb.push(" WHERE r.experiment_id IN (SELECT value FROM json_each(")
         .push_bind(json_ids(&query.experiment_ids))
