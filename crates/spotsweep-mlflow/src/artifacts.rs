@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::MlflowState;
 use crate::error::{MlflowError, MlflowResult};
+use crate::extract::RunRef;
 
 /// Where artifacts are kept: a root inside an object store.
 #[derive(Debug, Clone)]
@@ -309,8 +310,8 @@ pub async fn delete_artifact(
 /// relative to the run's artifact root and that root as `root_uri`.
 #[derive(Deserialize)]
 pub struct RunArtifactsQuery {
-    run_id: Option<String>,
-    run_uuid: Option<String>,
+    #[serde(flatten)]
+    run: RunRef,
     #[serde(default)]
     path: Option<String>,
 }
@@ -320,12 +321,7 @@ pub async fn list_run_artifacts(
     State(s): State<MlflowState>,
     Query(q): Query<RunArtifactsQuery>,
 ) -> MlflowResult<Json<Value>> {
-    let run_id = q
-        .run_id
-        .filter(|r| !r.is_empty())
-        .or(q.run_uuid.filter(|r| !r.is_empty()))
-        .ok_or_else(|| MlflowError::missing("run_id"))?;
-    let run = s.store.get_run(&run_id).await?;
+    let run = s.store.get_run(q.run.id()?).await?;
     let root_uri = run.info.artifact_uri.clone();
     let rel = q.path.unwrap_or_default();
     let rel_segments = safe_segments(&rel)?;
@@ -365,25 +361,15 @@ async fn run_root(s: &MlflowState, run_id: &str) -> MlflowResult<Vec<String>> {
 /// `?run_id=&path=` (or `run_uuid`) of the UI's artifact routes.
 #[derive(Deserialize)]
 pub struct RunArtifactQuery {
-    run_id: Option<String>,
-    run_uuid: Option<String>,
+    #[serde(flatten)]
+    run: RunRef,
     path: Option<String>,
-}
-
-impl RunArtifactQuery {
-    fn run(&self) -> MlflowResult<&str> {
-        self.run_id
-            .as_deref()
-            .filter(|r| !r.is_empty())
-            .or(self.run_uuid.as_deref().filter(|r| !r.is_empty()))
-            .ok_or_else(|| MlflowError::missing("run_id"))
-    }
 }
 
 /// `GET /get-artifact?run_id=&path=`: the UI's artifact viewer.
 pub async fn get_run_artifact(State(s): State<MlflowState>, Query(q): Query<RunArtifactQuery>) -> Response {
     let result = async {
-        let mut path = run_root(&s, q.run()?).await?.join("/");
+        let mut path = run_root(&s, q.run.id()?).await?.join("/");
         let rel = q.path.as_deref().unwrap_or("");
         safe_segments(rel)?;
         path.push('/');
@@ -400,7 +386,7 @@ pub async fn upload_run_artifact(
     Query(q): Query<RunArtifactQuery>,
     body: Body,
 ) -> MlflowResult<Json<Value>> {
-    let root = run_root(&s, q.run()?).await?;
+    let root = run_root(&s, q.run.id()?).await?;
     let rel = q.path.as_deref().ok_or_else(|| MlflowError::missing("path"))?;
     let mut segments: Vec<&str> = root.iter().map(String::as_str).collect();
     segments.extend(safe_segments(rel)?);

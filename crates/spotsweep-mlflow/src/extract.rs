@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use crate::error::MlflowError;
+use crate::error::{MlflowError, MlflowResult};
 
 /// The largest JSON body accepted on tracking routes. The reference caps `log-batch` at 1 MB;
 /// the margin allows for escaping.
@@ -149,6 +149,26 @@ pub fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(Value::Bool(b)) => Ok(Some(b.to_string())),
         Some(other) => Err(D::Error::custom(format!("expected a string, got {other}"))),
+    }
+}
+
+/// Any request that names a run by `run_id` or the legacy `run_uuid`.
+#[derive(Deserialize)]
+pub struct RunRef {
+    /// The run id.
+    pub run_id: Option<String>,
+    /// The same, under its legacy name.
+    pub run_uuid: Option<String>,
+}
+
+impl RunRef {
+    /// The id, from whichever field carries it; a 400 when neither does.
+    pub fn id(&self) -> MlflowResult<&str> {
+        self.run_id
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .or(self.run_uuid.as_deref().filter(|v| !v.is_empty()))
+            .ok_or_else(|| MlflowError::missing("run_id"))
     }
 }
 

@@ -15,7 +15,7 @@ use spotsweep_store::{
 
 use crate::MlflowState;
 use crate::error::{MlflowError, MlflowResult};
-use crate::extract::{Mlflow, lenient_i64, lenient_string, one_or_many};
+use crate::extract::{Mlflow, RunRef, lenient_i64, lenient_string, one_or_many};
 use crate::validation::*;
 use crate::wire::*;
 
@@ -318,23 +318,6 @@ pub async fn delete_experiment_tag(
 
 // ---------------------------------------------------------------------------------------------
 // Runs
-
-/// Any request that names a run by `run_id` or the legacy `run_uuid`.
-#[derive(Deserialize)]
-pub struct RunRef {
-    run_id: Option<String>,
-    run_uuid: Option<String>,
-}
-
-impl RunRef {
-    fn id(&self) -> MlflowResult<&str> {
-        self.run_id
-            .as_deref()
-            .filter(|v| !v.is_empty())
-            .or(self.run_uuid.as_deref().filter(|v| !v.is_empty()))
-            .ok_or_else(|| MlflowError::missing("run_id"))
-    }
-}
 
 /// `runs/create`
 #[derive(Deserialize)]

@@ -59,24 +59,27 @@ fn dataset_column(field: DatasetField) -> &'static str {
     }
 }
 
-/// `EXISTS (SELECT 1 FROM <table> x WHERE x.run_id = r.id AND x.key = ? AND <cond>)` for params
-/// and tags; a comparison needs the key to exist (so `!=` never matches a run without it).
-fn push_kv_condition(qb: &mut QueryBuilder<Sqlite>, table: &str, key: &str, cond: &StringCondition) {
+/// `[NOT] EXISTS (SELECT 1 FROM <rows> AND x.key = ? AND <cond>)` for a key-value table (run
+/// params and tags, experiment tags); `rows` names the table as `x` and ties it to the outer row.
+/// A comparison needs the key to exist, so `!=` never matches an entity without it.
+fn push_kv_condition(qb: &mut QueryBuilder<Sqlite>, rows: &str, key: &str, cond: &StringCondition) {
     let negate = matches!(cond, StringCondition::IsNull);
     qb.push(if negate {
         "NOT EXISTS (SELECT 1 FROM "
     } else {
         "EXISTS (SELECT 1 FROM "
     });
-    qb.push(table)
-        .push(" x WHERE x.run_id = r.id AND x.key = ")
-        .push_bind(key.to_owned());
+    qb.push(rows).push(" AND x.key = ").push_bind(key.to_owned());
     if let StringCondition::Compare(op, value) = cond {
         qb.push(" AND ");
         push_str_cmp(qb, "x.value", *op, value);
     }
     qb.push(")");
 }
+
+const PARAM_ROWS: &str = "params x WHERE x.run_id = r.id";
+const TAG_ROWS: &str = "tags x WHERE x.run_id = r.id";
+const EXPERIMENT_TAG_ROWS: &str = "experiment_tags x WHERE x.experiment_id = e.experiment_id";
 
 fn push_run_predicate(qb: &mut QueryBuilder<Sqlite>, predicate: &RunPredicate) {
     match predicate {
@@ -95,8 +98,8 @@ fn push_run_predicate(qb: &mut QueryBuilder<Sqlite>, predicate: &RunPredicate) {
                 .push_bind(*value)
                 .push("))");
         }
-        RunPredicate::Param { key, cond } => push_kv_condition(qb, "params", key, cond),
-        RunPredicate::Tag { key, cond } => push_kv_condition(qb, "tags", key, cond),
+        RunPredicate::Param { key, cond } => push_kv_condition(qb, PARAM_ROWS, key, cond),
+        RunPredicate::Tag { key, cond } => push_kv_condition(qb, TAG_ROWS, key, cond),
         RunPredicate::AttributeString { attr, op, value } => {
             push_str_cmp(qb, run_attr_column(*attr), *op, value)
         }
@@ -243,15 +246,7 @@ pub(super) fn experiment_search_sql(query: &ExperimentQuery, columns: &str) -> Q
                 .push("))");
             }
             ExperimentPredicate::Tag { key, cond } => {
-                let negate = matches!(cond, StringCondition::IsNull);
-                qb.push(if negate { "NOT EXISTS" } else { "EXISTS" })
-                    .push(" (SELECT 1 FROM experiment_tags x WHERE x.experiment_id = e.experiment_id AND x.key = ")
-                    .push_bind(key.clone());
-                if let StringCondition::Compare(op, value) = cond {
-                    qb.push(" AND ");
-                    push_str_cmp(&mut qb, "x.value", *op, value);
-                }
-                qb.push(")");
+                push_kv_condition(&mut qb, EXPERIMENT_TAG_ROWS, key, cond)
             }
         }
     }

@@ -251,6 +251,9 @@ async fn insert_params(
     Ok(())
 }
 
+const PARAMS_OF_RUNS: &str = "SELECT run_id, key, value FROM params WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, key";
+const TAGS_OF_RUNS: &str = "SELECT run_id, key, value FROM tags WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, key";
+
 impl SqliteStore {
     async fn experiment_tags(&self, ids: &[i64]) -> Result<HashMap<i64, Vec<KeyValue>>> {
         let mut out: HashMap<i64, Vec<KeyValue>> = HashMap::new();
@@ -271,6 +274,19 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// `(run, key, value)` rows of one of the `*_OF_RUNS` queries for a JSON list of run keys.
+    async fn key_values_of_runs(
+        &self,
+        sql: &'static str,
+        ids_json: &str,
+    ) -> Result<Vec<(i64, String, String)>> {
+        sqlx::query_as(sql)
+            .bind(ids_json)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)
+    }
+
     /// Loads the data (latest metrics, params, tags, inputs) of runs, keyed by internal id.
     pub(super) async fn load_runs(&self, rows: Vec<RunRow>) -> Result<Vec<Run>> {
         let infos: Vec<(i64, RunInfo)> = rows.into_iter().map(RunRow::into_info).collect();
@@ -284,20 +300,8 @@ impl SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(map_err)?;
-        let params: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT run_id, key, value FROM params WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, key",
-        )
-        .bind(&ids_json)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
-        let tags: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT run_id, key, value FROM tags WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, key",
-        )
-        .bind(&ids_json)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
+        let params = self.key_values_of_runs(PARAMS_OF_RUNS, &ids_json).await?;
+        let tags = self.key_values_of_runs(TAGS_OF_RUNS, &ids_json).await?;
         type InputRow = (
             i64,
             String,
