@@ -119,12 +119,14 @@ class ServerHandle:
     """A server under test: `.url`, `.token`, `.data_dir`, `.proc`, `.artifact_root`.
 
     For spotsweep, `data_dir` is what `--data-dir` gets; for the reference server it is the
-    temporary folder holding mlflow.db and artifacts/.
+    temporary folder holding mlflow.db and artifacts/. `env` adds variables to the daemon's
+    environment (a value of None removes the variable); only the spotsweep daemon gets them.
     """
 
-    def __init__(self, data_dir: Path, extra_args=(), listen="127.0.0.1:0", auth=True):
+    def __init__(self, data_dir: Path, extra_args=(), listen="127.0.0.1:0", auth=True, env=None):
         self.data_dir = Path(data_dir)
         self.extra_args = list(extra_args)
+        self.extra_env = dict(env or {})
         self.listen = listen
         self.auth = auth
         self.proc: subprocess.Popen | None = None
@@ -172,6 +174,11 @@ class ServerHandle:
             env["SPOTSWEEP_LOG"] = os.environ["SPOTSWEEP_LOG"]
         env.setdefault("RUST_BACKTRACE", "1")
         env.setdefault("NO_COLOR", "1")
+        for k, v in self.extra_env.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -373,14 +380,17 @@ class ExternalServer(ServerHandle):
 def server_factory(tmp_path_factory, request):
     """Starts extra servers on fresh (or given) data dirs; all are stopped at the end.
 
-    factory(data_dir=None, auth=True, extra_args=(), listen="127.0.0.1:0") -> ServerHandle
+    factory(data_dir=None, auth=True, extra_args=(), listen="127.0.0.1:0", env=None)
+        -> ServerHandle   (env: extra variables for the daemon, None values remove one)
     """
     started: list[ServerHandle] = []
 
-    def make(data_dir=None, auth=True, extra_args=(), listen="127.0.0.1:0", start=True):
+    def make(data_dir=None, auth=True, extra_args=(), listen="127.0.0.1:0", start=True, env=None):
         if data_dir is None:
             data_dir = tmp_path_factory.mktemp("srv") / "data"
-        h = ServerHandle(Path(data_dir), extra_args=extra_args, listen=listen, auth=auth)
+        h = ServerHandle(
+            Path(data_dir), extra_args=extra_args, listen=listen, auth=auth, env=env
+        )
         started.append(h)
         return h.start() if start else h
 

@@ -148,8 +148,8 @@ pub fn safe_segments(path: &str) -> MlflowResult<Vec<&str>> {
 }
 
 /// `PUT /api/2.0/mlflow-artifacts/artifacts/<path>`: streams the body into the store.
-/// The object appears only when the upload completes (a temporary file is renamed, or the GCS
-/// resumable upload is finalised), so a broken upload never leaves a truncated artifact.
+/// The object appears only when the upload completes (a temporary file is renamed, or the
+/// bucket's multipart upload is completed), so a broken upload never leaves a truncated artifact.
 pub async fn upload_artifact(
     State(s): State<MlflowState>,
     UrlPath(path): UrlPath<String>,
@@ -177,7 +177,10 @@ async fn store_body(repo: &ArtifactRepo, segments: &[&str], body: Body) -> Mlflo
         match chunk {
             Ok(bytes) => {
                 // Bound the parts in flight: memory stays at a few chunks whatever the size.
+                // A failed part must abort the upload: WriteMultipart does not on drop, and a
+                // bucket bills the parts of an unfinished upload until someone aborts it.
                 if let Err(e) = writer.wait_for_capacity(4).await {
+                    let _ = writer.abort().await;
                     return Err(MlflowError::internal(&e));
                 }
                 writer.put(bytes);
