@@ -53,3 +53,228 @@ pub struct TokenList {
     /// Live (not revoked) tokens, oldest first.
     pub tokens: Vec<TokenInfo>,
 }
+
+/// Trials of a sweep by state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct TrialCountsBody {
+    /// Waiting for an agent.
+    pub queued: i64,
+    /// Leased and running.
+    pub running: i64,
+    /// Finished with a value.
+    pub completed: i64,
+    /// Failed for good.
+    pub failed: i64,
+    /// Stopped early by the pruner.
+    pub pruned: i64,
+    /// Lost to a preemption, waiting to run again.
+    pub preempted: i64,
+    /// Cancelled.
+    pub cancelled: i64,
+}
+
+/// The best completed trial so far.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BestTrial {
+    /// Its number.
+    pub number: i64,
+    /// Its objective value.
+    pub value: f64,
+    /// Its MLflow run.
+    pub run_id: String,
+}
+
+/// A sweep and its progress.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SweepBody {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// `running`, `paused`, `completed` or `cancelled`.
+    pub state: String,
+    /// The MLflow experiment holding its runs.
+    pub experiment_id: String,
+    /// The pool whose agents run it.
+    pub pool: String,
+    /// The sweep seed (drawn and recorded when the spec gave none).
+    pub seed: u64,
+    /// Trials to run at most.
+    pub max_trials: i64,
+    /// Trials proposed so far.
+    pub trials_created: i64,
+    /// Trials by state.
+    pub counts: TrialCountsBody,
+    /// The objective metric.
+    pub objective_metric: String,
+    /// `minimize` or `maximize`.
+    pub goal: String,
+    /// The best completed trial so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<BestTrial>,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at: i64,
+    /// When it completed or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    /// Milliseconds from creation to the end (or to now).
+    pub elapsed_ms: i64,
+    /// The stored spec (seed included).
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+}
+
+/// `GET /api/v1/sweeps`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SweepList {
+    /// Sweeps, newest first.
+    pub sweeps: Vec<SweepBody>,
+}
+
+/// A trial of a sweep.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TrialBody {
+    /// 0-based number in the sweep.
+    pub number: i64,
+    /// The sweep.
+    pub sweep_id: i64,
+    /// Hyperparameters (inactive conditional ones absent).
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    /// `queued`, `running`, `completed`, `failed`, `pruned`, `preempted` or `cancelled`.
+    pub state: String,
+    /// The objective value, once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// How many times it was leased.
+    pub attempts: i64,
+    /// Failures so far (preemptions excluded).
+    pub failures: i64,
+    /// Its MLflow run.
+    pub run_id: String,
+    /// Its MLflow experiment.
+    pub experiment_id: String,
+    /// The trial's seed.
+    pub seed: u64,
+    /// The agent of its latest lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Why it failed, was pruned or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at: i64,
+    /// When its latest lease started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+}
+
+/// `GET /api/v1/sweeps/{id}/trials`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TrialList {
+    /// Trials by number.
+    pub trials: Vec<TrialBody>,
+}
+
+/// `POST /api/v1/sweeps/{id}/trials`: a trial with fixed parameters.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueTrialRequest {
+    /// A value for every active parameter.
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+}
+
+/// `POST /api/v1/leases`: an agent (or any worker) asks for trials.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequestBody {
+    /// A stable id the worker chose for itself.
+    pub agent_id: String,
+    /// A label for people (host name, slot layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_name: Option<String>,
+    /// Unique per request and reused on retries, so a retried request leases nothing twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Free slots: trials it can take now (1 to 256).
+    pub slots: u32,
+    /// Only sweeps of this pool (default `local`); ignored when `sweep_id` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Only this sweep (ask-and-tell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep_id: Option<i64>,
+    /// Long poll: wait up to this long for work (0 to 30000 ms, default 0).
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// Lease time to live without a heartbeat (5000 to 3600000 ms, default 60000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<i64>,
+}
+
+/// A notebook trial: run the input through papermill into the output.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NotebookBody {
+    /// The notebook to execute.
+    pub input: String,
+    /// Where the executed notebook goes (placeholders already replaced).
+    pub output: String,
+}
+
+/// A leased trial: what to run and how to report.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeaseBody {
+    /// Heartbeat and complete with this id.
+    pub lease_id: String,
+    /// When the lease expires without a heartbeat, ms since the Unix epoch.
+    pub expires_at: i64,
+    /// How often to heartbeat.
+    pub heartbeat_interval_ms: i64,
+    /// The trial.
+    pub trial: TrialBody,
+    /// The command line (parameters substituted), for command sweeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The notebook, for notebook sweeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notebook: Option<NotebookBody>,
+    /// Extra environment from the spec.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The run's artifact root (`mlflow-artifacts:/...`).
+    pub artifact_uri: String,
+    /// The objective metric the trial should log.
+    pub objective_metric: String,
+}
+
+/// `POST /api/v1/leases` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeaseResponse {
+    /// Leased trials (empty when no work came within `wait_ms`).
+    pub leases: Vec<LeaseBody>,
+}
+
+/// `POST /api/v1/leases/{id}/heartbeat` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatResponse {
+    /// `continue`, or `stop` (cancelled, pruned, or the lease was lost).
+    pub action: String,
+}
+
+/// `POST /api/v1/leases/{id}/complete`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    /// `succeeded`, `failed`, `preempted`, `pruned` or `cancelled`.
+    pub outcome: String,
+    /// The objective value; when absent on `succeeded`, it is read from the run's metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Why it failed (exit code, last lines of stderr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

@@ -1,7 +1,9 @@
 //! spotsweep's domain, with no I/O: the MLflow search grammar (runs and experiments) as typed
-//! predicates, and later the sweep spec, samplers, pruners and state machines.
+//! predicates; the sweep spec, its validation, the random and grid samplers and trial seeds;
+//! later the Bayesian samplers, pruners and state machines.
 //!
 //! Must not depend on tokio, sqlx, HTTP or anything else that does I/O: everything here is a
 //! plain function of its inputs, so it can be property-tested and replayed.
 
 pub mod search;
+pub mod sweep;

@@ -97,7 +97,7 @@ impl From<StoreError> for MlflowError {
                 error_code: ErrorCode::ResourceAlreadyExists,
                 message: m,
             },
-            StoreError::Invalid(m) => Self::invalid(m),
+            StoreError::Invalid(m) | StoreError::Conflict(m) => Self::invalid(m),
             StoreError::Busy => Self {
                 error_code: ErrorCode::TemporarilyUnavailable,
                 message: "the tracking database is busy; retry shortly".into(),

@@ -22,7 +22,17 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn invalid(message: impl Into<String>) -> Self {
+    /// `404 not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: message.into(),
+        }
+    }
+
+    /// `400 invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             code: "invalid_request",
@@ -45,6 +55,11 @@ impl From<StoreError> for ApiError {
                 message: m,
             },
             StoreError::Invalid(m) => Self::invalid(m),
+            StoreError::Conflict(m) => Self {
+                status: StatusCode::CONFLICT,
+                code: "conflict",
+                message: m,
+            },
             StoreError::Busy => Self {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "busy",
@@ -165,7 +180,11 @@ pub async fn revoke_token(State(s): State<AppState>, Path(id): Path<String>) -> 
 #[openapi(
     info(title = "spotsweep", description = "The spotsweep daemon's own API. MLflow's tracking API is served beside it under /api/2.0/mlflow."),
     modifiers(&BearerAuth),
-    tags((name = "tokens", description = "API tokens"))
+    tags(
+        (name = "tokens", description = "API tokens"),
+        (name = "sweeps", description = "Sweeps and their trials"),
+        (name = "leases", description = "Agents and ask-and-tell workers lease, heartbeat and complete trials"),
+    )
 )]
 struct ApiDoc;
 
@@ -187,6 +206,15 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(create_token, list_tokens))
         .routes(routes!(revoke_token))
+        .routes(routes!(crate::sweeps::create_sweep, crate::sweeps::list_sweeps))
+        .routes(routes!(crate::sweeps::get_sweep))
+        .routes(routes!(crate::sweeps::pause_sweep))
+        .routes(routes!(crate::sweeps::resume_sweep))
+        .routes(routes!(crate::sweeps::cancel_sweep))
+        .routes(routes!(crate::sweeps::list_trials, crate::sweeps::enqueue_trial))
+        .routes(routes!(crate::sweeps::lease_trials))
+        .routes(routes!(crate::sweeps::heartbeat))
+        .routes(routes!(crate::sweeps::complete_trial))
 }
 
 /// The OpenAPI document as committed in `openapi/openapi.json` (pretty JSON, trailing newline).

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod sweeps;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use spotsweep_mlflow::{ArtifactRepo, MlflowState};
-use spotsweep_store::{SqliteOptions, SqliteStore, TokenStore};
+use spotsweep_store::{SqliteOptions, SqliteStore, SweepStore, TokenStore};
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, LogFormat, Overrides};
@@ -35,6 +36,10 @@ pub struct AppState {
     pub tokens: Arc<dyn TokenStore>,
     /// The live token set that requests are checked against.
     pub auth: Arc<Auth>,
+    /// Sweeps, trials and leases.
+    pub sweeps: Arc<dyn SweepStore>,
+    /// Wake-ups between handlers and background loops.
+    pub signals: Arc<sweeps::Signals>,
 }
 
 async fn not_found() -> impl IntoResponse {
@@ -102,9 +107,14 @@ pub async fn run(
     let state = AppState {
         tokens: store.clone(),
         auth,
+        sweeps: store.clone(),
+        signals: Arc::default(),
     };
     let mlflow = MlflowState::new(store.clone(), artifacts);
-    let app = router(state, mlflow);
+    let app = router(state.clone(), mlflow);
+    // Background loops stop when this is notified, after the server has drained.
+    let stop_loops = Arc::new(tokio::sync::Notify::new());
+    let expiry = tokio::spawn(sweeps::expire_leases_loop(state.clone(), stop_loops.clone()));
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");
     axum::serve(listener, app)
@@ -112,6 +122,8 @@ pub async fn run(
         .await
         .context("server error")?;
     tracing::info!("shutting down: requests drained, closing the database");
+    stop_loops.notify_one();
+    let _ = expiry.await;
     store.close().await;
     Ok(())
 }

@@ -18,6 +18,11 @@ use async_trait::async_trait;
 pub use model::*;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
+/// The current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    sqlite::now_ms()
+}
+
 /// What can go wrong in the store. `NotFound`, `AlreadyExists` and `Invalid` carry messages
 /// meant for the API's caller; `Busy` means "try again"; `Internal` is logged, not shown.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +37,10 @@ pub enum StoreError {
     /// deleted run).
     #[error("{0}")]
     Invalid(String),
+    /// The request lost a race with another actor (e.g. completing a lease that expired and was
+    /// given to another agent).
+    #[error("{0}")]
+    Conflict(String),
     /// The database is overloaded or locked; the caller may retry.
     #[error("the database is busy, retry shortly")]
     Busy,
@@ -97,6 +106,39 @@ pub trait TrackingStore: Send + Sync + 'static {
         end_step: Option<i64>,
         max_results: usize,
     ) -> Result<Vec<(String, Metric)>>;
+}
+
+/// Sweeps, trials and leases: the durable queue.
+#[async_trait]
+pub trait SweepStore: Send + Sync + 'static {
+    /// Stores a validated sweep (its seed set), creating or reusing its MLflow experiment.
+    async fn create_sweep(&self, spec: spotsweep_core::sweep::SweepSpec, seed: u64) -> Result<Sweep>;
+    /// One sweep with its progress.
+    async fn get_sweep(&self, id: i64) -> Result<Sweep>;
+    /// Every sweep, newest first.
+    async fn list_sweeps(&self) -> Result<Vec<Sweep>>;
+    /// Pauses, resumes or cancels a sweep. Cancelling cancels queued trials and asks running
+    /// ones to stop; a finished sweep cannot change.
+    async fn set_sweep_state(&self, id: i64, state: SweepState) -> Result<Sweep>;
+    /// A sweep's trials by number.
+    async fn list_trials(&self, sweep_id: i64) -> Result<Vec<Trial>>;
+    /// Queues a trial with fixed parameters (counts towards `max_trials`).
+    async fn enqueue_trial(&self, sweep_id: i64, params: spotsweep_core::sweep::Params) -> Result<Trial>;
+    /// Records an agent (or refreshes it).
+    async fn register_agent(&self, id: &str, name: &str, pool: &str, slots: u32) -> Result<()>;
+    /// Leases up to `slots` trials in one transaction: requeued trials first, then new ones
+    /// proposed by each sweep's sampler, sharing slots fairly between sweeps. Empty when there
+    /// is no work.
+    async fn lease_trials(&self, request: &LeaseRequest) -> Result<Vec<LeasedTrial>>;
+    /// Extends a lease and says whether to go on.
+    async fn heartbeat(&self, lease_id: &str, ttl_ms: i64) -> Result<HeartbeatAction>;
+    /// Ends a lease with the agent's outcome; idempotent for the same outcome.
+    async fn complete_trial(&self, lease_id: &str, outcome: Outcome) -> Result<Trial>;
+    /// Requeues (or fails, past `max_retries`) the trials whose leases expired before `now`.
+    /// Returns how many leases expired.
+    async fn expire_leases(&self, now: i64) -> Result<u64>;
+    /// When the next open lease expires, if any.
+    async fn next_lease_expiry(&self) -> Result<Option<i64>>;
 }
 
 /// API tokens: stored as SHA-256 hashes, never as secrets.

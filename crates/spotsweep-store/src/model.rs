@@ -307,3 +307,243 @@ pub struct DatasetSummary {
     /// The input's context (`training`, `eval`, ...).
     pub context: Option<String>,
 }
+
+/// A sweep's lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SweepState {
+    /// Trials are proposed and leased.
+    Running,
+    /// No new leases; running trials go on.
+    Paused,
+    /// Every trial has ended.
+    Completed,
+    /// Stopped by a person: queued trials are cancelled, running ones are told to stop.
+    Cancelled,
+}
+
+impl SweepState {
+    /// The stored and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "completed" => Self::Completed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// A trial's lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrialState {
+    /// Waiting for an agent (new, or requeued after a retryable failure, expiry or preemption).
+    Queued,
+    /// Leased to an agent.
+    Running,
+    /// Finished with an objective value.
+    Completed,
+    /// Failed for good (retries exhausted, or no objective logged).
+    Failed,
+    /// Stopped early by the pruner.
+    Pruned,
+    /// Lost to an infrastructure preemption; retried without counting as a failure. Only
+    /// visible while it waits to be leased again.
+    Preempted,
+    /// Cancelled by a person.
+    Cancelled,
+}
+
+impl TrialState {
+    /// All states, in display order.
+    pub const ALL: [TrialState; 7] = [
+        Self::Queued,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Pruned,
+        Self::Preempted,
+        Self::Cancelled,
+    ];
+
+    /// The stored and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Pruned => "pruned",
+            Self::Preempted => "preempted",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Whether the trial has ended for good.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Pruned | Self::Cancelled
+        )
+    }
+}
+
+/// A trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trial {
+    /// Internal id.
+    pub id: i64,
+    /// The sweep.
+    pub sweep_id: i64,
+    /// 0-based number within the sweep.
+    pub number: i64,
+    /// Hyperparameters, in spec order (inactive conditional ones absent).
+    pub params: spotsweep_core::sweep::Params,
+    /// The trial's seed, derived from the sweep seed and the number.
+    pub seed: u64,
+    /// Its MLflow run.
+    pub run_id: String,
+    /// Its MLflow experiment.
+    pub experiment_id: i64,
+    /// Its run's artifact root.
+    pub artifact_uri: String,
+    /// State.
+    pub state: TrialState,
+    /// How many times it was leased.
+    pub attempt: i64,
+    /// Failures so far (preemptions not counted).
+    pub failures: i64,
+    /// The objective value, once completed.
+    pub value: Option<f64>,
+    /// Why it failed, was pruned or cancelled.
+    pub reason: Option<String>,
+    /// The agent of the latest lease.
+    pub agent_id: Option<String>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// When its latest lease started.
+    pub started_at: Option<i64>,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+}
+
+/// Trials of a sweep by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrialCounts {
+    /// Count per state, in [`TrialState::ALL`] order.
+    pub by_state: [i64; 7],
+}
+
+impl TrialCounts {
+    /// The count of one state.
+    pub fn get(&self, state: TrialState) -> i64 {
+        self.by_state[TrialState::ALL.iter().position(|s| *s == state).unwrap_or(0)]
+    }
+}
+
+/// A sweep with its progress.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    /// Id.
+    pub id: i64,
+    /// The validated spec, seed included.
+    pub spec: spotsweep_core::sweep::SweepSpec,
+    /// The sweep seed.
+    pub seed: u64,
+    /// Its MLflow experiment.
+    pub experiment_id: i64,
+    /// State.
+    pub state: SweepState,
+    /// Trials proposed so far.
+    pub trials_created: i64,
+    /// Trials by state.
+    pub counts: TrialCounts,
+    /// The best completed trial so far: (number, value, run id).
+    pub best: Option<(i64, f64, String)>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// When it completed or was cancelled.
+    pub finished_at: Option<i64>,
+}
+
+/// What an agent asks for.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    /// The agent.
+    pub agent_id: String,
+    /// Makes a retried request idempotent: the same id gets the same answer.
+    pub request_id: Option<String>,
+    /// How many trials it can take.
+    pub slots: u32,
+    /// Only sweeps of this pool (agents); `None` for ask-and-tell workers.
+    pub pool: Option<String>,
+    /// Only this sweep (ask-and-tell).
+    pub sweep_id: Option<i64>,
+    /// Lease time to live, in ms.
+    pub ttl_ms: i64,
+}
+
+/// A leased trial.
+#[derive(Debug, Clone)]
+pub struct LeasedTrial {
+    /// The lease id: heartbeat and complete with it.
+    pub lease_id: String,
+    /// When the lease expires without a heartbeat, ms since the epoch.
+    pub expires_at: i64,
+    /// The trial.
+    pub trial: Trial,
+    /// Its sweep's spec (command, env, objective).
+    pub spec: std::sync::Arc<spotsweep_core::sweep::SweepSpec>,
+}
+
+/// How a leased trial ended, as its agent reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Exited successfully; the value, or `None` to read the objective from the run's metrics.
+    Succeeded(Option<f64>),
+    /// Failed (non-zero exit, crash); retried up to `max_retries`.
+    Failed(String),
+    /// Lost to a preemption; retried without counting as a failure.
+    Preempted,
+    /// Stopped by the pruner.
+    Pruned(String),
+    /// Stopped because the sweep or trial was cancelled.
+    Cancelled,
+}
+
+impl Outcome {
+    /// The word stored on the lease.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Succeeded(_) => "succeeded",
+            Self::Failed(_) => "failed",
+            Self::Preempted => "preempted",
+            Self::Pruned(_) => "pruned",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What a heartbeat tells the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatAction {
+    /// Keep going; the lease was extended.
+    Continue,
+    /// Stop the trial (cancelled, pruned, or the lease was lost).
+    Stop,
+}

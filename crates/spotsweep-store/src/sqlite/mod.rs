@@ -8,6 +8,7 @@
 //! power loss can lose the last transactions, which is the trade every WAL database makes.
 
 mod search;
+mod sweeps;
 mod tokens;
 mod tracking;
 
@@ -57,6 +58,10 @@ pub struct SqliteStore {
     /// and changed only inside write transactions, which the single writer serialises; any
     /// lifecycle change empties it.
     run_keys: Arc<Mutex<HashMap<String, i64>>>,
+    /// Parsed sweep specs by sweep id (a spec never changes once stored).
+    sweep_specs: Arc<Mutex<HashMap<i64, Arc<spotsweep_core::sweep::SweepSpec>>>>,
+    /// Enumerated grid points by sweep id, for grid sweeps.
+    grids: Arc<Mutex<HashMap<i64, Arc<Vec<spotsweep_core::sweep::Params>>>>>,
 }
 
 /// Entries kept in the run-key cache before it starts over.
@@ -89,6 +94,8 @@ impl SqliteStore {
             writer,
             reader,
             run_keys: Arc::default(),
+            sweep_specs: Arc::default(),
+            grids: Arc::default(),
         })
     }
 
@@ -175,7 +182,8 @@ pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

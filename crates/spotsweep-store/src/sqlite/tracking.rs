@@ -50,10 +50,10 @@ impl RunRow {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct ExperimentRow {
-    experiment_id: i64,
+    pub(super) experiment_id: i64,
     name: String,
     artifact_location: String,
-    lifecycle_stage: String,
+    pub(super) lifecycle_stage: String,
     creation_time: i64,
     last_update_time: i64,
 }
@@ -129,7 +129,7 @@ async fn run_key_for_write(store: &SqliteStore, conn: &mut SqliteConnection, run
     }
 }
 
-async fn experiment_row(conn: &mut SqliteConnection, experiment_id: i64) -> Result<ExperimentRow> {
+pub(super) async fn experiment_row(conn: &mut SqliteConnection, experiment_id: i64) -> Result<ExperimentRow> {
     let sql = format!("SELECT {EXPERIMENT_COLUMNS} FROM experiments WHERE experiment_id = ?");
     sqlx::query_as::<_, ExperimentRow>(sqlx::AssertSqlSafe(sql))
         .bind(experiment_id)
@@ -200,7 +200,7 @@ async fn insert_metrics(conn: &mut SqliteConnection, run_key: i64, metrics: &[Me
     Ok(())
 }
 
-async fn insert_params(
+pub(super) async fn insert_params(
     conn: &mut SqliteConnection,
     run_key: i64,
     run_id: &str,
@@ -253,6 +253,85 @@ async fn insert_params(
 
 const PARAMS_OF_RUNS: &str = "SELECT run_id, key, value FROM params WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, key";
 const TAGS_OF_RUNS: &str = "SELECT run_id, key, value FROM tags WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, key";
+
+/// Inserts an experiment with its tags; `AlreadyExists` when the name is taken.
+pub(super) async fn insert_experiment(conn: &mut SqliteConnection, new: NewExperiment) -> Result<i64> {
+    let taken: Option<(i64,)> = sqlx::query_as("SELECT experiment_id FROM experiments WHERE name = ?")
+        .bind(&new.name)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    if taken.is_some() {
+        return Err(StoreError::AlreadyExists(format!(
+            "Experiment '{}' already exists.",
+            new.name
+        )));
+    }
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO experiments (name, artifact_location, lifecycle_stage, creation_time, last_update_time) \
+             VALUES (?, '', 'active', ?, ?) RETURNING experiment_id",
+    )
+    .bind(&new.name)
+    .bind(new.now)
+    .bind(new.now)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    let location = new
+        .artifact_location
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| format!("{}/{id}", new.artifact_root.trim_end_matches('/')));
+    sqlx::query("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?")
+        .bind(location)
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    for tag in &new.tags {
+        sqlx::query(
+            "INSERT INTO experiment_tags (experiment_id, key, value) VALUES (?, ?, ?) \
+                 ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(id)
+        .bind(&tag.key)
+        .bind(&tag.value)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(id)
+}
+
+/// Inserts a run with its tags into an active experiment; returns its key and artifact URI.
+pub(super) async fn insert_run(conn: &mut SqliteConnection, new: &NewRun) -> Result<(i64, String)> {
+    let exp = experiment_row(conn, new.experiment_id).await?;
+    if exp.lifecycle_stage != "active" {
+        return Err(StoreError::Invalid(format!(
+            "The experiment {} must be in the 'active' state. Current state is {}.",
+            new.experiment_id, exp.lifecycle_stage
+        )));
+    }
+    let artifact_uri = format!(
+        "{}/{}/artifacts",
+        exp.artifact_location.trim_end_matches('/'),
+        new.run_id
+    );
+    let (key,): (i64,) = sqlx::query_as(
+            "INSERT INTO runs (run_uuid, experiment_id, name, user_id, status, start_time, artifact_uri, lifecycle_stage) \
+             VALUES (?, ?, ?, ?, 'RUNNING', ?, ?, 'active') RETURNING id",
+        )
+        .bind(&new.run_id)
+        .bind(new.experiment_id)
+        .bind(&new.run_name)
+        .bind(&new.user_id)
+        .bind(new.start_time)
+        .bind(&artifact_uri)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    upsert_tags(conn, key, &new.tags).await?;
+    Ok((key, artifact_uri))
+}
 
 impl SqliteStore {
     async fn experiment_tags(&self, ids: &[i64]) -> Result<HashMap<i64, Vec<KeyValue>>> {
@@ -392,49 +471,7 @@ pub(super) fn json_strings(values: &[String]) -> String {
 impl TrackingStore for SqliteStore {
     async fn create_experiment(&self, new: NewExperiment) -> Result<i64> {
         let mut tx = self.begin_write().await?;
-        let taken: Option<(i64,)> = sqlx::query_as("SELECT experiment_id FROM experiments WHERE name = ?")
-            .bind(&new.name)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        if taken.is_some() {
-            return Err(StoreError::AlreadyExists(format!(
-                "Experiment '{}' already exists.",
-                new.name
-            )));
-        }
-        let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO experiments (name, artifact_location, lifecycle_stage, creation_time, last_update_time) \
-             VALUES (?, '', 'active', ?, ?) RETURNING experiment_id",
-        )
-        .bind(&new.name)
-        .bind(new.now)
-        .bind(new.now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let location = new
-            .artifact_location
-            .filter(|l| !l.is_empty())
-            .unwrap_or_else(|| format!("{}/{id}", new.artifact_root.trim_end_matches('/')));
-        sqlx::query("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?")
-            .bind(location)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        for tag in &new.tags {
-            sqlx::query(
-                "INSERT INTO experiment_tags (experiment_id, key, value) VALUES (?, ?, ?) \
-                 ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
-            )
-            .bind(id)
-            .bind(&tag.key)
-            .bind(&tag.value)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        }
+        let id = insert_experiment(&mut tx, new).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(id)
     }
@@ -582,32 +619,7 @@ impl TrackingStore for SqliteStore {
 
     async fn create_run(&self, new: NewRun) -> Result<Run> {
         let mut tx = self.begin_write().await?;
-        let exp = experiment_row(&mut tx, new.experiment_id).await?;
-        if exp.lifecycle_stage != "active" {
-            return Err(StoreError::Invalid(format!(
-                "The experiment {} must be in the 'active' state. Current state is {}.",
-                new.experiment_id, exp.lifecycle_stage
-            )));
-        }
-        let artifact_uri = format!(
-            "{}/{}/artifacts",
-            exp.artifact_location.trim_end_matches('/'),
-            new.run_id
-        );
-        let (key,): (i64,) = sqlx::query_as(
-            "INSERT INTO runs (run_uuid, experiment_id, name, user_id, status, start_time, artifact_uri, lifecycle_stage) \
-             VALUES (?, ?, ?, ?, 'RUNNING', ?, ?, 'active') RETURNING id",
-        )
-        .bind(&new.run_id)
-        .bind(new.experiment_id)
-        .bind(&new.run_name)
-        .bind(&new.user_id)
-        .bind(new.start_time)
-        .bind(&artifact_uri)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        upsert_tags(&mut tx, key, &new.tags).await?;
+        let (_, artifact_uri) = insert_run(&mut tx, &new).await?;
         tx.commit().await.map_err(map_err)?;
         let mut tags = new.tags;
         tags.sort_by(|a, b| a.key.cmp(&b.key));

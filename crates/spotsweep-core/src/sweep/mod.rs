@@ -1,0 +1,12 @@
+//! Sweeps: the spec a researcher submits, the random and grid samplers, seeds, and the command
+//! line of a trial. Pure and deterministic: the same spec, seed and trial number give the same
+//! parameters, on any machine.
+
+mod sample;
+mod spec;
+
+pub use sample::{Params, grid_points, render_command, sample_random, trial_seed};
+pub use spec::{
+    Condition, Distribution, Goal, NotebookSpec, Objective, OneOrMany, ParamValue, SamplerKind, SamplerSpec,
+    SpecError, Summary, SweepSpec, grid_values, placeholders, quantize, validate_params,
+};

@@ -1,0 +1,588 @@
+//! The sweep spec: what a researcher submits (YAML through the CLI, the same structure as JSON
+//! over REST), and its validation. Every error names the field and says what is wrong, so the
+//! server can answer a 400 a person can act on.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+/// A value a parameter can take.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    /// A boolean choice.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string choice.
+    Str(String),
+}
+
+impl fmt::Display for ParamValue {
+    /// The value written so that it parses back to exactly this value: Rust's shortest
+    /// round-trip float formatting, with a `.0` kept on integral floats so that the type
+    /// survives too (`1.0`, not `1`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bool(b) => write!(f, "{b}"),
+            Self::Int(i) => write!(f, "{i}"),
+            Self::Float(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 1e16 => write!(f, "{x:.1}"),
+            Self::Float(x) => write!(f, "{x}"),
+            Self::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+/// When a parameter is active: every named parameter must have one of the listed values.
+pub type Condition = BTreeMap<String, OneOrMany>;
+
+/// One value or a list of values (`{opt: sgd}` or `{opt: [sgd, adam]}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// A list: any of these.
+    Many(Vec<ParamValue>),
+    /// A single value.
+    One(ParamValue),
+}
+
+impl OneOrMany {
+    /// Whether `value` is among the listed values.
+    pub fn contains(&self, value: &ParamValue) -> bool {
+        match self {
+            Self::One(v) => v == value,
+            Self::Many(vs) => vs.contains(value),
+        }
+    }
+}
+
+/// A parameter's distribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Distribution {
+    /// A real number in `[low, high]`.
+    Float {
+        /// Lower bound (inclusive).
+        low: f64,
+        /// Upper bound (inclusive).
+        high: f64,
+        /// Sample log-uniformly (needs `low > 0`).
+        #[serde(default)]
+        log: bool,
+        /// Quantise to `low + k * step`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<f64>,
+        /// Only when these conditions hold.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        when: Option<Condition>,
+    },
+    /// An integer in `[low, high]`.
+    Int {
+        /// Lower bound (inclusive).
+        low: i64,
+        /// Upper bound (inclusive).
+        high: i64,
+        /// Sample log-uniformly (needs `low >= 1`).
+        #[serde(default)]
+        log: bool,
+        /// Only `low + k * step` (default 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<i64>,
+        /// Only when these conditions hold.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        when: Option<Condition>,
+    },
+    /// One of a list of choices.
+    Categorical {
+        /// The choices (strings, numbers or booleans).
+        choices: Vec<ParamValue>,
+        /// Only when these conditions hold.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        when: Option<Condition>,
+    },
+}
+
+impl Distribution {
+    /// The activation condition, if any.
+    pub fn when(&self) -> Option<&Condition> {
+        match self {
+            Self::Float { when, .. } | Self::Int { when, .. } | Self::Categorical { when, .. } => {
+                when.as_ref()
+            }
+        }
+    }
+}
+
+/// Whether the objective is minimised or maximised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Goal {
+    /// Lower is better.
+    #[default]
+    Minimize,
+    /// Higher is better.
+    Maximize,
+}
+
+/// How a trial's metric history becomes its objective value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Summary {
+    /// The latest value (MLflow's latest-metric rule).
+    #[default]
+    Last,
+    /// The minimum over the history.
+    Min,
+    /// The maximum over the history.
+    Max,
+}
+
+/// What the sweep optimises.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Objective {
+    /// The MLflow metric key.
+    pub metric: String,
+    /// Minimise or maximise.
+    #[serde(default)]
+    pub goal: Goal,
+    /// How the history is summarised.
+    #[serde(default)]
+    pub summary: Summary,
+}
+
+impl Objective {
+    /// Whether `a` is better than `b`.
+    pub fn better(&self, a: f64, b: f64) -> bool {
+        match self.goal {
+            Goal::Minimize => a < b,
+            Goal::Maximize => a > b,
+        }
+    }
+}
+
+/// Which sampler proposes trials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerKind {
+    /// Independent uniform (or log-uniform) draws.
+    #[default]
+    Random,
+    /// Every combination of the parameters' values, in order.
+    Grid,
+}
+
+/// The sampler section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSpec {
+    /// The sampler.
+    #[serde(rename = "type", default)]
+    pub kind: SamplerKind,
+    /// The sweep seed; drawn and recorded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// A notebook run through papermill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotebookSpec {
+    /// The notebook to execute.
+    pub input: String,
+    /// Where the executed notebook goes; `{trial}` and `{run_id}` are replaced.
+    pub output: String,
+}
+
+/// A whole sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    /// A name for people.
+    pub name: String,
+    /// The MLflow experiment (created if missing); the sweep's name by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// The command run per trial, with `{param}` and `{args}` placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Or a notebook run through papermill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notebook: Option<NotebookSpec>,
+    /// The search space, in order; `when` conditions may refer to any other parameter, without
+    /// cycles.
+    pub parameters: IndexMap<String, Distribution>,
+    /// What to optimise.
+    pub objective: Objective,
+    /// The sampler.
+    #[serde(default)]
+    pub sampler: SamplerSpec,
+    /// Trials to run at most.
+    pub max_trials: u32,
+    /// Trials running at once at most.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: u32,
+    /// Retries of a failed trial (preemptions do not count).
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// The pool whose agents run the trials.
+    #[serde(default = "default_pool")]
+    pub pool: String,
+    /// Extra environment for the command.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_parallelism() -> u32 {
+    1
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_pool() -> String {
+    "local".into()
+}
+
+/// A spec that cannot run: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {problem}")]
+pub struct SpecError {
+    /// The field's path, e.g. `parameters.lr.low`.
+    pub field: String,
+    /// What is wrong, e.g. `must be > 0 when log is true`.
+    pub problem: String,
+}
+
+fn err(field: impl Into<String>, problem: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Most values a grid may enumerate for one parameter.
+pub const MAX_GRID_VALUES: u64 = 100_000;
+
+impl SweepSpec {
+    /// The experiment name, defaulting to the sweep's name.
+    pub fn experiment_name(&self) -> &str {
+        self.experiment.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Checks everything a sweep needs before it is stored. Returns the first problem found.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.name.trim().is_empty() {
+            return Err(err("name", "must not be empty"));
+        }
+        match (&self.command, &self.notebook) {
+            (Some(_), Some(_)) => return Err(err("command", "and notebook are exclusive: give one")),
+            (None, None) => return Err(err("command", "is required (or notebook: {input, output})")),
+            (Some(c), None) if c.trim().is_empty() => return Err(err("command", "must not be empty")),
+            _ => {}
+        }
+        if self.parameters.is_empty() {
+            return Err(err("parameters", "must define at least one parameter"));
+        }
+        for (index, (name, dist)) in self.parameters.iter().enumerate() {
+            validate_parameter(name, dist, &self.parameters, index)?;
+        }
+        if let Some(command) = &self.command {
+            for placeholder in placeholders(command) {
+                if placeholder != "args"
+                    && placeholder != "trial"
+                    && !self.parameters.contains_key(placeholder)
+                {
+                    return Err(err(
+                        "command",
+                        format!(
+                            "uses {{{placeholder}}}, which is not a parameter (nor {{args}} or {{trial}})"
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.objective.metric.trim().is_empty() {
+            return Err(err("objective.metric", "must name the MLflow metric to optimise"));
+        }
+        if self.max_trials == 0 {
+            return Err(err("max_trials", "must be at least 1"));
+        }
+        if self.parallelism == 0 {
+            return Err(err("parallelism", "must be at least 1"));
+        }
+        if self.pool.trim().is_empty() {
+            return Err(err("pool", "must not be empty"));
+        }
+        if self.sampler.kind == SamplerKind::Grid {
+            for (name, dist) in &self.parameters {
+                grid_values(name, dist)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_parameter(
+    name: &str,
+    dist: &Distribution,
+    all: &IndexMap<String, Distribution>,
+    index: usize,
+) -> Result<(), SpecError> {
+    let field = |f: &str| format!("parameters.{name}.{f}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == '.')
+    {
+        return Err(err(
+            format!("parameters.{name}"),
+            "has an invalid name: use letters, digits, '_', '-' and '.'",
+        ));
+    }
+    if name == "args" || name == "trial" {
+        return Err(err(
+            format!("parameters.{name}"),
+            "is a reserved name ({args} and {trial} are placeholders)",
+        ));
+    }
+    match dist {
+        Distribution::Float {
+            low, high, log, step, ..
+        } => {
+            if !low.is_finite() || !high.is_finite() {
+                return Err(err(field("low"), "and high must be finite numbers"));
+            }
+            if low > high {
+                return Err(err(field("low"), format!("must be <= high ({low} > {high})")));
+            }
+            if *log && *low <= 0.0 {
+                return Err(err(field("low"), "must be > 0 when log is true"));
+            }
+            if let Some(step) = step {
+                if !(step.is_finite() && *step > 0.0) {
+                    return Err(err(field("step"), "must be a positive number"));
+                }
+                if *log {
+                    return Err(err(field("step"), "cannot be combined with log: true"));
+                }
+            }
+        }
+        Distribution::Int {
+            low, high, log, step, ..
+        } => {
+            if low > high {
+                return Err(err(field("low"), format!("must be <= high ({low} > {high})")));
+            }
+            if *log && *low < 1 {
+                return Err(err(field("low"), "must be >= 1 when log is true"));
+            }
+            if let Some(step) = step {
+                if *step < 1 {
+                    return Err(err(field("step"), "must be a positive integer"));
+                }
+                if *log && *step != 1 {
+                    return Err(err(field("step"), "cannot be combined with log: true"));
+                }
+            }
+        }
+        Distribution::Categorical { choices, .. } => {
+            if choices.is_empty() {
+                return Err(err(field("choices"), "must list at least one choice"));
+            }
+            for (i, c) in choices.iter().enumerate() {
+                if choices[..i].contains(c) {
+                    return Err(err(field("choices"), format!("lists {c} twice")));
+                }
+                if matches!(c, ParamValue::Float(x) if !x.is_finite()) {
+                    return Err(err(
+                        field("choices"),
+                        "must be finite numbers, strings or booleans",
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(when) = dist.when() {
+        if when.is_empty() {
+            return Err(err(field("when"), "must name at least one parameter"));
+        }
+        for (other, values) in when {
+            let Some(pos) = all.get_index_of(other) else {
+                return Err(err(
+                    field("when"),
+                    format!("refers to '{other}', which is not a parameter"),
+                ));
+            };
+            if depends_on(all, pos, index, &mut vec![false; all.len()]) {
+                return Err(err(
+                    field("when"),
+                    format!("refers to '{other}', whose own condition depends on '{name}' (a cycle)"),
+                ));
+            }
+            if let (Distribution::Categorical { choices, .. }, _) = (&all[pos], values) {
+                let listed: Vec<&ParamValue> = match values {
+                    OneOrMany::One(v) => vec![v],
+                    OneOrMany::Many(vs) => vs.iter().collect(),
+                };
+                if let Some(missing) = listed.iter().find(|v| !choices.contains(v)) {
+                    return Err(err(
+                        format!("parameters.{name}.when.{other}"),
+                        format!("{missing} is not one of the choices of '{other}'"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether parameter `from` is conditional, directly or through others, on parameter `target`.
+fn depends_on(
+    all: &IndexMap<String, Distribution>,
+    from: usize,
+    target: usize,
+    seen: &mut Vec<bool>,
+) -> bool {
+    if from == target {
+        return true;
+    }
+    if std::mem::replace(&mut seen[from], true) {
+        return false;
+    }
+    all[from].when().is_some_and(|when| {
+        when.keys()
+            .filter_map(|k| all.get_index_of(k))
+            .any(|next| depends_on(all, next, target, seen))
+    })
+}
+
+/// Every value a grid takes for one parameter, in order.
+pub fn grid_values(name: &str, dist: &Distribution) -> Result<Vec<ParamValue>, SpecError> {
+    match dist {
+        Distribution::Categorical { choices, .. } => Ok(choices.clone()),
+        Distribution::Int { low, high, step, .. } => {
+            let step = step.unwrap_or(1);
+            let count = ((high - low) / step) as u64 + 1;
+            if count > MAX_GRID_VALUES {
+                return Err(err(
+                    format!("parameters.{name}"),
+                    format!("has {count} grid values; a grid allows at most {MAX_GRID_VALUES}: add a step"),
+                ));
+            }
+            Ok((0..count as i64)
+                .map(|k| ParamValue::Int(low + k * step))
+                .collect())
+        }
+        Distribution::Float {
+            low,
+            high,
+            step: Some(step),
+            ..
+        } => {
+            let count = ((high - low) / step + 1e-9).floor() as u64 + 1;
+            if count > MAX_GRID_VALUES {
+                return Err(err(
+                    format!("parameters.{name}.step"),
+                    format!("gives {count} grid values; a grid allows at most {MAX_GRID_VALUES}"),
+                ));
+            }
+            Ok((0..count)
+                .map(|k| ParamValue::Float(quantize(low + k as f64 * step, *low, *step)))
+                .collect())
+        }
+        Distribution::Float { .. } => Err(err(
+            format!("parameters.{name}"),
+            "is a float without step: a grid needs a step (or make it categorical)",
+        )),
+    }
+}
+
+/// `low + k * step` for the `k` nearest to `x`, rounded to the step's decimals so that
+/// `0.1 + 2 * 0.1` is written `0.3`, not `0.30000000000000004`.
+pub fn quantize(x: f64, low: f64, step: f64) -> f64 {
+    let k = ((x - low) / step).round();
+    let raw = low + k * step;
+    let decimals = decimals_of(step).max(decimals_of(low));
+    let scale = 10f64.powi(decimals as i32);
+    (raw * scale).round() / scale
+}
+
+fn decimals_of(x: f64) -> u32 {
+    let text = format!("{x}");
+    match text.split_once('.') {
+        Some((_, frac)) if !text.contains('e') => frac.len() as u32,
+        _ => 0,
+    }
+    .min(15)
+}
+
+/// The `{name}` placeholders of a command template.
+pub fn placeholders(template: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) => {
+                let name = &after[..close];
+                if !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || "_-.".contains(c)) {
+                    out.push(name);
+                }
+                rest = &after[close + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// Checks parameters given by hand (an enqueued trial): every active parameter has a value
+/// that fits its distribution, and nothing else is given.
+pub fn validate_params(spec: &SweepSpec, params: &IndexMap<String, ParamValue>) -> Result<(), SpecError> {
+    for name in params.keys() {
+        if !spec.parameters.contains_key(name) {
+            return Err(err(format!("params.{name}"), "is not a parameter of this sweep"));
+        }
+    }
+    let values: Vec<Option<&ParamValue>> = spec.parameters.keys().map(|k| params.get(k)).collect();
+    for (i, (name, dist)) in spec.parameters.iter().enumerate() {
+        let active = dist.when().is_none_or(|when| {
+            when.iter().all(|(other, allowed)| {
+                spec.parameters
+                    .get_index_of(other)
+                    .and_then(|j| values[j])
+                    .is_some_and(|v| allowed.contains(v))
+            })
+        });
+        let field = format!("params.{name}");
+        match (active, values[i]) {
+            (true, None) => return Err(err(field, "is missing")),
+            (false, Some(_)) => {
+                return Err(err(
+                    field,
+                    "is given but inactive (its `when` condition does not hold)",
+                ));
+            }
+            (false, None) => {}
+            (true, Some(value)) => {
+                let fits = match (dist, value) {
+                    (Distribution::Float { low, high, .. }, ParamValue::Float(x)) => low <= x && x <= high,
+                    (Distribution::Float { low, high, .. }, ParamValue::Int(x)) => {
+                        *low <= *x as f64 && *x as f64 <= *high
+                    }
+                    (Distribution::Int { low, high, .. }, ParamValue::Int(x)) => low <= x && x <= high,
+                    (Distribution::Categorical { choices, .. }, v) => choices.contains(v),
+                    _ => false,
+                };
+                if !fits {
+                    return Err(err(field, format!("= {value} is outside its distribution")));
+                }
+            }
+        }
+    }
+    Ok(())
+}

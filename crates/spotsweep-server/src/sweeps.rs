@@ -1,0 +1,449 @@
+//! `/api/v1` routes of sweeps, trials and leases: the researcher's side (create, watch, pause,
+//! cancel), the agents' side (lease with long polling, heartbeat, complete), and ask-and-tell
+//! for any other worker (a lease on a named sweep, completed with a value).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use spotsweep_api::{
+    BestTrial, CompleteRequest, EnqueueTrialRequest, HeartbeatResponse, LeaseBody, LeaseRequestBody,
+    LeaseResponse, NotebookBody, SweepBody, SweepList, TrialBody, TrialCountsBody, TrialList,
+};
+use spotsweep_core::sweep::{Goal, ParamValue, Params, SweepSpec, render_command, validate_params};
+use spotsweep_store::{
+    HeartbeatAction, LeaseRequest, LeasedTrial, Outcome, Sweep, SweepState, Trial, TrialState,
+};
+use tokio::sync::Notify;
+
+use crate::AppState;
+use crate::api::ApiError;
+
+/// Default lease time to live: an agent that misses heartbeats this long loses the trial.
+pub const DEFAULT_LEASE_TTL_MS: i64 = 60_000;
+/// Longest long poll of `POST /api/v1/leases`.
+pub const MAX_WAIT_MS: u64 = 30_000;
+
+/// Signals shared by the handlers and the background loops.
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// Work may have become available (a sweep created or resumed, a trial requeued or ended,
+    /// freeing parallelism): long-polling lease requests try again.
+    pub work: Notify,
+    /// A lease was created: the expiry loop recomputes its next deadline.
+    pub leases: Notify,
+}
+
+fn trial_body(t: &Trial) -> TrialBody {
+    TrialBody {
+        number: t.number,
+        sweep_id: t.sweep_id,
+        params: serde_json::to_value(&t.params).unwrap_or_default(),
+        state: t.state.as_str().into(),
+        value: t.value,
+        attempts: t.attempt,
+        failures: t.failures,
+        run_id: t.run_id.clone(),
+        experiment_id: t.experiment_id.to_string(),
+        seed: t.seed,
+        agent_id: t.agent_id.clone(),
+        reason: t.reason.clone(),
+        created_at: t.created_at,
+        started_at: t.started_at,
+        finished_at: t.finished_at,
+    }
+}
+
+fn sweep_body(s: &Sweep) -> SweepBody {
+    let c = |state| s.counts.get(state);
+    SweepBody {
+        id: s.id,
+        name: s.spec.name.clone(),
+        state: s.state.as_str().into(),
+        experiment_id: s.experiment_id.to_string(),
+        pool: s.spec.pool.clone(),
+        seed: s.seed,
+        max_trials: i64::from(s.spec.max_trials),
+        trials_created: s.trials_created,
+        counts: TrialCountsBody {
+            queued: c(TrialState::Queued),
+            running: c(TrialState::Running),
+            completed: c(TrialState::Completed),
+            failed: c(TrialState::Failed),
+            pruned: c(TrialState::Pruned),
+            preempted: c(TrialState::Preempted),
+            cancelled: c(TrialState::Cancelled),
+        },
+        objective_metric: s.spec.objective.metric.clone(),
+        goal: match s.spec.objective.goal {
+            Goal::Minimize => "minimize".into(),
+            Goal::Maximize => "maximize".into(),
+        },
+        best: s.best.as_ref().map(|(number, value, run_id)| BestTrial {
+            number: *number,
+            value: *value,
+            run_id: run_id.clone(),
+        }),
+        created_at: s.created_at,
+        finished_at: s.finished_at,
+        elapsed_ms: s.finished_at.unwrap_or_else(spotsweep_store::now_ms) - s.created_at,
+        spec: serde_json::to_value(&s.spec).unwrap_or_default(),
+    }
+}
+
+fn lease_body(l: &LeasedTrial, ttl_ms: i64) -> LeaseBody {
+    let number = l.trial.number as u64;
+    let spec = &l.spec;
+    LeaseBody {
+        lease_id: l.lease_id.clone(),
+        expires_at: l.expires_at,
+        heartbeat_interval_ms: (ttl_ms / 4).clamp(1_000, 30_000),
+        trial: trial_body(&l.trial),
+        command: spec
+            .command
+            .as_deref()
+            .map(|c| render_command(c, &l.trial.params, number)),
+        notebook: spec.notebook.as_ref().map(|n| NotebookBody {
+            input: n.input.clone(),
+            output: n
+                .output
+                .replace("{trial}", &number.to_string())
+                .replace("{run_id}", &l.trial.run_id),
+        }),
+        env: spec.env.clone(),
+        artifact_uri: l.trial.artifact_uri.clone(),
+        objective_metric: spec.objective.metric.clone(),
+    }
+}
+
+/// Submits a sweep. The spec is validated; the seed is drawn when absent and recorded.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sweeps",
+    tag = "sweeps",
+    request_body(content = Object, description = "A sweep spec (see the README)"),
+    responses(
+        (status = 201, description = "The sweep, running", body = SweepBody),
+        (status = 400, description = "The spec is invalid; the message names the field", body = spotsweep_api::ApiErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_sweep(
+    State(s): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<SweepBody>), ApiError> {
+    let mut spec: SweepSpec =
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid sweep spec: {e}")))?;
+    spec.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+    let seed = spec.sampler.seed.unwrap_or_else(rand::random);
+    spec.sampler.seed = Some(seed);
+    let sweep = s.sweeps.create_sweep(spec, seed).await?;
+    tracing::info!(id = sweep.id, name = %sweep.spec.name, "sweep created");
+    s.signals.work.notify_waiters();
+    Ok((StatusCode::CREATED, Json(sweep_body(&sweep))))
+}
+
+/// Lists sweeps, newest first.
+#[utoipa::path(get, path = "/api/v1/sweeps", tag = "sweeps",
+    responses((status = 200, description = "Sweeps", body = SweepList)), security(("bearer" = [])))]
+pub async fn list_sweeps(State(s): State<AppState>) -> Result<Json<SweepList>, ApiError> {
+    let sweeps = s.sweeps.list_sweeps().await?;
+    Ok(Json(SweepList {
+        sweeps: sweeps.iter().map(sweep_body).collect(),
+    }))
+}
+
+/// One sweep: counts by state, best trial so far, elapsed time.
+#[utoipa::path(get, path = "/api/v1/sweeps/{id}", tag = "sweeps",
+    params(("id" = i64, Path, description = "Sweep id")),
+    responses((status = 200, description = "The sweep", body = SweepBody), (status = 404, description = "No such sweep", body = spotsweep_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_sweep(State(s): State<AppState>, Path(id): Path<i64>) -> Result<Json<SweepBody>, ApiError> {
+    Ok(Json(sweep_body(&s.sweeps.get_sweep(id).await?)))
+}
+
+async fn change_state(s: &AppState, id: i64, state: SweepState) -> Result<Json<SweepBody>, ApiError> {
+    let sweep = s.sweeps.set_sweep_state(id, state).await?;
+    tracing::info!(id, state = state.as_str(), "sweep state changed");
+    s.signals.work.notify_waiters();
+    Ok(Json(sweep_body(&sweep)))
+}
+
+/// Pauses a sweep: no new leases; running trials go on.
+#[utoipa::path(post, path = "/api/v1/sweeps/{id}/pause", tag = "sweeps",
+    params(("id" = i64, Path, description = "Sweep id")),
+    responses((status = 200, description = "The sweep", body = SweepBody), (status = 400, description = "Already finished", body = spotsweep_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub async fn pause_sweep(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<SweepBody>, ApiError> {
+    change_state(&s, id, SweepState::Paused).await
+}
+
+/// Resumes a paused sweep.
+#[utoipa::path(post, path = "/api/v1/sweeps/{id}/resume", tag = "sweeps",
+    params(("id" = i64, Path, description = "Sweep id")),
+    responses((status = 200, description = "The sweep", body = SweepBody), (status = 400, description = "Already finished", body = spotsweep_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub async fn resume_sweep(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<SweepBody>, ApiError> {
+    change_state(&s, id, SweepState::Running).await
+}
+
+/// Cancels a sweep: queued trials are cancelled, running ones are told to stop.
+#[utoipa::path(post, path = "/api/v1/sweeps/{id}/cancel", tag = "sweeps",
+    params(("id" = i64, Path, description = "Sweep id")),
+    responses((status = 200, description = "The sweep", body = SweepBody), (status = 400, description = "Already finished", body = spotsweep_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel_sweep(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<SweepBody>, ApiError> {
+    change_state(&s, id, SweepState::Cancelled).await
+}
+
+/// A sweep's trials by number.
+#[utoipa::path(get, path = "/api/v1/sweeps/{id}/trials", tag = "sweeps",
+    params(("id" = i64, Path, description = "Sweep id")),
+    responses((status = 200, description = "Trials", body = TrialList), (status = 404, description = "No such sweep", body = spotsweep_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_trials(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<TrialList>, ApiError> {
+    s.sweeps.get_sweep(id).await?;
+    let trials = s.sweeps.list_trials(id).await?;
+    Ok(Json(TrialList {
+        trials: trials.iter().map(trial_body).collect(),
+    }))
+}
+
+/// Queues a trial with fixed parameters (it counts towards `max_trials`).
+#[utoipa::path(post, path = "/api/v1/sweeps/{id}/trials", tag = "sweeps",
+    params(("id" = i64, Path, description = "Sweep id")),
+    request_body = EnqueueTrialRequest,
+    responses((status = 201, description = "The queued trial", body = TrialBody), (status = 400, description = "Bad parameters", body = spotsweep_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub async fn enqueue_trial(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<TrialBody>), ApiError> {
+    let req: EnqueueTrialRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid body: {e}")))?;
+    let given: Params = serde_json::from_value(req.params)
+        .map_err(|e| ApiError::invalid(format!("params must map parameter names to values: {e}")))?;
+    let sweep = s.sweeps.get_sweep(id).await?;
+    validate_params(&sweep.spec, &given).map_err(|e| ApiError::invalid(e.to_string()))?;
+    // In spec order, with integers given for float parameters written as floats.
+    let params: Params = sweep
+        .spec
+        .parameters
+        .iter()
+        .filter_map(|(name, dist)| {
+            given.get(name).map(|v| {
+                let v = match (dist, v) {
+                    (spotsweep_core::sweep::Distribution::Float { .. }, ParamValue::Int(i)) => {
+                        ParamValue::Float(*i as f64)
+                    }
+                    _ => v.clone(),
+                };
+                (name.clone(), v)
+            })
+        })
+        .collect();
+    let trial = s.sweeps.enqueue_trial(id, params).await?;
+    s.signals.work.notify_waiters();
+    Ok((StatusCode::CREATED, Json(trial_body(&trial))))
+}
+
+/// Leases trials to an agent or worker, waiting up to `wait_ms` for work (long poll). Each
+/// trial is proposed by its sweep's sampler now, so it sees every result so far.
+#[utoipa::path(post, path = "/api/v1/leases", tag = "leases",
+    request_body = LeaseRequestBody,
+    responses((status = 200, description = "Leased trials (possibly none)", body = LeaseResponse), (status = 400, description = "Bad request", body = spotsweep_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub async fn lease_trials(State(s): State<AppState>, body: Bytes) -> Result<Json<LeaseResponse>, ApiError> {
+    let req: LeaseRequestBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("invalid lease request: {e}")))?;
+    if req.agent_id.trim().is_empty() || req.agent_id.len() > 200 {
+        return Err(ApiError::invalid("agent_id must be 1 to 200 characters"));
+    }
+    if !(1..=256).contains(&req.slots) {
+        return Err(ApiError::invalid("slots must be between 1 and 256"));
+    }
+    if req.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::invalid(format!(
+            "wait_ms must be at most {MAX_WAIT_MS}"
+        )));
+    }
+    let ttl_ms = req.ttl_ms.unwrap_or(DEFAULT_LEASE_TTL_MS);
+    if !(5_000..=3_600_000).contains(&ttl_ms) {
+        return Err(ApiError::invalid("ttl_ms must be between 5000 and 3600000"));
+    }
+    let pool = if req.sweep_id.is_some() {
+        None
+    } else {
+        Some(req.pool.clone().unwrap_or_else(|| "local".into()))
+    };
+    s.sweeps
+        .register_agent(
+            &req.agent_id,
+            req.agent_name.as_deref().unwrap_or(&req.agent_id),
+            pool.as_deref().unwrap_or("-"),
+            req.slots,
+        )
+        .await?;
+    let request = LeaseRequest {
+        agent_id: req.agent_id.clone(),
+        request_id: req.request_id.clone(),
+        slots: req.slots,
+        pool,
+        sweep_id: req.sweep_id,
+        ttl_ms,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms);
+    loop {
+        // Register interest before looking, so a notification between the look and the wait
+        // is not lost.
+        let notified = s.signals.work.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let leased = s.sweeps.lease_trials(&request).await?;
+        if !leased.is_empty() {
+            s.signals.leases.notify_one();
+            return Ok(Json(LeaseResponse {
+                leases: leased.iter().map(|l| lease_body(l, ttl_ms)).collect(),
+            }));
+        }
+        tokio::select! {
+            _ = &mut notified => continue,
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json(LeaseResponse { leases: vec![] })),
+        }
+    }
+}
+
+/// `POST /api/v1/leases/{id}/heartbeat` body.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// New time to live (default: 60000 ms).
+    #[serde(default)]
+    pub ttl_ms: Option<i64>,
+}
+
+/// Extends a lease; answers `stop` when the trial was cancelled or pruned or the lease lost.
+#[utoipa::path(post, path = "/api/v1/leases/{id}/heartbeat", tag = "leases",
+    params(("id" = String, Path, description = "Lease id")),
+    request_body = HeartbeatRequest,
+    responses((status = 200, description = "What to do", body = HeartbeatResponse), (status = 404, description = "No such lease", body = spotsweep_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub async fn heartbeat(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let req: HeartbeatRequest = if body.is_empty() {
+        HeartbeatRequest { ttl_ms: None }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid heartbeat: {e}")))?
+    };
+    let ttl = req.ttl_ms.unwrap_or(DEFAULT_LEASE_TTL_MS).clamp(5_000, 3_600_000);
+    let action = match s.sweeps.heartbeat(&id, ttl).await? {
+        HeartbeatAction::Continue => "continue",
+        HeartbeatAction::Stop => "stop",
+    };
+    Ok(Json(HeartbeatResponse {
+        action: action.into(),
+    }))
+}
+
+/// Ends a lease with its outcome. Idempotent: a retried completion gets the same answer. A
+/// completion that arrives after its lease expired is still taken if nobody took the trial since.
+#[utoipa::path(post, path = "/api/v1/leases/{id}/complete", tag = "leases",
+    params(("id" = String, Path, description = "Lease id")),
+    request_body = CompleteRequest,
+    responses(
+        (status = 200, description = "The trial as it now is", body = TrialBody),
+        (status = 404, description = "No such lease", body = spotsweep_api::ApiErrorBody),
+        (status = 409, description = "The lease expired and the trial was leased again", body = spotsweep_api::ApiErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn complete_trial(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<TrialBody>, ApiError> {
+    let req: CompleteRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid completion: {e}")))?;
+    let reason = req.reason.clone().unwrap_or_default();
+    let outcome = match req.outcome.as_str() {
+        "succeeded" => {
+            if let Some(v) = req.value
+                && !v.is_finite()
+            {
+                return Err(ApiError::invalid("value must be a finite number"));
+            }
+            Outcome::Succeeded(req.value)
+        }
+        "failed" => Outcome::Failed(if reason.is_empty() {
+            "failed".into()
+        } else {
+            reason
+        }),
+        "preempted" => Outcome::Preempted,
+        "pruned" => Outcome::Pruned(if reason.is_empty() {
+            "pruned".into()
+        } else {
+            reason
+        }),
+        "cancelled" => Outcome::Cancelled,
+        other => {
+            return Err(ApiError::invalid(format!(
+                "outcome '{other}' is not one of succeeded, failed, preempted, pruned, cancelled"
+            )));
+        }
+    };
+    let trial = s.sweeps.complete_trial(&id, outcome).await?;
+    // The trial freed a slot of its sweep, or went back to the queue.
+    s.signals.work.notify_waiters();
+    Ok(Json(trial_body(&trial)))
+}
+
+/// The lease expiry loop: sleeps until the next lease's deadline (or until a new lease may have
+/// an earlier one), requeues what expired, and wakes long-polling agents when it did.
+pub async fn expire_leases_loop(s: AppState, shutdown: Arc<Notify>) {
+    loop {
+        let next = match s.sweeps.next_lease_expiry().await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read lease deadlines; retrying in 1 s");
+                Some(spotsweep_store::now_ms() + 1_000)
+            }
+        };
+        let now = spotsweep_store::now_ms();
+        // No open lease: sleep until one is created.
+        let wait = next
+            .map(|at| Duration::from_millis((at - now).max(0) as u64 + 1))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = s.signals.leases.notified() => continue,
+            _ = shutdown.notified() => return,
+        }
+        match s.sweeps.expire_leases(spotsweep_store::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(expired = n, "leases expired; their trials are requeued or failed");
+                s.signals.work.notify_waiters();
+            }
+            Err(e) => tracing::warn!(error = %e, "expiring leases failed; will retry"),
+        }
+    }
+}
