@@ -40,7 +40,8 @@ WARMUP_S = float(os.environ.get("BENCH_WARMUP", "3"))
 DURATION_S = float(os.environ.get("BENCH_DURATION", "15"))
 N_RUNS = int(os.environ.get("BENCH_RUNS", "10000"))
 N_HISTORY = int(os.environ.get("BENCH_HISTORY", "100000"))
-SEARCH_S = float(os.environ.get("BENCH_SEARCH_S", "10"))
+SEARCH_N = int(os.environ.get("BENCH_SEARCH_N", "50"))  # at least this many timed searches
+SEARCH_MIN_S = float(os.environ.get("BENCH_SEARCH_MIN_S", "5"))  # and for at least this long
 
 SEARCH_FILTER = "metrics.m0 > 0.5 AND params.p0 = 'v3'"
 SEARCH_ORDER = ["metrics.m1 DESC"]
@@ -146,17 +147,38 @@ class Server:
         root = psutil.Process(self.proc.pid)
         return [root] + root.children(recursive=True)
 
+    @staticmethod
+    def role(p: psutil.Process) -> str:
+        cmd = " ".join(p.cmdline())
+        if "spotsweep" in p.name():
+            return "spotsweep"
+        if "huey" in cmd or "_job_runner" in cmd:
+            return "job runner + huey consumers"
+        if "resource_tracker" in cmd:
+            return "multiprocessing resource tracker"
+        if "spawn_main" in cmd:
+            return "uvicorn workers"
+        if "uvicorn" in cmd:
+            return "uvicorn supervisor"
+        if "mlflow server" in cmd or cmd.endswith("mlflow") or " server " in cmd:
+            return "`mlflow server` CLI parent"
+        return p.name()
+
     def memory(self) -> dict:
         rss = pss = 0
-        names = []
+        roles: dict[str, list] = {}
+        count = 0
         for p in self.processes():
             with contextlib.suppress(psutil.Error):
                 info = p.memory_full_info()
                 rss += info.rss
                 pss += getattr(info, "pss", 0)
-                names.append(p.name())
-        return {"rss_bytes": rss, "pss_bytes": pss, "processes": len(names),
-                "process_names": names}
+                count += 1
+                r = roles.setdefault(self.role(p), [0, 0])
+                r[0] += 1
+                r[1] += info.rss
+        return {"rss_bytes": rss, "pss_bytes": pss, "processes": count,
+                "roles": {k: {"processes": v[0], "rss_bytes": v[1]} for k, v in roles.items()}}
 
     def cpu_seconds(self) -> float:
         total = 0.0
@@ -276,14 +298,18 @@ def wrk(srv: Server, script: str, threads: int, conns: int, seconds: float, env:
     res["errors"] = sum(res[k] for k in res if k.startswith("err_"))
     res["command"] = " ".join(cmd[:-1] + ["URL"])
     if sample_cpu:
-        res["cpu"] = sampler.result
+        c = sampler.result
+        # Everything else on the machine (the driver sleeps meanwhile): should be near 0.
+        c["other_cpu_pct"] = max(0.0, c["machine_busy_pct"] - c["server_cpu_pct"] - c["wrk_cpu_pct"])
+        res["cpu"] = c
     return res
 
 
 def describe_wrk(label: str, r: dict) -> None:
     cpu = r.get("cpu")
-    cpu_s = (f"; CPU: server {cpu['server_cpu_pct']:.0f}%, wrk {cpu['wrk_cpu_pct']:.0f}%, machine "
-             f"{cpu['machine_busy_pct']:.0f}% of {cpu['cores'] * 100}%") if cpu else ""
+    cpu_s = (f"; CPU: server {cpu['server_cpu_pct']:.0f}%, wrk {cpu['wrk_cpu_pct']:.0f}%, other "
+             f"{cpu['other_cpu_pct']:.0f}%, machine {cpu['machine_busy_pct']:.0f}% of "
+             f"{cpu['cores'] * 100}%") if cpu else ""
     log(f"{label}: {r['requests']} requests, {r['req_per_s']:.1f} req/s, p50 "
         f"{r['lat_p50_us'] / 1000:.2f} ms, p99 {r['lat_p99_us'] / 1000:.2f} ms, errors "
         f"{r['errors']}{cpu_s}")
@@ -352,8 +378,13 @@ def measure_search(srv: Server, exp: str) -> dict:
         raise RuntimeError("search result not ordered by metrics.m1 DESC")
     log(f"search returns {len(runs)} runs ({len(json.dumps(res))} bytes), first {names[:3]}")
     env = {"BENCH_BODY": json.dumps(body)}
-    wrk(srv, "search.lua", 1, 1, 2, env)  # warm-up
-    r = wrk(srv, "search.lua", 1, 1, SEARCH_S, env)
+    warm = wrk(srv, "search.lua", 1, 1, 2, env)
+    describe_wrk("runs/search warm-up", warm)
+    # Long enough for SEARCH_N sequential searches at the warm-up's pace (wrk counts by time).
+    seconds = min(120, max(SEARCH_MIN_S, 1.3 * SEARCH_N * warm["lat_mean_us"] / 1e6))
+    r = wrk(srv, "search.lua", 1, 1, seconds, env, sample_cpu=True)
+    if r["requests"] < SEARCH_N:
+        log(f"warning: only {r['requests']} searches in {seconds:.0f} s")
     describe_wrk("runs/search (wrk -t1 -c1)", r)
     r.update({"body": body, "result_runs": len(runs), "result_names": names,
               "has_next_page": "next_page_token" in res})
@@ -456,6 +487,43 @@ def measure_history(srv: Server) -> dict:
             "raw_median_s": statistics.median(raw_times), "pages": pages, "bytes": nbytes}
 
 
+def machine_busy(seconds: float) -> float:
+    """Percent of all cores busy over the next `seconds` (200% = 2 cores)."""
+    a = CpuSampler._machine()
+    time.sleep(seconds)
+    b = CpuSampler._machine()
+    wall = b[0] - a[0]
+    return 100 * os.cpu_count() * (wall - (b[1] - a[1])) / wall if wall > 0 else 0.0
+
+
+def wait_quiet(limit_s: float = float(os.environ.get("BENCH_QUIET_WAIT", "300"))) -> float:
+    """Waits (up to limit_s) until the machine is idle, so another job does not skew the figures."""
+    t0 = time.perf_counter()
+    while True:
+        procs = list(psutil.process_iter(["pid", "name"]))
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.cpu_percent()
+        busy = machine_busy(2)
+        if busy < 25:
+            return time.perf_counter() - t0
+        usage = []
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                usage.append((p.cpu_percent(), f"{p.info['name']}({p.info['pid']})"))
+        top = ", ".join(f"{n} {c:.0f}%" for c, n in sorted(usage, reverse=True)[:3])
+        if time.perf_counter() - t0 > limit_s:
+            log(f"warning: the machine is still {busy:.0f}% busy after {limit_s:.0f} s ({top}); "
+                "going on")
+            return time.perf_counter() - t0
+        log(f"machine {busy:.0f}% busy (of {os.cpu_count() * 100}%: {top}); waiting for it to calm down")
+        time.sleep(8)
+
+
+def quiet(out: dict) -> None:
+    out["quiet_wait_s"] = out.get("quiet_wait_s", 0) + wait_quiet()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("kind", choices=["reference", "spotsweep"])
@@ -466,7 +534,8 @@ def main() -> None:
 
     out: dict = {"kind": a.kind, "settings": {
         "warmup_s": WARMUP_S, "duration_s": DURATION_S, "runs": N_RUNS, "history": N_HISTORY,
-        "search_s": SEARCH_S}}
+        "search_n": SEARCH_N, "search_min_s": SEARCH_MIN_S}}
+    quiet(out)
     started = time.perf_counter()
     srv, launches = measure_launch(a.kind, a.bin, a.work)
     try:
@@ -474,18 +543,25 @@ def main() -> None:
         out["launch_median_s"] = statistics.median(launches)
         out["memory_idle"] = srv.memory()
         log(f"idle: {out['memory_idle']['rss_bytes'] / 1e6:.1f} MB RSS in "
-            f"{out['memory_idle']['processes']} processes {out['memory_idle']['process_names']}")
+            f"{out['memory_idle']['processes']} processes: " + ", ".join(
+                f"{k} x{v['processes']} {v['rss_bytes'] / 1e6:.0f} MB"
+                for k, v in out["memory_idle"]["roles"].items()))
 
+        quiet(out)
         out["seed"] = seed_search_runs(srv)
         log(f"seeded {N_RUNS} runs in {out['seed']['seconds']:.1f} s")
+        quiet(out)
         out["search"] = measure_search(srv, out["seed"]["experiment_id"])
         out["memory_after_search"] = srv.memory()
         log(f"after search: {out['memory_after_search']['rss_bytes'] / 1e6:.1f} MB RSS, "
             f"{out['memory_after_search']['pss_bytes'] / 1e6:.1f} MB PSS in "
             f"{out['memory_after_search']['processes']} processes")
 
+        quiet(out)
         out["log_metric"] = measure_log_metric(srv, a.work)
+        quiet(out)
         out["log_batch"] = measure_log_batch(srv, a.work)
+        quiet(out)
         out["history"] = measure_history(srv)
         out["memory_end"] = srv.memory()
         log(f"at the end: {out['memory_end']['rss_bytes'] / 1e6:.1f} MB RSS")

@@ -21,7 +21,7 @@ def sh(cmd: list[str]) -> str:
         return "?"
 
 
-def machine() -> list[str]:
+def machine(build: str) -> list[str]:
     cpu = "?"
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -34,15 +34,11 @@ def machine() -> list[str]:
     if Path("/etc/os-release").exists():
         m = re.search(r'PRETTY_NAME="([^"]*)"', Path("/etc/os-release").read_text())
         osname = m.group(1) if m else "?"
-    commit = sh(["git", "rev-parse", "--short", "HEAD"])
-    dirty = sh(["git", "status", "--porcelain", "--untracked-files=no", "--", "crates", "migrations",
-                "Cargo.toml", "Cargo.lock"])
     wrk_v = sh(["sh", "-c", "wrk -v 2>&1 | head -1"]).split(" [")[0]
     return [
         f"- CPU: {os.cpu_count()} × {cpu}; memory {mem_kb / 1024 / 1024:.1f} GiB; {osname}, "
         f"Linux {platform.release()}",
-        f"- spotsweep: `target/release/spotsweep` built from {commit}"
-        + (" plus uncommitted changes to the Rust sources" if dirty else ""),
+        f"- spotsweep: `target/release/spotsweep` (release profile), {build}",
         f"- reference: mlflow 3.17.2 `mlflow server` (SQLite backend, default 4 uvicorn workers), "
         f"Python {platform.python_version()}",
         f"- load generator: {wrk_v}; Python drivers in `.venv-bench`",
@@ -85,6 +81,7 @@ def main() -> None:
     ap.add_argument("--spotsweep", type=Path)
     ap.add_argument("--elapsed", type=float)
     ap.add_argument("--command", default="bench/run.sh")
+    ap.add_argument("--build", default="?", help="what the spotsweep binary was built from")
     ap.add_argument("--save", type=Path)
     a = ap.parse_args()
     ref = json.loads(a.reference.read_text()) if a.reference else None
@@ -92,10 +89,11 @@ def main() -> None:
 
     rows = []
 
-    def row(name, r, s, unit, higher_better, goal, met_fn, digits=3, note_r="", note_s=""):
+    def row(name, r, s, unit, higher_better, goal, met_fn, digits=3, note_r="", note_s="",
+            word=None):
         if r is not None and s is not None and r > 0 and s > 0:
             q = s / r if higher_better else r / s
-            rt = ratio(q) + (" more" if higher_better else " faster")
+            rt = ratio(q) + " " + (word or ("more" if higher_better else "faster"))
         else:
             q, rt = None, "—"
         met = "—"
@@ -135,7 +133,7 @@ def main() -> None:
     mb = lambda d: None if d is None else d["rss_bytes"] / 1e6
     r_mem, s_mem = get(ref, "memory_after_search"), get(ss, "memory_after_search")
     row("6. RSS of the process tree after search", mb(r_mem), mb(s_mem), "MB", False,
-        "spotsweep < 100 MB", lambda s, q: s < 100,
+        "spotsweep < 100 MB", lambda s, q: s < 100, word="less",
         note_r=f" ({r_mem['processes']} processes)" if r_mem else "",
         note_s=f" ({s_mem['processes']} process{'es' if s_mem['processes'] > 1 else ''})"
         if s_mem else "")
@@ -148,12 +146,12 @@ def main() -> None:
     row("(info) 3: p99 latency", p99(r_b), p99(s_b), "ms", False, "—", None)
     row("(info) 3: requests/s", get(r_b, "req_per_s"), get(s_b, "req_per_s"), "req/s", True, "—", None)
     row("(info) RSS idle, right after launch", mb(get(ref, "memory_idle")),
-        mb(get(ss, "memory_idle")), "MB", False, "—", None)
+        mb(get(ss, "memory_idle")), "MB", False, "—", None, word="less")
     row("(info) RSS at the end (after all loads)", mb(get(ref, "memory_end")),
-        mb(get(ss, "memory_end")), "MB", False, "—", None)
+        mb(get(ss, "memory_end")), "MB", False, "—", None, word="less")
     pss = lambda d: None if d is None else d["pss_bytes"] / 1e6
     row("(info) PSS after search (shared pages counted once)", pss(r_mem), pss(s_mem), "MB", False,
-        "—", None)
+        "—", None, word="less")
 
     out = []
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -161,7 +159,7 @@ def main() -> None:
     out.append(f"Run on {now} with `{a.command}`"
                + (f" ({a.elapsed / 60:.1f} min end to end, setup included)." if a.elapsed else "."))
     out.append("")
-    out += machine()
+    out += machine(a.build)
     out.append("\nThe two servers ran one after the other, never at the same time; the load generator "
                "(wrk, Lua) shared the 2 cores with the server under test.\n")
     out.append("| measurement | reference mlflow | spotsweep | ratio | goal | met? |")
@@ -188,8 +186,9 @@ def main() -> None:
                    "[0, 1)), the same data (seeded PRNG) on both servers. Request: filter "
                    f"`{body['filter']}`, order_by `{body['order_by']}`, max_results "
                    f"{body['max_results']}, run_view_type {body['run_view_type']}; sequential "
-                   f"(`wrk -t1 -c1 -d{st['search_s']:.0f}s` after a 2 s warm-up, the same body "
-                   "every time).")
+                   f"requests (`wrk -t1 -c1`, the same body every time) after a 2 s warm-up, for "
+                   f"long enough to make at least {st['search_n']} of them and at least "
+                   f"{st['search_min_s']:.0f} s.")
     for name, d in (("reference", ref), ("spotsweep", ss)):
         if not d:
             continue
@@ -225,8 +224,9 @@ def main() -> None:
     def cpu(key):
         def f(d):
             c = d[key]["cpu"]
-            return (f"server {c['server_cpu_pct']:.0f}%, wrk {c['wrk_cpu_pct']:.0f}%, machine "
-                    f"{c['machine_busy_pct']:.0f}% of {c['cores'] * 100}%")
+            return (f"server {c['server_cpu_pct']:.0f}%, wrk {c['wrk_cpu_pct']:.0f}%, other "
+                    f"{c['other_cpu_pct']:.0f}% (machine {c['machine_busy_pct']:.0f}% of "
+                    f"{c['cores'] * 100}%)")
         return f
 
     both("launches (s)", lambda d: ", ".join(f"{t:.3f}" for t in d["launch_s"]))
@@ -236,15 +236,32 @@ def main() -> None:
     both("3: requests in the measured window", lambda d: f"{d['log_batch']['requests']:,}")
     both("3: errors (socket + non-2xx)", lambda d: str(d["log_batch"]["errors"]))
     both("3: CPU during the load", cpu("log_batch"))
+    both("4: searches timed, window", lambda d: f"{d['search']['requests']}, "
+         f"{d['search']['duration_us'] / 1e6:.0f} s")
     both("4: errors", lambda d: str(d["search"]["errors"]))
+    both("4: CPU during the searches", cpu("search"))
     both("5: client times (s)", lambda d: ", ".join(f"{t:.3f}" for t in d["history"]["client_s"]))
     both("5: raw HTTP times (s)", lambda d: ", ".join(f"{t:.3f}" for t in d["history"]["raw_s"]))
     both("5: logging the 100k points (s)", lambda d: f"{d['history']['seed_s']:.1f}")
-    both("6: processes", lambda d: ", ".join(d["memory_after_search"]["process_names"]))
+    both("6: RSS by process", lambda d: "; ".join(
+        f"{k} ×{v['processes']}: {v['rss_bytes'] / 1e6:,.0f} MB"
+        for k, v in d["memory_after_search"]["roles"].items()))
     both("database file at the end", lambda d: f"{d['db_bytes'] / 1e6:.0f} MB")
     both("time for this server's part (s)", lambda d: f"{d['elapsed_s']:.0f}")
+    both("of which waiting for a quiet machine (s)", lambda d: f"{d.get('quiet_wait_s', 0):.0f}")
     out.append("\nCPU: seconds of CPU used during the measured window divided by its length "
-               "(100% = one core busy); \"machine\" counts every process on the machine.")
+               "(100% = one core busy); \"other\" is the rest of the machine (should be near 0).")
+    warn = []
+    for name, d in (("reference", ref), ("spotsweep", ss)):
+        if not d:
+            continue
+        for key in ("search", "log_metric", "log_batch"):
+            c = get(d, key, "cpu")
+            if c and c["other_cpu_pct"] > 20:
+                warn.append(f"{name}/{key}: other processes used {c['other_cpu_pct']:.0f}% CPU")
+    if warn:
+        out.append("\n**Warning: the machine was not quiet** (" + "; ".join(warn)
+                   + "): those figures are skewed.")
     text = "\n".join(out) + "\n"
     print(text)
     if a.save:

@@ -10,8 +10,10 @@
 #
 # Knobs (environment): BENCH_DURATION (seconds per wrk load, default 15), BENCH_WARMUP (default 3),
 # BENCH_RUNS (runs seeded for the search, default 10000), BENCH_HISTORY (points of the long metric,
-# default 100000), BENCH_REF_SEED=http|direct (how the reference's 10k runs are seeded; default
-# http, see bench/seed_direct.py).
+# default 100000), BENCH_SEARCH_N / BENCH_SEARCH_MIN_S (at least this many sequential searches, for
+# at least this long; default 50 and 5), BENCH_QUIET_WAIT (seconds to wait for an idle machine
+# before each server, default 300), BENCH_NO_BUILD=1 (measure the existing target/release/spotsweep
+# instead of building it, e.g. while the Rust sources are being edited).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -55,10 +57,21 @@ if [ ! -x "$venv/bin/mlflow" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
 fi
 PY="$ROOT/$venv/bin/python"
 
-log "cargo build --release -p spotsweep-cli"
-cargo build --release -q -p spotsweep-cli
 BIN="$ROOT/target/release/spotsweep"
-[ -x "$BIN" ] || { echo "no $BIN after the build" >&2; exit 1; }
+if [ "${BENCH_NO_BUILD:-0}" = 1 ]; then
+  # For a tree that is being edited: measure the binary already there.
+  [ -x "$BIN" ] || { echo "BENCH_NO_BUILD=1 but there is no $BIN" >&2; exit 1; }
+  build_desc="the existing binary (BENCH_NO_BUILD=1), built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC')"
+  log "BENCH_NO_BUILD=1: using $BIN as it is"
+else
+  log "cargo build --release -p spotsweep-cli"
+  cargo build --release -q -p spotsweep-cli
+  [ -x "$BIN" ] || { echo "no $BIN after the build" >&2; exit 1; }
+  build_desc="commit $(git rev-parse --short HEAD)"
+  if ! git diff --quiet HEAD -- crates migrations Cargo.toml Cargo.lock 2>/dev/null; then
+    build_desc="$build_desc plus uncommitted changes to the Rust sources"
+  fi
+fi
 log "setup done"
 [ "$setup_only" = 1 ] && exit 0
 
@@ -86,7 +99,7 @@ for t in $targets; do
 done
 
 elapsed=$(( $(date +%s) - started ))
-args=(--elapsed "$elapsed" --command "bench/run.sh${orig_args:+ $orig_args}")
+args=(--elapsed "$elapsed" --command "bench/run.sh${orig_args:+ $orig_args}" --build "$build_desc")
 [ -f "$work/reference.json" ] && args+=(--reference "$work/reference.json")
 [ -f "$work/spotsweep.json" ] && args+=(--spotsweep "$work/spotsweep.json")
 [ "$save" = 1 ] && args+=(--save bench/RESULTS.md)

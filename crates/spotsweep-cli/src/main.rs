@@ -1,19 +1,22 @@
-//! The one `spotsweep` binary: `serve` runs the daemon, `openapi` prints its API document.
-//! Thin on purpose: it parses flags, sets up logging and calls into the library crates.
+//! The one `spotsweep` binary: `serve` runs the daemon, `agent` runs trials for it, `submit`,
+//! `status`, `watch` and `run` drive sweeps, `openapi` prints the API document. Thin on
+//! purpose: it parses flags, sets up logging and calls into the library crates.
 
+mod client;
+
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use client::{Daemon, read_spec};
+use spotsweep_api::SweepBody;
 use spotsweep_server::{Config, LogFormat, Overrides};
 
 #[derive(Parser)]
-#[command(
-    name = "spotsweep",
-    version,
-    about = "Hyperparameter sweeps on spot GPUs, with an MLflow-compatible tracking server"
-)]
+#[command(name = "spotsweep", version, about = "Hyperparameter sweeps on spot GPUs, with an MLflow-compatible tracking server")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,8 +24,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon: the MLflow-compatible tracking server and spotsweep's API.
+    /// Run the daemon: the MLflow-compatible tracking server, the sweep queue and spotsweep's API.
     Serve(ServeArgs),
+    /// Run trials for a daemon.
+    Agent(AgentArgs),
+    /// Submit a sweep spec (YAML or JSON) to a running daemon; prints the sweep id.
+    Submit(SubmitArgs),
+    /// Show sweeps (all, or one with its trials).
+    Status(StatusArgs),
+    /// Follow a sweep with a progress bar until it ends.
+    Watch(WatchArgs),
+    /// All in one: an embedded daemon, local agents, the sweep, a progress bar, the best trial.
+    Run(RunArgs),
     /// Print the OpenAPI document of /api/v1.
     Openapi,
 }
@@ -47,14 +60,113 @@ struct ServeArgs {
     /// Accept requests without a token (only allowed on a loopback address).
     #[arg(long, env = "SPOTSWEEP_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
     no_auth: Option<bool>,
+    /// Agents of the local pool to run on this machine [default: 0].
+    #[arg(long, env = "SPOTSWEEP_LOCAL_AGENTS")]
+    local_agents: Option<u32>,
 }
 
-fn init_logging(format: LogFormat) {
+#[derive(Args)]
+struct AgentArgs {
+    /// The daemon's URL.
+    #[arg(long, env = "SPOTSWEEP_SERVER")]
+    server: String,
+    /// A token of the daemon.
+    #[arg(long, env = "SPOTSWEEP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Trials at once.
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    /// GPU ids, e.g. 0,1: slot i gets CUDA_VISIBLE_DEVICES=gpus[i % n].
+    #[arg(long, value_delimiter = ',')]
+    gpus: Vec<String>,
+    /// The pool whose sweeps it serves.
+    #[arg(long, default_value = "local")]
+    pool: String,
+    /// A label for people [default: the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Where trial logs are kept [default: ./spotsweep-agent].
+    #[arg(long, default_value = "./spotsweep-agent")]
+    work_dir: PathBuf,
+    /// Seconds between SIGTERM and SIGKILL when a trial is stopped.
+    #[arg(long, default_value_t = 10)]
+    grace_seconds: u64,
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    /// The daemon's URL [default: from <data-dir>/server.url].
+    #[arg(long, env = "SPOTSWEEP_SERVER")]
+    server: Option<String>,
+    /// A token [default: <data-dir>/admin.token].
+    #[arg(long, env = "SPOTSWEEP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The daemon's data dir, to find its URL and token.
+    #[arg(long, env = "SPOTSWEEP_DATA_DIR", default_value = "./spotsweep-data")]
+    data_dir: PathBuf,
+}
+
+impl DaemonArgs {
+    fn daemon(&self) -> anyhow::Result<Daemon> {
+        Daemon::locate(self.server.clone(), self.token.clone(), &self.data_dir)
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, Default, PartialEq)]
+enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    /// The sweep spec (YAML or JSON).
+    spec: PathBuf,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// A sweep id; all sweeps when absent.
+    id: Option<i64>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    /// table or json.
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// The sweep id.
+    id: i64,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The sweep spec (YAML or JSON).
+    spec: PathBuf,
+    /// Local agents to run [default: the spec's parallelism].
+    #[arg(long)]
+    agents: Option<u32>,
+    /// Data directory of the embedded daemon.
+    #[arg(long, env = "SPOTSWEEP_DATA_DIR", default_value = "./spotsweep-data")]
+    data_dir: PathBuf,
+    /// table or json (the final sweep).
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+}
+
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPOTSWEEP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // Colour only for a person at a terminal, never in files or pipes.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -63,10 +175,6 @@ fn init_logging(format: LogFormat) {
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -75,10 +183,8 @@ async fn shutdown_signal() {
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {},
+        _ = tokio::signal::ctrl_c() => {},
         _ = term => {},
     }
     tracing::info!("shutdown signal received");
@@ -91,27 +197,210 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         artifacts_destination: args.artifacts_destination,
         log_format: args.log_format,
         no_auth: args.no_auth,
+        local_agents: args.local_agents,
     };
     let config = Config::load(args.config.as_deref(), overrides)?;
-    init_logging(config.log_format);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    init_logging(config.log_format, "info");
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     spotsweep_server::run(config, listener, shutdown_signal()).await
 }
 
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    init_logging(LogFormat::Text, "info");
+    let name = args.name.unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "agent".into())
+    });
+    let config = spotsweep_agent::AgentConfig {
+        server: args.server,
+        token: args.token,
+        slots: args.slots.max(1),
+        gpus: args.gpus,
+        pool: args.pool,
+        name,
+        work_dir: args.work_dir,
+        grace: Duration::from_secs(args.grace_seconds),
+    };
+    spotsweep_agent::run(config, shutdown_signal()).await
+}
+
+fn print_sweeps(sweeps: &[SweepBody]) {
+    println!("{:>4}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}  {:<14} {:>9}", "ID", "NAME", "STATE", "DONE", "RUNNING", "FAILED", "TOTAL", "BEST", "ELAPSED");
+    for s in sweeps {
+        let done = s.counts.completed + s.counts.pruned;
+        let best = s.best.as_ref().map(|b| format!("{:.6} (#{})", b.value, b.number)).unwrap_or_else(|| "-".into());
+        println!(
+            "{:>4}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}  {:<14} {:>8.1}s",
+            s.id,
+            truncate(&s.name, 24),
+            s.state,
+            done,
+            s.counts.running,
+            s.counts.failed,
+            s.max_trials,
+            best,
+            s.elapsed_ms as f64 / 1000.0
+        );
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_owned() } else { s.chars().take(n - 1).chain(['…']).collect() }
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let daemon = args.daemon.daemon()?;
+    match args.id {
+        None => {
+            let list = daemon.sweeps().await?;
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Table => print_sweeps(&list.sweeps),
+            }
+        }
+        Some(id) => {
+            let sweep = daemon.sweep(id).await?;
+            let trials = daemon.trials(id).await?;
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({"sweep": sweep, "trials": trials.trials}))?),
+                Output::Table => {
+                    print_sweeps(std::slice::from_ref(&sweep));
+                    println!();
+                    println!("{:>5}  {:<10} {:>14} {:>8}  {:<32}  PARAMS", "TRIAL", "STATE", "VALUE", "ATTEMPTS", "RUN");
+                    for t in &trials.trials {
+                        let value = t.value.map(|v| format!("{v:.6}")).unwrap_or_else(|| "-".into());
+                        println!("{:>5}  {:<10} {:>14} {:>8}  {:<32}  {}", t.number, t.state, value, t.attempts, t.run_id, t.params);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Follows a sweep with a progress bar until it completes or is cancelled.
+async fn follow(daemon: &Daemon, id: i64) -> anyhow::Result<SweepBody> {
+    let first = daemon.sweep(id).await?;
+    let bar = indicatif::ProgressBar::new(first.max_trials as u64);
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} trials  {msg}  ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    loop {
+        let s = daemon.sweep(id).await?;
+        let ended = s.counts.completed + s.counts.failed + s.counts.pruned + s.counts.cancelled;
+        bar.set_length(s.max_trials as u64);
+        bar.set_position(ended as u64);
+        let best = s.best.as_ref().map(|b| format!("best {} = {:.6}", s.objective_metric, b.value)).unwrap_or_default();
+        bar.set_message(format!("{best}  running {}  failed {}", s.counts.running, s.counts.failed));
+        if s.state == "completed" || s.state == "cancelled" {
+            bar.finish();
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn print_result(s: &SweepBody, tracking_uri: &str, output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    println!(
+        "sweep {} '{}' {}: {} completed, {} failed, {} pruned, {} cancelled in {:.1} s",
+        s.id,
+        s.name,
+        s.state,
+        s.counts.completed,
+        s.counts.failed,
+        s.counts.pruned,
+        s.counts.cancelled,
+        s.elapsed_ms as f64 / 1000.0
+    );
+    match &s.best {
+        Some(b) => println!(
+            "best: trial {} with {} = {} (MLflow run {} in experiment {} at {tracking_uri})",
+            b.number, s.objective_metric, b.value, b.run_id, s.experiment_id
+        ),
+        None => println!("no trial completed"),
+    }
+    Ok(())
+}
+
+async fn run_all(args: RunArgs) -> anyhow::Result<bool> {
+    init_logging(LogFormat::Text, "warn");
+    let spec = read_spec(&args.spec)?;
+    let parallelism = spec.get("parallelism").and_then(|p| p.as_u64()).unwrap_or(1) as u32;
+    let overrides = Overrides {
+        listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        data_dir: Some(args.data_dir.clone()),
+        local_agents: Some(args.agents.unwrap_or(parallelism).max(1)),
+        ..Overrides::default()
+    };
+    let config = Config::load(None, overrides)?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon_task = tokio::spawn(spotsweep_server::run(config, listener, async {
+        let _ = stop_rx.await;
+    }));
+    let token_path = args.data_dir.join("admin.token");
+    let mut daemon = Daemon::new(url.clone(), None);
+    for _ in 0..500 {
+        if daemon.healthy().await && token_path.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    daemon = Daemon::new(url.clone(), std::fs::read_to_string(&token_path).ok().map(|t| t.trim().to_owned()));
+    let result = async {
+        let sweep = daemon.submit(&spec).await?;
+        eprintln!("sweep {} '{}' submitted: {} trials, {} local agents", sweep.id, sweep.name, sweep.max_trials, parallelism.max(1));
+        tokio::select! {
+            s = follow(&daemon, sweep.id) => s,
+            _ = shutdown_signal() => anyhow::bail!("interrupted; the sweep is stored and resumes with `spotsweep serve --local-agents N`"),
+        }
+    }
+    .await;
+    let _ = stop_tx.send(());
+    daemon_task.await.context("the embedded daemon crashed")??;
+    let sweep = result?;
+    print_result(&sweep, &url, args.output)?;
+    Ok(sweep.state == "completed")
+}
+
 fn main() -> anyhow::Result<()> {
-    // reqwest (GCS artifacts, the Compute API) uses rustls with ring; install it once.
+    // reqwest (agents, GCS artifacts, the Compute API) uses rustls with ring; install it once.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Openapi => {
             print!("{}", spotsweep_server::api::openapi_json());
             Ok(())
         }
-        Command::Serve(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(serve(args))
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Agent(args) => runtime.block_on(agent(args)),
+        Command::Submit(args) => runtime.block_on(async {
+            let daemon = args.daemon.daemon()?;
+            let sweep = daemon.submit(&read_spec(&args.spec)?).await?;
+            println!("{}", sweep.id);
+            Ok(())
+        }),
+        Command::Status(args) => runtime.block_on(status(args)),
+        Command::Watch(args) => runtime.block_on(async {
+            let daemon = args.daemon.daemon()?;
+            let sweep = follow(&daemon, args.id).await?;
+            print_result(&sweep, &daemon.url, Output::Table)
+        }),
+        Command::Run(args) => {
+            let completed = runtime.block_on(run_all(args))?;
+            std::process::exit(if completed { 0 } else { 1 });
         }
     }
 }

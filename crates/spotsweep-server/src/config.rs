@@ -43,6 +43,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Serve without tokens; only allowed on a loopback address.
     pub no_auth: bool,
+    /// Agents of the `local` pool to run on this machine (default 0).
+    pub local_agents: u32,
 }
 
 /// The TOML file's shape: every field optional.
@@ -54,6 +56,7 @@ struct FileConfig {
     artifacts_destination: Option<String>,
     log_format: Option<LogFormat>,
     no_auth: Option<bool>,
+    local_agents: Option<u32>,
 }
 
 /// Values from flags or the environment; `None` means "not given".
@@ -69,6 +72,8 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     /// `--no-auth` / `SPOTSWEEP_NO_AUTH`
     pub no_auth: Option<bool>,
+    /// `--local-agents` / `SPOTSWEEP_LOCAL_AGENTS`
+    pub local_agents: Option<u32>,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -117,6 +122,7 @@ impl Config {
             artifacts_destination,
             log_format: overrides.log_format.or(from_file.log_format).unwrap_or_default(),
             no_auth: overrides.no_auth.or(from_file.no_auth).unwrap_or(false),
+            local_agents: overrides.local_agents.or(from_file.local_agents).unwrap_or(0),
         };
         if config.no_auth && !config.listen.ip().is_loopback() {
             return Err(ConfigError::NoAuthOffLoopback(config.listen));

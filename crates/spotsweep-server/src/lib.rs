@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod local;
 pub mod sweeps;
 
 use std::future::Future;
@@ -77,6 +78,21 @@ pub fn router(state: AppState, mlflow: MlflowState) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
+/// The token local agents use: the admin token when its file is still there, else a new one.
+async fn local_agent_token(state: &AppState, admin_token_path: &std::path::Path) -> anyhow::Result<String> {
+    if let Ok(text) = std::fs::read_to_string(admin_token_path) {
+        let token = text.trim().to_owned();
+        if state.auth.accepts(&token) {
+            return Ok(token);
+        }
+    }
+    let secret = auth::new_secret();
+    let hash = auth::hash_token(&secret);
+    state.tokens.create_token("local-agents", &hash).await?;
+    state.auth.add(hash);
+    Ok(secret)
+}
+
 /// Runs the daemon on `listener` until `shutdown` completes, then lets in-flight requests
 /// finish and closes the database cleanly.
 pub async fn run(
@@ -116,11 +132,32 @@ pub async fn run(
     let stop_loops = Arc::new(tokio::sync::Notify::new());
     let expiry = tokio::spawn(sweeps::expire_leases_loop(state.clone(), stop_loops.clone()));
     let addr = listener.local_addr()?;
-    tracing::info!("listening on http://{addr}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server error")?;
+    let url = format!("http://{addr}");
+    // The CLI on this machine finds the daemon here.
+    std::fs::write(config.data_dir.join("server.url"), format!("{url}\n"))?;
+    let local = if config.local_agents > 0 {
+        let token = if state.auth.enabled { Some(local_agent_token(&state, &token_path).await?) } else { None };
+        Some(local::Supervisor::start(local::LocalPool {
+            agents: config.local_agents,
+            server: url.clone(),
+            token,
+            work_dir: config.data_dir.join("agents"),
+            exe: std::env::current_exe().context("cannot find the spotsweep executable for local agents")?,
+        }))
+    } else {
+        None
+    };
+    tracing::info!(local_agents = config.local_agents, "listening on {url}");
+    // On shutdown, local agents stop first (reporting their trials preempted while the server
+    // still answers); then the server drains.
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(local) = local {
+            tracing::info!("stopping local agents");
+            local.stop().await;
+        }
+    };
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server error")?;
     tracing::info!("shutting down: requests drained, closing the database");
     stop_loops.notify_one();
     let _ = expiry.await;

@@ -37,6 +37,7 @@ impl TestServer {
             artifacts_destination: data_dir.join("artifacts").display().to_string(),
             log_format: LogFormat::Text,
             no_auth,
+            local_agents: 0,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(spotsweep_server::run(config, listener, async {

@@ -793,7 +793,9 @@ impl SweepStore for SqliteStore {
             };
             leased.push(self.lease_one(&mut tx, trial_id, request).await?);
         }
-        if let Some(request_id) = &request.request_id {
+        // Only a request that leased something is remembered: an empty answer leases nothing
+        // twice, and a long poll asks again with the same id until work comes.
+        if let Some(request_id) = request.request_id.as_ref().filter(|_| !leased.is_empty()) {
             let ids: Vec<&str> = leased.iter().map(|l| l.lease_id.as_str()).collect();
             sqlx::query(
                 "INSERT INTO lease_requests (request_id, agent_id, response, created_at) VALUES (?, ?, ?, ?)",

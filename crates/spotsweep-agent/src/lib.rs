@@ -1,0 +1,394 @@
+//! The agent: leases trials from the daemon, runs each as a child process (a command through
+//! `sh -c`, or a notebook through papermill) in its own process group, heartbeats, stops it when
+//! told, uploads its logs as run artifacts and reports how it ended.
+//!
+//! Talks to the daemon only over HTTP with the api crate's types; must not depend on the server
+//! or the store. Who owns what: the main loop owns the free slots; each trial task owns its
+//! child process and gives its slot back through the `done` channel when the daemon has the
+//! trial's outcome (or the agent is shutting down).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+use spotsweep_api::{CompleteRequest, HeartbeatResponse, LeaseBody, LeaseRequestBody, LeaseResponse};
+use tokio::sync::{mpsc, watch};
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The daemon's base URL, e.g. `http://127.0.0.1:5000`.
+    pub server: String,
+    /// A bearer token (also handed to trials as `MLFLOW_TRACKING_TOKEN`).
+    pub token: Option<String>,
+    /// Trials run at once.
+    pub slots: u32,
+    /// GPU ids; slot `i` gets `gpus[i % len]` as `CUDA_VISIBLE_DEVICES`. Empty: not set.
+    pub gpus: Vec<String>,
+    /// The pool whose sweeps it serves.
+    pub pool: String,
+    /// A label for people.
+    pub name: String,
+    /// Where trial logs are written before upload.
+    pub work_dir: PathBuf,
+    /// Seconds between SIGTERM and SIGKILL when a trial is stopped.
+    pub grace: Duration,
+}
+
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+}
+
+/// Exponential back-off with jitter, capped: 0.5 s, 1 s, 2 s ... 30 s.
+fn backoff(attempt: u32) -> Duration {
+    let base = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
+    let jitter = rand::rng().random_range(0..=base / 4);
+    Duration::from_millis(base + jitter)
+}
+
+/// Runs the agent until `shutdown` resolves; then stops its trials and reports them preempted.
+pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let client = Client {
+        http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+        base: config.server.trim_end_matches('/').to_owned(),
+        token: config.token.clone(),
+    };
+    std::fs::create_dir_all(&config.work_dir)
+        .with_context(|| format!("cannot create work dir {}", config.work_dir.display()))?;
+    let agent_id = format!("{}-{}", config.name, hex::encode(rand::rng().random::<[u8; 4]>()));
+    tracing::info!(%agent_id, slots = config.slots, pool = %config.pool, server = %client.base, "agent started");
+    let mut free: Vec<usize> = (0..config.slots as usize).rev().collect();
+    // Trial tasks send their slot back here when they are done.
+    let (done_tx, mut done_rx) = mpsc::channel::<usize>(config.slots as usize + 1);
+    // Flipped to true on shutdown: every trial task stops its child and reports preemption.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut running = 0usize;
+    let mut failures = 0u32;
+    let mut request_id: Option<String> = None;
+    tokio::pin!(shutdown);
+    loop {
+        if free.is_empty() {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(slot) = done_rx.recv() => { free.push(slot); running -= 1; }
+            }
+            continue;
+        }
+        // One id per logical request, reused while it is retried, so a lost answer does not
+        // lease twice.
+        let rid = request_id.get_or_insert_with(|| hex::encode(rand::rng().random::<[u8; 12]>())).clone();
+        let body = LeaseRequestBody {
+            agent_id: agent_id.clone(),
+            agent_name: Some(config.name.clone()),
+            request_id: Some(rid),
+            slots: free.len() as u32,
+            pool: Some(config.pool.clone()),
+            sweep_id: None,
+            wait_ms: 20_000,
+            ttl_ms: None,
+        };
+        let lease = client.request(reqwest::Method::POST, "/api/v1/leases").json(&body).send();
+        let answer = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(slot) = done_rx.recv() => {
+                // A slot came free while we waited: ask again with more slots (the pending
+                // request may still lease; the same request id then returns the same trials).
+                free.push(slot);
+                running -= 1;
+                continue;
+            }
+            r = lease => r,
+        };
+        let leases = match answer {
+            Ok(r) if r.status().is_success() => match r.json::<LeaseResponse>().await {
+                Ok(l) => l.leases,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable lease answer");
+                    vec![]
+                }
+            },
+            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                anyhow::bail!("the daemon refused the token (401): check --token / SPOTSWEEP_TOKEN");
+            }
+            other => {
+                let what = match other {
+                    Ok(r) => format!("HTTP {}", r.status()),
+                    Err(e) => e.to_string(),
+                };
+                let wait = backoff(failures);
+                failures += 1;
+                tracing::warn!(error = %what, retry_in = ?wait, "cannot lease; the daemon may be away");
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+        };
+        failures = 0;
+        request_id = None;
+        for lease in leases {
+            let Some(slot) = free.pop() else { break };
+            running += 1;
+            let gpu = (!config.gpus.is_empty()).then(|| config.gpus[slot % config.gpus.len()].clone());
+            let task = TrialTask { client: client.clone(), config: config.clone(), lease, gpu, stop: stop_rx.clone() };
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                task.run().await;
+                let _ = done.send(slot).await;
+            });
+        }
+    }
+    tracing::info!(running, "agent stopping: stopping trials and reporting them preempted");
+    let _ = stop_tx.send(true);
+    while running > 0 {
+        match tokio::time::timeout(Duration::from_secs(60), done_rx.recv()).await {
+            Ok(Some(_)) => running -= 1,
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+/// Why a child stopped.
+enum Ending {
+    Exited(std::process::ExitStatus),
+    StoppedByServer,
+    AgentShutdown,
+}
+
+struct TrialTask {
+    client: Client,
+    config: AgentConfig,
+    lease: LeaseBody,
+    gpu: Option<String>,
+    stop: watch::Receiver<bool>,
+}
+
+impl TrialTask {
+    fn label(&self) -> String {
+        format!("sweep {} trial {}", self.lease.trial.sweep_id, self.lease.trial.number)
+    }
+
+    async fn run(mut self) {
+        let label = self.label();
+        let outcome = match self.execute().await {
+            Ok((ending, stderr_tail)) => match ending {
+                Ending::Exited(status) if status.success() => CompleteRequest { outcome: "succeeded".into(), value: None, reason: None },
+                Ending::Exited(status) => CompleteRequest {
+                    outcome: "failed".into(),
+                    value: None,
+                    reason: Some(format!("{}; last lines of stderr:\n{stderr_tail}", describe(status))),
+                },
+                Ending::StoppedByServer => CompleteRequest { outcome: "cancelled".into(), value: None, reason: None },
+                Ending::AgentShutdown => CompleteRequest { outcome: "preempted".into(), value: None, reason: None },
+            },
+            Err(e) => CompleteRequest { outcome: "failed".into(), value: None, reason: Some(format!("could not run the trial: {e:#}")) },
+        };
+        tracing::info!(trial = %label, outcome = %outcome.outcome, "trial ended");
+        self.report(outcome).await;
+    }
+
+    fn command(&self) -> anyhow::Result<tokio::process::Command> {
+        let l = &self.lease;
+        let mut cmd = if let Some(command) = &l.command {
+            let mut c = tokio::process::Command::new("sh");
+            c.arg("-c").arg(command);
+            c
+        } else if let Some(nb) = &l.notebook {
+            if let Some(dir) = std::path::Path::new(&nb.output).parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut c = tokio::process::Command::new("papermill");
+            // Parameters as YAML (JSON is YAML), so their types survive exactly.
+            c.arg(&nb.input).arg(&nb.output).arg("-y").arg(l.trial.params.to_string());
+            c
+        } else {
+            anyhow::bail!("the lease has neither a command nor a notebook");
+        };
+        cmd.env("MLFLOW_TRACKING_URI", &self.client.base)
+            .env("MLFLOW_RUN_ID", &l.trial.run_id)
+            .env("MLFLOW_EXPERIMENT_ID", &l.trial.experiment_id)
+            .env("SPOTSWEEP_TRIAL_ID", format!("{}-{}", l.trial.sweep_id, l.trial.number))
+            .env("SPOTSWEEP_SWEEP_ID", l.trial.sweep_id.to_string())
+            .env("SPOTSWEEP_TRIAL_NUMBER", l.trial.number.to_string())
+            .env("SPOTSWEEP_ATTEMPT", l.trial.attempts.to_string())
+            .env("SPOTSWEEP_PARAMS", l.trial.params.to_string())
+            .env("SPOTSWEEP_SEED", l.trial.seed.to_string())
+            .env("SPOTSWEEP_LEASE_ID", &l.lease_id)
+            .envs(&l.env);
+        if let Some(token) = &self.client.token {
+            cmd.env("MLFLOW_TRACKING_TOKEN", token);
+        }
+        if let Some(gpu) = &self.gpu {
+            cmd.env("CUDA_VISIBLE_DEVICES", gpu);
+        }
+        // Its own process group, so that stopping it stops everything it started.
+        cmd.process_group(0).stdin(Stdio::null()).kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// Runs the child to its end, heartbeating; returns how it ended and the tail of stderr.
+    async fn execute(&mut self) -> anyhow::Result<(Ending, String)> {
+        let dir = self.config.work_dir.join(format!(
+            "sweep{}-trial{}-attempt{}",
+            self.lease.trial.sweep_id, self.lease.trial.number, self.lease.trial.attempts
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let stdout_path = dir.join("stdout.txt");
+        let stderr_path = dir.join("stderr.txt");
+        self.record_code_version().await;
+        let mut cmd = self.command()?;
+        cmd.stdout(std::fs::File::create(&stdout_path)?).stderr(std::fs::File::create(&stderr_path)?);
+        let mut child = cmd.spawn().context("cannot start the trial's command")?;
+        let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+        let interval = Duration::from_millis(self.lease.heartbeat_interval_ms.max(500) as u64);
+        let mut beat = tokio::time::interval(interval);
+        beat.tick().await;
+        let ending = loop {
+            tokio::select! {
+                status = child.wait() => break Ending::Exited(status?),
+                _ = beat.tick() => {
+                    if self.heartbeat().await == Some(false) {
+                        stop_group(&mut child, pgid, self.config.grace).await;
+                        break Ending::StoppedByServer;
+                    }
+                }
+                _ = self.stop.changed() => {
+                    stop_group(&mut child, pgid, self.config.grace).await;
+                    break Ending::AgentShutdown;
+                }
+            }
+        };
+        self.upload(&stdout_path, "logs/stdout.txt").await;
+        self.upload(&stderr_path, "logs/stderr.txt").await;
+        if let Some(nb) = self.lease.notebook.clone() {
+            let out = PathBuf::from(&nb.output);
+            let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "notebook.ipynb".into());
+            if out.exists() {
+                self.upload(&out, &format!("notebooks/{name}")).await;
+            }
+        }
+        let tail = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+        Ok((ending, tail.into_iter().rev().collect::<Vec<_>>().join("\n")))
+    }
+
+    /// `Some(true)` to go on, `Some(false)` when told to stop, `None` when the daemon is away
+    /// (the trial goes on; the lease may expire, and the result is still reported later).
+    async fn heartbeat(&self) -> Option<bool> {
+        let path = format!("/api/v1/leases/{}/heartbeat", self.lease.lease_id);
+        match self.client.request(reqwest::Method::POST, &path).json(&serde_json::json!({})).send().await {
+            Ok(r) if r.status().is_success() => r.json::<HeartbeatResponse>().await.ok().map(|h| h.action != "stop"),
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Some(false),
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), "heartbeat refused");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed; the daemon may be away");
+                None
+            }
+        }
+    }
+
+    /// Records the code version on the run: the git commit and dirty flag of the working
+    /// directory, or the notebook's sha256.
+    async fn record_code_version(&self) {
+        let mut tags = Vec::new();
+        if let Some(nb) = &self.lease.notebook
+            && let Ok(bytes) = std::fs::read(&nb.input)
+        {
+            tags.push(("spotsweep.notebook.sha256", hex::encode(Sha256::digest(&bytes))));
+        }
+        let git = |args: &[&str]| std::process::Command::new("git").args(args).stderr(Stdio::null()).output();
+        if let Ok(out) = git(&["rev-parse", "HEAD"])
+            && out.status.success()
+        {
+            tags.push(("mlflow.source.git.commit", String::from_utf8_lossy(&out.stdout).trim().to_owned()));
+            let dirty = git(&["status", "--porcelain"]).map(|o| !o.stdout.is_empty()).unwrap_or(false);
+            tags.push(("spotsweep.git.dirty", dirty.to_string()));
+        }
+        if tags.is_empty() {
+            return;
+        }
+        let body = serde_json::json!({
+            "run_id": self.lease.trial.run_id,
+            "tags": tags.iter().map(|(k, v)| serde_json::json!({"key": k, "value": v})).collect::<Vec<_>>(),
+        });
+        let _ = self.client.request(reqwest::Method::POST, "/api/2.0/mlflow/runs/log-batch").json(&body).send().await;
+    }
+
+    /// Uploads a file as a run artifact through the daemon's proxy (best effort).
+    async fn upload(&self, file: &std::path::Path, artifact_path: &str) {
+        let Some(root) = self.lease.artifact_uri.strip_prefix("mlflow-artifacts:") else { return };
+        let Ok(bytes) = tokio::fs::read(file).await else { return };
+        let encoded: Vec<String> = format!("{}/{artifact_path}", root.trim_start_matches('/'))
+            .split('/')
+            .map(|s| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string())
+            .collect();
+        let path = format!("/api/2.0/mlflow-artifacts/artifacts/{}", encoded.join("/"));
+        if let Err(e) = self.client.request(reqwest::Method::PUT, &path).body(bytes).send().await {
+            tracing::warn!(error = %e, artifact = artifact_path, "artifact upload failed");
+        }
+    }
+
+    /// Reports the outcome, retrying with back-off until the daemon has it: a finished trial's
+    /// result is never dropped because the daemon was briefly away.
+    async fn report(&self, outcome: CompleteRequest) {
+        let path = format!("/api/v1/leases/{}/complete", self.lease.lease_id);
+        for attempt in 0u32.. {
+            match self.client.request(reqwest::Method::POST, &path).json(&outcome).send().await {
+                Ok(r) if r.status().is_success() => return,
+                Ok(r) if r.status().is_client_error() && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                    let text = r.text().await.unwrap_or_default();
+                    tracing::warn!(answer = %text, "the daemon refused the trial's result");
+                    return;
+                }
+                Ok(r) => tracing::warn!(status = %r.status(), "reporting the result failed; retrying"),
+                Err(e) => tracing::warn!(error = %e, "reporting the result failed; retrying"),
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "ended abnormally".into(),
+    }
+}
+
+/// SIGTERM to the whole process group, SIGKILL after the grace period.
+async fn stop_group(child: &mut tokio::process::Child, pgid: Option<Pid>, grace: Duration) {
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        if let Some(pgid) = pgid {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+        let _ = child.wait().await;
+    }
+}

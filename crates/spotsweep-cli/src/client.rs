@@ -1,0 +1,93 @@
+//! The CLI's view of a daemon: where it is, which token to use, and the few calls it makes.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use spotsweep_api::{SweepBody, SweepList, TrialList};
+
+/// A daemon to talk to.
+pub struct Daemon {
+    http: reqwest::Client,
+    /// Base URL.
+    pub url: String,
+    token: Option<String>,
+}
+
+impl Daemon {
+    /// From flags or `SPOTSWEEP_SERVER`/`SPOTSWEEP_TOKEN`, else from the data dir's
+    /// `server.url` and `admin.token` (written by `spotsweep serve`).
+    pub fn locate(server: Option<String>, token: Option<String>, data_dir: &Path) -> anyhow::Result<Self> {
+        let url = match server {
+            Some(s) => s,
+            None => std::fs::read_to_string(data_dir.join("server.url"))
+                .map(|s| s.trim().to_owned())
+                .with_context(|| {
+                    format!(
+                        "no daemon given: pass --server URL, set SPOTSWEEP_SERVER, or run `spotsweep serve --data-dir {}`",
+                        data_dir.display()
+                    )
+                })?,
+        };
+        let token = token.or_else(|| std::fs::read_to_string(data_dir.join("admin.token")).ok().map(|t| t.trim().to_owned()));
+        Ok(Self::new(url, token))
+    }
+
+    /// A daemon at `url`.
+    pub fn new(url: String, token: Option<String>) -> Self {
+        Self { http: reqwest::Client::new(), url: url.trim_end_matches('/').to_owned(), token }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.url));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn parse<T: serde::de::DeserializeOwned>(r: reqwest::Response) -> anyhow::Result<T> {
+        let status = r.status();
+        let text = r.text().await?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                .unwrap_or(text);
+            bail!("{status}: {message}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer: {text}"))
+    }
+
+    /// Submits a spec (JSON value).
+    pub async fn submit(&self, spec: &serde_json::Value) -> anyhow::Result<SweepBody> {
+        Self::parse(self.request(reqwest::Method::POST, "/api/v1/sweeps").json(spec).send().await?).await
+    }
+
+    /// One sweep.
+    pub async fn sweep(&self, id: i64) -> anyhow::Result<SweepBody> {
+        Self::parse(self.request(reqwest::Method::GET, &format!("/api/v1/sweeps/{id}")).send().await?).await
+    }
+
+    /// Every sweep.
+    pub async fn sweeps(&self) -> anyhow::Result<SweepList> {
+        Self::parse(self.request(reqwest::Method::GET, "/api/v1/sweeps").send().await?).await
+    }
+
+    /// A sweep's trials.
+    pub async fn trials(&self, id: i64) -> anyhow::Result<TrialList> {
+        Self::parse(self.request(reqwest::Method::GET, &format!("/api/v1/sweeps/{id}/trials")).send().await?).await
+    }
+
+    /// Whether `/health` answers.
+    pub async fn healthy(&self) -> bool {
+        matches!(self.http.get(format!("{}/health", self.url)).send().await, Ok(r) if r.status().is_success())
+    }
+}
+
+/// Reads a spec file: YAML or JSON (JSON is YAML).
+pub fn read_spec(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("{} is not valid YAML or JSON", path.display()))?;
+    Ok(value)
+}
