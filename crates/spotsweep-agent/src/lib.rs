@@ -38,6 +38,9 @@ pub struct AgentConfig {
     pub work_dir: PathBuf,
     /// Seconds between SIGTERM and SIGKILL when a trial is stopped.
     pub grace: Duration,
+    /// Lease time to live asked for (the daemon's default when `None`): how long a trial of a
+    /// vanished agent waits before it is requeued.
+    pub lease_ttl: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -103,7 +106,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             pool: Some(config.pool.clone()),
             sweep_id: None,
             wait_ms: 20_000,
-            ttl_ms: None,
+            ttl_ms: config.lease_ttl.map(|t| t.as_millis() as i64),
         };
         let lease = client.request(reqwest::Method::POST, "/api/v1/leases").json(&body).send();
         let answer = tokio::select! {
@@ -296,7 +299,11 @@ impl TrialTask {
     /// (the trial goes on; the lease may expire, and the result is still reported later).
     async fn heartbeat(&self) -> Option<bool> {
         let path = format!("/api/v1/leases/{}/heartbeat", self.lease.lease_id);
-        match self.client.request(reqwest::Method::POST, &path).json(&serde_json::json!({})).send().await {
+        let body = match self.config.lease_ttl {
+            Some(ttl) => serde_json::json!({ "ttl_ms": ttl.as_millis() as i64 }),
+            None => serde_json::json!({}),
+        };
+        match self.client.request(reqwest::Method::POST, &path).json(&body).send().await {
             Ok(r) if r.status().is_success() => r.json::<HeartbeatResponse>().await.ok().map(|h| h.action != "stop"),
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Some(false),
             Ok(r) => {

@@ -91,6 +91,10 @@ struct AgentArgs {
     /// Seconds between SIGTERM and SIGKILL when a trial is stopped.
     #[arg(long, default_value_t = 10)]
     grace_seconds: u64,
+    /// Lease time to live in ms: how soon a trial of a vanished agent is requeued [default: the
+    /// daemon's, 60000].
+    #[arg(long, env = "SPOTSWEEP_LEASE_TTL_MS")]
+    lease_ttl_ms: Option<u64>,
 }
 
 #[derive(Args)]
@@ -220,6 +224,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         name,
         work_dir: args.work_dir,
         grace: Duration::from_secs(args.grace_seconds),
+        lease_ttl: args.lease_ttl_ms.map(Duration::from_millis),
     };
     spotsweep_agent::run(config, shutdown_signal()).await
 }
