@@ -70,7 +70,9 @@ fn backoff(attempt: u32) -> Duration {
 /// Runs the agent until `shutdown` resolves; then stops its trials and reports them preempted.
 pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let client = Client {
-        http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?,
         base: config.server.trim_end_matches('/').to_owned(),
         token: config.token.clone(),
     };
@@ -97,7 +99,9 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         }
         // One id per logical request, reused while it is retried, so a lost answer does not
         // lease twice.
-        let rid = request_id.get_or_insert_with(|| hex::encode(rand::rng().random::<[u8; 12]>())).clone();
+        let rid = request_id
+            .get_or_insert_with(|| hex::encode(rand::rng().random::<[u8; 12]>()))
+            .clone();
         let body = LeaseRequestBody {
             agent_id: agent_id.clone(),
             agent_name: Some(config.name.clone()),
@@ -108,7 +112,10 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             wait_ms: 20_000,
             ttl_ms: config.lease_ttl.map(|t| t.as_millis() as i64),
         };
-        let lease = client.request(reqwest::Method::POST, "/api/v1/leases").json(&body).send();
+        let lease = client
+            .request(reqwest::Method::POST, "/api/v1/leases")
+            .json(&body)
+            .send();
         let answer = tokio::select! {
             _ = &mut shutdown => break,
             Some(slot) = done_rx.recv() => {
@@ -152,7 +159,13 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             let Some(slot) = free.pop() else { break };
             running += 1;
             let gpu = (!config.gpus.is_empty()).then(|| config.gpus[slot % config.gpus.len()].clone());
-            let task = TrialTask { client: client.clone(), config: config.clone(), lease, gpu, stop: stop_rx.clone() };
+            let task = TrialTask {
+                client: client.clone(),
+                config: config.clone(),
+                lease,
+                gpu,
+                stop: stop_rx.clone(),
+            };
             let done = done_tx.clone();
             tokio::spawn(async move {
                 task.run().await;
@@ -160,7 +173,10 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             });
         }
     }
-    tracing::info!(running, "agent stopping: stopping trials and reporting them preempted");
+    tracing::info!(
+        running,
+        "agent stopping: stopping trials and reporting them preempted"
+    );
     let _ = stop_tx.send(true);
     while running > 0 {
         match tokio::time::timeout(Duration::from_secs(60), done_rx.recv()).await {
@@ -188,23 +204,45 @@ struct TrialTask {
 
 impl TrialTask {
     fn label(&self) -> String {
-        format!("sweep {} trial {}", self.lease.trial.sweep_id, self.lease.trial.number)
+        format!(
+            "sweep {} trial {}",
+            self.lease.trial.sweep_id, self.lease.trial.number
+        )
     }
 
     async fn run(mut self) {
         let label = self.label();
         let outcome = match self.execute().await {
             Ok((ending, stderr_tail)) => match ending {
-                Ending::Exited(status) if status.success() => CompleteRequest { outcome: "succeeded".into(), value: None, reason: None },
+                Ending::Exited(status) if status.success() => CompleteRequest {
+                    outcome: "succeeded".into(),
+                    value: None,
+                    reason: None,
+                },
                 Ending::Exited(status) => CompleteRequest {
                     outcome: "failed".into(),
                     value: None,
-                    reason: Some(format!("{}; last lines of stderr:\n{stderr_tail}", describe(status))),
+                    reason: Some(format!(
+                        "{}; last lines of stderr:\n{stderr_tail}",
+                        describe(status)
+                    )),
                 },
-                Ending::StoppedByServer => CompleteRequest { outcome: "cancelled".into(), value: None, reason: None },
-                Ending::AgentShutdown => CompleteRequest { outcome: "preempted".into(), value: None, reason: None },
+                Ending::StoppedByServer => CompleteRequest {
+                    outcome: "cancelled".into(),
+                    value: None,
+                    reason: None,
+                },
+                Ending::AgentShutdown => CompleteRequest {
+                    outcome: "preempted".into(),
+                    value: None,
+                    reason: None,
+                },
             },
-            Err(e) => CompleteRequest { outcome: "failed".into(), value: None, reason: Some(format!("could not run the trial: {e:#}")) },
+            Err(e) => CompleteRequest {
+                outcome: "failed".into(),
+                value: None,
+                reason: Some(format!("could not run the trial: {e:#}")),
+            },
         };
         tracing::info!(trial = %label, outcome = %outcome.outcome, "trial ended");
         self.report(outcome).await;
@@ -217,12 +255,18 @@ impl TrialTask {
             c.arg("-c").arg(command);
             c
         } else if let Some(nb) = &l.notebook {
-            if let Some(dir) = std::path::Path::new(&nb.output).parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Some(dir) = std::path::Path::new(&nb.output)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
                 std::fs::create_dir_all(dir)?;
             }
             let mut c = tokio::process::Command::new("papermill");
             // Parameters as YAML (JSON is YAML), so their types survive exactly.
-            c.arg(&nb.input).arg(&nb.output).arg("-y").arg(l.trial.params.to_string());
+            c.arg(&nb.input)
+                .arg(&nb.output)
+                .arg("-y")
+                .arg(l.trial.params.to_string());
             c
         } else {
             anyhow::bail!("the lease has neither a command nor a notebook");
@@ -230,7 +274,10 @@ impl TrialTask {
         cmd.env("MLFLOW_TRACKING_URI", &self.client.base)
             .env("MLFLOW_RUN_ID", &l.trial.run_id)
             .env("MLFLOW_EXPERIMENT_ID", &l.trial.experiment_id)
-            .env("SPOTSWEEP_TRIAL_ID", format!("{}-{}", l.trial.sweep_id, l.trial.number))
+            .env(
+                "SPOTSWEEP_TRIAL_ID",
+                format!("{}-{}", l.trial.sweep_id, l.trial.number),
+            )
             .env("SPOTSWEEP_SWEEP_ID", l.trial.sweep_id.to_string())
             .env("SPOTSWEEP_TRIAL_NUMBER", l.trial.number.to_string())
             .env("SPOTSWEEP_ATTEMPT", l.trial.attempts.to_string())
@@ -260,7 +307,8 @@ impl TrialTask {
         let stderr_path = dir.join("stderr.txt");
         self.record_code_version().await;
         let mut cmd = self.command()?;
-        cmd.stdout(std::fs::File::create(&stdout_path)?).stderr(std::fs::File::create(&stderr_path)?);
+        cmd.stdout(std::fs::File::create(&stdout_path)?)
+            .stderr(std::fs::File::create(&stderr_path)?);
         let mut child = cmd.spawn().context("cannot start the trial's command")?;
         let pgid = child.id().map(|id| Pid::from_raw(id as i32));
         let interval = Duration::from_millis(self.lease.heartbeat_interval_ms.max(500) as u64);
@@ -285,7 +333,10 @@ impl TrialTask {
         self.upload(&stderr_path, "logs/stderr.txt").await;
         if let Some(nb) = self.lease.notebook.clone() {
             let out = PathBuf::from(&nb.output);
-            let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "notebook.ipynb".into());
+            let name = out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "notebook.ipynb".into());
             if out.exists() {
                 self.upload(&out, &format!("notebooks/{name}")).await;
             }
@@ -303,8 +354,18 @@ impl TrialTask {
             Some(ttl) => serde_json::json!({ "ttl_ms": ttl.as_millis() as i64 }),
             None => serde_json::json!({}),
         };
-        match self.client.request(reqwest::Method::POST, &path).json(&body).send().await {
-            Ok(r) if r.status().is_success() => r.json::<HeartbeatResponse>().await.ok().map(|h| h.action != "stop"),
+        match self
+            .client
+            .request(reqwest::Method::POST, &path)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => r
+                .json::<HeartbeatResponse>()
+                .await
+                .ok()
+                .map(|h| h.action != "stop"),
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Some(false),
             Ok(r) => {
                 tracing::warn!(status = %r.status(), "heartbeat refused");
@@ -326,12 +387,22 @@ impl TrialTask {
         {
             tags.push(("spotsweep.notebook.sha256", hex::encode(Sha256::digest(&bytes))));
         }
-        let git = |args: &[&str]| std::process::Command::new("git").args(args).stderr(Stdio::null()).output();
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .args(args)
+                .stderr(Stdio::null())
+                .output()
+        };
         if let Ok(out) = git(&["rev-parse", "HEAD"])
             && out.status.success()
         {
-            tags.push(("mlflow.source.git.commit", String::from_utf8_lossy(&out.stdout).trim().to_owned()));
-            let dirty = git(&["status", "--porcelain"]).map(|o| !o.stdout.is_empty()).unwrap_or(false);
+            tags.push((
+                "mlflow.source.git.commit",
+                String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            ));
+            let dirty = git(&["status", "--porcelain"])
+                .map(|o| !o.stdout.is_empty())
+                .unwrap_or(false);
             tags.push(("spotsweep.git.dirty", dirty.to_string()));
         }
         if tags.is_empty() {
@@ -341,19 +412,34 @@ impl TrialTask {
             "run_id": self.lease.trial.run_id,
             "tags": tags.iter().map(|(k, v)| serde_json::json!({"key": k, "value": v})).collect::<Vec<_>>(),
         });
-        let _ = self.client.request(reqwest::Method::POST, "/api/2.0/mlflow/runs/log-batch").json(&body).send().await;
+        let _ = self
+            .client
+            .request(reqwest::Method::POST, "/api/2.0/mlflow/runs/log-batch")
+            .json(&body)
+            .send()
+            .await;
     }
 
     /// Uploads a file as a run artifact through the daemon's proxy (best effort).
     async fn upload(&self, file: &std::path::Path, artifact_path: &str) {
-        let Some(root) = self.lease.artifact_uri.strip_prefix("mlflow-artifacts:") else { return };
-        let Ok(bytes) = tokio::fs::read(file).await else { return };
+        let Some(root) = self.lease.artifact_uri.strip_prefix("mlflow-artifacts:") else {
+            return;
+        };
+        let Ok(bytes) = tokio::fs::read(file).await else {
+            return;
+        };
         let encoded: Vec<String> = format!("{}/{artifact_path}", root.trim_start_matches('/'))
             .split('/')
             .map(|s| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string())
             .collect();
         let path = format!("/api/2.0/mlflow-artifacts/artifacts/{}", encoded.join("/"));
-        if let Err(e) = self.client.request(reqwest::Method::PUT, &path).body(bytes).send().await {
+        if let Err(e) = self
+            .client
+            .request(reqwest::Method::PUT, &path)
+            .body(bytes)
+            .send()
+            .await
+        {
             tracing::warn!(error = %e, artifact = artifact_path, "artifact upload failed");
         }
     }
@@ -363,9 +449,18 @@ impl TrialTask {
     async fn report(&self, outcome: CompleteRequest) {
         let path = format!("/api/v1/leases/{}/complete", self.lease.lease_id);
         for attempt in 0u32.. {
-            match self.client.request(reqwest::Method::POST, &path).json(&outcome).send().await {
+            match self
+                .client
+                .request(reqwest::Method::POST, &path)
+                .json(&outcome)
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => return,
-                Ok(r) if r.status().is_client_error() && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                Ok(r)
+                    if r.status().is_client_error()
+                        && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
+                {
                     let text = r.text().await.unwrap_or_default();
                     tracing::warn!(answer = %text, "the daemon refused the trial's result");
                     return;

@@ -28,13 +28,21 @@ impl Daemon {
                     )
                 })?,
         };
-        let token = token.or_else(|| std::fs::read_to_string(data_dir.join("admin.token")).ok().map(|t| t.trim().to_owned()));
+        let token = token.or_else(|| {
+            std::fs::read_to_string(data_dir.join("admin.token"))
+                .ok()
+                .map(|t| t.trim().to_owned())
+        });
         Ok(Self::new(url, token))
     }
 
     /// A daemon at `url`.
     pub fn new(url: String, token: Option<String>) -> Self {
-        Self { http: reqwest::Client::new(), url: url.trim_end_matches('/').to_owned(), token }
+        Self {
+            http: reqwest::Client::new(),
+            url: url.trim_end_matches('/').to_owned(),
+            token,
+        }
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -60,22 +68,43 @@ impl Daemon {
 
     /// Submits a spec (JSON value).
     pub async fn submit(&self, spec: &serde_json::Value) -> anyhow::Result<SweepBody> {
-        Self::parse(self.request(reqwest::Method::POST, "/api/v1/sweeps").json(spec).send().await?).await
+        Self::parse(
+            self.request(reqwest::Method::POST, "/api/v1/sweeps")
+                .json(spec)
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// One sweep.
     pub async fn sweep(&self, id: i64) -> anyhow::Result<SweepBody> {
-        Self::parse(self.request(reqwest::Method::GET, &format!("/api/v1/sweeps/{id}")).send().await?).await
+        Self::parse(
+            self.request(reqwest::Method::GET, &format!("/api/v1/sweeps/{id}"))
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// Every sweep.
     pub async fn sweeps(&self) -> anyhow::Result<SweepList> {
-        Self::parse(self.request(reqwest::Method::GET, "/api/v1/sweeps").send().await?).await
+        Self::parse(
+            self.request(reqwest::Method::GET, "/api/v1/sweeps")
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// A sweep's trials.
     pub async fn trials(&self, id: i64) -> anyhow::Result<TrialList> {
-        Self::parse(self.request(reqwest::Method::GET, &format!("/api/v1/sweeps/{id}/trials")).send().await?).await
+        Self::parse(
+            self.request(reqwest::Method::GET, &format!("/api/v1/sweeps/{id}/trials"))
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// Whether `/health` answers.
@@ -87,7 +116,7 @@ impl Daemon {
 /// Reads a spec file: YAML or JSON (JSON is YAML).
 pub fn read_spec(path: &Path) -> anyhow::Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let value: serde_json::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not valid YAML or JSON", path.display()))?;
+    let value: serde_json::Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not valid YAML or JSON", path.display()))?;
     Ok(value)
 }

@@ -16,7 +16,11 @@ use spotsweep_api::SweepBody;
 use spotsweep_server::{Config, LogFormat, Overrides};
 
 #[derive(Parser)]
-#[command(name = "spotsweep", version, about = "Hyperparameter sweeps on spot GPUs, with an MLflow-compatible tracking server")]
+#[command(
+    name = "spotsweep",
+    version,
+    about = "Hyperparameter sweeps on spot GPUs, with an MLflow-compatible tracking server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -170,7 +174,10 @@ fn init_logging(format: LogFormat, default_filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     // Colour only for a person at a terminal, never in files or pipes.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -205,15 +212,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let config = Config::load(args.config.as_deref(), overrides)?;
     init_logging(config.log_format, "info");
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     spotsweep_server::run(config, listener, shutdown_signal()).await
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     init_logging(LogFormat::Text, "info");
     let name = args.name.unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "agent".into())
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "agent".into())
     });
     let config = spotsweep_agent::AgentConfig {
         server: args.server,
@@ -230,10 +240,17 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 fn print_sweeps(sweeps: &[SweepBody]) {
-    println!("{:>4}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}  {:<14} {:>9}", "ID", "NAME", "STATE", "DONE", "RUNNING", "FAILED", "TOTAL", "BEST", "ELAPSED");
+    println!(
+        "{:>4}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}  {:<14} {:>9}",
+        "ID", "NAME", "STATE", "DONE", "RUNNING", "FAILED", "TOTAL", "BEST", "ELAPSED"
+    );
     for s in sweeps {
         let done = s.counts.completed + s.counts.pruned;
-        let best = s.best.as_ref().map(|b| format!("{:.6} (#{})", b.value, b.number)).unwrap_or_else(|| "-".into());
+        let best = s
+            .best
+            .as_ref()
+            .map(|b| format!("{:.6} (#{})", b.value, b.number))
+            .unwrap_or_else(|| "-".into());
         println!(
             "{:>4}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}  {:<14} {:>8.1}s",
             s.id,
@@ -250,7 +267,11 @@ fn print_sweeps(sweeps: &[SweepBody]) {
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_owned() } else { s.chars().take(n - 1).chain(['…']).collect() }
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        s.chars().take(n - 1).chain(['…']).collect()
+    }
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
@@ -267,14 +288,25 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
             let sweep = daemon.sweep(id).await?;
             let trials = daemon.trials(id).await?;
             match args.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({"sweep": sweep, "trials": trials.trials}))?),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"sweep": sweep, "trials": trials.trials})
+                    )?
+                ),
                 Output::Table => {
                     print_sweeps(std::slice::from_ref(&sweep));
                     println!();
-                    println!("{:>5}  {:<10} {:>14} {:>8}  {:<32}  PARAMS", "TRIAL", "STATE", "VALUE", "ATTEMPTS", "RUN");
+                    println!(
+                        "{:>5}  {:<10} {:>14} {:>8}  {:<32}  PARAMS",
+                        "TRIAL", "STATE", "VALUE", "ATTEMPTS", "RUN"
+                    );
                     for t in &trials.trials {
                         let value = t.value.map(|v| format!("{v:.6}")).unwrap_or_else(|| "-".into());
-                        println!("{:>5}  {:<10} {:>14} {:>8}  {:<32}  {}", t.number, t.state, value, t.attempts, t.run_id, t.params);
+                        println!(
+                            "{:>5}  {:<10} {:>14} {:>8}  {:<32}  {}",
+                            t.number, t.state, value, t.attempts, t.run_id, t.params
+                        );
                     }
                 }
             }
@@ -301,8 +333,15 @@ async fn follow(daemon: &Daemon, id: i64) -> anyhow::Result<SweepBody> {
         let ended = s.counts.completed + s.counts.failed + s.counts.pruned + s.counts.cancelled;
         bar.set_length(s.max_trials as u64);
         bar.set_position(ended as u64);
-        let best = s.best.as_ref().map(|b| format!("best {} = {:.6}", s.objective_metric, b.value)).unwrap_or_default();
-        bar.set_message(format!("{best}  running {}  failed {}", s.counts.running, s.counts.failed));
+        let best = s
+            .best
+            .as_ref()
+            .map(|b| format!("best {} = {:.6}", s.objective_metric, b.value))
+            .unwrap_or_default();
+        bar.set_message(format!(
+            "{best}  running {}  failed {}",
+            s.counts.running, s.counts.failed
+        ));
         if s.state == "completed" || s.state == "cancelled" {
             bar.finish();
             return Ok(s);
@@ -362,7 +401,12 @@ async fn run_all(args: RunArgs) -> anyhow::Result<bool> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    daemon = Daemon::new(url.clone(), std::fs::read_to_string(&token_path).ok().map(|t| t.trim().to_owned()));
+    daemon = Daemon::new(
+        url.clone(),
+        std::fs::read_to_string(&token_path)
+            .ok()
+            .map(|t| t.trim().to_owned()),
+    );
     let result = async {
         let sweep = daemon.submit(&spec).await?;
         eprintln!("sweep {} '{}' submitted: {} trials, {} local agents", sweep.id, sweep.name, sweep.max_trials, parallelism.max(1));

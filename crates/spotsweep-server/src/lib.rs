@@ -136,7 +136,11 @@ pub async fn run(
     // The CLI on this machine finds the daemon here.
     std::fs::write(config.data_dir.join("server.url"), format!("{url}\n"))?;
     let local = if config.local_agents > 0 {
-        let token = if state.auth.enabled { Some(local_agent_token(&state, &token_path).await?) } else { None };
+        let token = if state.auth.enabled {
+            Some(local_agent_token(&state, &token_path).await?)
+        } else {
+            None
+        };
         Some(local::Supervisor::start(local::LocalPool {
             agents: config.local_agents,
             server: url.clone(),
@@ -157,7 +161,10 @@ pub async fn run(
             local.stop().await;
         }
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server error")?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server error")?;
     tracing::info!("shutting down: requests drained, closing the database");
     stop_loops.notify_one();
     let _ = expiry.await;

@@ -106,9 +106,15 @@ fn spawn_agent(pool: &LocalPool, i: u32) -> std::io::Result<Child> {
 
 async fn terminate(child: &mut Child) {
     if let Some(id) = child.id() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(id as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(id as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
-    if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }

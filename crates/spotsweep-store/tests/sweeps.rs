@@ -1,0 +1,227 @@
+//! The durable trial queue on a real SQLite file: leasing, parallelism, max_trials, fairness,
+//! expiry and retries, idempotent requests and completions, objective reading.
+
+use spotsweep_core::sweep::SweepSpec;
+use spotsweep_store::*;
+
+async fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&SqliteOptions::new(dir.path().join("t.db")))
+        .await
+        .unwrap()
+}
+
+fn spec(name: &str, max_trials: u32, parallelism: u32, max_retries: u32) -> SweepSpec {
+    serde_json::from_str(&format!(
+        r#"{{"name": "{name}", "command": "run {{x}}",
+            "parameters": {{"x": {{"type": "float", "low": 0, "high": 1}}}},
+            "objective": {{"metric": "loss"}}, "max_trials": {max_trials},
+            "parallelism": {parallelism}, "max_retries": {max_retries}}}"#
+    ))
+    .unwrap()
+}
+
+fn request(agent: &str, slots: u32) -> LeaseRequest {
+    LeaseRequest {
+        agent_id: agent.into(),
+        request_id: None,
+        slots,
+        pool: Some("local".into()),
+        sweep_id: None,
+        ttl_ms: 60_000,
+    }
+}
+
+#[tokio::test]
+async fn leases_respect_parallelism_max_trials_and_share_fairly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let a = store.create_sweep(spec("a", 3, 2, 0), 1).await.unwrap();
+    let b = store.create_sweep(spec("b", 3, 2, 0), 2).await.unwrap();
+    let leased = store.lease_trials(&request("agent", 8)).await.unwrap();
+    // Two per sweep (parallelism), interleaved fairly.
+    assert_eq!(leased.len(), 4);
+    let per = |id| leased.iter().filter(|l| l.trial.sweep_id == id).count();
+    assert_eq!((per(a.id), per(b.id)), (2, 2));
+    assert!(store.lease_trials(&request("agent", 8)).await.unwrap().is_empty());
+    // Finishing frees a slot; max_trials = 3 is never overshot.
+    for l in &leased {
+        store
+            .complete_trial(&l.lease_id, Outcome::Succeeded(Some(1.0)))
+            .await
+            .unwrap();
+    }
+    let more = store.lease_trials(&request("agent", 8)).await.unwrap();
+    assert_eq!(more.len(), 2);
+    for l in &more {
+        store
+            .complete_trial(&l.lease_id, Outcome::Succeeded(Some(0.5)))
+            .await
+            .unwrap();
+    }
+    assert!(store.lease_trials(&request("agent", 8)).await.unwrap().is_empty());
+    let a = store.get_sweep(a.id).await.unwrap();
+    assert_eq!(a.state, SweepState::Completed);
+    assert_eq!(a.counts.get(TrialState::Completed), 3);
+    assert_eq!(a.best.as_ref().map(|b| b.1), Some(0.5));
+    assert_eq!(store.list_trials(a.id).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn expired_leases_requeue_the_same_trial_until_retries_run_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let s = store.create_sweep(spec("e", 1, 1, 1), 3).await.unwrap();
+    let first = store.lease_trials(&request("a1", 1)).await.unwrap().remove(0);
+    assert_eq!(store.expire_leases(now_ms() + 120_000).await.unwrap(), 1);
+    let second = store.lease_trials(&request("a2", 1)).await.unwrap().remove(0);
+    assert_eq!(second.trial.number, first.trial.number);
+    assert_eq!(second.trial.run_id, first.trial.run_id);
+    assert_eq!(second.trial.params, first.trial.params);
+    assert_eq!(second.trial.attempt, 2);
+    // The first agent comes back late: its lease is gone, and the trial is someone else's.
+    assert_eq!(
+        store.heartbeat(&first.lease_id, 60_000).await.unwrap(),
+        HeartbeatAction::Stop
+    );
+    assert!(matches!(
+        store
+            .complete_trial(&first.lease_id, Outcome::Succeeded(Some(1.0)))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    // A second expiry exceeds max_retries = 1: failed for good.
+    store.expire_leases(now_ms() + 120_000).await.unwrap();
+    let t = store.list_trials(s.id).await.unwrap().remove(0);
+    assert_eq!(t.state, TrialState::Failed);
+    assert!(t.reason.unwrap().contains("expired"));
+    assert_eq!(store.get_sweep(s.id).await.unwrap().state, SweepState::Completed);
+}
+
+#[tokio::test]
+async fn late_results_of_untouched_trials_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store.create_sweep(spec("late", 1, 1, 3), 4).await.unwrap();
+    let lease = store.lease_trials(&request("a1", 1)).await.unwrap().remove(0);
+    store.expire_leases(now_ms() + 120_000).await.unwrap();
+    let t = store
+        .complete_trial(&lease.lease_id, Outcome::Succeeded(Some(2.0)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (t.state, t.value, t.failures),
+        (TrialState::Completed, Some(2.0), 0)
+    );
+    // Completions are idempotent.
+    let again = store
+        .complete_trial(&lease.lease_id, Outcome::Succeeded(Some(2.0)))
+        .await
+        .unwrap();
+    assert_eq!(again.state, TrialState::Completed);
+}
+
+#[tokio::test]
+async fn retried_lease_requests_get_the_same_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store.create_sweep(spec("r", 10, 10, 0), 5).await.unwrap();
+    let mut req = request("a", 3);
+    req.request_id = Some("req-1".into());
+    let first: Vec<String> = store
+        .lease_trials(&req)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.lease_id)
+        .collect();
+    let again: Vec<String> = store
+        .lease_trials(&req)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.lease_id)
+        .collect();
+    assert_eq!(first.len(), 3);
+    assert_eq!(first, again);
+}
+
+#[tokio::test]
+async fn objective_comes_from_the_run_and_preemption_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let s = store.create_sweep(spec("o", 2, 2, 0), 6).await.unwrap();
+    let leases = store.lease_trials(&request("a", 2)).await.unwrap();
+    let (l0, l1) = (&leases[0], &leases[1]);
+    let point = |value, step| Metric {
+        key: "loss".into(),
+        value,
+        timestamp: 1,
+        step,
+    };
+    store
+        .log_batch(
+            &l0.trial.run_id,
+            Batch {
+                metrics: vec![point(3.0, 0), point(1.5, 1)],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let t0 = store
+        .complete_trial(&l0.lease_id, Outcome::Succeeded(None))
+        .await
+        .unwrap();
+    assert_eq!(t0.value, Some(1.5));
+    assert_eq!(
+        store.get_run(&t0.run_id).await.unwrap().info.status,
+        RunStatus::Finished
+    );
+    // Preempted: back in line without a failure (max_retries = 0 would otherwise fail it).
+    let t1 = store
+        .complete_trial(&l1.lease_id, Outcome::Preempted)
+        .await
+        .unwrap();
+    assert_eq!((t1.state, t1.failures), (TrialState::Preempted, 0));
+    let l1b = store.lease_trials(&request("b", 1)).await.unwrap().remove(0);
+    assert_eq!(l1b.trial.number, l1.trial.number);
+    // Exit 0 without the metric: failed, saying so.
+    let t1 = store
+        .complete_trial(&l1b.lease_id, Outcome::Succeeded(None))
+        .await
+        .unwrap();
+    assert_eq!(t1.state, TrialState::Failed);
+    assert!(
+        t1.reason
+            .unwrap()
+            .contains("without logging the objective metric 'loss'")
+    );
+    assert_eq!(store.get_sweep(s.id).await.unwrap().state, SweepState::Completed);
+}
+
+#[tokio::test]
+async fn cancel_stops_everything_and_is_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let s = store.create_sweep(spec("c", 5, 1, 0), 7).await.unwrap();
+    let lease = store.lease_trials(&request("a", 1)).await.unwrap().remove(0);
+    store
+        .enqueue_trial(s.id, lease.trial.params.clone())
+        .await
+        .unwrap();
+    let s = store.set_sweep_state(s.id, SweepState::Cancelled).await.unwrap();
+    assert_eq!(s.counts.get(TrialState::Cancelled), 1);
+    assert_eq!(
+        store.heartbeat(&lease.lease_id, 60_000).await.unwrap(),
+        HeartbeatAction::Stop
+    );
+    store
+        .complete_trial(&lease.lease_id, Outcome::Cancelled)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.set_sweep_state(s.id, SweepState::Running).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(store.lease_trials(&request("a", 1)).await.unwrap().is_empty());
+}
