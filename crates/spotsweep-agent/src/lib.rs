@@ -138,6 +138,16 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
                 anyhow::bail!("the daemon refused the token (401): check --token / SPOTSWEEP_TOKEN");
             }
+            // A refusal of the request itself (a bad option) will not get better by retrying.
+            Ok(r)
+                if r.status().is_client_error()
+                    && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS
+                    && r.status() != reqwest::StatusCode::REQUEST_TIMEOUT =>
+            {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                anyhow::bail!("the daemon refused the lease request ({status}): {text}");
+            }
             other => {
                 let what = match other {
                     Ok(r) => format!("HTTP {}", r.status()),

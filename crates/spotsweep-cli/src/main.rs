@@ -97,7 +97,7 @@ struct AgentArgs {
     grace_seconds: u64,
     /// Lease time to live in ms: how soon a trial of a vanished agent is requeued [default: the
     /// daemon's, 60000].
-    #[arg(long, env = "SPOTSWEEP_LEASE_TTL_MS")]
+    #[arg(long, env = "SPOTSWEEP_LEASE_TTL_MS", value_parser = clap::value_parser!(u64).range(5_000..=3_600_000))]
     lease_ttl_ms: Option<u64>,
 }
 

@@ -39,6 +39,38 @@ fn empty() -> JsonResult {
     Ok(Json(json!({})))
 }
 
+/// One page of results, serialised straight from the wire structs: `{"<field>": [...],
+/// "next_page_token": "..."}`, each key omitted when empty, as the reference does.
+pub struct Paged<T> {
+    field: &'static str,
+    items: Vec<T>,
+    next_page_token: Option<String>,
+}
+
+impl<T> Paged<T> {
+    fn new(field: &'static str, items: Vec<T>, next_offset: Option<u64>) -> Self {
+        Self {
+            field,
+            items,
+            next_page_token: next_offset.map(encode_page_token),
+        }
+    }
+}
+
+impl<T: serde::Serialize> serde::Serialize for Paged<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        if !self.items.is_empty() {
+            map.serialize_entry(self.field, &self.items)?;
+        }
+        if let Some(token) = &self.next_page_token {
+            map.serialize_entry("next_page_token", token)?;
+        }
+        map.end()
+    }
+}
+
 /// Page tokens are opaque to clients: base64 of `{"offset": N}`, like the reference's.
 fn encode_page_token(offset: u64) -> String {
     base64::engine::general_purpose::STANDARD.encode(json!({ "offset": offset }).to_string())
@@ -194,7 +226,7 @@ pub struct SearchExperiments {
 pub async fn search_experiments(
     State(s): State<MlflowState>,
     Mlflow(req): Mlflow<SearchExperiments>,
-) -> JsonResult {
+) -> MlflowResult<Json<Paged<ExperimentJson>>> {
     let limit = max_results(req.max_results, None)?;
     let filter = parse_experiment_filter(req.filter.as_deref().unwrap_or(""))
         .map_err(|e| MlflowError::invalid(e.0))?;
@@ -221,15 +253,8 @@ pub async fn search_experiments(
             offset: decode_page_token(req.page_token.as_deref())?,
         })
         .await?;
-    let mut out = serde_json::Map::new();
-    if !page.items.is_empty() {
-        let items: Vec<ExperimentJson> = page.items.iter().map(Into::into).collect();
-        out.insert("experiments".into(), json!(items));
-    }
-    if let Some(next) = page.next_offset {
-        out.insert("next_page_token".into(), json!(encode_page_token(next)));
-    }
-    Ok(Json(Value::Object(out)))
+    let items: Vec<ExperimentJson> = page.items.iter().map(Into::into).collect();
+    Ok(Json(Paged::new("experiments", items, page.next_offset)))
 }
 
 /// `experiments/update`
@@ -685,7 +710,10 @@ pub struct SearchRuns {
 }
 
 /// Searches runs.
-pub async fn search_runs(State(s): State<MlflowState>, Mlflow(req): Mlflow<SearchRuns>) -> JsonResult {
+pub async fn search_runs(
+    State(s): State<MlflowState>,
+    Mlflow(req): Mlflow<SearchRuns>,
+) -> MlflowResult<Json<Paged<RunJson>>> {
     let limit = max_results(req.max_results, Some(1000))?;
     let filter =
         parse_run_filter(req.filter.as_deref().unwrap_or("")).map_err(|e| MlflowError::invalid(e.0))?;
@@ -718,15 +746,8 @@ pub async fn search_runs(State(s): State<MlflowState>, Mlflow(req): Mlflow<Searc
             offset: decode_page_token(req.page_token.as_deref())?,
         })
         .await?;
-    let mut out = serde_json::Map::new();
-    if !page.items.is_empty() {
-        let runs: Vec<RunJson> = page.items.iter().map(Into::into).collect();
-        out.insert("runs".into(), json!(runs));
-    }
-    if let Some(next) = page.next_offset {
-        out.insert("next_page_token".into(), json!(encode_page_token(next)));
-    }
-    Ok(Json(Value::Object(out)))
+    let items: Vec<RunJson> = page.items.iter().map(Into::into).collect();
+    Ok(Json(Paged::new("runs", items, page.next_offset)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -744,7 +765,10 @@ pub struct GetHistory {
 }
 
 /// A metric's full history, paged when `max_results` is given. Unknown runs answer `{}`.
-pub async fn get_metric_history(State(s): State<MlflowState>, Mlflow(req): Mlflow<GetHistory>) -> JsonResult {
+pub async fn get_metric_history(
+    State(s): State<MlflowState>,
+    Mlflow(req): Mlflow<GetHistory>,
+) -> MlflowResult<Json<Paged<MetricJson>>> {
     let run_id = req.run.id()?;
     let key = required(&req.metric_key, "metric_key")?;
     let limit = match req.max_results {
@@ -760,15 +784,8 @@ pub async fn get_metric_history(State(s): State<MlflowState>, Mlflow(req): Mlflo
         .store
         .metric_history(run_id, key, decode_page_token(req.page_token.as_deref())?, limit)
         .await?;
-    let mut out = serde_json::Map::new();
-    if !page.items.is_empty() {
-        let metrics: Vec<MetricJson> = page.items.iter().map(Into::into).collect();
-        out.insert("metrics".into(), json!(metrics));
-    }
-    if let Some(next) = page.next_offset {
-        out.insert("next_page_token".into(), json!(encode_page_token(next)));
-    }
-    Ok(Json(Value::Object(out)))
+    let items: Vec<MetricJson> = page.items.iter().map(Into::into).collect();
+    Ok(Json(Paged::new("metrics", items, page.next_offset)))
 }
 
 /// `metrics/get-history-bulk-interval`

@@ -78,6 +78,22 @@ pub fn router(state: AppState, mlflow: MlflowState) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
+/// Checkpoints the WAL once a second, so that writes never pay for it.
+async fn checkpoint_loop(store: Arc<SqliteStore>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = store.checkpoint().await {
+                    tracing::debug!(error = %e, "background checkpoint failed; will retry");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// The token local agents use: the admin token when its file is still there, else a new one.
 async fn local_agent_token(state: &AppState, admin_token_path: &std::path::Path) -> anyhow::Result<String> {
     if let Ok(text) = std::fs::read_to_string(admin_token_path) {
@@ -129,8 +145,9 @@ pub async fn run(
     let mlflow = MlflowState::new(store.clone(), artifacts);
     let app = router(state.clone(), mlflow);
     // Background loops stop when this is notified, after the server has drained.
-    let stop_loops = Arc::new(tokio::sync::Notify::new());
-    let expiry = tokio::spawn(sweeps::expire_leases_loop(state.clone(), stop_loops.clone()));
+    let (stop_loops, loops_stopped) = tokio::sync::watch::channel(false);
+    let expiry = tokio::spawn(sweeps::expire_leases_loop(state.clone(), loops_stopped.clone()));
+    let checkpoints = tokio::spawn(checkpoint_loop(store.clone(), loops_stopped));
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     // The CLI on this machine finds the daemon here.
@@ -161,13 +178,19 @@ pub async fn run(
             local.stop().await;
         }
     };
+    // No Nagle: a response written in two segments would otherwise wait for the client's
+    // delayed ACK (40 ms on Linux), which is most of a small request's tail latency.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .context("server error")?;
     tracing::info!("shutting down: requests drained, closing the database");
-    stop_loops.notify_one();
+    let _ = stop_loops.send(true);
     let _ = expiry.await;
+    let _ = checkpoints.await;
     store.close().await;
     Ok(())
 }

@@ -2,7 +2,6 @@
 //! cancel), the agents' side (lease with long polling, heartbeat, complete), and ask-and-tell
 //! for any other worker (a lease on a named sweep, completed with a value).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -119,6 +118,21 @@ fn lease_body(l: &LeasedTrial, ttl_ms: i64) -> LeaseBody {
     }
 }
 
+/// Parses a spec, naming the field of a type or shape error (`objective.goal: unknown variant
+/// `up`, expected `minimize` or `maximize``).
+fn parse_spec(body: &[u8]) -> Result<SweepSpec, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            ApiError::invalid(format!("invalid sweep spec: {inner}"))
+        } else {
+            ApiError::invalid(format!("{path}: {inner}"))
+        }
+    })
+}
+
 /// Submits a sweep. The spec is validated; the seed is drawn when absent and recorded.
 #[utoipa::path(
     post,
@@ -135,8 +149,7 @@ pub async fn create_sweep(
     State(s): State<AppState>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<SweepBody>), ApiError> {
-    let mut spec: SweepSpec =
-        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid sweep spec: {e}")))?;
+    let mut spec: SweepSpec = parse_spec(&body)?;
     spec.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
     let seed = spec.sampler.seed.unwrap_or_else(rand::random);
     spec.sampler.seed = Some(seed);
@@ -418,7 +431,7 @@ pub async fn complete_trial(
 
 /// The lease expiry loop: sleeps until the next lease's deadline (or until a new lease may have
 /// an earlier one), requeues what expired, and wakes long-polling agents when it did.
-pub async fn expire_leases_loop(s: AppState, shutdown: Arc<Notify>) {
+pub async fn expire_leases_loop(s: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
         let next = match s.sweeps.next_lease_expiry().await {
             Ok(next) => next,
@@ -435,7 +448,7 @@ pub async fn expire_leases_loop(s: AppState, shutdown: Arc<Notify>) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = s.signals.leases.notified() => continue,
-            _ = shutdown.notified() => return,
+            _ = shutdown.changed() => return,
         }
         match s.sweeps.expire_leases(spotsweep_store::now_ms()).await {
             Ok(0) => {}

@@ -7,6 +7,7 @@
 //! the process (`kill -9`): the WAL frame is in the OS page cache before `COMMIT` returns. Only a
 //! power loss can lose the last transactions, which is the trade every WAL database makes.
 
+mod metrics_writer;
 mod search;
 mod sweeps;
 mod tokens;
@@ -54,10 +55,15 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Read-only connections for queries.
     reader: SqlitePool,
+    /// One read-write connection for checkpoints, so that copying the WAL into the database
+    /// (and its fsync) never runs inside a request's write.
+    maintenance: SqlitePool,
     /// Internal keys of runs known to be active, so that a metric write skips the lookup. Read
     /// and changed only inside write transactions, which the single writer serialises; any
     /// lifecycle change empties it.
-    run_keys: Arc<Mutex<HashMap<String, i64>>>,
+    run_keys: RunKeys,
+    /// Metric-only writes go to the group-commit task (see `metrics_writer`).
+    metric_jobs: tokio::sync::mpsc::Sender<metrics_writer::MetricJob>,
     /// Parsed sweep specs by sweep id (a spec never changes once stored).
     sweep_specs: Arc<Mutex<HashMap<i64, Arc<spotsweep_core::sweep::SweepSpec>>>>,
     /// Enumerated grid points by sweep id, for grid sweeps.
@@ -67,14 +73,42 @@ pub struct SqliteStore {
 /// Entries kept in the run-key cache before it starts over.
 const RUN_KEY_CACHE_LIMIT: usize = 100_000;
 
+/// Internal keys of runs known to be active, shared by the store and the metric writer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RunKeys(Arc<Mutex<HashMap<String, i64>>>);
+
+impl RunKeys {
+    pub(crate) fn get(&self, run_id: &str) -> Option<i64> {
+        self.0.lock().ok()?.get(run_id).copied()
+    }
+
+    pub(crate) fn insert(&self, run_id: &str, key: i64) {
+        if let Ok(mut keys) = self.0.lock() {
+            if keys.len() >= RUN_KEY_CACHE_LIMIT {
+                keys.clear();
+            }
+            keys.insert(run_id.to_owned(), key);
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        if let Ok(mut keys) = self.0.lock() {
+            keys.clear();
+        }
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database. Refuses a database whose schema is
     /// newer than this binary knows, rather than guessing at it.
     pub async fn open(options: &SqliteOptions) -> Result<Self> {
         let connect = connect_options(&options.path)?;
+        // No liveness ping before each use: these are in-process SQLite connections, and the
+        // ping would double the round trips of a one-statement write.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             // Writes queue here for a while under load; past this the request answers 503.
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(connect.clone())
@@ -87,41 +121,45 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
             .min_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(connect.read_only(true))
+            .connect_with(connect.clone().read_only(true))
             .await?;
+        let maintenance = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect)
+            .await?;
+        let run_keys = RunKeys::default();
         Ok(Self {
-            writer,
+            writer: writer.clone(),
             reader,
-            run_keys: Arc::default(),
+            maintenance,
+            run_keys: run_keys.clone(),
+            metric_jobs: metrics_writer::start(writer.clone(), run_keys),
             sweep_specs: Arc::default(),
             grids: Arc::default(),
         })
     }
 
+    /// Copies what it can of the WAL into the database without blocking readers or the writer
+    /// (`PRAGMA wal_checkpoint(PASSIVE)`). The daemon calls it every second.
+    pub async fn checkpoint(&self) -> Result<()> {
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.maintenance)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
     /// Closes every connection, checkpointing the WAL. Waits for in-flight queries.
     pub async fn close(&self) {
+        self.maintenance.close().await;
         self.reader.close().await;
         self.writer.close().await;
     }
 
-    pub(crate) fn cached_run_key(&self, run_id: &str) -> Option<i64> {
-        self.run_keys.lock().ok()?.get(run_id).copied()
-    }
-
-    pub(crate) fn cache_run_key(&self, run_id: &str, key: i64) {
-        if let Ok(mut keys) = self.run_keys.lock() {
-            if keys.len() >= RUN_KEY_CACHE_LIMIT {
-                keys.clear();
-            }
-            keys.insert(run_id.to_owned(), key);
-        }
-    }
-
     pub(crate) fn forget_run_keys(&self) {
-        if let Ok(mut keys) = self.run_keys.lock() {
-            keys.clear();
-        }
+        self.run_keys.clear();
     }
 
     /// Starts a write transaction on the writer connection. `BEGIN IMMEDIATE` takes the write
@@ -142,7 +180,10 @@ fn connect_options(path: &Path) -> Result<SqliteConnectOptions> {
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true)
         // MLflow's LIKE is case-sensitive; ILIKE is spelled LOWER(x) LIKE LOWER(y).
-        .pragma("case_sensitive_like", "ON");
+        .pragma("case_sensitive_like", "ON")
+        // Checkpoints run in the background (`SqliteStore::checkpoint`), off the request path;
+        // this only bounds the WAL if they fall behind.
+        .pragma("wal_autocheckpoint", "16384");
     Ok(options)
 }
 

@@ -83,23 +83,23 @@ const EXPERIMENT_TAG_ROWS: &str = "experiment_tags x WHERE x.experiment_id = e.e
 
 fn push_run_predicate(qb: &mut QueryBuilder<Sqlite>, predicate: &RunPredicate) {
     match predicate {
-        RunPredicate::Metric { key, op, value } => {
-            // Only the latest value is compared.
-            // IEEE rules for NaN, as the reference: it is `!=` to everything and compares
-            // false otherwise.
-            qb.push("EXISTS (SELECT 1 FROM latest_metrics x WHERE x.run_id = r.id AND x.key = ")
-                .push_bind(key.clone())
-                .push(if *op == NumOp::Ne {
-                    " AND (x.is_nan = 1 OR x.value"
-                } else {
-                    " AND (x.is_nan = 0 AND x.value"
-                })
-                .push(num_op(*op))
-                .push_bind(*value)
-                .push("))");
+        RunPredicate::Param {
+            key,
+            cond: StringCondition::IsNull,
+        } => push_kv_condition(qb, PARAM_ROWS, key, &StringCondition::IsNull),
+        RunPredicate::Tag {
+            key,
+            cond: StringCondition::IsNull,
+        } => push_kv_condition(qb, TAG_ROWS, key, &StringCondition::IsNull),
+        RunPredicate::Metric { .. } | RunPredicate::Param { .. } | RunPredicate::Tag { .. } => {
+            // Normally joined (see `joinable`); as a subquery it means the same.
+            let table = joinable(predicate).unwrap_or("params");
+            qb.push(format!(
+                "EXISTS (SELECT 1 FROM {table} x WHERE x.run_id = r.id AND "
+            ));
+            push_join_condition(qb, "x", predicate);
+            qb.push(")");
         }
-        RunPredicate::Param { key, cond } => push_kv_condition(qb, PARAM_ROWS, key, cond),
-        RunPredicate::Tag { key, cond } => push_kv_condition(qb, TAG_ROWS, key, cond),
         RunPredicate::AttributeString { attr, op, value } => {
             push_str_cmp(qb, run_attr_column(*attr), *op, value)
         }
@@ -146,6 +146,47 @@ fn push_run_predicate(qb: &mut QueryBuilder<Sqlite>, predicate: &RunPredicate) {
     }
 }
 
+/// The table a predicate can be joined with, when it requires its key to exist.
+fn joinable(predicate: &RunPredicate) -> Option<&'static str> {
+    match predicate {
+        RunPredicate::Metric { .. } => Some("latest_metrics"),
+        RunPredicate::Param {
+            cond: StringCondition::Compare(..) | StringCondition::IsNotNull,
+            ..
+        } => Some("params"),
+        RunPredicate::Tag {
+            cond: StringCondition::Compare(..) | StringCondition::IsNotNull,
+            ..
+        } => Some("tags"),
+        _ => None,
+    }
+}
+
+/// The `ON` condition (after the run match) of a [`joinable`] predicate on alias `a`.
+fn push_join_condition(qb: &mut QueryBuilder<Sqlite>, a: &str, predicate: &RunPredicate) {
+    match predicate {
+        RunPredicate::Metric { key, op, value } => {
+            qb.push(format!("{a}.key = ")).push_bind(key.clone());
+            // IEEE rules for NaN, as the reference: it is `!=` to everything and compares
+            // false otherwise.
+            if *op == NumOp::Ne {
+                qb.push(format!(" AND ({a}.is_nan = 1 OR {a}.value"));
+            } else {
+                qb.push(format!(" AND ({a}.is_nan = 0 AND {a}.value"));
+            }
+            qb.push(num_op(*op)).push_bind(*value).push(")");
+        }
+        RunPredicate::Param { key, cond } | RunPredicate::Tag { key, cond } => {
+            qb.push(format!("{a}.key = ")).push_bind(key.clone());
+            if let StringCondition::Compare(op, value) = cond {
+                qb.push(" AND ");
+                push_str_cmp(qb, &format!("{a}.value"), *op, value);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The whole runs search: filter, order (missing keys last in both directions, NaN after
 /// numbers), the implicit `start_time DESC, run_uuid ASC` tie-breakers, and `limit + 1` rows.
 pub(super) fn run_search_sql(query: &RunQuery, columns: &str) -> QueryBuilder<Sqlite> {
@@ -165,6 +206,16 @@ pub(super) fn run_search_sql(query: &RunQuery, columns: &str) -> QueryBuilder<Sq
         ))
         .push_bind(key.clone());
     }
+    // Conditions that need a key to exist become inner joins (each key is unique per run, so a
+    // join never duplicates a run). Unlike a correlated EXISTS, a join lets SQLite start from
+    // the most selective index, e.g. params_by_key for `params.opt = 'adam'`, instead of
+    // probing every run of the experiment.
+    for (i, predicate) in query.filter.iter().enumerate() {
+        if let Some(table) = joinable(predicate) {
+            qb.push(format!(" JOIN {table} f{i} ON f{i}.run_id = r.id AND "));
+            push_join_condition(&mut qb, &format!("f{i}"), predicate);
+        }
+    }
     qb.push(" WHERE r.experiment_id IN (SELECT value FROM json_each(")
         .push_bind(json_ids(&query.experiment_ids))
         .push("))");
@@ -177,7 +228,7 @@ pub(super) fn run_search_sql(query: &RunQuery, columns: &str) -> QueryBuilder<Sq
         }
         ViewType::All => {}
     }
-    for predicate in &query.filter {
+    for predicate in query.filter.iter().filter(|p| joinable(p).is_none()) {
         qb.push(" AND ");
         push_run_predicate(&mut qb, predicate);
     }

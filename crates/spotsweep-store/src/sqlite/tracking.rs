@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::search::{experiment_search_sql, run_search_sql};
-use super::{SqliteStore, map_err, now_ms};
+use super::{RunKeys, SqliteStore, map_err, now_ms};
 use crate::{
     Batch, DatasetInput, DatasetSummary, Experiment, ExperimentQuery, KeyValue, LifecycleStage, Metric,
     NewExperiment, NewRun, Page, Result, Run, RunInfo, RunQuery, RunStatus, RunUpdate, StoreError,
@@ -94,9 +94,9 @@ fn loaded_value(value: f64, is_nan: bool) -> f64 {
 /// Row counts for multi-row INSERT statements. A batch is split greedily into chunks of these
 /// sizes, so at most a handful of distinct statements exist (each prepared once and cached) and
 /// a 1000-point batch takes 4 statements instead of 1000.
-const CHUNKS: [usize; 4] = [250, 50, 10, 1];
+const CHUNKS: [usize; 6] = [250, 50, 10, 5, 2, 1];
 
-fn split_chunks(mut n: usize) -> Vec<usize> {
+pub(super) fn split_chunks(mut n: usize) -> Vec<usize> {
     let mut out = Vec::new();
     for size in CHUNKS {
         while n >= size {
@@ -107,8 +107,12 @@ fn split_chunks(mut n: usize) -> Vec<usize> {
     out
 }
 
-async fn run_key_for_write(store: &SqliteStore, conn: &mut SqliteConnection, run_id: &str) -> Result<i64> {
-    if let Some(key) = store.cached_run_key(run_id) {
+pub(super) async fn run_key_for_write(
+    keys: &RunKeys,
+    conn: &mut SqliteConnection,
+    run_id: &str,
+) -> Result<i64> {
+    if let Some(key) = keys.get(run_id) {
         return Ok(key);
     }
     let row: Option<(i64, String)> =
@@ -123,7 +127,7 @@ async fn run_key_for_write(store: &SqliteStore, conn: &mut SqliteConnection, run
             "The run {run_id} must be in the 'active' state. Current state is {stage}."
         ))),
         Some((id, _)) => {
-            store.cache_run_key(run_id, id);
+            keys.insert(run_id, id);
             Ok(id)
         }
     }
@@ -175,15 +179,22 @@ async fn upsert_tags(conn: &mut SqliteConnection, run_key: i64, tags: &[KeyValue
 }
 
 async fn insert_metrics(conn: &mut SqliteConnection, run_key: i64, metrics: &[Metric]) -> Result<()> {
-    let mut rest = metrics;
-    for size in split_chunks(metrics.len()) {
+    let rows: Vec<(i64, &Metric)> = metrics.iter().map(|m| (run_key, m)).collect();
+    insert_metric_rows(conn, &rows).await
+}
+
+/// Inserts metric points of any runs with multi-row statements; `latest_metrics` follows
+/// through the `metrics_maintain_latest` trigger.
+pub(super) async fn insert_metric_rows(conn: &mut SqliteConnection, rows: &[(i64, &Metric)]) -> Result<()> {
+    let mut rest = rows;
+    for size in split_chunks(rows.len()) {
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
         let mut qb: QueryBuilder<Sqlite> =
             QueryBuilder::new("INSERT OR IGNORE INTO metrics (run_id, key, timestamp, step, value, is_nan) ");
-        qb.push_values(chunk, |mut row, m| {
+        qb.push_values(chunk, |mut row, (run_key, m)| {
             let (value, is_nan) = stored_value(m.value);
-            row.push_bind(run_key)
+            row.push_bind(*run_key)
                 .push_bind(m.key.as_str())
                 .push_bind(m.timestamp)
                 .push_bind(m.step)
@@ -196,7 +207,6 @@ async fn insert_metrics(conn: &mut SqliteConnection, run_key: i64, metrics: &[Me
             .await
             .map_err(map_err)?;
     }
-    // latest_metrics follows through the `metrics_maintain_latest` trigger.
     Ok(())
 }
 
@@ -670,7 +680,7 @@ impl TrackingStore for SqliteStore {
 
     async fn update_run(&self, run_id: &str, update: RunUpdate) -> Result<RunInfo> {
         let mut tx = self.begin_write().await?;
-        let key = run_key_for_write(self, &mut tx, run_id).await?;
+        let key = run_key_for_write(&self.run_keys, &mut tx, run_id).await?;
         if let Some(status) = update.status {
             sqlx::query("UPDATE runs SET status = ? WHERE id = ?")
                 .bind(status.as_str())
@@ -727,17 +737,13 @@ impl TrackingStore for SqliteStore {
     }
 
     async fn log_batch(&self, run_id: &str, batch: Batch) -> Result<()> {
-        // A batch of metrics that one INSERT writes needs no explicit transaction: the
-        // statement is atomic on its own (trigger included), and holding the single writer
-        // connection keeps the run check and the insert together. This is the hot path of
-        // `log_metric` and saves two round trips to SQLite per call.
-        if batch.params.is_empty() && batch.tags.is_empty() && split_chunks(batch.metrics.len()).len() == 1 {
-            let mut conn = self.writer.acquire().await.map_err(map_err)?;
-            let key = run_key_for_write(self, &mut conn, run_id).await?;
-            return insert_metrics(&mut conn, key, &batch.metrics).await;
+        // Metric-only batches (every log-metric, most log-batch calls) are group-committed
+        // with the other metric writes waiting at the same moment.
+        if batch.params.is_empty() && batch.tags.is_empty() {
+            return super::metrics_writer::submit(&self.metric_jobs, run_id, batch.metrics).await;
         }
         let mut tx = self.begin_write().await?;
-        let key = run_key_for_write(self, &mut tx, run_id).await?;
+        let key = run_key_for_write(&self.run_keys, &mut tx, run_id).await?;
         // Params first: an immutability conflict rejects the whole batch before anything else
         // is written (and the transaction is dropped, i.e. rolled back, on any error).
         insert_params(&mut tx, key, run_id, &batch.params).await?;
@@ -751,7 +757,7 @@ impl TrackingStore for SqliteStore {
 
     async fn delete_run_tag(&self, run_id: &str, key: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let run_key = run_key_for_write(self, &mut tx, run_id).await?;
+        let run_key = run_key_for_write(&self.run_keys, &mut tx, run_id).await?;
         let done = sqlx::query("DELETE FROM tags WHERE run_id = ? AND key = ?")
             .bind(run_key)
             .bind(key)
@@ -769,7 +775,7 @@ impl TrackingStore for SqliteStore {
 
     async fn log_inputs(&self, run_id: &str, inputs: Vec<DatasetInput>) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let key = run_key_for_write(self, &mut tx, run_id).await?;
+        let key = run_key_for_write(&self.run_keys, &mut tx, run_id).await?;
         for input in &inputs {
             let tags: Vec<(&str, &str)> = input
                 .tags

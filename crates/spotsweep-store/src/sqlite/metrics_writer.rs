@@ -1,0 +1,123 @@
+//! Group commit for metric writes. Every `log-metric` would otherwise be its own SQLite
+//! transaction, paying for its own WAL frames; under concurrent loggers one task takes all the
+//! metric writes waiting at that moment and commits them together with multi-row INSERTs, then
+//! answers each caller. Nobody is answered before the commit that holds their points.
+//!
+//! Ownership: the store holds the only `Sender`; this task owns the `Receiver` and ends when the
+//! store is dropped. It borrows the single writer connection from the writer pool per group, so
+//! it takes its turn with every other write.
+
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::RunKeys;
+use super::map_err;
+use super::tracking::{insert_metric_rows, run_key_for_write, split_chunks};
+use crate::{Metric, Result, StoreError};
+
+/// Most jobs committed together.
+const MAX_GROUP: usize = 64;
+
+/// One caller's points, and where its answer goes.
+pub(crate) struct MetricJob {
+    run_id: String,
+    metrics: Vec<Metric>,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// Starts the writer task; returns the handle the store submits through.
+pub(crate) fn start(writer: SqlitePool, keys: RunKeys) -> mpsc::Sender<MetricJob> {
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(run(writer, keys, rx));
+    tx
+}
+
+/// Submits points of one run and waits until they are committed.
+pub(crate) async fn submit(jobs: &mpsc::Sender<MetricJob>, run_id: &str, metrics: Vec<Metric>) -> Result<()> {
+    let (done, answer) = oneshot::channel();
+    let job = MetricJob {
+        run_id: run_id.to_owned(),
+        metrics,
+        done,
+    };
+    jobs.send(job).await.map_err(|_| StoreError::Busy)?;
+    answer.await.map_err(|_| StoreError::Busy)?
+}
+
+async fn run(writer: SqlitePool, keys: RunKeys, mut rx: mpsc::Receiver<MetricJob>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut conn = match writer.acquire().await {
+            Ok(c) => c,
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.done.send(Err(map_err(sqlx::Error::PoolClosed)));
+                }
+                tracing::debug!(error = %e, "metric writer cannot get the writer connection");
+                continue;
+            }
+        };
+        // Unknown or deleted runs are answered now; the rest go into one commit.
+        let mut ready = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match run_key_for_write(&keys, &mut conn, &job.run_id).await {
+                Ok(key) => ready.push((key, job)),
+                Err(e) => {
+                    let _ = job.done.send(Err(e));
+                }
+            }
+        }
+        if ready.is_empty() {
+            continue;
+        }
+        let groups: Vec<(i64, &[Metric])> = ready.iter().map(|(k, j)| (*k, j.metrics.as_slice())).collect();
+        let together = commit(&mut conn, &groups).await;
+        drop(groups);
+        match together {
+            Ok(()) => {
+                for (_, job) in ready {
+                    let _ = job.done.send(Ok(()));
+                }
+            }
+            // A group failed as a whole: commit each job on its own so that one bad job fails
+            // alone.
+            Err(_) => {
+                for (key, job) in ready {
+                    let result = commit(&mut conn, &[(key, job.metrics.as_slice())]).await;
+                    let _ = job.done.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// Writes the points in one transaction (or one autocommit statement when they fit in one).
+async fn commit(conn: &mut sqlx::SqliteConnection, groups: &[(i64, &[Metric])]) -> Result<()> {
+    let rows: Vec<(i64, &Metric)> = groups
+        .iter()
+        .flat_map(|(k, ms)| ms.iter().map(move |m| (*k, m)))
+        .collect();
+    if split_chunks(rows.len()).len() <= 1 {
+        return insert_metric_rows(conn, &rows).await;
+    }
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    match insert_metric_rows(conn, &rows).await {
+        Ok(()) => {
+            sqlx::query("COMMIT").execute(&mut *conn).await.map_err(map_err)?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
