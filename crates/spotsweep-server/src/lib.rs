@@ -78,15 +78,21 @@ pub fn router(state: AppState, mlflow: MlflowState) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
-/// Checkpoints the WAL once a second, so that writes never pay for it.
+/// Database upkeep off the request path: a WAL checkpoint every second, so that writes never
+/// pay for one, and fresh planner statistics every ten.
 async fn checkpoint_loop(store: Arc<SqliteStore>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for n in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {
                 if let Err(e) = store.checkpoint().await {
                     tracing::debug!(error = %e, "background checkpoint failed; will retry");
+                }
+                if n % 10 == 9
+                    && let Err(e) = store.optimize().await
+                {
+                    tracing::debug!(error = %e, "refreshing planner statistics failed; will retry");
                 }
             }
             _ = stop.changed() => return,
