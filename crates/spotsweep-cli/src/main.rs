@@ -99,6 +99,10 @@ struct AgentArgs {
     /// daemon's, 60000].
     #[arg(long, env = "SPOTSWEEP_LEASE_TTL_MS", value_parser = clap::value_parser!(u64).range(5_000..=3_600_000))]
     lease_ttl_ms: Option<u64>,
+    /// Stop (as on SIGTERM) when the parent process dies: local agents of a daemon that was
+    /// killed do not linger as orphans.
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
 }
 
 #[derive(Args)]
@@ -220,6 +224,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     init_logging(LogFormat::Text, "info");
+    if args.exit_with_parent {
+        let parent = nix::unistd::getppid();
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+        // The parent may have died before the line above: then nobody would send the signal.
+        if nix::unistd::getppid() != parent {
+            anyhow::bail!("the parent daemon is gone");
+        }
+    }
     let name = args.name.unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())

@@ -91,6 +91,7 @@ fn spawn_agent(pool: &LocalPool, i: u32) -> std::io::Result<Child> {
         .arg(format!("local-{i}"))
         .arg("--work-dir")
         .arg(pool.work_dir.join(format!("agent-{i}")))
+        .arg("--exit-with-parent")
         .kill_on_drop(true);
     // Agents under the daemon only speak up for problems, unless asked otherwise.
     if std::env::var_os("SPOTSWEEP_LOG").is_none() {
