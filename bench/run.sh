@@ -13,7 +13,8 @@
 # default 100000), BENCH_SEARCH_N / BENCH_SEARCH_MIN_S (at least this many sequential searches, for
 # at least this long; default 50 and 5), BENCH_QUIET_WAIT (seconds to wait for an idle machine
 # before each server, default 300), BENCH_NO_BUILD=1 (measure the existing target/release/spotsweep
-# instead of building it, e.g. while the Rust sources are being edited).
+# instead of building it), BENCH_REV=<git rev> (build and measure that commit from a clean
+# snapshot in target/bench-rev/, e.g. while the Rust sources are being edited).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
     --save) save=1 ;;
     --setup-only) setup_only=1 ;;
     --only) only="$2"; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -58,7 +59,22 @@ fi
 PY="$ROOT/$venv/bin/python"
 
 BIN="$ROOT/target/release/spotsweep"
-if [ "${BENCH_NO_BUILD:-0}" = 1 ]; then
+if [ -n "${BENCH_REV:-}" ]; then
+  # Build a committed revision from a clean snapshot (target/bench-rev/), so that edits in
+  # progress in the working tree can neither break nor change the binary measured.
+  rev=$(git rev-parse --short "$BENCH_REV")
+  snap="$ROOT/target/bench-rev"
+  rm -rf "$snap/src"
+  mkdir -p "$snap/src" "$snap/target"
+  git archive "$rev" | tar -x -m -C "$snap/src"
+  if [ ! -d "$snap/target/release" ] && [ -d target/release ]; then
+    cp -a target/release "$snap/target/"  # compiled dependencies, to start warm
+  fi
+  log "cargo build --release -p spotsweep-cli (snapshot of $rev)"
+  (cd "$snap/src" && CARGO_TARGET_DIR="$snap/target" cargo build --release -q -p spotsweep-cli)
+  BIN="$snap/target/release/spotsweep"
+  build_desc="commit $rev (BENCH_REV=$BENCH_REV, built from a clean snapshot of it)"
+elif [ "${BENCH_NO_BUILD:-0}" = 1 ]; then
   # For a tree that is being edited: measure the binary already there.
   [ -x "$BIN" ] || { echo "BENCH_NO_BUILD=1 but there is no $BIN" >&2; exit 1; }
   build_desc="the existing binary (BENCH_NO_BUILD=1), built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC')"
