@@ -45,6 +45,9 @@ CLIENT_PROCS = int(os.environ.get("QUEUE_CLIENT_PROCS", "2"))
 WARMUP_S = float(os.environ.get("QUEUE_WARMUP_S", "2"))
 WINDOW_S = float(os.environ.get("QUEUE_WINDOW_S", "15"))
 POLLS = int(os.environ.get("QUEUE_POLLS", "20"))
+# A diagnostic pass: the same load again while two nice-19 spin loops keep both cores from going
+# idle, to show how much of the time is threads waking up on idle (virtual) CPUs. 0 skips it.
+SPIN_WINDOW_S = float(os.environ.get("QUEUE_SPIN_WINDOW_S", "8"))
 POLL_WAIT_MS = 20_000
 PARK_S = 0.3  # how long the idle client's long poll sits in the server before the trigger
 MAX_TRIALS = 1_000_000  # never reached in the window: the window, not the sweep, ends the run
@@ -68,13 +71,104 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+STAT_COLS = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"]
+
+
+def machine_cpu() -> list[int]:
+    """The machine's jiffies by kind (STAT_COLS), from the first line of /proc/stat."""
     with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:]]
-    idle = vals[3] + vals[4]  # idle + iowait
-    total = sum(vals[:8])
-    return total - idle, total
+        return [int(v) for v in f.readline().split()[1:9]]
+
+
+def machine_usage(m0: list[int], m1: list[int]) -> dict:
+    """Per kind of time between two machine_cpu() samples, in % of one core (200% = 2 busy cores);
+    `busy` is everything but idle and iowait."""
+    d = [b - a for a, b in zip(m0, m1)]
+    scale = 100 * os.cpu_count() / max(1, sum(d))
+    out = {k: v * scale for k, v in zip(STAT_COLS, d)}
+    out["busy"] = sum(v for k, v in out.items() if k not in ("idle", "iowait"))
+    return out
+
+
+def all_procs_cpu() -> dict[int, tuple[str, float]]:
+    """pid -> (command name, cpu seconds) of every process now."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{d}/stat") as f:
+                    raw = f.read()
+                name = raw[raw.index("(") + 1:raw.rindex(")")]
+                fields = raw.rsplit(")", 1)[1].split()
+                out[int(d)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def threads_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """tid -> (thread name, cpu seconds) of every thread of a process now."""
+    out = {}
+    for d in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{pid}/task/{d}/stat") as f:
+                raw = f.read()
+            name = raw[raw.index("(") + 1:raw.rindex(")")]
+            fields = raw.rsplit(")", 1)[1].split()
+            out[int(d)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def threads_by_name(t0: dict, t1: dict, seconds: float) -> list[dict]:
+    """CPU of a process's threads between two threads_cpu() samples, summed by thread name (with
+    trailing digits dropped), in % of one core, busiest first."""
+    groups: dict[str, list] = {}
+    for tid, (name, c1) in t1.items():
+        key = re.sub(r"[-_ ]?\d+$", "", name) or name
+        g = groups.setdefault(key, [0, 0.0, 0.0])
+        g[0] += 1
+        g[1] += c1 - t0.get(tid, (name, 0.0))[1]
+        g[2] = max(g[2], c1 - t0.get(tid, (name, 0.0))[1])
+    return sorted(({"name": k, "threads": v[0], "cpu_pct": 100 * v[1] / seconds,
+                    "busiest_thread_pct": 100 * v[2] / seconds} for k, v in groups.items()),
+                  key=lambda r: -r["cpu_pct"])
+
+
+def others_cpu_pct(p0: dict, p1: dict, seconds: float, mine: set[int]) -> float:
+    """CPU used by every process not in `mine` (nor a child of this driver) between two
+    all_procs_cpu() samples, in % of one core: another job on the machine skews the figures."""
+    total = 0.0
+    for pid, (name, c1) in p1.items():
+        if pid not in mine:
+            total += c1 - p0.get(pid, (name, 0.0))[1]
+    return 100 * total / seconds
+
+
+def wait_quiet(limit_s: float = float(os.environ.get("QUEUE_QUIET_WAIT", "60"))) -> float:
+    """Waits (up to limit_s) until the machine is idle (under 25% of one core busy over 2 s), so
+    another job does not skew the figures. Returns the seconds waited."""
+    t0 = time.monotonic()
+    while True:
+        m0, p0 = machine_cpu(), all_procs_cpu()
+        time.sleep(2)
+        m1, p1 = machine_cpu(), all_procs_cpu()
+        busy = machine_usage(m0, m1)["busy"]
+        if busy < 25:
+            return time.monotonic() - t0
+        top = ", ".join(f"{r['name']}({r['pid']}) {r['cpu_pct']:.0f}%" for r in top_procs(p0, p1, 2, 3))
+        if time.monotonic() - t0 > limit_s:
+            log(f"warning: the machine is still {busy:.0f}% busy after {limit_s:.0f} s ({top}); going on")
+            return time.monotonic() - t0
+        log(f"machine {busy:.0f}% busy (of {os.cpu_count() * 100}%: {top}); waiting for it to calm down")
+        time.sleep(3)
+
+
+def top_procs(p0: dict, p1: dict, seconds: float, n: int = 6) -> list[dict]:
+    """The processes that used the most CPU between two all_procs_cpu() samples (% of one core)."""
+    rows = []
+    for pid, (name, c1) in p1.items():
+        c0 = p0.get(pid, (name, 0.0))[1]
+        if c1 - c0 > 0:
+            rows.append({"pid": pid, "name": name, "cpu_pct": 100 * (c1 - c0) / seconds})
+    return sorted(rows, key=lambda r: -r["cpu_pct"])[:n]
 
 
 # ------------------------------------------------------------------------------ the server
@@ -253,7 +347,7 @@ def client_proc(idx: int, port: int, token: str, sweep_id: int, wids: list[int],
     out.put(asyncio.run(main()))
 
 
-def run_load(server: Server, sweep_id: int) -> dict:
+def run_load(server: Server, sweep_id: int, window_s: float = WINDOW_S) -> dict:
     ctx = mp.get_context("fork")
     ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     shared = ctx.Array("d", 3, lock=False)
@@ -268,33 +362,49 @@ def run_load(server: Server, sweep_id: int) -> dict:
         ready.get(timeout=60)
     start_at = time.monotonic() + 0.3
     window_from = start_at + WARMUP_S
-    deadline = window_from + WINDOW_S
+    deadline = window_from + window_s
     shared[0], shared[1], shared[2] = start_at, window_from, deadline
     go.set()
     time.sleep(max(0.0, window_from - time.monotonic()))
-    s0, m0 = server.cpu_s(), machine_cpu()
+    s0, m0, p0, th0 = server.cpu_s(), machine_cpu(), all_procs_cpu(), threads_cpu(server.proc.pid)
     t0 = time.monotonic()
     time.sleep(max(0.0, deadline - time.monotonic()))
-    s1, m1 = server.cpu_s(), machine_cpu()
+    s1, m1, p1, th1 = server.cpu_s(), machine_cpu(), all_procs_cpu(), threads_cpu(server.proc.pid)
     t1 = time.monotonic()
+    client_pids = {p.pid for p in procs}
+    others = others_cpu_pct(p0, p1, t1 - t0, client_pids | {server.proc.pid, os.getpid()})
+    top = top_procs(p0, p1, t1 - t0)
+    for row in top:
+        row["role"] = ("spotsweep server" if row["pid"] == server.proc.pid
+                       else "load generator" if row["pid"] in client_pids
+                       else "bench driver" if row["pid"] == os.getpid() else "other")
     results = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(30)
     completed_at = [t for r in results for t in r["completed_at"]]
     in_window = sum(1 for t in completed_at if window_from <= t < deadline)
+    per_s = [0] * int(deadline - start_at + 1)  # completions in each second since the start
+    for t in completed_at:
+        if start_at <= t < deadline:
+            per_s[int(t - start_at)] += 1
     client_cpu = sum(r["cpu"]["to"][1] - r["cpu"]["from"][1] for r in results)
     return {
         "workers": WORKERS,
         "client_procs": CLIENT_PROCS,
         "warmup_s": WARMUP_S,
-        "window_s": WINDOW_S,
+        "window_s": window_s,
         "completed_in_window": in_window,
-        "trials_per_s": in_window / WINDOW_S,
+        "trials_per_s": in_window / window_s,
         "total_completed": len(completed_at),
+        "per_second": per_s,
         "total_s": max(completed_at) - start_at if completed_at else 0,
         "server_cpu_pct": 100 * (s1 - s0) / (t1 - t0),
-        "client_cpu_pct": 100 * client_cpu / WINDOW_S,
-        "machine_busy_pct": 100 * (m1[0] - m0[0]) / max(1, m1[1] - m0[1]) * os.cpu_count(),
+        "client_cpu_pct": 100 * client_cpu / window_s,
+        "machine": machine_usage(m0, m1),
+        "machine_busy_pct": machine_usage(m0, m1)["busy"],
+        "top_processes": top,
+        "others_cpu_pct": others,
+        "server_threads": threads_by_name(th0, th1, t1 - t0),
         "leased": sorted(n for r in results for n in r["leased"]),
         "completed": sorted(n for r in results for n in r["completed"]),
         "lease_errors": [e for r in results for e in r["lease_errors"]][:20],
@@ -430,6 +540,7 @@ def cmd_spotsweep(args) -> None:
         server.start()
         sess = server.session()
         sweep_id = create_sweep(sess, server.url, "queue-bench", MAX_TRIALS, WORKERS)
+        quiet_s = wait_quiet()
         log(f"load: {WORKERS} workers in {CLIENT_PROCS} client processes, lease → complete, "
             f"{WARMUP_S:g} s warm-up + {WINDOW_S:g} s window")
         load = run_load(server, sweep_id)
@@ -442,9 +553,33 @@ def cmd_spotsweep(args) -> None:
         lp = long_poll_bench(server)
         for k, v in lp.items():
             log(f"  {k}: p50 {statistics.median(v['ms_from_send']):.1f} ms, max {max(v['ms_from_send']):.1f} ms")
+        spin = None
+        if SPIN_WINDOW_S > 0:
+            log(f"diagnostic: the same load for {SPIN_WINDOW_S:g} s on a new sweep while two nice-19 spin loops "
+                "keep both cores busy")
+            spin_sweep = create_sweep(sess, server.url, "queue-bench-spin", MAX_TRIALS, WORKERS)
+            # Bounded by `timeout` and in their own groups, which queue.sh's cleanup kills too.
+            spinners = [subprocess.Popen(["timeout", str(int(SPIN_WINDOW_S + 60)), "nice", "-n", "19",
+                                          "sh", "-c", "while :; do :; done"], start_new_session=True)
+                        for _ in range(os.cpu_count() or 2)]
+            for i, p in enumerate(spinners):
+                (work / f"spin-{i}.pgid").write_text(str(p.pid))
+            try:
+                spin = run_load(server, spin_sweep, SPIN_WINDOW_S)
+            finally:
+                for i, p in enumerate(spinners):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+                    (work / f"spin-{i}.pgid").unlink(missing_ok=True)
+            spin["integrity"] = verify(server, spin_sweep, spin)
+            for k in ("leased", "completed"):
+                spin.pop(k)
+            log(f"  {spin['trials_per_s']:.0f} trials/s; server CPU {spin['server_cpu_pct']:.0f}%, "
+                f"integrity {'ok' if spin['integrity']['ok'] else 'FAILED'}")
         for k in ("leased", "completed"):
             load.pop(k)
-        result = {"load": load, "integrity": check, "long_poll": lp,
+        result = {"quiet_wait_s": quiet_s, "load": load, "spin": spin, "integrity": check, "long_poll": lp,
                   "db_bytes": sum(f.stat().st_size for f in (server.dir / "data").rglob("*") if f.is_file())}
     finally:
         server.stop()
@@ -454,6 +589,13 @@ def cmd_spotsweep(args) -> None:
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))]
+
+
+def sh_out(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def machine_lines() -> list[str]:
@@ -477,67 +619,105 @@ def cmd_report(args) -> None:
     sp = json.loads(Path(args.spotsweep).read_text()) if args.spotsweep else None
     op = json.loads(Path(args.optuna).read_text()) if args.optuna else None
     dash = "—"
-    lines = ["# Trial-queue benchmark", ""]
-    lines += [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-              f"- command: `{args.command}` ({args.elapsed} s in all)",
-              f"- machine: {machine_lines()[0]}",
-              f"- spotsweep: `target/release/spotsweep serve` on SQLite, {args.build}"]
-    if op:
-        lines.append(f"- Optuna {op['optuna_version']} (SQLAlchemy {op['sqlalchemy_version']}), "
-                     f"`RDBStorage(\"sqlite:///…\")`, RandomSampler, ask/tell loop on `x ** 2`, in `.venv-queue`")
-    lines.append("")
-    lines += ["## Throughput: lease → complete", "",
-              "| | spotsweep (HTTP API, SQLite) | Optuna anchor (shared SQLite file) | goal |",
-              "|---|---|---|---|"]
     L = sp["load"] if sp else {}
     I = sp["integrity"] if sp else {}
 
     def g(d, k, f="{:.0f}"):
         return f.format(d[k]) if d and d.get(k) is not None else dash
 
-    lines.append(f"| **trials/s** | **{g(L, 'trials_per_s')}** | **{g(op, 'trials_per_s', '{:.1f}')}** | ≥ 1,000 (spotsweep) |")
+    lines = ["# Trial-queue benchmark", ""]
+    lines += [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+              f"- command: `{args.command}` ({args.elapsed} s in all)",
+              f"- machine: {machine_lines()[0]}",
+              f"- spotsweep: `target/release/spotsweep serve` on SQLite (fresh data dir), {args.build}",
+              "- storage: every SQLite file in a temp dir under /tmp "
+              f"({sh_out(['findmnt', '-no', 'FSTYPE', '-T', tempfile.gettempdir()]) or '?'}), loopback HTTP only",
+              "- waited for a quiet machine: "
+              + ", ".join(f"{k} {d.get('quiet_wait_s', 0):.0f} s" for k, d in (("spotsweep", sp), ("Optuna", op)) if d)]
+    if op:
+        lines.append(f"- anchor: Optuna {op['optuna_version']} (SQLAlchemy {op['sqlalchemy_version']}), "
+                     f"{op['procs']} processes sharing one `RDBStorage(\"sqlite:///…\")` file, RandomSampler, "
+                     + ("`study.optimize`" if op.get("loop") == "optimize" else "ask/tell loop")
+                     + " on `x ** 2`, in `.venv-queue` (bench/queue-requirements.txt)")
+    lines += ["", "## Throughput: lease → complete", "",
+              "| | spotsweep (HTTP API, SQLite) | Optuna (shared SQLite file) | goal |",
+              "|---|---|---|---|"]
+    lines.append(f"| **trials/s** | **{g(L, 'trials_per_s')}** | **{g(op, 'trials_per_s', '{:.1f}')}** "
+                 "| spotsweep ≥ 1,000 |")
     if sp and op and op.get("trials_per_s"):
         lines.append(f"| ratio | {L['trials_per_s'] / op['trials_per_s']:.0f}× Optuna | 1× | |")
-    lines.append(f"| workers | {g(L, 'workers')} simulated workers (one keep-alive connection each, "
-                 f"in {g(L, 'client_procs')} asyncio client processes) | "
+    lines.append(f"| workers | {g(L, 'workers')} simulated workers, one keep-alive connection each "
+                 f"(asyncio, {g(L, 'client_procs')} client processes), `wait_ms` 0 | "
                  f"{g(op, 'procs')} processes | |")
-    lines.append(f"| trials counted | {g(L, 'completed_in_window')} completed in a {g(L, 'window_s', '{:g}')} s window "
-                 f"after {g(L, 'warmup_s', '{:g}')} s warm-up | {g(op, 'completed_in_window')} completed in a "
-                 f"{g(op, 'window_s', '{:g}')} s window after {g(op, 'warmup_s', '{:g}')} s warm-up | |")
+    lines.append(f"| trials counted | {g(L, 'completed_in_window')} completed in a {g(L, 'window_s', '{:g}')} s "
+                 f"window after {g(L, 'warmup_s', '{:g}')} s warm-up | {g(op, 'completed_in_window')} completed in "
+                 f"a {g(op, 'window_s', '{:g}')} s window after {g(op, 'warmup_s', '{:g}')} s warm-up | |")
     if sp:
-        integ = ("ok" if I["ok"] else "**FAILED**: " + "; ".join(I["problems"]))
-        lines.append(f"| integrity (all trials of the run) | {integ}: {I['trials']} trials, numbers 0..{I['trials'] - 1} "
-                     f"once each in `GET /sweeps/{{id}}/trials`, each completed with 1 attempt; "
-                     f"{I['client_200_completions']} completions answered 200 = {I['completed_count']} completed; "
-                     f"{L['n_lease_errors']} lease / {L['n_complete_errors']} completion errors, "
-                     f"{L['empty_leases']} empty leases | "
-                     f"{op['integrity'] if op else dash} | no lost or duplicated trial |")
-    elif op:
-        lines.append(f"| integrity | {dash} | {op['integrity']} | |")
-    lines.append(f"| server CPU (% of one core) | {g(L, 'server_cpu_pct')}% | (no server: "
-                 f"{g(op, 'cpu_pct')}% in the 4 Optuna processes) | |")
-    lines.append(f"| client CPU (% of one core) | {g(L, 'client_cpu_pct')}% | {dash} | |")
+        integ = "ok" if I["ok"] else "**FAILED**: " + "; ".join(I["problems"])
+        sp_int = (f"{integ}: {I['trials']} trials, numbers 0..{I['trials'] - 1} once each in "
+                  f"`GET /sweeps/{{id}}/trials`, all completed, each leased once (attempts = 1); "
+                  f"{I['client_200_completions']} completions answered 200 = {I['completed_count']} completed "
+                  f"in the sweep's counts; {L['n_lease_errors']} lease / {L['n_complete_errors']} completion "
+                  f"errors, {L['empty_leases']} empty leases")
+    else:
+        sp_int = dash
+    lines.append(f"| integrity (all trials of the run) | {sp_int} | {op['integrity'] if op else dash}"
+                 f"{'; ' + str(op['errors']) + ' storage errors' if op else ''} | no lost or duplicated trial |")
+    lines.append(f"| server CPU (% of one core) | {g(L, 'server_cpu_pct')}% | no server | |")
+    lines.append(f"| client CPU (% of one core) | {g(L, 'client_cpu_pct')}% (load generator) | "
+                 f"{g(op, 'cpu_pct')}% (the {g(op, 'procs')} Optuna processes) | |")
     lines.append(f"| machine busy (% of one core; 200% = both cores) | {g(L, 'machine_busy_pct')}% | "
                  f"{g(op, 'machine_busy_pct')}% | |")
+    lines.append(f"| other processes on the machine meanwhile | {g(L, 'others_cpu_pct')}% | "
+                 f"{g(op, 'others_cpu_pct')}% | ~0 |")
+    S = sp.get("spin") if sp else None
+    if S:
+        lines.append(f"| diagnostic: the same load for {S['window_s']:g} s on a new sweep while 2 nice-19 spin loops "
+                     f"keep both cores from idling | {S['trials_per_s']:.0f} trials/s (server CPU "
+                     f"{S['server_cpu_pct']:.0f}%, client {S['client_cpu_pct']:.0f}%; integrity "
+                     f"{'ok' if S['integrity']['ok'] else 'FAILED'}, {S['integrity']['trials']} trials) | | |")
     if op and op.get("errors"):
-        lines.append(f"| errors | 0 | {op['errors']} (e.g. {op['error_examples'][:1]}) | |")
+        lines.append(f"| Optuna storage errors | | {op['errors']} (e.g. `{op['error_examples'][0]}`) | |")
     if sp:
         lines += ["", f"## Long-poll latency (spotsweep, `POST /api/v1/leases` with `wait_ms` {POLL_WAIT_MS})", "",
-                  "An idle client long-polls a sweep with no available trial; after it has waited "
+                  "An idle client long-polls a sweep with no available trial; once it has waited "
                   f"{PARK_S * 1000:.0f} ms, another client makes a trial available. Latency: from just before "
-                  "that call is sent to the moment the long poll has the lease (in brackets: from the moment "
-                  "that call's answer came back).", "",
+                  "that call is sent until the long poll has returned the lease (in brackets: from when that "
+                  "call's own answer came back).", "",
                   "| trial made available by | n | p50 | p90 | max | goal |", "|---|---|---|---|---|---|"]
         names = {"slot_freed": "completing the running trial of a sweep at parallelism 1 (`…/complete`)",
                  "sweep_resumed": "resuming a paused sweep (`…/resume`)"}
         for k, v in sp["long_poll"].items():
             a, b = v["ms_from_send"], v["ms_from_answer"]
-            lines.append(f"| {names.get(k, k)} | {len(a)} | {statistics.median(a):.1f} ms ({statistics.median(b):.1f}) | "
-                         f"{pct(a, 90):.1f} ms ({pct(b, 90):.1f}) | {max(a):.1f} ms ({max(b):.1f}) | ≤ 50 ms |")
-    if sp and L.get("trials_per_s", 0) < 1000:
-        lines += ["", "Below 1,000 trials/s: in the window the server used "
-                  f"{L['server_cpu_pct']:.0f}% of a core, the client {L['client_cpu_pct']:.0f}%, the machine "
-                  f"{L['machine_busy_pct']:.0f}% of its 200%."]
+            lines.append(f"| {names.get(k, k)} | {len(a)} | {statistics.median(a):.1f} ms ({statistics.median(b):.1f}) "
+                         f"| {pct(a, 90):.1f} ms ({pct(b, 90):.1f}) | {max(a):.1f} ms ({max(b):.1f}) | ≤ 50 ms |")
+    if sp:
+        th = ", ".join(f"{t['name']} ×{t['threads']} {t['cpu_pct']:.0f}%"
+                       + (f" (busiest {t['busiest_thread_pct']:.0f}%)" if t["threads"] > 1 else "")
+                       for t in L["server_threads"] if t["cpu_pct"] >= 1)
+        mu = L["machine"]
+        lines += ["", "## Where the time goes (spotsweep window)", "",
+                  f"- server threads (% of one core): {th}",
+                  f"- machine (% of one core): user {mu['user'] + mu['nice']:.0f}%, system {mu['system']:.0f}%, "
+                  f"softirq {mu['softirq']:.0f}%, iowait {mu['iowait']:.0f}%, steal {mu['steal']:.0f}%, "
+                  f"idle {mu['idle']:.0f}%",
+                  "- busiest processes: " + ", ".join(f"{r['name']} ({r['role']}) {r['cpu_pct']:.0f}%"
+                                                      for r in L["top_processes"])]
+        ps = L.get("per_second") or []
+        if len(ps) > 2:
+            lines.append(f"- trials completed in each second since the start (warm-up included): {ps[:-1]}")
+        if S:
+            lines.append(f"- with both cores kept busy by spin loops (no idle CPU to wake up) the same server did "
+                         f"{S['trials_per_s']:.0f} trials/s against {L['trials_per_s']:.0f} on the quiet machine: "
+                         "so the quiet-machine figure is limited by threads waking up on idle CPUs (each SQL statement "
+                         "of the single writer is a hand-off from a tokio worker to the SQLite writer thread and back), "
+                         "not by CPU: server CPU per trial was "
+                         f"{10 * L['server_cpu_pct'] / max(1, L['trials_per_s']):.2f} ms quiet, "
+                         f"{10 * S['server_cpu_pct'] / max(1, S['trials_per_s']):.2f} ms with the spin loops")
+        if L["trials_per_s"] < 1000:
+            lines.append(f"- below 1,000 trials/s: the server used {L['server_cpu_pct']:.0f}% of a core and the "
+                         f"client {L['client_cpu_pct']:.0f}%, with {mu['idle'] + mu['iowait']:.0f}% of the "
+                         f"machine's 200% idle")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.save:

@@ -221,6 +221,10 @@ def main() -> None:
                 vals.append("—")
         out.append(f"| {label} | {vals[0]} | {vals[1]} |")
 
+    def lat(r):
+        return " / ".join(f"{r[k] / 1000:,.1f}" for k in ("lat_p50_us", "lat_p90_us", "lat_p99_us",
+                                                            "lat_max_us"))
+
     def cpu(key):
         def f(d):
             c = d[key]["cpu"]
@@ -232,9 +236,11 @@ def main() -> None:
     both("launches (s)", lambda d: ", ".join(f"{t:.3f}" for t in d["launch_s"]))
     both("2: requests in the measured window", lambda d: f"{d['log_metric']['requests']:,}")
     both("2: errors (socket + non-2xx)", lambda d: str(d["log_metric"]["errors"]))
+    both("2: latency p50 / p90 / p99 / max (ms)", lambda d: lat(d["log_metric"]))
     both("2: CPU during the load", cpu("log_metric"))
     both("3: requests in the measured window", lambda d: f"{d['log_batch']['requests']:,}")
     both("3: errors (socket + non-2xx)", lambda d: str(d["log_batch"]["errors"]))
+    both("3: latency p50 / p90 / p99 / max (ms)", lambda d: lat(d["log_batch"]))
     both("3: CPU during the load", cpu("log_batch"))
     both("4: searches timed, window", lambda d: f"{d['search']['requests']}, "
          f"{d['search']['duration_us'] / 1e6:.0f} s")

@@ -34,6 +34,28 @@ pub struct Signals {
     pub work: Notify,
     /// A lease was created: the expiry loop recomputes its next deadline.
     pub leases: Notify,
+    /// When each agent was last recorded in the database.
+    agents_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Signals {
+    /// Whether an agent should be recorded now (first seen, or not for a minute).
+    fn should_record_agent(&self, agent_id: &str) -> bool {
+        let Ok(mut seen) = self.agents_seen.lock() else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        match seen.get(agent_id) {
+            Some(at) if now.duration_since(*at) < Duration::from_secs(60) => false,
+            _ => {
+                if seen.len() > 10_000 {
+                    seen.clear();
+                }
+                seen.insert(agent_id.to_owned(), now);
+                true
+            }
+        }
+    }
 }
 
 fn trial_body(t: &Trial) -> TrialBody {
@@ -305,14 +327,17 @@ pub async fn lease_trials(State(s): State<AppState>, body: Bytes) -> Result<Json
     } else {
         Some(req.pool.clone().unwrap_or_else(|| "local".into()))
     };
-    s.sweeps
-        .register_agent(
-            &req.agent_id,
-            req.agent_name.as_deref().unwrap_or(&req.agent_id),
-            pool.as_deref().unwrap_or("-"),
-            req.slots,
-        )
-        .await?;
+    // Recording the agent is a write of its own: once a minute per agent is plenty.
+    if s.signals.should_record_agent(&req.agent_id) {
+        s.sweeps
+            .register_agent(
+                &req.agent_id,
+                req.agent_name.as_deref().unwrap_or(&req.agent_id),
+                pool.as_deref().unwrap_or("-"),
+                req.slots,
+            )
+            .await?;
+    }
     let request = LeaseRequest {
         agent_id: req.agent_id.clone(),
         request_id: req.request_id.clone(),

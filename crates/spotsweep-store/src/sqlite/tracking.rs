@@ -154,26 +154,38 @@ async fn touch_experiment(conn: &mut SqliteConnection, experiment_id: i64) -> Re
 }
 
 async fn upsert_tags(conn: &mut SqliteConnection, run_key: i64, tags: &[KeyValue]) -> Result<()> {
+    if tags.is_empty() {
+        return Ok(());
+    }
+    // A key repeated in one request: the last value wins, as if written one after the other
+    // (one statement may not upsert the same row twice).
+    let mut last: Vec<&KeyValue> = Vec::with_capacity(tags.len());
     for tag in tags {
-        sqlx::query(
-            "INSERT INTO tags (run_id, key, value) VALUES (?, ?, ?) \
-             ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(run_key)
-        .bind(&tag.key)
-        .bind(&tag.value)
+        match last.iter_mut().find(|t| t.key == tag.key) {
+            Some(slot) => *slot = tag,
+            None => last.push(tag),
+        }
+    }
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO tags (run_id, key, value) ");
+    qb.push_values(&last, |mut row, tag| {
+        row.push_bind(run_key)
+            .push_bind(tag.key.as_str())
+            .push_bind(tag.value.as_str());
+    });
+    qb.push(" ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value");
+    qb.build()
+        .persistent(true)
         .execute(&mut *conn)
         .await
         .map_err(map_err)?;
-        // The run's name and its mlflow.runName tag are one fact stored twice.
-        if tag.key == "mlflow.runName" {
-            sqlx::query("UPDATE runs SET name = ? WHERE id = ?")
-                .bind(&tag.value)
-                .bind(run_key)
-                .execute(&mut *conn)
-                .await
-                .map_err(map_err)?;
-        }
+    // The run's name and its mlflow.runName tag are one fact stored twice.
+    if let Some(name) = last.iter().find(|t| t.key == "mlflow.runName") {
+        sqlx::query("UPDATE runs SET name = ? WHERE id = ?")
+            .bind(&name.value)
+            .bind(run_key)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
     }
     Ok(())
 }
