@@ -14,7 +14,7 @@ use spotsweep_core::sweep::{
 };
 use sqlx::SqliteConnection;
 
-use super::tracking::{insert_experiment, insert_params, insert_run};
+use super::tracking::{insert_experiment, insert_new_params, insert_run};
 use super::{SqliteStore, map_err, now_ms};
 use crate::{
     HeartbeatAction, KeyValue, LeaseRequest, LeasedTrial, NewExperiment, NewRun, Outcome, Result, StoreError,
@@ -221,7 +221,7 @@ impl SqliteStore {
                 value: v.to_string(),
             })
             .collect();
-        insert_params(conn, run_key, &run_id, &as_params).await?;
+        insert_new_params(conn, run_key, &as_params).await?;
         let params_json = serde_json::to_string(params).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO trials (sweep_id, number, params, seed, run_id, state, created_at) \

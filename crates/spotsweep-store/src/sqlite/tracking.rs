@@ -153,7 +153,12 @@ async fn touch_experiment(conn: &mut SqliteConnection, experiment_id: i64) -> Re
     Ok(())
 }
 
-async fn upsert_tags(conn: &mut SqliteConnection, run_key: i64, tags: &[KeyValue]) -> Result<()> {
+async fn upsert_tags(
+    conn: &mut SqliteConnection,
+    run_key: i64,
+    tags: &[KeyValue],
+    sync_name: bool,
+) -> Result<()> {
     if tags.is_empty() {
         return Ok(());
     }
@@ -178,7 +183,11 @@ async fn upsert_tags(conn: &mut SqliteConnection, run_key: i64, tags: &[KeyValue
         .execute(&mut *conn)
         .await
         .map_err(map_err)?;
-    // The run's name and its mlflow.runName tag are one fact stored twice.
+    // The run's name and its mlflow.runName tag are one fact stored twice. A new run is inserted
+    // with its name already.
+    if !sync_name {
+        return Ok(());
+    }
     if let Some(name) = last.iter().find(|t| t.key == "mlflow.runName") {
         sqlx::query("UPDATE runs SET name = ? WHERE id = ?")
             .bind(&name.value)
@@ -253,6 +262,15 @@ pub(super) async fn insert_params(
             )));
         }
     }
+    insert_new_params(conn, run_key, params).await
+}
+
+/// Inserts params known not to exist yet (a run created in the same transaction).
+pub(super) async fn insert_new_params(
+    conn: &mut SqliteConnection,
+    run_key: i64,
+    params: &[KeyValue],
+) -> Result<()> {
     let mut rest = params;
     for size in split_chunks(params.len()) {
         let (chunk, tail) = rest.split_at(size);
@@ -351,7 +369,7 @@ pub(super) async fn insert_run(conn: &mut SqliteConnection, new: &NewRun) -> Res
         .fetch_one(&mut *conn)
         .await
         .map_err(map_err)?;
-    upsert_tags(conn, key, &new.tags).await?;
+    upsert_tags(conn, key, &new.tags, false).await?;
     Ok((key, artifact_uri))
 }
 
@@ -717,6 +735,7 @@ impl TrackingStore for SqliteStore {
                     key: "mlflow.runName".into(),
                     value: name,
                 }],
+                true,
             )
             .await?;
         }
@@ -762,7 +781,7 @@ impl TrackingStore for SqliteStore {
         if !batch.metrics.is_empty() {
             insert_metrics(&mut tx, key, &batch.metrics).await?;
         }
-        upsert_tags(&mut tx, key, &batch.tags).await?;
+        upsert_tags(&mut tx, key, &batch.tags, true).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(())
     }
