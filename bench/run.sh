@@ -19,7 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-orig_args="$*"
+# The command line as run, with the BENCH_* settings in force, for the report.
+orig_cmd="$({ env | grep -E '^BENCH_[A-Z_]+=' || true; } | sort | tr '\n' ' ')bench/run.sh${*:+ $*}"
 save=0
 setup_only=0
 only=""
@@ -115,7 +116,7 @@ for t in $targets; do
 done
 
 elapsed=$(( $(date +%s) - started ))
-args=(--elapsed "$elapsed" --command "bench/run.sh${orig_args:+ $orig_args}" --build "$build_desc")
+args=(--elapsed "$elapsed" --command "$orig_cmd" --build "$build_desc")
 [ -f "$work/reference.json" ] && args+=(--reference "$work/reference.json")
 [ -f "$work/spotsweep.json" ] && args+=(--spotsweep "$work/spotsweep.json")
 [ "$save" = 1 ] && args+=(--save bench/RESULTS.md)
