@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use spotsweep_mlflow::{ArtifactRepo, MlflowState};
@@ -44,14 +44,12 @@ pub struct AppState {
 }
 
 async fn not_found() -> impl IntoResponse {
-    (
-        StatusCode::NOT_FOUND,
-        axum::Json(serde_json::json!({
-            "error_code": "ENDPOINT_NOT_FOUND",
-            "message": "No such endpoint. The MLflow API is under /api/2.0/mlflow, spotsweep's own under /api/v1 \
-                        (see /api/v1/openapi.json).",
-        })),
-    )
+    spotsweep_mlflow::MlflowError {
+        error_code: spotsweep_mlflow::ErrorCode::EndpointNotFound,
+        message: "No such endpoint. The MLflow API is under /api/2.0/mlflow, spotsweep's own under /api/v1 \
+                  (see /api/v1/openapi.json)."
+            .into(),
+    }
 }
 
 /// Every route of the daemon, behind the token check.

@@ -114,14 +114,15 @@ pub const MAX_GRID_POINTS: usize = 1_000_000;
 /// Every distinct point of a grid sweep, in order (the last parameter varies fastest). A point
 /// where a conditional parameter is inactive appears once, not once per unused value.
 pub fn grid_points(spec: &SweepSpec) -> Result<Vec<Params>, SpecError> {
-    let axes: Vec<(&String, &Distribution, Vec<ParamValue>)> = spec
+    // The values of each parameter, in spec order.
+    let axes: Vec<Vec<ParamValue>> = spec
         .parameters
         .iter()
-        .map(|(name, dist)| grid_values(name, dist).map(|values| (name, dist, values)))
+        .map(|(name, dist)| grid_values(name, dist))
         .collect::<Result<_, _>>()?;
     let total = axes
         .iter()
-        .try_fold(1usize, |acc, (_, _, v)| acc.checked_mul(v.len().max(1)));
+        .try_fold(1usize, |acc, v| acc.checked_mul(v.len().max(1)));
     if total.is_none_or(|t| t > MAX_GRID_POINTS) {
         return Err(SpecError {
             field: "parameters".into(),
@@ -133,11 +134,7 @@ pub fn grid_points(spec: &SweepSpec) -> Result<Vec<Params>, SpecError> {
     let mut points = Vec::new();
     let mut index = vec![0usize; axes.len()];
     'outer: loop {
-        let values: Vec<ParamValue> = axes
-            .iter()
-            .zip(&index)
-            .map(|((_, _, v), &i)| v[i].clone())
-            .collect();
+        let values: Vec<ParamValue> = axes.iter().zip(&index).map(|(v, &i)| v[i].clone()).collect();
         let active = activity(spec, &values);
         // A point where an inactive axis is not at its first value repeats one already listed.
         if active.iter().zip(&index).all(|(&a, &i)| a || i == 0) {
@@ -145,7 +142,7 @@ pub fn grid_points(spec: &SweepSpec) -> Result<Vec<Params>, SpecError> {
         }
         for axis in (0..axes.len()).rev() {
             index[axis] += 1;
-            if index[axis] < axes[axis].2.len() {
+            if index[axis] < axes[axis].len() {
                 continue 'outer;
             }
             index[axis] = 0;
