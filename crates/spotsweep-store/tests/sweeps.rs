@@ -225,3 +225,71 @@ async fn cancel_stops_everything_and_is_final() {
     ));
     assert!(store.lease_trials(&request("a", 1)).await.unwrap().is_empty());
 }
+
+/// Many workers leasing and completing at once: their transactions are committed in groups, and
+/// a job that fails (an unknown lease, a conflicting second outcome) fails alone without taking
+/// its group's leases and completions with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_workers_lose_nothing_and_bad_jobs_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let sweep = store.create_sweep(spec("busy", 300, 64, 0), 3).await.unwrap();
+    let mut workers = Vec::new();
+    for w in 0..64 {
+        let store = store.clone();
+        workers.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let leased = store.lease_trials(&request(&format!("w{w}"), 1)).await.unwrap();
+                let Some(lease) = leased.into_iter().next() else {
+                    break;
+                };
+                if w % 8 == 0 {
+                    let err = store
+                        .complete_trial("ls_unknown", Outcome::Succeeded(Some(1.0)))
+                        .await;
+                    assert!(matches!(err, Err(StoreError::NotFound(_))), "{err:?}");
+                }
+                let value = lease.trial.number as f64;
+                let trial = store
+                    .complete_trial(&lease.lease_id, Outcome::Succeeded(Some(value)))
+                    .await
+                    .unwrap();
+                assert_eq!(trial.state, TrialState::Completed);
+                if w % 8 == 1 {
+                    let err = store.complete_trial(&lease.lease_id, Outcome::Preempted).await;
+                    assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
+                }
+                done.push(lease.trial.number);
+            }
+            done
+        }));
+    }
+    let mut numbers = Vec::new();
+    for w in workers {
+        numbers.extend(w.await.unwrap());
+    }
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (0..300).collect::<Vec<i64>>(),
+        "every trial leased and completed once"
+    );
+    let trials = store.list_trials(sweep.id).await.unwrap();
+    assert_eq!(trials.len(), 300);
+    for t in &trials {
+        assert_eq!(
+            (t.state, t.attempt, t.value),
+            (TrialState::Completed, 1, Some(t.number as f64))
+        );
+    }
+    let sweep = store.get_sweep(sweep.id).await.unwrap();
+    assert_eq!(sweep.state, SweepState::Completed);
+    assert_eq!(
+        sweep.counts.by_state[TrialState::ALL
+            .iter()
+            .position(|s| *s == TrialState::Completed)
+            .unwrap()],
+        300
+    );
+}

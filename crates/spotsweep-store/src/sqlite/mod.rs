@@ -8,6 +8,7 @@
 //! power loss can lose the last transactions, which is the trade every WAL database makes.
 
 mod metrics_writer;
+mod queue_writer;
 mod search;
 mod sweeps;
 mod tokens;
@@ -64,10 +65,10 @@ pub struct SqliteStore {
     run_keys: RunKeys,
     /// Metric-only writes go to the group-commit task (see `metrics_writer`).
     metric_jobs: tokio::sync::mpsc::Sender<metrics_writer::MetricJob>,
-    /// Parsed sweep specs by sweep id (a spec never changes once stored).
-    sweep_specs: Arc<Mutex<HashMap<i64, Arc<spotsweep_core::sweep::SweepSpec>>>>,
-    /// Enumerated grid points by sweep id, for grid sweeps.
-    grids: Arc<Mutex<HashMap<i64, Arc<Vec<spotsweep_core::sweep::Params>>>>>,
+    /// The trial queue's transactions and caches.
+    queue: sweeps::Queue,
+    /// Leases and completions go to the queue's group-commit task (see `queue_writer`).
+    queue_jobs: tokio::sync::mpsc::Sender<queue_writer::QueueJob>,
 }
 
 /// Entries kept in the run-key cache before it starts over.
@@ -130,14 +131,15 @@ impl SqliteStore {
             .connect_with(connect)
             .await?;
         let run_keys = RunKeys::default();
+        let queue = sweeps::Queue::default();
         Ok(Self {
             writer: writer.clone(),
             reader,
             maintenance,
             run_keys: run_keys.clone(),
             metric_jobs: metrics_writer::start(writer.clone(), run_keys),
-            sweep_specs: Arc::default(),
-            grids: Arc::default(),
+            queue: queue.clone(),
+            queue_jobs: queue_writer::start(writer.clone(), queue),
         })
     }
 

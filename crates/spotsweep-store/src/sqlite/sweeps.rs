@@ -5,7 +5,8 @@
 //! compared with `max_trials` and incremented in the same transaction as the trial insert, so a
 //! sweep never overshoots.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
 use rand::RngExt;
@@ -14,11 +15,11 @@ use spotsweep_core::sweep::{
 };
 use sqlx::SqliteConnection;
 
-use super::tracking::{insert_experiment, insert_new_params, insert_run};
-use super::{SqliteStore, map_err, now_ms};
+use super::tracking::insert_experiment;
+use super::{SqliteStore, map_err, now_ms, queue_writer};
 use crate::{
-    HeartbeatAction, KeyValue, LeaseRequest, LeasedTrial, NewExperiment, NewRun, Outcome, Result, StoreError,
-    Sweep, SweepState, SweepStore, Trial, TrialCounts, TrialState,
+    HeartbeatAction, LeaseRequest, LeasedTrial, NewExperiment, Outcome, Result, StoreError, Sweep,
+    SweepState, SweepStore, Trial, TrialCounts, TrialState,
 };
 
 /// The artifact root of experiments created for sweeps: behind the daemon's artifact proxy.
@@ -110,7 +111,8 @@ fn parse_spec(text: &str) -> Result<SweepSpec> {
 /// A sweep that may get a trial now, as seen inside the leasing transaction.
 #[derive(sqlx::FromRow)]
 struct Candidate {
-    id: i64,
+    #[sqlx(flatten)]
+    sweep: SweepRef,
     parallelism: i64,
     max_trials: i64,
     trials_created: i64,
@@ -118,15 +120,209 @@ struct Candidate {
     next_waiting: Option<i64>,
 }
 
-impl SqliteStore {
+/// A lease with its trial, as a completion finds them.
+#[derive(sqlx::FromRow)]
+struct LeaseRow {
+    lease_attempt: i64,
+    lease_ended_at: Option<i64>,
+    lease_outcome: Option<String>,
+    #[sqlx(flatten)]
+    trial: TrialRow,
+}
+
+/// The sweep a new trial joins, as the writing transaction sees it.
+#[derive(sqlx::FromRow)]
+struct SweepRef {
+    id: i64,
+    seed: i64,
+    experiment_id: i64,
+    artifact_location: String,
+    experiment_stage: String,
+}
+
+/// A lease about to be granted.
+struct NewLease<'a> {
+    id: &'a str,
+    agent_id: &'a str,
+    expires_at: i64,
+}
+
+/// A sweep's experiment, for trials created outside a lease (the columns of [`SweepRef`]).
+const SWEEP_REF: &str = "SELECT s.id, s.seed, s.experiment_id, e.artifact_location, \
+     e.lifecycle_stage AS experiment_stage FROM sweeps s JOIN experiments e ON e.experiment_id = s.experiment_id \
+     WHERE s.id = ?";
+
+// The hot paths of the queue send a batch of statements to the writer at once: one round trip
+// instead of one per statement. sqlx binds numbered parameters in a batch correctly only when
+// each statement uses ?1..?k without a gap, so each batch takes its arguments as one JSON object
+// (?1), its fields read as `?1 ->> 'name'`.
+
+/// Inserts a trial's run with its tags and params, the trial, and its first lease when a
+/// `lease_id` is given; counts the trial on its sweep; returns the trial's id. (Rows come from
+/// the last statement: sqlx ends a batch after the statement that returned rows.)
+const INSERT_TRIAL: &str = "\
+    INSERT INTO runs (run_uuid, experiment_id, name, user_id, status, start_time, artifact_uri, lifecycle_stage) \
+        VALUES (?1 ->> 'run_uuid', ?1 ->> 'experiment_id', ?1 ->> 'run_name', '', 'RUNNING', ?1 ->> 'now', \
+                ?1 ->> 'artifact_uri', 'active'); \
+    INSERT INTO tags (run_id, key, value) \
+        SELECT (SELECT id FROM runs WHERE run_uuid = ?1 ->> 'run_uuid'), key, value FROM json_each(?1, '$.tags'); \
+    INSERT INTO params (run_id, key, value) \
+        SELECT (SELECT id FROM runs WHERE run_uuid = ?1 ->> 'run_uuid'), key, value FROM json_each(?1, '$.params'); \
+    INSERT INTO trials (sweep_id, number, params, seed, run_id, state, attempt, agent_id, created_at, started_at) \
+        SELECT ?1 ->> 'sweep_id', ?1 ->> 'number', ?1 ->> 'params_json', ?1 ->> 'seed', \
+               (SELECT id FROM runs WHERE run_uuid = ?1 ->> 'run_uuid'), \
+               IIF(leased, 'running', 'queued'), leased, ?1 ->> 'agent_id', ?1 ->> 'now', IIF(leased, ?1 ->> 'now', NULL) \
+        FROM (SELECT ?1 ->> 'lease_id' IS NOT NULL AS leased); \
+    INSERT INTO leases (id, trial_id, attempt, agent_id, created_at, expires_at) \
+        SELECT ?1 ->> 'lease_id', id, 1, ?1 ->> 'agent_id', ?1 ->> 'now', ?1 ->> 'expires_at' FROM trials \
+        WHERE ?1 ->> 'lease_id' IS NOT NULL AND sweep_id = ?1 ->> 'sweep_id' AND number = ?1 ->> 'number'; \
+    UPDATE sweeps SET trials_created = trials_created + 1 WHERE id = ?1 ->> 'sweep_id'; \
+    SELECT id FROM trials WHERE sweep_id = ?1 ->> 'sweep_id' AND number = ?1 ->> 'number'";
+
+/// Starts the next attempt of a waiting trial under a new lease: the trial, the lease, the run's
+/// attempt tag and status; returns the trial.
+static LEASE_WAITING: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE trials SET state = 'running', attempt = attempt + 1, agent_id = ?1 ->> 'agent_id', \
+           started_at = ?1 ->> 'now', stop_requested = 0 WHERE id = ?1 ->> 'trial_id'; \
+         INSERT INTO leases (id, trial_id, attempt, agent_id, created_at, expires_at) \
+           SELECT ?1 ->> 'lease_id', id, attempt, agent_id, started_at, ?1 ->> 'expires_at' FROM trials \
+           WHERE id = ?1 ->> 'trial_id'; \
+         UPDATE tags SET value = (SELECT CAST(attempt AS TEXT) FROM trials WHERE id = ?1 ->> 'trial_id') \
+           WHERE run_id = (SELECT run_id FROM trials WHERE id = ?1 ->> 'trial_id') AND key = 'spotsweep.attempt'; \
+         UPDATE runs SET status = 'RUNNING', end_time = NULL \
+           WHERE id = (SELECT run_id FROM trials WHERE id = ?1 ->> 'trial_id'); \
+         SELECT {TRIAL_COLUMNS} FROM trials t JOIN runs r ON r.id = t.run_id WHERE t.id = ?1 ->> 'trial_id'"
+    )
+});
+
+/// When a sweep (the row `sweeps`) is done: running or paused, every trial proposed, none left
+/// to run.
+const SWEEP_DONE: &str = "state IN ('running', 'paused') AND trials_created >= max_trials \
+     AND NOT EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = sweeps.id AND t.state IN ('queued', 'running', 'preempted'))";
+
+/// Ends a lease (its end time kept if it already ended) with the outcome it records, and sets
+/// its trial's state, value (?2, a real: a float through JSON text could change), reason and
+/// failures; the run's status when the trial's story ends; and completes the sweep when that
+/// was its last trial.
+static END_LEASE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE trials SET state = ?1 ->> 'state', value = ?2, reason = ?1 ->> 'reason', \
+           failures = ?1 ->> 'failures', finished_at = ?1 ->> 'finished_at' WHERE id = ?1 ->> 'trial_id'; \
+         UPDATE leases SET ended_at = COALESCE(ended_at, ?1 ->> 'now'), outcome = ?1 ->> 'lease_outcome' \
+           WHERE id = ?1 ->> 'lease_id'; \
+         UPDATE runs SET status = ?1 ->> 'run_status', end_time = ?1 ->> 'now' \
+           WHERE ?1 ->> 'run_status' IS NOT NULL AND id = (SELECT run_id FROM trials WHERE id = ?1 ->> 'trial_id'); \
+         UPDATE sweeps SET state = 'completed', finished_at = ?1 ->> 'now' \
+           WHERE id = (SELECT sweep_id FROM trials WHERE id = ?1 ->> 'trial_id') AND {SWEEP_DONE}"
+    )
+});
+
+/// What an outcome does to a trial.
+struct OutcomeUpdate {
+    state: TrialState,
+    value: Option<f64>,
+    reason: Option<String>,
+    failures: i64,
+    /// The run's final status, when the trial's story ends here.
+    run_status: Option<&'static str>,
+}
+
+/// Applies an agent's `outcome` to `trial`; `objective` is the value read from the run's
+/// metrics when the outcome carries none.
+fn decide_outcome(
+    trial: &Trial,
+    spec: &SweepSpec,
+    outcome: &Outcome,
+    objective: Option<f64>,
+) -> OutcomeUpdate {
+    let update = |state, value, reason: Option<String>, failures, run_status| OutcomeUpdate {
+        state,
+        value,
+        reason,
+        failures,
+        run_status,
+    };
+    let metric = &spec.objective.metric;
+    match outcome {
+        Outcome::Succeeded(value) => match value.or(objective) {
+            Some(v) if v.is_finite() => update(
+                TrialState::Completed,
+                Some(v),
+                None,
+                trial.failures,
+                Some("FINISHED"),
+            ),
+            Some(v) => update(
+                TrialState::Failed,
+                None,
+                Some(format!("the objective metric '{metric}' is {v}")),
+                trial.failures,
+                Some("FAILED"),
+            ),
+            None => update(
+                TrialState::Failed,
+                None,
+                Some(format!(
+                    "the command exited 0 without logging the objective metric '{metric}' to its MLflow run"
+                )),
+                trial.failures,
+                Some("FAILED"),
+            ),
+        },
+        Outcome::Failed(reason) => {
+            let failures = trial.failures + 1;
+            if failures > i64::from(spec.max_retries) {
+                update(
+                    TrialState::Failed,
+                    None,
+                    Some(reason.clone()),
+                    failures,
+                    Some("FAILED"),
+                )
+            } else {
+                update(TrialState::Queued, None, Some(reason.clone()), failures, None)
+            }
+        }
+        Outcome::Preempted => update(
+            TrialState::Preempted,
+            None,
+            Some("preempted".into()),
+            trial.failures,
+            None,
+        ),
+        Outcome::Pruned(reason) => update(
+            TrialState::Pruned,
+            None,
+            Some(reason.clone()),
+            trial.failures,
+            Some("KILLED"),
+        ),
+        Outcome::Cancelled => update(
+            TrialState::Cancelled,
+            None,
+            Some("cancelled".into()),
+            trial.failures,
+            Some("KILLED"),
+        ),
+    }
+}
+
+/// The queue's transactions, and what they cache: specs and grids never change once stored.
+/// The store runs them in its own transactions or, for leases and completions, in the group
+/// commits of the queue writer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Queue {
+    /// Parsed sweep specs by sweep id.
+    specs: Arc<Mutex<HashMap<i64, Arc<SweepSpec>>>>,
+    /// Enumerated grid points by sweep id, for grid sweeps.
+    grids: Arc<Mutex<HashMap<i64, Arc<Vec<Params>>>>>,
+}
+
+impl Queue {
     /// The parsed spec of a sweep; specs never change, so they are parsed once.
     async fn spec_of(&self, conn: &mut SqliteConnection, sweep_id: i64) -> Result<Arc<SweepSpec>> {
-        if let Some(spec) = self
-            .sweep_specs
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&sweep_id).cloned())
-        {
+        if let Some(spec) = self.specs.lock().ok().and_then(|m| m.get(&sweep_id).cloned()) {
             return Ok(spec);
         }
         let (text,): (String,) = sqlx::query_as("SELECT spec FROM sweeps WHERE id = ?")
@@ -136,7 +332,7 @@ impl SqliteStore {
             .map_err(map_err)?
             .ok_or_else(|| StoreError::NotFound(format!("no sweep with id {sweep_id}")))?;
         let spec = Arc::new(parse_spec(&text)?);
-        if let Ok(mut m) = self.sweep_specs.lock() {
+        if let Ok(mut m) = self.specs.lock() {
             m.insert(sweep_id, spec.clone());
         }
         Ok(spec)
@@ -172,126 +368,123 @@ impl SqliteStore {
     }
 
     /// Creates trial `number` of a sweep with its MLflow run (params = the hyperparameters,
-    /// tags = sweep, trial number, attempt, seed), queued.
+    /// tags = sweep, trial number, attempt, seed): leased at once when `lease` is given, queued
+    /// otherwise. One statement batch, so one round trip to the writer.
     async fn insert_trial(
         &self,
         conn: &mut SqliteConnection,
-        sweep_id: i64,
-        sweep_seed: u64,
+        sweep: &SweepRef,
         number: i64,
         params: &Params,
-    ) -> Result<i64> {
-        let spec = self.spec_of(conn, sweep_id).await?;
-        let (experiment_id,): (i64,) = sqlx::query_as("SELECT experiment_id FROM sweeps WHERE id = ?")
-            .bind(sweep_id)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        let seed = trial_seed(sweep_seed, number as u64);
+        lease: Option<&NewLease<'_>>,
+    ) -> Result<Trial> {
+        if sweep.experiment_stage != "active" {
+            return Err(StoreError::Invalid(format!(
+                "the experiment {} of sweep {} is deleted; restore it to run more trials",
+                sweep.experiment_id, sweep.id
+            )));
+        }
+        let spec = self.spec_of(conn, sweep.id).await?;
+        let seed = trial_seed(sweep.seed as u64, number as u64);
         let run_id = uuid::Uuid::new_v4().simple().to_string();
         let run_name = format!("{}-{number}", spec.name);
-        let tag = |k: &str, v: String| KeyValue {
-            key: k.into(),
-            value: v,
-        };
-        let now = now_ms();
-        let (run_key, _) = insert_run(
-            conn,
-            &NewRun {
-                experiment_id,
-                run_id: run_id.clone(),
-                run_name: run_name.clone(),
-                user_id: String::new(),
-                start_time: now,
-                tags: vec![
-                    tag("mlflow.runName", run_name),
-                    tag("spotsweep.sweep_id", sweep_id.to_string()),
-                    tag("spotsweep.sweep", spec.name.clone()),
-                    tag("spotsweep.trial", number.to_string()),
-                    tag("spotsweep.attempt", "0".into()),
-                    tag("spotsweep.seed", seed.to_string()),
-                ],
-            },
-        )
-        .await?;
-        let as_params: Vec<KeyValue> = params
+        let artifact_uri = format!(
+            "{}/{run_id}/artifacts",
+            sweep.artifact_location.trim_end_matches('/')
+        );
+        let attempt = i64::from(lease.is_some());
+        let tags = serde_json::json!({
+            "mlflow.runName": run_name,
+            "spotsweep.sweep_id": sweep.id.to_string(),
+            "spotsweep.sweep": spec.name,
+            "spotsweep.trial": number.to_string(),
+            "spotsweep.attempt": attempt.to_string(),
+            "spotsweep.seed": seed.to_string(),
+        });
+        let param_values: serde_json::Map<String, serde_json::Value> = params
             .iter()
-            .map(|(k, v)| KeyValue {
-                key: k.clone(),
-                value: v.to_string(),
-            })
+            .map(|(k, v)| (k.clone(), v.to_string().into()))
             .collect();
-        insert_new_params(conn, run_key, &as_params).await?;
         let params_json = serde_json::to_string(params).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO trials (sweep_id, number, params, seed, run_id, state, created_at) \
-             VALUES (?, ?, ?, ?, ?, 'queued', ?) RETURNING id",
-        )
-        .bind(sweep_id)
-        .bind(number)
-        .bind(params_json)
-        .bind(seed as i64)
-        .bind(run_key)
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(map_err)?;
-        sqlx::query("UPDATE sweeps SET trials_created = trials_created + 1 WHERE id = ?")
-            .bind(sweep_id)
-            .execute(&mut *conn)
+        let now = now_ms();
+        let args = serde_json::json!({
+            "run_uuid": run_id,
+            "experiment_id": sweep.experiment_id,
+            "run_name": run_name,
+            "now": now,
+            "artifact_uri": artifact_uri,
+            "tags": tags,
+            "params": param_values,
+            "sweep_id": sweep.id,
+            "number": number,
+            "params_json": params_json,
+            "seed": seed as i64,
+            "lease_id": lease.map(|l| l.id),
+            "agent_id": lease.map(|l| l.agent_id),
+            "expires_at": lease.map(|l| l.expires_at),
+        });
+        let (id,): (i64,) = sqlx::query_as(INSERT_TRIAL)
+            .bind(args.to_string())
+            .fetch_all(&mut *conn)
             .await
-            .map_err(map_err)?;
-        Ok(id)
+            .map_err(map_err)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Internal(sqlx::Error::RowNotFound))?;
+        Ok(Trial {
+            id,
+            sweep_id: sweep.id,
+            number,
+            params: params.clone(),
+            seed,
+            run_id,
+            experiment_id: sweep.experiment_id,
+            artifact_uri,
+            state: if lease.is_some() {
+                TrialState::Running
+            } else {
+                TrialState::Queued
+            },
+            attempt,
+            failures: 0,
+            value: None,
+            reason: None,
+            agent_id: lease.map(|l| l.agent_id.to_owned()),
+            created_at: now,
+            started_at: lease.map(|_| now),
+            finished_at: None,
+        })
     }
 
-    /// Leases a waiting trial to an agent.
-    async fn lease_one(
+    /// Leases a waiting (queued or preempted) trial to an agent: the next attempt of the same run.
+    async fn lease_waiting(
         &self,
         conn: &mut SqliteConnection,
         trial_id: i64,
-        request: &LeaseRequest,
+        lease: &NewLease<'_>,
     ) -> Result<LeasedTrial> {
-        let now = now_ms();
-        let lease_id = new_lease_id();
-        let expires_at = now + request.ttl_ms;
-        let (attempt, run_key, sweep_id): (i64, i64, i64) = sqlx::query_as(
-            "UPDATE trials SET state = 'running', attempt = attempt + 1, agent_id = ?, started_at = ?, \
-             stop_requested = 0 WHERE id = ? RETURNING attempt, run_id, sweep_id",
-        )
-        .bind(&request.agent_id)
-        .bind(now)
-        .bind(trial_id)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO leases (id, trial_id, attempt, agent_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&lease_id)
-        .bind(trial_id)
-        .bind(attempt)
-        .bind(&request.agent_id)
-        .bind(now)
-        .bind(expires_at)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_err)?;
-        sqlx::query("UPDATE tags SET value = ? WHERE run_id = ? AND key = 'spotsweep.attempt'")
-            .bind(attempt.to_string())
-            .bind(run_key)
-            .execute(&mut *conn)
+        let row = sqlx::query_as::<_, TrialRow>(sqlx::AssertSqlSafe(LEASE_WAITING.as_str()))
+            .bind(
+                serde_json::json!({
+                    "trial_id": trial_id,
+                    "agent_id": lease.agent_id,
+                    "now": now_ms(),
+                    "lease_id": lease.id,
+                    "expires_at": lease.expires_at,
+                })
+                .to_string(),
+            )
+            .fetch_all(&mut *conn)
             .await
-            .map_err(map_err)?;
-        sqlx::query("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE id = ?")
-            .bind(run_key)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        let trial = trial_by_id(conn, trial_id).await?;
-        let spec = self.spec_of(conn, sweep_id).await?;
+            .map_err(map_err)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::NotFound(format!("no trial with id {trial_id}")))?;
+        let trial = row.into_trial();
+        let spec = self.spec_of(conn, trial.sweep_id).await?;
         Ok(LeasedTrial {
-            lease_id,
-            expires_at,
+            lease_id: lease.id.to_owned(),
+            expires_at: lease.expires_at,
             trial,
             spec,
         })
@@ -328,126 +521,232 @@ impl SqliteStore {
         Ok(row.and_then(|(v,)| v))
     }
 
-    /// Applies an outcome to a trial whose lease just ended.
-    async fn apply_outcome(
+    /// Ends lease `lease_id` of `trial` (recording `lease_outcome` on it, and the time unless it
+    /// already ended) and applies `outcome` to the trial, its run and its sweep. Returns the
+    /// trial as it now is.
+    async fn end_lease(
         &self,
         conn: &mut SqliteConnection,
-        trial: &Trial,
+        lease_id: &str,
+        lease_outcome: &str,
+        mut trial: Trial,
         outcome: &Outcome,
-    ) -> Result<()> {
+    ) -> Result<Trial> {
         let spec = self.spec_of(conn, trial.sweep_id).await?;
-        let now = now_ms();
-        // (state, value, reason, failures, run status if final)
-        let (state, value, reason, failures, run_status) = match outcome {
-            Outcome::Succeeded(value) => {
-                let value = match value {
-                    Some(v) => Some(*v),
-                    None => self.objective_of(conn, trial, &spec).await?,
-                };
-                match value {
-                    Some(v) if v.is_finite() => (
-                        TrialState::Completed,
-                        Some(v),
-                        None,
-                        trial.failures,
-                        Some("FINISHED"),
-                    ),
-                    Some(v) => (
-                        TrialState::Failed,
-                        None,
-                        Some(format!("the objective metric '{}' is {v}", spec.objective.metric)),
-                        trial.failures,
-                        Some("FAILED"),
-                    ),
-                    None => (
-                        TrialState::Failed,
-                        None,
-                        Some(format!(
-                            "the command exited 0 without logging the objective metric '{}' to its MLflow run",
-                            spec.objective.metric
-                        )),
-                        trial.failures,
-                        Some("FAILED"),
-                    ),
-                }
-            }
-            Outcome::Failed(reason) => {
-                let failures = trial.failures + 1;
-                if failures > i64::from(spec.max_retries) {
-                    (
-                        TrialState::Failed,
-                        None,
-                        Some(reason.clone()),
-                        failures,
-                        Some("FAILED"),
-                    )
-                } else {
-                    (TrialState::Queued, None, Some(reason.clone()), failures, None)
-                }
-            }
-            Outcome::Preempted => (
-                TrialState::Preempted,
-                None,
-                Some("preempted".into()),
-                trial.failures,
-                None,
-            ),
-            Outcome::Pruned(reason) => (
-                TrialState::Pruned,
-                None,
-                Some(reason.clone()),
-                trial.failures,
-                Some("KILLED"),
-            ),
-            Outcome::Cancelled => (
-                TrialState::Cancelled,
-                None,
-                Some("cancelled".into()),
-                trial.failures,
-                Some("KILLED"),
-            ),
+        let objective = match outcome {
+            Outcome::Succeeded(None) => self.objective_of(conn, &trial, &spec).await?,
+            _ => None,
         };
-        let finished_at = state.is_terminal().then_some(now);
-        sqlx::query(
-            "UPDATE trials SET state = ?, value = ?, reason = ?, failures = ?, finished_at = ? WHERE id = ?",
-        )
-        .bind(state.as_str())
-        .bind(value)
-        .bind(reason)
-        .bind(failures)
-        .bind(finished_at)
-        .bind(trial.id)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_err)?;
-        if let Some(status) = run_status {
-            sqlx::query("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?")
-                .bind(status)
-                .bind(now)
-                .bind(&trial.run_id)
-                .execute(&mut *conn)
-                .await
-                .map_err(map_err)?;
-        }
-        self.complete_sweep_if_done(conn, trial.sweep_id).await
+        let update = decide_outcome(&trial, &spec, outcome, objective);
+        let now = now_ms();
+        let finished_at = update.state.is_terminal().then_some(now);
+        sqlx::query(sqlx::AssertSqlSafe(END_LEASE.as_str()))
+            .bind(
+                serde_json::json!({
+                    "lease_id": lease_id,
+                    "now": now,
+                    "lease_outcome": lease_outcome,
+                    "trial_id": trial.id,
+                    "state": update.state.as_str(),
+                    "reason": update.reason,
+                    "failures": update.failures,
+                    "finished_at": finished_at,
+                    "run_status": update.run_status,
+                })
+                .to_string(),
+            )
+            .bind(update.value)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        trial.state = update.state;
+        trial.value = update.value;
+        trial.reason = update.reason;
+        trial.failures = update.failures;
+        trial.finished_at = finished_at;
+        Ok(trial)
     }
 
     /// A running or paused sweep whose every trial was proposed and has ended is completed.
     async fn complete_sweep_if_done(&self, conn: &mut SqliteConnection, sweep_id: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE sweeps SET state = 'completed', finished_at = ? WHERE id = ? AND state IN ('running', 'paused') \
-             AND trials_created >= max_trials \
-             AND NOT EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = sweeps.id \
-                             AND t.state IN ('queued', 'running', 'preempted'))",
-        )
-        .bind(now_ms())
-        .bind(sweep_id)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_err)?;
+        let sql =
+            format!("UPDATE sweeps SET state = 'completed', finished_at = ?1 WHERE id = ?2 AND {SWEEP_DONE}");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms())
+            .bind(sweep_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 
+    /// Leases up to `request.slots` trials, inside the caller's write transaction.
+    pub(crate) async fn lease(
+        &self,
+        tx: &mut SqliteConnection,
+        request: &LeaseRequest,
+    ) -> Result<Vec<LeasedTrial>> {
+        if let Some(request_id) = &request.request_id {
+            let earlier: Option<(String,)> =
+                sqlx::query_as("SELECT response FROM lease_requests WHERE request_id = ?")
+                    .bind(request_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            if let Some((response,)) = earlier {
+                // A retried request: answer with the same leases, as they are now.
+                let lease_ids: Vec<String> = serde_json::from_str(&response).unwrap_or_default();
+                let mut out = Vec::new();
+                for lease_id in lease_ids {
+                    let row: Option<(i64, i64, Option<i64>)> =
+                        sqlx::query_as("SELECT trial_id, expires_at, ended_at FROM leases WHERE id = ?")
+                            .bind(&lease_id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                    if let Some((trial_id, expires_at, None)) = row {
+                        let trial = trial_by_id(tx, trial_id).await?;
+                        let spec = self.spec_of(tx, trial.sweep_id).await?;
+                        out.push(LeasedTrial {
+                            lease_id,
+                            expires_at,
+                            trial,
+                            spec,
+                        });
+                    }
+                }
+                return Ok(out);
+            }
+        }
+        let mut leased: Vec<LeasedTrial> = Vec::new();
+        while leased.len() < request.slots as usize {
+            let candidates: Vec<Candidate> = sqlx::query_as(
+                "SELECT s.id, s.seed, s.experiment_id, e.artifact_location, e.lifecycle_stage AS experiment_stage, \
+                   s.parallelism, s.max_trials, s.trials_created, \
+                   (SELECT COUNT(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running') AS running, \
+                   (SELECT MIN(t.number) FROM trials t WHERE t.sweep_id = s.id AND t.state IN ('queued', 'preempted')) \
+                     AS next_waiting \
+                 FROM sweeps s JOIN experiments e ON e.experiment_id = s.experiment_id \
+                 WHERE s.state = 'running' AND (?1 IS NULL OR s.pool = ?1) AND (?2 IS NULL OR s.id = ?2)",
+            )
+            .bind(&request.pool)
+            .bind(request.sweep_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            // Fair share: the sweep with the fewest running trials goes first; waiting
+            // (retried) trials before new ones within a sweep.
+            let pick = candidates
+                .iter()
+                .filter(|c| {
+                    c.running < c.parallelism && (c.next_waiting.is_some() || c.trials_created < c.max_trials)
+                })
+                .min_by_key(|c| (c.running, c.sweep.id));
+            let Some(candidate) = pick else { break };
+            let lease_id = new_lease_id();
+            let lease = NewLease {
+                id: &lease_id,
+                agent_id: &request.agent_id,
+                expires_at: now_ms() + request.ttl_ms,
+            };
+            let sweep = &candidate.sweep;
+            if let Some(number) = candidate.next_waiting {
+                let (trial_id,): (i64,) =
+                    sqlx::query_as("SELECT id FROM trials WHERE sweep_id = ? AND number = ?")
+                        .bind(sweep.id)
+                        .bind(number)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                leased.push(self.lease_waiting(tx, trial_id, &lease).await?);
+                continue;
+            }
+            let number = candidate.trials_created;
+            let Some(params) = self.propose(tx, sweep.id, sweep.seed as u64, number).await? else {
+                // An exhausted grid: no more trials.
+                sqlx::query("UPDATE sweeps SET max_trials = trials_created WHERE id = ?")
+                    .bind(sweep.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                continue;
+            };
+            let trial = self
+                .insert_trial(tx, sweep, number, &params, Some(&lease))
+                .await?;
+            leased.push(LeasedTrial {
+                lease_id: lease_id.clone(),
+                expires_at: lease.expires_at,
+                spec: self.spec_of(tx, sweep.id).await?,
+                trial,
+            });
+        }
+        // Only a request that leased something is remembered: an empty answer leases nothing
+        // twice, and a long poll asks again with the same id until work comes.
+        if let Some(request_id) = request.request_id.as_ref().filter(|_| !leased.is_empty()) {
+            let ids: Vec<&str> = leased.iter().map(|l| l.lease_id.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO lease_requests (request_id, agent_id, response, created_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(request_id)
+            .bind(&request.agent_id)
+            .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        Ok(leased)
+    }
+
+    /// Ends a lease with its agent's outcome, inside the caller's write transaction.
+    pub(crate) async fn complete(
+        &self,
+        tx: &mut SqliteConnection,
+        lease_id: &str,
+        outcome: Outcome,
+    ) -> Result<Trial> {
+        let sql = format!(
+            "SELECT l.attempt AS lease_attempt, l.ended_at AS lease_ended_at, l.outcome AS lease_outcome, \
+               {TRIAL_COLUMNS} FROM leases l JOIN trials t ON t.id = l.trial_id JOIN runs r ON r.id = t.run_id \
+             WHERE l.id = ?"
+        );
+        let row: LeaseRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(lease_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
+        let (lease_attempt, ended_at, ended_as) = (row.lease_attempt, row.lease_ended_at, row.lease_outcome);
+        let mut trial = row.trial.into_trial();
+        if ended_at.is_some() {
+            let ended_as = ended_as.unwrap_or_default();
+            if ended_as == outcome.as_str() {
+                // A retried completion: answer as the first time.
+                return Ok(trial);
+            }
+            // The lease expired while the agent was away, but nobody has taken the trial since:
+            // its result is still the latest word on it, so keep it.
+            let untouched = ended_as == "expired"
+                && trial.attempt == lease_attempt
+                && matches!(trial.state, TrialState::Queued | TrialState::Preempted);
+            if !untouched {
+                return Err(StoreError::Conflict(format!(
+                    "lease '{lease_id}' already ended ({ended_as}); the trial is now {}",
+                    trial.state.as_str()
+                )));
+            }
+            // The expiry counted a failure that did not happen.
+            trial.failures = (trial.failures - 1).max(0);
+        }
+        let trial = self
+            .end_lease(tx, lease_id, outcome.as_str(), trial, &outcome)
+            .await?;
+        Ok(trial)
+    }
+}
+
+impl SqliteStore {
     async fn load_sweep(&self, row: SweepRow) -> Result<Sweep> {
         let spec = parse_spec(&row.spec)?;
         let counts_rows: Vec<(String, i64)> =
@@ -605,7 +904,7 @@ impl SweepStore for SqliteStore {
                     .await
                     .map_err(map_err)?;
                 if state == SweepState::Running {
-                    self.complete_sweep_if_done(&mut tx, id).await?;
+                    self.queue.complete_sweep_if_done(&mut tx, id).await?;
                 }
             }
             SweepState::Cancelled => {
@@ -654,13 +953,13 @@ impl SweepStore for SqliteStore {
 
     async fn enqueue_trial(&self, sweep_id: i64, params: Params) -> Result<Trial> {
         let mut tx = self.begin_write().await?;
-        let row: Option<(String, i64, i64, i64)> =
-            sqlx::query_as("SELECT state, seed, trials_created, max_trials FROM sweeps WHERE id = ?")
+        let row: Option<(String, i64, i64)> =
+            sqlx::query_as("SELECT state, trials_created, max_trials FROM sweeps WHERE id = ?")
                 .bind(sweep_id)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(map_err)?;
-        let (state, seed, created, max) =
+        let (state, created, max) =
             row.ok_or_else(|| StoreError::NotFound(format!("no sweep with id {sweep_id}")))?;
         if state == "completed" || state == "cancelled" {
             return Err(StoreError::Invalid(format!(
@@ -672,10 +971,15 @@ impl SweepStore for SqliteStore {
                 "sweep {sweep_id} already has max_trials = {max} trials; it takes no more"
             )));
         }
-        let id = self
-            .insert_trial(&mut tx, sweep_id, seed as u64, created, &params)
+        let sweep: SweepRef = sqlx::query_as(SWEEP_REF)
+            .bind(sweep_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let trial = self
+            .queue
+            .insert_trial(&mut tx, &sweep, created, &params, None)
             .await?;
-        let trial = trial_by_id(&mut tx, id).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(trial)
     }
@@ -702,200 +1006,38 @@ impl SweepStore for SqliteStore {
     }
 
     async fn lease_trials(&self, request: &LeaseRequest) -> Result<Vec<LeasedTrial>> {
-        let mut tx = self.begin_write().await?;
-        if let Some(request_id) = &request.request_id {
-            let earlier: Option<(String,)> =
-                sqlx::query_as("SELECT response FROM lease_requests WHERE request_id = ?")
-                    .bind(request_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-            if let Some((response,)) = earlier {
-                // A retried request: answer with the same leases, as they are now.
-                let lease_ids: Vec<String> = serde_json::from_str(&response).unwrap_or_default();
-                let mut out = Vec::new();
-                for lease_id in lease_ids {
-                    let row: Option<(i64, i64, Option<i64>)> =
-                        sqlx::query_as("SELECT trial_id, expires_at, ended_at FROM leases WHERE id = ?")
-                            .bind(&lease_id)
-                            .fetch_optional(&mut *tx)
-                            .await
-                            .map_err(map_err)?;
-                    if let Some((trial_id, expires_at, None)) = row {
-                        let trial = trial_by_id(&mut tx, trial_id).await?;
-                        let spec = self.spec_of(&mut tx, trial.sweep_id).await?;
-                        out.push(LeasedTrial {
-                            lease_id,
-                            expires_at,
-                            trial,
-                            spec,
-                        });
-                    }
-                }
-                return Ok(out);
-            }
-        }
-        let mut leased: Vec<LeasedTrial> = Vec::new();
-        while leased.len() < request.slots as usize {
-            let candidates: Vec<Candidate> = sqlx::query_as(
-                "SELECT s.id, s.parallelism, s.max_trials, s.trials_created, \
-                   (SELECT COUNT(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running') AS running, \
-                   (SELECT MIN(t.number) FROM trials t WHERE t.sweep_id = s.id AND t.state IN ('queued', 'preempted')) \
-                     AS next_waiting \
-                 FROM sweeps s WHERE s.state = 'running' AND (?1 IS NULL OR s.pool = ?1) AND (?2 IS NULL OR s.id = ?2)",
-            )
-            .bind(&request.pool)
-            .bind(request.sweep_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            // Fair share: the sweep with the fewest running trials goes first; waiting
-            // (retried) trials before new ones within a sweep.
-            let pick = candidates
-                .iter()
-                .filter(|c| {
-                    c.running < c.parallelism && (c.next_waiting.is_some() || c.trials_created < c.max_trials)
-                })
-                .min_by_key(|c| (c.running, c.id));
-            let Some(sweep) = pick else { break };
-            let trial_id = match sweep.next_waiting {
-                Some(number) => {
-                    let (id,): (i64,) =
-                        sqlx::query_as("SELECT id FROM trials WHERE sweep_id = ? AND number = ?")
-                            .bind(sweep.id)
-                            .bind(number)
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(map_err)?;
-                    id
-                }
-                None => {
-                    let (seed,): (i64,) = sqlx::query_as("SELECT seed FROM sweeps WHERE id = ?")
-                        .bind(sweep.id)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
-                    let Some(params) = self
-                        .propose(&mut tx, sweep.id, seed as u64, sweep.trials_created)
-                        .await?
-                    else {
-                        // An exhausted grid: no more trials.
-                        sqlx::query("UPDATE sweeps SET max_trials = trials_created WHERE id = ?")
-                            .bind(sweep.id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(map_err)?;
-                        continue;
-                    };
-                    self.insert_trial(&mut tx, sweep.id, seed as u64, sweep.trials_created, &params)
-                        .await?
-                }
-            };
-            leased.push(self.lease_one(&mut tx, trial_id, request).await?);
-        }
-        // Only a request that leased something is remembered: an empty answer leases nothing
-        // twice, and a long poll asks again with the same id until work comes.
-        if let Some(request_id) = request.request_id.as_ref().filter(|_| !leased.is_empty()) {
-            let ids: Vec<&str> = leased.iter().map(|l| l.lease_id.as_str()).collect();
-            sqlx::query(
-                "INSERT INTO lease_requests (request_id, agent_id, response, created_at) VALUES (?, ?, ?, ?)",
-            )
-            .bind(request_id)
-            .bind(&request.agent_id)
-            .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        }
-        tx.commit().await.map_err(map_err)?;
-        Ok(leased)
+        queue_writer::lease(&self.queue_jobs, request.clone()).await
     }
 
     async fn heartbeat(&self, lease_id: &str, ttl_ms: i64) -> Result<HeartbeatAction> {
-        let mut tx = self.begin_write().await?;
+        // One statement batch, no transaction: each statement commits by itself, and the read
+        // after the extension sees it.
         let row: Option<(Option<i64>, i64, String)> = sqlx::query_as(
-            "SELECT l.ended_at, t.stop_requested, s.state FROM leases l JOIN trials t ON t.id = l.trial_id \
-             JOIN sweeps s ON s.id = t.sweep_id WHERE l.id = ?",
+            "UPDATE leases SET expires_at = ?2 WHERE id = ?1 AND ended_at IS NULL; \
+             SELECT l.ended_at, t.stop_requested, s.state FROM leases l JOIN trials t ON t.id = l.trial_id \
+             JOIN sweeps s ON s.id = t.sweep_id WHERE l.id = ?1",
         )
         .bind(lease_id)
-        .fetch_optional(&mut *tx)
+        .bind(now_ms() + ttl_ms)
+        .fetch_all(&self.writer)
         .await
-        .map_err(map_err)?;
+        .map_err(map_err)?
+        .into_iter()
+        .next();
         let (ended_at, stop_requested, sweep_state) =
             row.ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
-        if ended_at.is_some() {
-            // Expired (the trial went back to the queue) or already completed.
-            return Ok(HeartbeatAction::Stop);
-        }
-        sqlx::query("UPDATE leases SET expires_at = ? WHERE id = ?")
-            .bind(now_ms() + ttl_ms)
-            .bind(lease_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(if stop_requested != 0 || sweep_state == "cancelled" {
-            HeartbeatAction::Stop
-        } else {
-            HeartbeatAction::Continue
-        })
+        Ok(
+            // An ended lease: expired (the trial went back to the queue) or already completed.
+            if ended_at.is_some() || stop_requested != 0 || sweep_state == "cancelled" {
+                HeartbeatAction::Stop
+            } else {
+                HeartbeatAction::Continue
+            },
+        )
     }
 
     async fn complete_trial(&self, lease_id: &str, outcome: Outcome) -> Result<Trial> {
-        let mut tx = self.begin_write().await?;
-        let row: Option<(i64, i64, Option<i64>, Option<String>)> =
-            sqlx::query_as("SELECT trial_id, attempt, ended_at, outcome FROM leases WHERE id = ?")
-                .bind(lease_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        let (trial_id, attempt, ended_at, ended_as) =
-            row.ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
-        let trial = trial_by_id(&mut tx, trial_id).await?;
-        if ended_at.is_some() {
-            let ended_as = ended_as.unwrap_or_default();
-            if ended_as == outcome.as_str() {
-                // A retried completion: answer as the first time.
-                return Ok(trial);
-            }
-            // The lease expired while the agent was away, but nobody has taken the trial since:
-            // its result is still the latest word on it, so keep it.
-            let untouched = ended_as == "expired"
-                && trial.attempt == attempt
-                && matches!(trial.state, TrialState::Queued | TrialState::Preempted);
-            if !untouched {
-                return Err(StoreError::Conflict(format!(
-                    "lease '{lease_id}' already ended ({ended_as}); the trial is now {}",
-                    trial.state.as_str()
-                )));
-            }
-            sqlx::query("UPDATE leases SET outcome = ? WHERE id = ?")
-                .bind(outcome.as_str())
-                .bind(lease_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            // The expiry counted a failure that did not happen.
-            sqlx::query("UPDATE trials SET failures = MAX(failures - 1, 0) WHERE id = ?")
-                .bind(trial_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        } else {
-            sqlx::query("UPDATE leases SET ended_at = ?, outcome = ? WHERE id = ?")
-                .bind(now_ms())
-                .bind(outcome.as_str())
-                .bind(lease_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        }
-        let trial = trial_by_id(&mut tx, trial_id).await?;
-        self.apply_outcome(&mut tx, &trial, &outcome).await?;
-        let trial = trial_by_id(&mut tx, trial_id).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(trial)
+        queue_writer::complete(&self.queue_jobs, lease_id.to_owned(), outcome).await
     }
 
     async fn expire_leases(&self, now: i64) -> Result<u64> {
@@ -908,18 +1050,13 @@ impl SweepStore for SqliteStore {
         .await
         .map_err(map_err)?;
         for (lease_id, trial_id) in &expired {
-            sqlx::query("UPDATE leases SET ended_at = ?, outcome = 'expired' WHERE id = ?")
-                .bind(now)
-                .bind(lease_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
             let trial = trial_by_id(&mut tx, *trial_id).await?;
             let reason = format!(
                 "the lease of attempt {} expired: its agent stopped heartbeating",
                 trial.attempt
             );
-            self.apply_outcome(&mut tx, &trial, &Outcome::Failed(reason))
+            self.queue
+                .end_lease(&mut tx, lease_id, "expired", trial, &Outcome::Failed(reason))
                 .await?;
         }
         tx.commit().await.map_err(map_err)?;

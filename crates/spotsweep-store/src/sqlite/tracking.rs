@@ -266,11 +266,7 @@ pub(super) async fn insert_params(
 }
 
 /// Inserts params known not to exist yet (a run created in the same transaction).
-pub(super) async fn insert_new_params(
-    conn: &mut SqliteConnection,
-    run_key: i64,
-    params: &[KeyValue],
-) -> Result<()> {
+async fn insert_new_params(conn: &mut SqliteConnection, run_key: i64, params: &[KeyValue]) -> Result<()> {
     let mut rest = params;
     for size in split_chunks(params.len()) {
         let (chunk, tail) = rest.split_at(size);
@@ -343,7 +339,7 @@ pub(super) async fn insert_experiment(conn: &mut SqliteConnection, new: NewExper
 }
 
 /// Inserts a run with its tags into an active experiment; returns its key and artifact URI.
-pub(super) async fn insert_run(conn: &mut SqliteConnection, new: &NewRun) -> Result<(i64, String)> {
+async fn insert_run(conn: &mut SqliteConnection, new: &NewRun) -> Result<(i64, String)> {
     let exp = experiment_row(conn, new.experiment_id).await?;
     if exp.lifecycle_stage != "active" {
         return Err(StoreError::Invalid(format!(
