@@ -5,8 +5,12 @@
 mod sample;
 mod spec;
 
-pub use sample::{Params, grid_points, render_command, sample_random, trial_seed};
+pub use sample::{
+    MAX_GRID_POINTS, Params, activity, draw, grid_points, keep_active, render_command, sample_random,
+    trial_seed,
+};
 pub use spec::{
-    Condition, Distribution, Goal, NotebookSpec, Objective, OneOrMany, ParamValue, SamplerKind, SamplerSpec,
-    SpecError, Summary, SweepSpec, grid_values, placeholders, quantize, validate_params,
+    Condition, Distribution, Goal, NotebookSpec, Objective, OneOrMany, ParamValue, PrunerKind, PrunerSpec,
+    SamplerKind, SamplerSpec, SpecError, Summary, SweepSpec, grid_values, placeholders, quantize,
+    validate_params,
 };

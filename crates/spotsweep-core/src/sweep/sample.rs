@@ -21,7 +21,7 @@ pub fn trial_seed(sweep_seed: u64, trial_number: u64) -> u64 {
 /// Which parameters are active given a value for every parameter: a parameter is active when
 /// each parameter its condition names is active and has one of the listed values. Validation
 /// rules out cycles, so the recursion ends.
-fn activity(spec: &SweepSpec, values: &[ParamValue]) -> Vec<bool> {
+pub fn activity(spec: &SweepSpec, values: &[ParamValue]) -> Vec<bool> {
     fn resolve(spec: &SweepSpec, values: &[ParamValue], i: usize, memo: &mut [Option<bool>]) -> bool {
         if let Some(known) = memo[i] {
             return known;
@@ -43,7 +43,9 @@ fn activity(spec: &SweepSpec, values: &[ParamValue]) -> Vec<bool> {
         .collect()
 }
 
-fn keep_active(spec: &SweepSpec, values: Vec<ParamValue>) -> Params {
+/// The parameters of a full assignment (one value per parameter, in spec order) that are
+/// active under it.
+pub fn keep_active(spec: &SweepSpec, values: Vec<ParamValue>) -> Params {
     let active = activity(spec, &values);
     spec.parameters
         .keys()
@@ -54,7 +56,8 @@ fn keep_active(spec: &SweepSpec, values: Vec<ParamValue>) -> Params {
         .collect()
 }
 
-fn draw(dist: &Distribution, rng: &mut ChaCha8Rng) -> ParamValue {
+/// One draw from a distribution: uniform, or log-uniform when `log` is set.
+pub fn draw(dist: &Distribution, rng: &mut ChaCha8Rng) -> ParamValue {
     match dist {
         Distribution::Float {
             low, high, log, step, ..

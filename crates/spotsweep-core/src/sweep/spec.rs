@@ -172,8 +172,12 @@ pub enum SamplerKind {
     /// Independent uniform (or log-uniform) draws.
     #[default]
     Random,
-    /// Every combination of the parameters' values, in order.
+    /// Every combination of the parameters' values, in order (or shuffled by the seed).
     Grid,
+    /// Scrambled Sobol points: a quasi-random sequence that covers the space evenly.
+    Qmc,
+    /// Tree-structured Parzen estimator (Bayesian optimisation), after QMC startup trials.
+    Tpe,
 }
 
 /// The sampler section.
@@ -186,6 +190,128 @@ pub struct SamplerSpec {
     /// The sweep seed; drawn and recorded when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// TPE: trials drawn by QMC before the model takes over (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_trials: Option<u32>,
+    /// TPE: candidates drawn from the good-trial model per suggestion (default 24).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<u32>,
+    /// Grid: visit the points in an order shuffled by the seed instead of in order.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shuffle: bool,
+}
+
+impl SamplerSpec {
+    /// TPE startup trials.
+    pub fn startup_trials(&self) -> u32 {
+        self.startup_trials.unwrap_or(10)
+    }
+
+    /// TPE candidates per suggestion.
+    pub fn candidates(&self) -> u32 {
+        self.candidates.unwrap_or(24)
+    }
+}
+
+/// Which pruner stops hopeless trials early, reading the objective metric's history by step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PrunerKind {
+    /// Never prune.
+    #[default]
+    None,
+    /// Prune when the best value so far is worse than the median of finished trials at the
+    /// same step.
+    Median,
+    /// Like median, at a chosen percentile.
+    Percentile,
+    /// Asynchronous successive halving: at rungs of `min_steps * reduction_factor^k` steps,
+    /// only the top `1 / reduction_factor` go on.
+    Asha,
+    /// Several ASHA brackets with different first rungs; trials are spread over them.
+    Hyperband,
+}
+
+/// The pruner section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PrunerSpec {
+    /// The pruner.
+    #[serde(rename = "type", default)]
+    pub kind: PrunerKind,
+    /// Median and percentile: no decision before this step (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<i64>,
+    /// Median and percentile: no decision before this many trials have completed (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_trials: Option<u32>,
+    /// Percentile: the percentile to beat, 0 to 100 (default 25; lower prunes more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentile: Option<f64>,
+    /// ASHA and hyperband: the first rung, in steps (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_steps: Option<i64>,
+    /// ASHA and hyperband: 1 in `reduction_factor` trials goes on at each rung (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduction_factor: Option<u32>,
+    /// Hyperband: the steps of a full trial, which set the number of brackets (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<i64>,
+}
+
+impl PrunerSpec {
+    /// Median and percentile warm-up steps.
+    pub fn warmup_steps(&self) -> i64 {
+        self.warmup_steps.unwrap_or(0)
+    }
+    /// Median and percentile startup trials.
+    pub fn startup_trials(&self) -> u32 {
+        self.startup_trials.unwrap_or(5)
+    }
+    /// The percentile of the percentile pruner (50 for median).
+    pub fn percentile(&self) -> f64 {
+        match self.kind {
+            PrunerKind::Median => 50.0,
+            _ => self.percentile.unwrap_or(25.0),
+        }
+    }
+    /// ASHA and hyperband first rung.
+    pub fn min_steps(&self) -> i64 {
+        self.min_steps.unwrap_or(1)
+    }
+    /// ASHA and hyperband reduction factor.
+    pub fn reduction_factor(&self) -> u32 {
+        self.reduction_factor.unwrap_or(3)
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        let field = |f: &str| format!("pruner.{f}");
+        if self.warmup_steps.is_some_and(|w| w < 0) {
+            return Err(err(field("warmup_steps"), "must be 0 or more"));
+        }
+        if let Some(p) = self.percentile
+            && !(0.0..=100.0).contains(&p)
+        {
+            return Err(err(field("percentile"), "must be between 0 and 100"));
+        }
+        if self.min_steps.is_some_and(|m| m < 1) {
+            return Err(err(field("min_steps"), "must be at least 1"));
+        }
+        if self.reduction_factor.is_some_and(|r| r < 2) {
+            return Err(err(field("reduction_factor"), "must be at least 2"));
+        }
+        match (self.kind, self.max_steps) {
+            (PrunerKind::Hyperband, None) => Err(err(
+                field("max_steps"),
+                "is required for hyperband: the steps of a trial that runs to the end",
+            )),
+            (PrunerKind::Hyperband, Some(max)) if max < self.min_steps() => Err(err(
+                field("max_steps"),
+                format!("must be at least min_steps ({})", self.min_steps()),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A notebook run through papermill.
@@ -221,6 +347,9 @@ pub struct SweepSpec {
     /// The sampler.
     #[serde(default)]
     pub sampler: SamplerSpec,
+    /// The pruner (none by default).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pruner: PrunerSpec,
     /// Trials to run at most.
     pub max_trials: u32,
     /// Trials running at once at most.
@@ -235,6 +364,10 @@ pub struct SweepSpec {
     /// Extra environment for the command.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_parallelism() -> u32 {
@@ -322,7 +455,21 @@ impl SweepSpec {
                 grid_values(name, dist)?;
             }
         }
-        Ok(())
+        if self.sampler.kind != SamplerKind::Tpe
+            && (self.sampler.startup_trials.is_some() || self.sampler.candidates.is_some())
+        {
+            return Err(err(
+                "sampler",
+                "startup_trials and candidates apply to type: tpe only",
+            ));
+        }
+        if self.sampler.shuffle && self.sampler.kind != SamplerKind::Grid {
+            return Err(err("sampler.shuffle", "applies to type: grid only"));
+        }
+        if self.sampler.candidates == Some(0) || self.sampler.candidates.is_some_and(|c| c > 10_000) {
+            return Err(err("sampler.candidates", "must be between 1 and 10000"));
+        }
+        self.pruner.validate()
     }
 }
 

@@ -1,0 +1,444 @@
+//! The tree-structured Parzen estimator (Bergstra et al., 2011), multivariate.
+//!
+//! Finished trials are split by loss into the best `gamma(n)` ("below") and the rest
+//! ("above"); trials still pending join "above" (the constant liar: parallel suggestions avoid
+//! the points already being tried). Each side becomes a mixture with one kernel per trial plus
+//! a wide prior kernel; a kernel spans every parameter of its group at once (truncated normals
+//! in the internal scale, and categorical kernels), so parameters are modelled jointly.
+//! Candidates are drawn from "below" and the one with the highest `l(x) / g(x)` wins.
+//!
+//! Conditional spaces: parameters that were active in exactly the same trials form a group,
+//! and each group is modelled from the trials in which it was active. A discrete space never
+//! gets a point twice while unseen points remain.
+
+use std::collections::HashSet;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{Observation, Observed, bounds, from_internal, loss, sample_qmc, to_internal};
+use crate::sweep::{
+    Distribution, MAX_GRID_POINTS, ParamValue, Params, SweepSpec, draw, grid_points, keep_active, trial_seed,
+};
+
+/// Share of finished trials that count as good, and their most.
+const GAMMA_FRACTION: f64 = 0.10;
+const GAMMA_MAX: usize = 25;
+/// Weight of the prior kernel against one trial's.
+const PRIOR_WEIGHT: f64 = 1.0;
+/// Bandwidth scale of the numeric kernels, as a fraction of the range.
+const SIGMA0: f64 = 0.2;
+/// Fresh attempts at a point not tried before, in a discrete space.
+const DEDUP_ATTEMPTS: u64 = 8;
+
+pub(super) fn suggest(spec: &SweepSpec, sweep_seed: u64, number: u64, history: &[Observation]) -> Params {
+    let goal = spec.objective.goal;
+    let mut finished: Vec<(f64, u64, &Params)> = Vec::new();
+    let mut bad: Vec<&Params> = Vec::new();
+    for o in history {
+        match o.outcome {
+            Observed::Completed(v) | Observed::Pruned(Some(v)) if v.is_finite() => {
+                finished.push((loss(goal, v), o.number, &o.params));
+            }
+            Observed::Pruned(_) | Observed::Pending => bad.push(&o.params),
+            Observed::Completed(_) | Observed::Failed => {}
+        }
+    }
+    if finished.len() < spec.sampler.startup_trials() as usize {
+        return sample_qmc(spec, sweep_seed, number);
+    }
+    finished.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let n_below = ((finished.len() as f64 * GAMMA_FRACTION).ceil() as usize).clamp(1, GAMMA_MAX);
+    let below: Vec<&Params> = finished[..n_below].iter().map(|f| f.2).collect();
+    let above: Vec<&Params> = finished[n_below..].iter().map(|f| f.2).chain(bad).collect();
+
+    let discrete = spec.parameters.values().all(|d| {
+        matches!(
+            d,
+            Distribution::Int { .. }
+                | Distribution::Categorical { .. }
+                | Distribution::Float { step: Some(_), .. }
+        )
+    });
+    let seen: HashSet<String> = if discrete {
+        history.iter().map(|o| point_key(&o.params)).collect()
+    } else {
+        HashSet::new()
+    };
+    let model = Model::new(spec, &below, &above);
+    for attempt in 0..DEDUP_ATTEMPTS {
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            trial_seed(sweep_seed, number) ^ attempt.wrapping_mul(0xA24B_AED4_963E_E407),
+        );
+        let params = model.sample(spec, &mut rng);
+        if !discrete || !seen.contains(&point_key(&params)) {
+            return params;
+        }
+    }
+    unseen_point(spec, sweep_seed, number, &seen).unwrap_or_else(|| {
+        let mut rng = ChaCha8Rng::seed_from_u64(trial_seed(sweep_seed, number));
+        model.sample(spec, &mut rng)
+    })
+}
+
+/// A point of a discrete space that no trial has had: random draws first, then the grid from a
+/// random place. `None` when every point was tried.
+fn unseen_point(spec: &SweepSpec, sweep_seed: u64, number: u64, seen: &HashSet<String>) -> Option<Params> {
+    let mut rng = ChaCha8Rng::seed_from_u64(trial_seed(sweep_seed, number) ^ 0x0DD_5EED);
+    for _ in 0..64 {
+        let values = spec.parameters.values().map(|d| draw(d, &mut rng)).collect();
+        let params = keep_active(spec, values);
+        if !seen.contains(&point_key(&params)) {
+            return Some(params);
+        }
+    }
+    let points = grid_points(spec).ok().filter(|p| p.len() <= MAX_GRID_POINTS)?;
+    let start = rng.random_range(0..points.len().max(1));
+    (0..points.len())
+        .map(|i| &points[(start + i) % points.len()])
+        .find(|p| !seen.contains(&point_key(p)))
+        .cloned()
+}
+
+/// A point as a set key (parameter values are compared by their exact written form).
+fn point_key(params: &Params) -> String {
+    let mut key = String::new();
+    for (k, v) in params {
+        key.push_str(k);
+        key.push('=');
+        key.push_str(&v.to_string());
+        key.push('\u{1f}');
+    }
+    key
+}
+
+/// The fitted model: one pair of estimators per group of parameters.
+struct Model {
+    groups: Vec<Group>,
+}
+
+/// Parameters modelled together.
+struct Group {
+    /// Their indices in the spec.
+    members: Vec<usize>,
+    /// The good-trial and bad-trial estimators; `None` where no good trial had the group (its
+    /// parameters come from the prior).
+    fitted: Option<(Parzen, Parzen)>,
+}
+
+impl Model {
+    fn new(spec: &SweepSpec, below: &[&Params], above: &[&Params]) -> Self {
+        let names: Vec<&String> = spec.parameters.keys().collect();
+        let all: Vec<&Params> = below.iter().chain(above).copied().collect();
+        // Parameters active in exactly the same trials form a group.
+        let mut groups: Vec<(Vec<bool>, Vec<usize>)> = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let signature: Vec<bool> = all.iter().map(|p| p.contains_key(*name)).collect();
+            match groups.iter_mut().find(|(s, _)| *s == signature) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((signature, vec![i])),
+            }
+        }
+        let dims = spec.parameters.len();
+        let groups = groups
+            .into_iter()
+            .map(|(_, members)| {
+                let has = |p: &&&Params| members.iter().all(|&i| p.contains_key(names[i]));
+                let b: Vec<&Params> = below.iter().filter(has).copied().collect();
+                let a: Vec<&Params> = above.iter().filter(has).copied().collect();
+                let fitted = (!b.is_empty()).then(|| {
+                    (
+                        Parzen::fit(spec, &members, &b, dims),
+                        Parzen::fit(spec, &members, &a, dims),
+                    )
+                });
+                Group { members, fitted }
+            })
+            .collect();
+        Self { groups }
+    }
+
+    /// A full assignment: each group's best candidate (or prior draw), then the active ones.
+    fn sample(&self, spec: &SweepSpec, rng: &mut ChaCha8Rng) -> Params {
+        let dists: Vec<&Distribution> = spec.parameters.values().collect();
+        let mut values: Vec<Option<ParamValue>> = vec![None; dists.len()];
+        for Group { members, fitted } in &self.groups {
+            match fitted {
+                None => {
+                    for &i in members {
+                        values[i] = Some(draw(dists[i], rng));
+                    }
+                }
+                Some((l, g)) => {
+                    let best = (0..spec.sampler.candidates())
+                        .map(|_| l.sample(rng))
+                        .map(|c| (l.log_density(&c) - g.log_density(&c), c))
+                        .fold(None, |best: Option<(f64, Vec<Coord>)>, (score, c)| match best {
+                            Some((s, _)) if s >= score => best,
+                            _ => Some((score, c)),
+                        });
+                    if let Some((_, coords)) = best {
+                        for (&i, coord) in members.iter().zip(coords) {
+                            values[i] = Some(match (coord, dists[i]) {
+                                (Coord::Cat(c), Distribution::Categorical { choices, .. }) => {
+                                    choices[c].clone()
+                                }
+                                (Coord::Num(x), dist) => from_internal(dist, x),
+                                (Coord::Cat(_), dist) => draw(dist, rng),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let values = values
+            .into_iter()
+            .zip(&dists)
+            .map(|(v, d)| v.unwrap_or_else(|| draw(d, rng)))
+            .collect();
+        keep_active(spec, values)
+    }
+}
+
+/// A candidate's coordinate in one dimension.
+#[derive(Debug, Clone, Copy)]
+enum Coord {
+    Num(f64),
+    Cat(usize),
+}
+
+/// One dimension of a Parzen mixture: a kernel per component.
+enum Dim {
+    Num {
+        dist: Distribution,
+        lo: f64,
+        hi: f64,
+        mu: Vec<f64>,
+        sigma: Vec<f64>,
+        /// `-ln(sigma) - ln(sqrt(2 pi)) - ln(mass inside [lo, hi])`.
+        log_norm: Vec<f64>,
+    },
+    Cat {
+        /// `ln p(choice)` per component.
+        log_p: Vec<Vec<f64>>,
+    },
+}
+
+/// A Parzen mixture over a group's dimensions: one component per trial and a prior.
+struct Parzen {
+    log_w: Vec<f64>,
+    dims: Vec<Dim>,
+}
+
+impl Parzen {
+    fn fit(spec: &SweepSpec, members: &[usize], trials: &[&Params], total_dims: usize) -> Self {
+        let n = trials.len();
+        let total = n as f64 + PRIOR_WEIGHT;
+        let mut log_w = vec![(1.0 / total).ln(); n];
+        log_w.push((PRIOR_WEIGHT / total).ln());
+        let dims = members
+            .iter()
+            .map(|&i| {
+                let (name, dist) = spec.parameters.get_index(i).expect("member of the spec");
+                match dist {
+                    Distribution::Categorical { choices, .. } => {
+                        let k = choices.len() as f64;
+                        let mut log_p: Vec<Vec<f64>> = trials
+                            .iter()
+                            .map(|p| {
+                                let seen = p.get(name).and_then(|v| choices.iter().position(|c| c == v));
+                                (0..choices.len())
+                                    .map(|c| {
+                                        let hit = if Some(c) == seen { 1.0 } else { 0.0 };
+                                        ((hit + PRIOR_WEIGHT / k) / (1.0 + PRIOR_WEIGHT)).ln()
+                                    })
+                                    .collect()
+                            })
+                            .collect();
+                        log_p.push(vec![(1.0 / k).ln(); choices.len()]);
+                        Dim::Cat { log_p }
+                    }
+                    _ => {
+                        let (lo, hi) = bounds(dist);
+                        let range = (hi - lo).max(f64::MIN_POSITIVE);
+                        let bandwidth =
+                            (SIGMA0 * range * (n.max(1) as f64).powf(-1.0 / (total_dims as f64 + 4.0)))
+                                .max(range / (1.0 + n as f64).min(100.0));
+                        let mut mu: Vec<f64> = trials
+                            .iter()
+                            .map(|p| {
+                                p.get(name)
+                                    .and_then(|v| to_internal(dist, v))
+                                    .unwrap_or((lo + hi) / 2.0)
+                                    .clamp(lo, hi)
+                            })
+                            .collect();
+                        let mut sigma = vec![bandwidth; n];
+                        mu.push((lo + hi) / 2.0);
+                        sigma.push(range);
+                        let log_norm = mu
+                            .iter()
+                            .zip(&sigma)
+                            .map(|(&m, &s)| {
+                                let mass = normal_cdf((hi - m) / s) - normal_cdf((lo - m) / s);
+                                -s.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln() - mass.max(1e-300).ln()
+                            })
+                            .collect();
+                        Dim::Num {
+                            dist: dist.clone(),
+                            lo,
+                            hi,
+                            mu,
+                            sigma,
+                            log_norm,
+                        }
+                    }
+                }
+            })
+            .collect();
+        Self { log_w, dims }
+    }
+
+    /// A draw: a component by weight, then each dimension from its kernel, snapped to a value
+    /// the parameter can take.
+    fn sample(&self, rng: &mut ChaCha8Rng) -> Vec<Coord> {
+        let u: f64 = rng.random();
+        let mut acc = 0.0;
+        let mut k = self.log_w.len() - 1;
+        for (i, lw) in self.log_w.iter().enumerate() {
+            acc += lw.exp();
+            if u < acc {
+                k = i;
+                break;
+            }
+        }
+        self.dims
+            .iter()
+            .map(|dim| match dim {
+                Dim::Cat { log_p } => {
+                    let u: f64 = rng.random();
+                    let mut acc = 0.0;
+                    let probs = &log_p[k];
+                    let mut pick = probs.len() - 1;
+                    for (c, lp) in probs.iter().enumerate() {
+                        acc += lp.exp();
+                        if u < acc {
+                            pick = c;
+                            break;
+                        }
+                    }
+                    Coord::Cat(pick)
+                }
+                Dim::Num {
+                    dist,
+                    lo,
+                    hi,
+                    mu,
+                    sigma,
+                    ..
+                } => {
+                    let x = truncated_normal(rng, mu[k], sigma[k], *lo, *hi);
+                    let value = from_internal(dist, x);
+                    Coord::Num(to_internal(dist, &value).unwrap_or(x))
+                }
+            })
+            .collect()
+    }
+
+    /// `ln` of the mixture density at a candidate.
+    fn log_density(&self, x: &[Coord]) -> f64 {
+        let mut per_component = self.log_w.clone();
+        for (dim, coord) in self.dims.iter().zip(x) {
+            match (dim, coord) {
+                (
+                    Dim::Num {
+                        mu, sigma, log_norm, ..
+                    },
+                    Coord::Num(v),
+                ) => {
+                    for (k, acc) in per_component.iter_mut().enumerate() {
+                        let z = (v - mu[k]) / sigma[k];
+                        *acc += log_norm[k] - 0.5 * z * z;
+                    }
+                }
+                (Dim::Cat { log_p }, Coord::Cat(c)) => {
+                    for (k, acc) in per_component.iter_mut().enumerate() {
+                        *acc += log_p[k][*c];
+                    }
+                }
+                _ => {}
+            }
+        }
+        let max = per_component.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if !max.is_finite() {
+            return max;
+        }
+        max + per_component.iter().map(|l| (l - max).exp()).sum::<f64>().ln()
+    }
+}
+
+/// A normal draw restricted to `[lo, hi]` (rejection; uniform if the mass there is tiny).
+fn truncated_normal(rng: &mut ChaCha8Rng, mu: f64, sigma: f64, lo: f64, hi: f64) -> f64 {
+    for _ in 0..64 {
+        let u1: f64 = 1.0 - rng.random::<f64>();
+        let u2: f64 = rng.random();
+        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        let x = mu + sigma * z;
+        if (lo..=hi).contains(&x) {
+            return x;
+        }
+    }
+    lo + rng.random::<f64>() * (hi - lo)
+}
+
+/// The standard normal CDF.
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * erfc(-x / std::f64::consts::SQRT_2)
+}
+
+/// The complementary error function, to about 1e-7 relative error (a Chebyshev fit).
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erfc_matches_known_values() {
+        for (x, want) in [
+            (0.0, 1.0),
+            (0.5, 0.479_500_122),
+            (1.0, 0.157_299_207),
+            (2.0, 0.004_677_735),
+            (-1.0, 1.842_700_793),
+        ] {
+            assert!(
+                (erfc(x) - want).abs() < 1e-7,
+                "erfc({x}) = {} want {want}",
+                erfc(x)
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_draws_stay_inside() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..1000 {
+            let x = truncated_normal(&mut rng, 5.0, 3.0, 4.0, 4.5);
+            assert!((4.0..=4.5).contains(&x));
+        }
+    }
+}
