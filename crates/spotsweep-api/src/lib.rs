@@ -170,6 +170,9 @@ pub struct TrialBody {
     /// When it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
+    /// The step at which a pruner stopped it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_step: Option<i64>,
 }
 
 /// `GET /api/v1/sweeps/{id}/trials`
@@ -263,6 +266,9 @@ pub struct LeaseResponse {
 pub struct HeartbeatResponse {
     /// `continue`, or `stop` (cancelled, pruned, or the lease was lost).
     pub action: String,
+    /// Why to stop: `pruned` when the pruner stopped the trial (report it as `pruned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `POST /api/v1/leases/{id}/complete`

@@ -75,6 +75,7 @@ fn trial_body(t: &Trial) -> TrialBody {
         created_at: t.created_at,
         started_at: t.started_at,
         finished_at: t.finished_at,
+        pruned_step: t.pruned_step,
     }
 }
 
@@ -393,12 +394,14 @@ pub async fn heartbeat(
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid heartbeat: {e}")))?
     };
     let ttl = req.ttl_ms.unwrap_or(DEFAULT_LEASE_TTL_MS).clamp(5_000, 3_600_000);
-    let action = match s.sweeps.heartbeat(&id, ttl).await? {
-        HeartbeatAction::Continue => "continue",
-        HeartbeatAction::Stop => "stop",
+    let (action, reason) = match s.sweeps.heartbeat(&id, ttl).await? {
+        HeartbeatAction::Continue => ("continue", None),
+        HeartbeatAction::Stop => ("stop", None),
+        HeartbeatAction::Prune => ("stop", Some("pruned".to_string())),
     };
     Ok(Json(HeartbeatResponse {
         action: action.into(),
+        reason,
     }))
 }
 

@@ -440,6 +440,8 @@ pub struct Trial {
     pub started_at: Option<i64>,
     /// When it ended.
     pub finished_at: Option<i64>,
+    /// The step at which a pruner stopped it.
+    pub pruned_step: Option<i64>,
 }
 
 /// Trials of a sweep by state.
@@ -544,6 +546,8 @@ impl Outcome {
 pub enum HeartbeatAction {
     /// Keep going; the lease was extended.
     Continue,
-    /// Stop the trial (cancelled, pruned, or the lease was lost).
+    /// Stop the trial (cancelled, or the lease was lost).
     Stop,
+    /// Stop the trial: the pruner judged it hopeless.
+    Prune,
 }

@@ -293,3 +293,64 @@ async fn concurrent_workers_lose_nothing_and_bad_jobs_fail_alone() {
         300
     );
 }
+
+fn tpe_spec() -> SweepSpec {
+    serde_json::from_str(
+        r#"{"name": "tpe", "command": "run {x}", "max_trials": 40, "parallelism": 1,
+            "objective": {"metric": "loss"}, "sampler": {"type": "tpe", "seed": 9, "startup_trials": 5},
+            "parameters": {"x": {"type": "float", "low": -5, "high": 5},
+                           "k": {"type": "int", "low": 1, "high": 20, "log": true},
+                           "c": {"type": "categorical", "choices": ["a", "b"]}}}"#,
+    )
+    .unwrap()
+}
+
+/// Leases and completes `n` trials of the only sweep, the value a function of the params.
+async fn run_trials(store: &SqliteStore, n: usize) -> Vec<spotsweep_core::sweep::Params> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let lease = store.lease_trials(&request("a", 1)).await.unwrap().remove(0);
+        let p = &lease.trial.params;
+        let x = match p["x"] {
+            spotsweep_core::sweep::ParamValue::Float(x) => x,
+            _ => unreachable!(),
+        };
+        store
+            .complete_trial(&lease.lease_id, Outcome::Succeeded(Some((x - 1.0).powi(2))))
+            .await
+            .unwrap();
+        seen.push(p.clone());
+    }
+    seen
+}
+
+#[tokio::test]
+async fn tpe_suggests_the_same_after_a_restart() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Without a restart: 16 trials.
+    let store = open(&d1).await;
+    store.create_sweep(tpe_spec(), 9).await.unwrap();
+    let straight = run_trials(&store, 16).await;
+    // With a restart after 12: the 13th to 16th come from the history in the database.
+    let store = open(&d2).await;
+    store.create_sweep(tpe_spec(), 9).await.unwrap();
+    let mut restarted = run_trials(&store, 12).await;
+    store.close().await;
+    drop(store);
+    let store = open(&d2).await;
+    restarted.extend(run_trials(&store, 4).await);
+    assert_eq!(straight, restarted);
+    // The model took over after the 5 startup trials and moved x towards 1.
+    let xs: Vec<f64> = straight
+        .iter()
+        .map(|p| match p["x"] {
+            spotsweep_core::sweep::ParamValue::Float(x) => x,
+            _ => unreachable!(),
+        })
+        .collect();
+    let best_late = xs[8..]
+        .iter()
+        .map(|x| (x - 1.0).abs())
+        .fold(f64::INFINITY, f64::min);
+    assert!(best_late < 1.0, "{xs:?}");
+}

@@ -6,8 +6,8 @@ mod sample;
 mod spec;
 
 pub use sample::{
-    MAX_GRID_POINTS, Params, activity, draw, grid_points, keep_active, render_command, sample_random,
-    trial_seed,
+    MAX_GRID_POINTS, Params, activity, draw, grid_points, grid_sequence, keep_active, render_command,
+    sample_random, trial_seed,
 };
 pub use spec::{
     Condition, Distribution, Goal, NotebookSpec, Objective, OneOrMany, ParamValue, PrunerKind, PrunerSpec,

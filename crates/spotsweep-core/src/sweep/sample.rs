@@ -1,6 +1,7 @@
 //! Proposing a trial's parameters: random and grid sampling, seeds, and command rendering.
 
 use indexmap::IndexMap;
+use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -109,6 +110,16 @@ pub fn sample_random(spec: &SweepSpec, sweep_seed: u64, trial_number: u64) -> Pa
     // parameters after it.
     let values: Vec<ParamValue> = spec.parameters.values().map(|d| draw(d, &mut rng)).collect();
     keep_active(spec, values)
+}
+
+/// The points of a grid sweep in the order its trials get them: in order, or shuffled by the
+/// sweep seed when the spec says `shuffle`.
+pub fn grid_sequence(spec: &SweepSpec, sweep_seed: u64) -> Result<Vec<Params>, SpecError> {
+    let mut points = grid_points(spec)?;
+    if spec.sampler.shuffle {
+        points.shuffle(&mut ChaCha8Rng::seed_from_u64(sweep_seed));
+    }
+    Ok(points)
 }
 
 /// Most points a grid sweep may have.

@@ -10,8 +10,11 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
 use rand::RngExt;
+use spotsweep_core::optimize::prune::{self, Curve, Decision, Point};
+use spotsweep_core::optimize::{Observation, Observed, sample_qmc, suggest};
 use spotsweep_core::sweep::{
-    Goal, Params, SamplerKind, Summary, SweepSpec, grid_points, sample_random, trial_seed,
+    Goal, Params, PrunerKind, SamplerKind, Summary, SweepSpec, grid_points, grid_sequence, sample_random,
+    trial_seed,
 };
 use sqlx::SqliteConnection;
 
@@ -26,7 +29,7 @@ use crate::{
 const SWEEP_ARTIFACT_ROOT: &str = "mlflow-artifacts:";
 
 const TRIAL_COLUMNS: &str = "t.id, t.sweep_id, t.number, t.params, t.seed, r.run_uuid, r.experiment_id, r.artifact_uri, t.state, \
-     t.attempt, t.failures, t.value, t.reason, t.agent_id, t.created_at, t.started_at, t.finished_at";
+     t.attempt, t.failures, t.value, t.reason, t.agent_id, t.created_at, t.started_at, t.finished_at, t.pruned_step";
 
 #[derive(sqlx::FromRow)]
 struct TrialRow {
@@ -47,6 +50,7 @@ struct TrialRow {
     created_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    pruned_step: Option<i64>,
 }
 
 impl TrialRow {
@@ -69,6 +73,7 @@ impl TrialRow {
             created_at: self.created_at,
             started_at: self.started_at,
             finished_at: self.finished_at,
+            pruned_step: self.pruned_step,
         }
     }
 }
@@ -124,6 +129,8 @@ struct Candidate {
 #[derive(sqlx::FromRow)]
 struct LeaseRow {
     lease_attempt: i64,
+    /// A pruner's verdict, when one told the trial to stop.
+    stop_reason: Option<String>,
     lease_ended_at: Option<i64>,
     lease_outcome: Option<String>,
     #[sqlx(flatten)]
@@ -317,6 +324,8 @@ pub(crate) struct Queue {
     specs: Arc<Mutex<HashMap<i64, Arc<SweepSpec>>>>,
     /// Enumerated grid points by sweep id, for grid sweeps.
     grids: Arc<Mutex<HashMap<i64, Arc<Vec<Params>>>>>,
+    /// Trials' parameters by sweep id, indexed by trial number, for TPE sweeps.
+    params: Arc<Mutex<HashMap<i64, Vec<Params>>>>,
 }
 
 impl Queue {
@@ -338,8 +347,8 @@ impl Queue {
         Ok(spec)
     }
 
-    /// The parameters of trial `number`: a random draw from the trial's own seed, or the
-    /// `number`-th grid point. `None` when a grid is exhausted.
+    /// The parameters of trial `number`: from the sweep's sampler and, for TPE, the trials so
+    /// far. `None` when a grid is exhausted.
     async fn propose(
         &self,
         conn: &mut SqliteConnection,
@@ -350,12 +359,19 @@ impl Queue {
         let spec = self.spec_of(conn, sweep_id).await?;
         match spec.sampler.kind {
             SamplerKind::Random => Ok(Some(sample_random(&spec, seed, number as u64))),
+            SamplerKind::Qmc => Ok(Some(sample_qmc(&spec, seed, number as u64))),
+            SamplerKind::Tpe => {
+                let history = self.history(conn, sweep_id, &spec).await?;
+                Ok(Some(suggest(&spec, seed, number as u64, &history)))
+            }
             SamplerKind::Grid => {
                 let cached = self.grids.lock().ok().and_then(|m| m.get(&sweep_id).cloned());
                 let grid = match cached {
                     Some(g) => g,
                     None => {
-                        let g = Arc::new(grid_points(&spec).map_err(|e| StoreError::Invalid(e.to_string()))?);
+                        let points =
+                            grid_sequence(&spec, seed).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                        let g = Arc::new(points);
                         if let Ok(mut m) = self.grids.lock() {
                             m.insert(sweep_id, g.clone());
                         }
@@ -365,6 +381,112 @@ impl Queue {
                 Ok(grid.get(number as usize).cloned())
             }
         }
+    }
+
+    /// What the sampler knows of a sweep's trials. One row comes back (the trials as a JSON
+    /// array), and each trial's parameters are parsed once and kept: they never change.
+    async fn history(
+        &self,
+        conn: &mut SqliteConnection,
+        sweep_id: i64,
+        spec: &SweepSpec,
+    ) -> Result<Vec<Observation>> {
+        let known = self
+            .params
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&sweep_id).map(|p| p.len()))
+            .unwrap_or(0);
+        let (json,): (String,) = sqlx::query_as(
+            "SELECT json_group_array(json_array(t.number, t.state, t.value, IIF(lm.is_nan, NULL, lm.value), \
+                                                IIF(t.number >= ?3, json(t.params), NULL))) \
+             FROM (SELECT * FROM trials WHERE sweep_id = ?1 ORDER BY number) t \
+             LEFT JOIN latest_metrics lm ON lm.run_id = t.run_id AND lm.key = ?2",
+        )
+        .bind(sweep_id)
+        .bind(&spec.objective.metric)
+        .bind(known as i64)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        type Row = (u64, String, Option<f64>, Option<f64>, Option<Params>);
+        let rows: Vec<Row> = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Incompatible(format!("unreadable trial history: {e}")))?;
+        let mut cache = self.params.lock().map_err(|_| StoreError::Busy)?;
+        let params = cache.entry(sweep_id).or_default();
+        let mut history = Vec::with_capacity(rows.len());
+        for (number, state, value, last_value, new_params) in rows {
+            if let Some(p) = new_params
+                && number as usize == params.len()
+            {
+                params.push(p);
+            }
+            let Some(p) = params.get(number as usize) else {
+                continue;
+            };
+            let outcome = match TrialState::parse(&state) {
+                Some(TrialState::Completed) => value.map_or(Observed::Failed, Observed::Completed),
+                Some(TrialState::Pruned) => Observed::Pruned(last_value),
+                Some(TrialState::Queued | TrialState::Running | TrialState::Preempted) => Observed::Pending,
+                _ => Observed::Failed,
+            };
+            history.push(Observation {
+                number,
+                params: p.clone(),
+                outcome,
+            });
+        }
+        Ok(history)
+    }
+
+    /// The pruner's decision on a running trial, from the objective metric's history of every
+    /// trial of its sweep that has one.
+    pub(crate) async fn prune_decision(
+        &self,
+        reader: &sqlx::SqlitePool,
+        spec: &SweepSpec,
+        sweep_id: i64,
+        number: u64,
+    ) -> Result<Decision> {
+        let (json,): (String,) = sqlx::query_as(
+            "SELECT json_group_array(json_array(number, completed, step, value, is_nan, timestamp)) FROM ( \
+               SELECT t.number, t.state = 'completed' AS completed, m.step, m.value, m.is_nan, m.timestamp \
+               FROM trials t JOIN metrics m ON m.run_id = t.run_id AND m.key = ?2 \
+               WHERE t.sweep_id = ?1 AND t.state IN ('completed', 'pruned', 'running') \
+               ORDER BY t.number, m.step, m.timestamp)",
+        )
+        .bind(sweep_id)
+        .bind(&spec.objective.metric)
+        .fetch_one(reader)
+        .await
+        .map_err(map_err)?;
+        // (number, completed 0/1, step, value, is_nan 0/1, timestamp)
+        let rows: Vec<(u64, u8, i64, f64, u8, i64)> = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Incompatible(format!("unreadable metric history: {e}")))?;
+        let mut curves: Vec<Curve> = Vec::new();
+        for (n, completed, step, value, is_nan, timestamp) in rows {
+            let point = Point {
+                step,
+                value: if is_nan == 1 { f64::NAN } else { value },
+                timestamp,
+            };
+            match curves.last_mut() {
+                Some(c) if c.number == n => match c.points.last_mut() {
+                    // The last value logged at a step is the step's value.
+                    Some(last) if last.step == step => *last = point,
+                    _ => c.points.push(point),
+                },
+                _ => curves.push(Curve {
+                    number: n,
+                    completed: completed == 1,
+                    points: vec![point],
+                }),
+            }
+        }
+        let Some(mine) = curves.iter().find(|c| c.number == number) else {
+            return Ok(Decision::Continue);
+        };
+        Ok(prune::decide(&spec.pruner, spec.objective.goal, mine, &curves))
     }
 
     /// Creates trial `number` of a sweep with its MLflow run (params = the hyperparameters,
@@ -453,6 +575,7 @@ impl Queue {
             created_at: now,
             started_at: lease.map(|_| now),
             finished_at: None,
+            pruned_step: None,
         })
     }
 
@@ -707,7 +830,7 @@ impl Queue {
         outcome: Outcome,
     ) -> Result<Trial> {
         let sql = format!(
-            "SELECT l.attempt AS lease_attempt, l.ended_at AS lease_ended_at, l.outcome AS lease_outcome, \
+            "SELECT l.attempt AS lease_attempt, l.ended_at AS lease_ended_at, l.outcome AS lease_outcome, t.stop_reason, \
                {TRIAL_COLUMNS} FROM leases l JOIN trials t ON t.id = l.trial_id JOIN runs r ON r.id = t.run_id \
              WHERE l.id = ?"
         );
@@ -718,6 +841,12 @@ impl Queue {
             .map_err(map_err)?
             .ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
         let (lease_attempt, ended_at, ended_as) = (row.lease_attempt, row.lease_ended_at, row.lease_outcome);
+        // An agent reports a trial it was told to stop as cancelled; when a pruner stopped it,
+        // it was pruned.
+        let outcome = match (outcome, row.stop_reason) {
+            (Outcome::Cancelled, Some(verdict)) => Outcome::Pruned(verdict),
+            (outcome, _) => outcome,
+        };
         let mut trial = row.trial.into_trial();
         if ended_at.is_some() {
             let ended_as = ended_as.unwrap_or_default();
@@ -800,7 +929,7 @@ impl SweepStore for SqliteStore {
                 let points = grid_points(&spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
                 i64::from(spec.max_trials).min(points.len() as i64)
             }
-            SamplerKind::Random => i64::from(spec.max_trials),
+            SamplerKind::Random | SamplerKind::Qmc | SamplerKind::Tpe => i64::from(spec.max_trials),
         };
         let mut tx = self.begin_write().await?;
         let name = spec.experiment_name().to_owned();
@@ -1012,10 +1141,10 @@ impl SweepStore for SqliteStore {
     async fn heartbeat(&self, lease_id: &str, ttl_ms: i64) -> Result<HeartbeatAction> {
         // One statement batch, no transaction: each statement commits by itself, and the read
         // after the extension sees it.
-        let row: Option<(Option<i64>, i64, String)> = sqlx::query_as(
+        let row: Option<(Option<i64>, i64, String, i64, i64, i64)> = sqlx::query_as(
             "UPDATE leases SET expires_at = ?2 WHERE id = ?1 AND ended_at IS NULL; \
-             SELECT l.ended_at, t.stop_requested, s.state FROM leases l JOIN trials t ON t.id = l.trial_id \
-             JOIN sweeps s ON s.id = t.sweep_id WHERE l.id = ?1",
+             SELECT l.ended_at, t.stop_requested, s.state, t.id, t.sweep_id, t.number \
+             FROM leases l JOIN trials t ON t.id = l.trial_id JOIN sweeps s ON s.id = t.sweep_id WHERE l.id = ?1",
         )
         .bind(lease_id)
         .bind(now_ms() + ttl_ms)
@@ -1024,16 +1153,48 @@ impl SweepStore for SqliteStore {
         .map_err(map_err)?
         .into_iter()
         .next();
-        let (ended_at, stop_requested, sweep_state) =
+        let (ended_at, stop_requested, sweep_state, trial_id, sweep_id, number) =
             row.ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
-        Ok(
-            // An ended lease: expired (the trial went back to the queue) or already completed.
-            if ended_at.is_some() || stop_requested != 0 || sweep_state == "cancelled" {
-                HeartbeatAction::Stop
-            } else {
-                HeartbeatAction::Continue
-            },
-        )
+        // An ended lease: expired (the trial went back to the queue) or already completed.
+        if ended_at.is_some() || stop_requested != 0 || sweep_state == "cancelled" {
+            return Ok(HeartbeatAction::Stop);
+        }
+        let spec = self
+            .queue
+            .spec_of(&mut *self.reader.acquire().await?, sweep_id)
+            .await?;
+        if spec.pruner.kind == PrunerKind::None {
+            return Ok(HeartbeatAction::Continue);
+        }
+        let decision = match self
+            .queue
+            .prune_decision(&self.reader, &spec, sweep_id, number as u64)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                // The lease was extended; a pruner that cannot read the history lets it run.
+                tracing::warn!(sweep = sweep_id, trial = number, error = %e, "pruner skipped");
+                Decision::Continue
+            }
+        };
+        match decision {
+            Decision::Continue => Ok(HeartbeatAction::Continue),
+            Decision::Prune { step, reason } => {
+                sqlx::query(
+                    "UPDATE trials SET stop_requested = 1, stop_reason = ?, pruned_step = ? \
+                     WHERE id = ? AND state = 'running'",
+                )
+                .bind(&reason)
+                .bind(step)
+                .bind(trial_id)
+                .execute(&self.writer)
+                .await
+                .map_err(map_err)?;
+                tracing::info!(sweep = sweep_id, trial = number, %reason, "trial pruned");
+                Ok(HeartbeatAction::Prune)
+            }
+        }
     }
 
     async fn complete_trial(&self, lease_id: &str, outcome: Outcome) -> Result<Trial> {
