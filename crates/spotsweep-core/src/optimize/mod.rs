@@ -19,8 +19,9 @@ use crate::sweep::{
 pub struct Observation {
     /// Its number in the sweep.
     pub number: u64,
-    /// Its parameters.
-    pub params: Params,
+    /// Its parameters (shared: a history is rebuilt for every suggestion, parameters never
+    /// change).
+    pub params: std::sync::Arc<Params>,
     /// How it stands.
     pub outcome: Observed,
 }

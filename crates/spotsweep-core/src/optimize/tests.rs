@@ -54,7 +54,7 @@ fn run(spec: &SweepSpec, seed: u64, n: u64) -> Vec<Observation> {
         let value = objective(&params);
         history.push(Observation {
             number,
-            params,
+            params: params.into(),
             outcome: Observed::Completed(value),
         });
     }
@@ -129,7 +129,7 @@ fn a_discrete_space_gets_no_repeats_until_it_is_exhausted() {
         };
         history.push(Observation {
             number,
-            params,
+            params: params.into(),
             outcome: Observed::Completed(value),
         });
     }
@@ -187,7 +187,7 @@ fn pending_trials_push_parallel_suggestions_apart() {
     let mut with_pending = history.clone();
     with_pending.push(Observation {
         number: 20,
-        params: first.clone(),
+        params: first.clone().into(),
         outcome: Observed::Pending,
     });
     let second = suggest(&spec, 11, 21, &with_pending);

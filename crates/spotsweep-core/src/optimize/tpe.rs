@@ -112,6 +112,26 @@ fn point_key(params: &Params) -> String {
     key
 }
 
+/// A trial's values by parameter index (`None`: inactive).
+type Row<'a> = Vec<Option<&'a ParamValue>>;
+
+/// A trial's values by parameter index. Params are kept in spec order, so a walk along both
+/// finds them without hashing; a name out of order falls back to a lookup.
+fn dense_row<'a>(spec: &SweepSpec, params: &'a Params) -> Row<'a> {
+    let mut entries = params.iter().peekable();
+    spec.parameters
+        .keys()
+        .map(|name| match entries.peek() {
+            Some((k, v)) if *k == name => {
+                let v = *v;
+                entries.next();
+                Some(v)
+            }
+            _ => params.get(name),
+        })
+        .collect()
+}
+
 /// The fitted model: one pair of estimators per group of parameters.
 struct Model {
     groups: Vec<Group>,
@@ -127,13 +147,14 @@ struct Group {
 }
 
 impl Model {
-    fn new(spec: &SweepSpec, below: &[&Params], above: &[&Params]) -> Self {
-        let names: Vec<&String> = spec.parameters.keys().collect();
-        let all: Vec<&Params> = below.iter().chain(above).copied().collect();
+    fn new<'a>(spec: &SweepSpec, below: &[&'a Params], above: &[&'a Params]) -> Self {
+        // Each trial's values by parameter index, looked up by name once.
+        let below: Vec<Row<'a>> = below.iter().map(|p| dense_row(spec, p)).collect();
+        let above: Vec<Row<'a>> = above.iter().map(|p| dense_row(spec, p)).collect();
         // Parameters active in exactly the same trials form a group.
         let mut groups: Vec<(Vec<bool>, Vec<usize>)> = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            let signature: Vec<bool> = all.iter().map(|p| p.contains_key(*name)).collect();
+        for i in 0..spec.parameters.len() {
+            let signature: Vec<bool> = below.iter().chain(&above).map(|r| r[i].is_some()).collect();
             match groups.iter_mut().find(|(s, _)| *s == signature) {
                 Some((_, members)) => members.push(i),
                 None => groups.push((signature, vec![i])),
@@ -143,9 +164,9 @@ impl Model {
         let groups = groups
             .into_iter()
             .map(|(_, members)| {
-                let has = |p: &&&Params| members.iter().all(|&i| p.contains_key(names[i]));
-                let b: Vec<&Params> = below.iter().filter(has).copied().collect();
-                let a: Vec<&Params> = above.iter().filter(has).copied().collect();
+                let has = |r: &&Row<'_>| members.iter().all(|&i| r[i].is_some());
+                let b: Vec<&Row<'_>> = below.iter().filter(has).collect();
+                let a: Vec<&Row<'_>> = above.iter().filter(has).collect();
                 let fitted = (!b.is_empty()).then(|| {
                     (
                         Parzen::fit(spec, &members, &b, dims),
@@ -170,9 +191,15 @@ impl Model {
                     }
                 }
                 Some((l, g)) => {
+                    let mut scratch = Vec::new();
                     let best = (0..spec.sampler.candidates())
                         .map(|_| l.sample(rng))
-                        .map(|c| (l.log_density(&c) - g.log_density(&c), c))
+                        .map(|c| {
+                            (
+                                l.log_density(&c, &mut scratch) - g.log_density(&c, &mut scratch),
+                                c,
+                            )
+                        })
                         .fold(None, |best: Option<(f64, Vec<Coord>)>, (score, c)| match best {
                             Some((s, _)) if s >= score => best,
                             _ => Some((score, c)),
@@ -207,7 +234,7 @@ enum Coord {
     Cat(usize),
 }
 
-/// One dimension of a Parzen mixture: a kernel per component.
+/// One dimension of a Parzen mixture: a kernel per component (the last one is the prior).
 enum Dim {
     Num {
         dist: Distribution,
@@ -215,12 +242,19 @@ enum Dim {
         hi: f64,
         mu: Vec<f64>,
         sigma: Vec<f64>,
+        inv_sigma: Vec<f64>,
         /// `-ln(sigma) - ln(sqrt(2 pi)) - ln(mass inside [lo, hi])`.
         log_norm: Vec<f64>,
     },
+    /// A trial's kernel puts `hit` on the trial's choice and `miss` on each other one; the
+    /// prior is uniform.
     Cat {
-        /// `ln p(choice)` per component.
-        log_p: Vec<Vec<f64>>,
+        choices: usize,
+        /// The trial's choice per component (`None` for the prior).
+        choice: Vec<Option<usize>>,
+        log_hit: f64,
+        log_miss: f64,
+        log_uniform: f64,
     },
 }
 
@@ -231,7 +265,7 @@ struct Parzen {
 }
 
 impl Parzen {
-    fn fit(spec: &SweepSpec, members: &[usize], trials: &[&Params], total_dims: usize) -> Self {
+    fn fit(spec: &SweepSpec, members: &[usize], trials: &[&Row<'_>], total_dims: usize) -> Self {
         let n = trials.len();
         let total = n as f64 + PRIOR_WEIGHT;
         let mut log_w = vec![(1.0 / total).ln(); n];
@@ -239,24 +273,22 @@ impl Parzen {
         let dims = members
             .iter()
             .map(|&i| {
-                let (name, dist) = spec.parameters.get_index(i).expect("member of the spec");
+                let (_, dist) = spec.parameters.get_index(i).expect("member of the spec");
                 match dist {
                     Distribution::Categorical { choices, .. } => {
                         let k = choices.len() as f64;
-                        let mut log_p: Vec<Vec<f64>> = trials
+                        let mut choice: Vec<Option<usize>> = trials
                             .iter()
-                            .map(|p| {
-                                let seen = p.get(name).and_then(|v| choices.iter().position(|c| c == v));
-                                (0..choices.len())
-                                    .map(|c| {
-                                        let hit = if Some(c) == seen { 1.0 } else { 0.0 };
-                                        ((hit + PRIOR_WEIGHT / k) / (1.0 + PRIOR_WEIGHT)).ln()
-                                    })
-                                    .collect()
-                            })
+                            .map(|r| r[i].and_then(|v| choices.iter().position(|c| c == v)))
                             .collect();
-                        log_p.push(vec![(1.0 / k).ln(); choices.len()]);
-                        Dim::Cat { log_p }
+                        choice.push(None);
+                        Dim::Cat {
+                            choices: choices.len(),
+                            choice,
+                            log_hit: ((1.0 + PRIOR_WEIGHT / k) / (1.0 + PRIOR_WEIGHT)).ln(),
+                            log_miss: ((PRIOR_WEIGHT / k) / (1.0 + PRIOR_WEIGHT)).ln(),
+                            log_uniform: (1.0 / k).ln(),
+                        }
                     }
                     _ => {
                         let (lo, hi) = bounds(dist);
@@ -266,9 +298,8 @@ impl Parzen {
                                 .max(range / (1.0 + n as f64).min(100.0));
                         let mut mu: Vec<f64> = trials
                             .iter()
-                            .map(|p| {
-                                p.get(name)
-                                    .and_then(|v| to_internal(dist, v))
+                            .map(|r| {
+                                r[i].and_then(|v| to_internal(dist, v))
                                     .unwrap_or((lo + hi) / 2.0)
                                     .clamp(lo, hi)
                             })
@@ -276,20 +307,35 @@ impl Parzen {
                         let mut sigma = vec![bandwidth; n];
                         mu.push((lo + hi) / 2.0);
                         sigma.push(range);
+                        let half_ln_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
+                        let (ln_bandwidth, ln_range) = (bandwidth.ln(), range.ln());
                         let log_norm = mu
                             .iter()
                             .zip(&sigma)
-                            .map(|(&m, &s)| {
-                                let mass = normal_cdf((hi - m) / s) - normal_cdf((lo - m) / s);
-                                -s.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln() - mass.max(1e-300).ln()
+                            .enumerate()
+                            .map(|(k, (&m, &s))| {
+                                let (a, b) = ((lo - m) / s, (hi - m) / s);
+                                // The mass cut off below lo and above hi; past 8 sigmas a tail is
+                                // below 1e-15 and is not computed.
+                                let below = if a < -8.0 { 0.0 } else { normal_cdf(a) };
+                                let above = if b > 8.0 { 0.0 } else { normal_cdf(-b) };
+                                let mass = if below == 0.0 && above == 0.0 {
+                                    0.0
+                                } else {
+                                    (1.0 - below - above).max(1e-300).ln()
+                                };
+                                let ln_s = if k == n { ln_range } else { ln_bandwidth };
+                                -ln_s - half_ln_2pi - mass
                             })
                             .collect();
+                        let inv_sigma = sigma.iter().map(|s| 1.0 / s).collect();
                         Dim::Num {
                             dist: dist.clone(),
                             lo,
                             hi,
                             mu,
                             sigma,
+                            inv_sigma,
                             log_norm,
                         }
                     }
@@ -315,18 +361,28 @@ impl Parzen {
         self.dims
             .iter()
             .map(|dim| match dim {
-                Dim::Cat { log_p } => {
+                Dim::Cat {
+                    choices,
+                    choice,
+                    log_hit,
+                    log_miss,
+                    ..
+                } => {
                     let u: f64 = rng.random();
-                    let mut acc = 0.0;
-                    let probs = &log_p[k];
-                    let mut pick = probs.len() - 1;
-                    for (c, lp) in probs.iter().enumerate() {
-                        acc += lp.exp();
-                        if u < acc {
-                            pick = c;
-                            break;
+                    let pick = match choice[k] {
+                        // Uniform over the choices (the prior).
+                        None => ((u * *choices as f64) as usize).min(choices - 1),
+                        Some(c) => {
+                            let (hit, miss) = (log_hit.exp(), log_miss.exp());
+                            if u < hit {
+                                c
+                            } else {
+                                // One of the others, equally likely.
+                                let other = (((u - hit) / miss) as usize).min(choices - 2);
+                                if other >= c { other + 1 } else { other }
+                            }
                         }
-                    }
+                    };
                     Coord::Cat(pick)
                 }
                 Dim::Num {
@@ -345,35 +401,58 @@ impl Parzen {
             .collect()
     }
 
-    /// `ln` of the mixture density at a candidate.
-    fn log_density(&self, x: &[Coord]) -> f64 {
-        let mut per_component = self.log_w.clone();
+    /// `ln` of the mixture density at a candidate (`scratch` is reused between calls).
+    fn log_density(&self, x: &[Coord], scratch: &mut Vec<f64>) -> f64 {
+        scratch.clear();
+        scratch.extend_from_slice(&self.log_w);
         for (dim, coord) in self.dims.iter().zip(x) {
             match (dim, coord) {
                 (
                     Dim::Num {
-                        mu, sigma, log_norm, ..
+                        mu,
+                        inv_sigma,
+                        log_norm,
+                        ..
                     },
                     Coord::Num(v),
                 ) => {
-                    for (k, acc) in per_component.iter_mut().enumerate() {
-                        let z = (v - mu[k]) / sigma[k];
-                        *acc += log_norm[k] - 0.5 * z * z;
+                    for (((acc, m), is), ln) in scratch.iter_mut().zip(mu).zip(inv_sigma).zip(log_norm) {
+                        let z = (v - m) * is;
+                        *acc += ln - 0.5 * z * z;
                     }
                 }
-                (Dim::Cat { log_p }, Coord::Cat(c)) => {
-                    for (k, acc) in per_component.iter_mut().enumerate() {
-                        *acc += log_p[k][*c];
+                (
+                    Dim::Cat {
+                        choice,
+                        log_hit,
+                        log_miss,
+                        log_uniform,
+                        ..
+                    },
+                    Coord::Cat(c),
+                ) => {
+                    for (acc, mine) in scratch.iter_mut().zip(choice) {
+                        *acc += match mine {
+                            Some(m) if m == c => *log_hit,
+                            Some(_) => *log_miss,
+                            None => *log_uniform,
+                        };
                     }
                 }
                 _ => {}
             }
         }
-        let max = per_component.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let max = scratch.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         if !max.is_finite() {
             return max;
         }
-        max + per_component.iter().map(|l| (l - max).exp()).sum::<f64>().ln()
+        // Components more than 40 nats below the best add less than 1e-17 of it.
+        max + scratch
+            .iter()
+            .filter(|l| **l > max - 40.0)
+            .map(|l| (l - max).exp())
+            .sum::<f64>()
+            .ln()
     }
 }
 

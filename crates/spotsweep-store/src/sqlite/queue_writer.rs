@@ -180,7 +180,11 @@ async fn run_alone(queue: &Queue, conn: &mut SqliteConnection, job: &QueueJob) -
     }
     let answer = job.run(queue, conn).await;
     let end = if answer.is_err() { "ROLLBACK" } else { "COMMIT" };
-    match sqlx::query(end).execute(&mut *conn).await {
+    let ended = sqlx::query(end).execute(&mut *conn).await;
+    if answer.is_err() || ended.is_err() {
+        queue.forget_histories();
+    }
+    match ended {
         Ok(_) => answer,
         Err(e) => {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;

@@ -225,6 +225,17 @@ static END_LEASE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// How a trial in `state` stands for the sampler; `last_value` is its objective metric's
+/// latest value (a pruned trial counts with it).
+fn observed(state: Option<TrialState>, value: Option<f64>, last_value: Option<f64>) -> Observed {
+    match state {
+        Some(TrialState::Completed) => value.map_or(Observed::Failed, Observed::Completed),
+        Some(TrialState::Pruned) => Observed::Pruned(last_value),
+        Some(TrialState::Queued | TrialState::Running | TrialState::Preempted) => Observed::Pending,
+        _ => Observed::Failed,
+    }
+}
+
 /// What an outcome does to a trial.
 struct OutcomeUpdate {
     state: TrialState,
@@ -324,8 +335,8 @@ pub(crate) struct Queue {
     specs: Arc<Mutex<HashMap<i64, Arc<SweepSpec>>>>,
     /// Enumerated grid points by sweep id, for grid sweeps.
     grids: Arc<Mutex<HashMap<i64, Arc<Vec<Params>>>>>,
-    /// Trials' parameters by sweep id, indexed by trial number, for TPE sweeps.
-    params: Arc<Mutex<HashMap<i64, Vec<Params>>>>,
+    /// What the TPE sampler knows of each sweep's trials, by trial number (see `history`).
+    histories: Arc<Mutex<HashMap<i64, Vec<Observation>>>>,
 }
 
 impl Queue {
@@ -383,60 +394,107 @@ impl Queue {
         }
     }
 
-    /// What the sampler knows of a sweep's trials. One row comes back (the trials as a JSON
-    /// array), and each trial's parameters are parsed once and kept: they never change.
+    /// What the sampler knows of a sweep's trials: read from the database once (one row, the
+    /// trials as a JSON array), then kept up to date by this queue's own writes, which are the
+    /// only ones. A write transaction that fails forgets every history (see `forget_histories`).
     async fn history(
         &self,
         conn: &mut SqliteConnection,
         sweep_id: i64,
         spec: &SweepSpec,
     ) -> Result<Vec<Observation>> {
-        let known = self
-            .params
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&sweep_id).map(|p| p.len()))
-            .unwrap_or(0);
+        if let Some(known) = self.histories.lock().ok().and_then(|h| h.get(&sweep_id).cloned()) {
+            return Ok(known);
+        }
         let (json,): (String,) = sqlx::query_as(
             "SELECT json_group_array(json_array(t.number, t.state, t.value, IIF(lm.is_nan, NULL, lm.value), \
-                                                IIF(t.number >= ?3, json(t.params), NULL))) \
+                                                json(t.params))) \
              FROM (SELECT * FROM trials WHERE sweep_id = ?1 ORDER BY number) t \
              LEFT JOIN latest_metrics lm ON lm.run_id = t.run_id AND lm.key = ?2",
         )
         .bind(sweep_id)
         .bind(&spec.objective.metric)
-        .bind(known as i64)
         .fetch_one(&mut *conn)
         .await
         .map_err(map_err)?;
-        type Row = (u64, String, Option<f64>, Option<f64>, Option<Params>);
+        type Row = (u64, String, Option<f64>, Option<f64>, Params);
         let rows: Vec<Row> = serde_json::from_str(&json)
             .map_err(|e| StoreError::Incompatible(format!("unreadable trial history: {e}")))?;
-        let mut cache = self.params.lock().map_err(|_| StoreError::Busy)?;
-        let params = cache.entry(sweep_id).or_default();
-        let mut history = Vec::with_capacity(rows.len());
-        for (number, state, value, last_value, new_params) in rows {
-            if let Some(p) = new_params
-                && number as usize == params.len()
-            {
-                params.push(p);
-            }
-            let Some(p) = params.get(number as usize) else {
-                continue;
-            };
-            let outcome = match TrialState::parse(&state) {
-                Some(TrialState::Completed) => value.map_or(Observed::Failed, Observed::Completed),
-                Some(TrialState::Pruned) => Observed::Pruned(last_value),
-                Some(TrialState::Queued | TrialState::Running | TrialState::Preempted) => Observed::Pending,
-                _ => Observed::Failed,
-            };
-            history.push(Observation {
+        let history: Vec<Observation> = rows
+            .into_iter()
+            .map(|(number, state, value, last_value, params)| Observation {
                 number,
-                params: p.clone(),
-                outcome,
-            });
+                params: Arc::new(params),
+                outcome: observed(TrialState::parse(&state), value, last_value),
+            })
+            .collect();
+        if let Ok(mut h) = self.histories.lock() {
+            h.insert(sweep_id, history.clone());
         }
         Ok(history)
+    }
+
+    /// Records a change of a trial in its sweep's cached history, if there is one: a new trial
+    /// (`number` one past the end) or a new outcome.
+    fn observe(&self, sweep_id: i64, number: i64, params: Option<&Params>, outcome: Observed) {
+        let Ok(mut histories) = self.histories.lock() else {
+            return;
+        };
+        let Some(history) = histories.get_mut(&sweep_id) else {
+            return;
+        };
+        let number = number as usize;
+        let len = history.len();
+        match (history.get_mut(number), params) {
+            (Some(o), _) => o.outcome = outcome,
+            (None, Some(p)) if number == len => history.push(Observation {
+                number: number as u64,
+                params: Arc::new(p.clone()),
+                outcome,
+            }),
+            // Out of step: read it again next time.
+            _ => {
+                histories.remove(&sweep_id);
+            }
+        }
+    }
+
+    /// Forgets a sweep's cached history (after a change made outside the queue's writes).
+    pub(crate) fn forget_history(&self, sweep_id: i64) {
+        if let Ok(mut h) = self.histories.lock() {
+            h.remove(&sweep_id);
+        }
+    }
+
+    fn has_history(&self, sweep_id: i64) -> bool {
+        self.histories.lock().is_ok_and(|h| h.contains_key(&sweep_id))
+    }
+
+    /// A trial's objective metric's latest value (NaN and missing are `None`).
+    async fn last_value(
+        &self,
+        conn: &mut SqliteConnection,
+        trial: &Trial,
+        spec: &SweepSpec,
+    ) -> Result<Option<f64>> {
+        let row: Option<(f64, i64)> = sqlx::query_as(
+            "SELECT value, is_nan FROM latest_metrics \
+             WHERE run_id = (SELECT run_id FROM trials WHERE id = ?) AND key = ?",
+        )
+        .bind(trial.id)
+        .bind(&spec.objective.metric)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        Ok(row.filter(|(_, nan)| *nan == 0).map(|(v, _)| v))
+    }
+
+    /// Forgets every cached history: a write transaction failed, and the cache may hold changes
+    /// that were rolled back.
+    pub(crate) fn forget_histories(&self) {
+        if let Ok(mut h) = self.histories.lock() {
+            h.clear();
+        }
     }
 
     /// The pruner's decision on a running trial, from the objective metric's history of every
@@ -553,6 +611,7 @@ impl Queue {
             .into_iter()
             .next()
             .ok_or_else(|| StoreError::Internal(sqlx::Error::RowNotFound))?;
+        self.observe(sweep.id, number, Some(params), Observed::Pending);
         Ok(Trial {
             id,
             sweep_id: sweep.id,
@@ -682,6 +741,17 @@ impl Queue {
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
+        let last_value = if update.state == TrialState::Pruned && self.has_history(trial.sweep_id) {
+            self.last_value(conn, &trial, &spec).await?
+        } else {
+            None
+        };
+        self.observe(
+            trial.sweep_id,
+            trial.number,
+            None,
+            observed(Some(update.state), update.value, last_value),
+        );
         trial.state = update.state;
         trial.value = update.value;
         trial.reason = update.reason;
@@ -978,7 +1048,10 @@ impl SweepStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
+        let committed = tx.commit().await.map_err(map_err);
+        // Cancelling changes trials outside the queue's own writes.
+        self.queue.forget_history(id);
+        committed?;
         self.get_sweep(id).await
     }
 
@@ -1064,7 +1137,10 @@ impl SweepStore for SqliteStore {
                 ));
             }
         }
-        tx.commit().await.map_err(map_err)?;
+        let committed = tx.commit().await.map_err(map_err);
+        // Cancelling changes trials outside the queue's own writes.
+        self.queue.forget_history(id);
+        committed?;
         self.get_sweep(id).await
     }
 
@@ -1109,7 +1185,10 @@ impl SweepStore for SqliteStore {
             .queue
             .insert_trial(&mut tx, &sweep, created, &params, None)
             .await?;
-        tx.commit().await.map_err(map_err)?;
+        if let Err(e) = tx.commit().await {
+            self.queue.forget_history(sweep_id);
+            return Err(map_err(e));
+        }
         Ok(trial)
     }
 
@@ -1210,17 +1289,25 @@ impl SweepStore for SqliteStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?;
-        for (lease_id, trial_id) in &expired {
-            let trial = trial_by_id(&mut tx, *trial_id).await?;
-            let reason = format!(
-                "the lease of attempt {} expired: its agent stopped heartbeating",
-                trial.attempt
-            );
-            self.queue
-                .end_lease(&mut tx, lease_id, "expired", trial, &Outcome::Failed(reason))
-                .await?;
+        let ended = async {
+            for (lease_id, trial_id) in &expired {
+                let trial = trial_by_id(&mut tx, *trial_id).await?;
+                let reason = format!(
+                    "the lease of attempt {} expired: its agent stopped heartbeating",
+                    trial.attempt
+                );
+                self.queue
+                    .end_lease(&mut tx, lease_id, "expired", trial, &Outcome::Failed(reason))
+                    .await?;
+            }
+            tx.commit().await.map_err(map_err)
         }
-        tx.commit().await.map_err(map_err)?;
+        .await;
+        if ended.is_err() {
+            // The cached histories may hold outcomes that were rolled back.
+            self.queue.forget_histories();
+        }
+        ended?;
         Ok(expired.len() as u64)
     }
 
