@@ -26,21 +26,21 @@ const GAMMA_FRACTION: f64 = 0.10;
 const GAMMA_MAX: usize = 25;
 /// Weight of the prior kernel against one trial's.
 const PRIOR_WEIGHT: f64 = 1.0;
-/// Bandwidth scale of the numeric kernels, as a fraction of the range.
-const SIGMA0: f64 = 0.2;
+/// Bad trials past the most recent this many weigh less the older they are.
+const RECENT_FULL_WEIGHT: usize = 25;
 /// Fresh attempts at a point not tried before, in a discrete space.
 const DEDUP_ATTEMPTS: u64 = 8;
 
 pub(super) fn suggest(spec: &SweepSpec, sweep_seed: u64, number: u64, history: &[Observation]) -> Params {
     let goal = spec.objective.goal;
     let mut finished: Vec<(f64, u64, &Params)> = Vec::new();
-    let mut bad: Vec<&Params> = Vec::new();
+    let mut bad: Vec<(u64, &Params)> = Vec::new();
     for o in history {
         match o.outcome {
             Observed::Completed(v) | Observed::Pruned(Some(v)) if v.is_finite() => {
                 finished.push((loss(goal, v), o.number, &o.params));
             }
-            Observed::Pruned(_) | Observed::Pending => bad.push(&o.params),
+            Observed::Pruned(_) | Observed::Pending => bad.push((o.number, &o.params)),
             Observed::Completed(_) | Observed::Failed => {}
         }
     }
@@ -50,7 +50,10 @@ pub(super) fn suggest(spec: &SweepSpec, sweep_seed: u64, number: u64, history: &
     finished.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let n_below = ((finished.len() as f64 * GAMMA_FRACTION).ceil() as usize).clamp(1, GAMMA_MAX);
     let below: Vec<&Params> = finished[..n_below].iter().map(|f| f.2).collect();
-    let above: Vec<&Params> = finished[n_below..].iter().map(|f| f.2).chain(bad).collect();
+    // The bad side in trial order: older trials weigh less.
+    let mut above: Vec<(u64, &Params)> = finished[n_below..].iter().map(|f| (f.1, f.2)).chain(bad).collect();
+    above.sort_by_key(|a| a.0);
+    let above: Vec<&Params> = above.into_iter().map(|a| a.1).collect();
 
     let discrete = spec.parameters.values().all(|d| {
         matches!(
@@ -160,7 +163,6 @@ impl Model {
                 None => groups.push((signature, vec![i])),
             }
         }
-        let dims = spec.parameters.len();
         let groups = groups
             .into_iter()
             .map(|(_, members)| {
@@ -168,9 +170,10 @@ impl Model {
                 let b: Vec<&Row<'_>> = below.iter().filter(has).collect();
                 let a: Vec<&Row<'_>> = above.iter().filter(has).collect();
                 let fitted = (!b.is_empty()).then(|| {
+                    let below_weights = vec![1.0; b.len()];
                     (
-                        Parzen::fit(spec, &members, &b, dims),
-                        Parzen::fit(spec, &members, &a, dims),
+                        Parzen::fit(spec, &members, &b, &below_weights),
+                        Parzen::fit(spec, &members, &a, &recency_weights(a.len())),
                     )
                 });
                 Group { members, fitted }
@@ -265,10 +268,12 @@ struct Parzen {
 }
 
 impl Parzen {
-    fn fit(spec: &SweepSpec, members: &[usize], trials: &[&Row<'_>], total_dims: usize) -> Self {
+    /// The mixture of one kernel per trial (weighted) and a prior kernel of weight
+    /// [`PRIOR_WEIGHT`].
+    fn fit(spec: &SweepSpec, members: &[usize], trials: &[&Row<'_>], weights: &[f64]) -> Self {
         let n = trials.len();
-        let total = n as f64 + PRIOR_WEIGHT;
-        let mut log_w = vec![(1.0 / total).ln(); n];
+        let total: f64 = weights.iter().sum::<f64>() + PRIOR_WEIGHT;
+        let mut log_w: Vec<f64> = weights.iter().map(|w| (w / total).ln()).collect();
         log_w.push((PRIOR_WEIGHT / total).ln());
         let dims = members
             .iter()
@@ -282,20 +287,21 @@ impl Parzen {
                             .map(|r| r[i].and_then(|v| choices.iter().position(|c| c == v)))
                             .collect();
                         choice.push(None);
+                        // A trial's kernel: the prior's share spread over the choices, plus one
+                        // on the trial's choice.
+                        let spread = PRIOR_WEIGHT / (n as f64 + 1.0);
+                        let row = 1.0 + spread * k;
                         Dim::Cat {
                             choices: choices.len(),
                             choice,
-                            log_hit: ((1.0 + PRIOR_WEIGHT / k) / (1.0 + PRIOR_WEIGHT)).ln(),
-                            log_miss: ((PRIOR_WEIGHT / k) / (1.0 + PRIOR_WEIGHT)).ln(),
+                            log_hit: ((1.0 + spread) / row).ln(),
+                            log_miss: (spread / row).ln(),
                             log_uniform: (1.0 / k).ln(),
                         }
                     }
                     _ => {
                         let (lo, hi) = bounds(dist);
                         let range = (hi - lo).max(f64::MIN_POSITIVE);
-                        let bandwidth =
-                            (SIGMA0 * range * (n.max(1) as f64).powf(-1.0 / (total_dims as f64 + 4.0)))
-                                .max(range / (1.0 + n as f64).min(100.0));
                         let mut mu: Vec<f64> = trials
                             .iter()
                             .map(|r| {
@@ -304,16 +310,14 @@ impl Parzen {
                                     .clamp(lo, hi)
                             })
                             .collect();
-                        let mut sigma = vec![bandwidth; n];
+                        let mut sigma = neighbour_bandwidths(&mu, lo, hi);
                         mu.push((lo + hi) / 2.0);
                         sigma.push(range);
                         let half_ln_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
-                        let (ln_bandwidth, ln_range) = (bandwidth.ln(), range.ln());
                         let log_norm = mu
                             .iter()
                             .zip(&sigma)
-                            .enumerate()
-                            .map(|(k, (&m, &s))| {
+                            .map(|(&m, &s)| {
                                 let (a, b) = ((lo - m) / s, (hi - m) / s);
                                 // The mass cut off below lo and above hi; past 8 sigmas a tail is
                                 // below 1e-15 and is not computed.
@@ -324,8 +328,7 @@ impl Parzen {
                                 } else {
                                     (1.0 - below - above).max(1e-300).ln()
                                 };
-                                let ln_s = if k == n { ln_range } else { ln_bandwidth };
-                                -ln_s - half_ln_2pi - mass
+                                -s.ln() - half_ln_2pi - mass
                             })
                             .collect();
                         let inv_sigma = sigma.iter().map(|s| 1.0 / s).collect();
@@ -454,6 +457,54 @@ impl Parzen {
             .sum::<f64>()
             .ln()
     }
+}
+
+/// Weights of the bad side's trials, oldest first: the most recent [`RECENT_FULL_WEIGHT`]
+/// weigh 1, the older ones rise linearly from `1 / n`, so that the model follows the search.
+fn recency_weights(n: usize) -> Vec<f64> {
+    if n <= RECENT_FULL_WEIGHT {
+        return vec![1.0; n];
+    }
+    let ramp = n - RECENT_FULL_WEIGHT;
+    let start = 1.0 / n as f64;
+    (0..n)
+        .map(|i| {
+            if i >= ramp {
+                1.0
+            } else if ramp == 1 {
+                start
+            } else {
+                start + (1.0 - start) * i as f64 / (ramp - 1) as f64
+            }
+        })
+        .collect()
+}
+
+/// Each kernel's bandwidth: the distance to its farther neighbour among the sorted centres
+/// (the range's ends count as neighbours of a lone centre), kept between the range divided by
+/// the number of kernels (at most 100) and the whole range. Crowded good points get narrow
+/// kernels, isolated ones wide kernels.
+fn neighbour_bandwidths(mu: &[f64], lo: f64, hi: f64) -> Vec<f64> {
+    let n = mu.len();
+    let range = hi - lo;
+    let min_sigma = range / (n as f64 + 2.0).min(100.0);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| mu[a].total_cmp(&mu[b]));
+    let sorted: Vec<f64> = order.iter().map(|&i| mu[i]).collect();
+    let mut sigma = vec![range; n];
+    for (rank, &i) in order.iter().enumerate() {
+        let s = if n == 1 {
+            (sorted[0] - lo).max(hi - sorted[0])
+        } else if rank == 0 {
+            sorted[1] - sorted[0]
+        } else if rank == n - 1 {
+            sorted[n - 1] - sorted[n - 2]
+        } else {
+            (sorted[rank] - sorted[rank - 1]).max(sorted[rank + 1] - sorted[rank])
+        };
+        sigma[i] = s.clamp(min_sigma, range);
+    }
+    sigma
 }
 
 /// A normal draw restricted to `[lo, hi]` (rejection; uniform if the mass there is tiny).
