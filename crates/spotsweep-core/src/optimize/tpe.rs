@@ -144,7 +144,7 @@ struct Model {
 struct Group {
     /// Their indices in the spec.
     members: Vec<usize>,
-    /// The good-trial and bad-trial estimators; `None` where no good trial had the group (its
+    /// The good-trial and bad-trial estimators; `None` where no trial had the group (its
     /// parameters come from the prior).
     fitted: Option<(Parzen, Parzen)>,
 }
@@ -169,7 +169,9 @@ impl Model {
                 let has = |r: &&Row<'_>| members.iter().all(|&i| r[i].is_some());
                 let b: Vec<&Row<'_>> = below.iter().filter(has).collect();
                 let a: Vec<&Row<'_>> = above.iter().filter(has).collect();
-                let fitted = (!b.is_empty()).then(|| {
+                // With no good trial in the group, "below" is the prior alone: candidates are
+                // still scored against the bad trials, so they go where those were not.
+                let fitted = (!(b.is_empty() && a.is_empty())).then(|| {
                     let below_weights = vec![1.0; b.len()];
                     (
                         Parzen::fit(spec, &members, &b, &below_weights),
