@@ -51,7 +51,11 @@ pub(super) fn suggest(spec: &SweepSpec, sweep_seed: u64, number: u64, history: &
     let n_below = ((finished.len() as f64 * GAMMA_FRACTION).ceil() as usize).clamp(1, GAMMA_MAX);
     let below: Vec<&Params> = finished[..n_below].iter().map(|f| f.2).collect();
     // The bad side in trial order: older trials weigh less.
-    let mut above: Vec<(u64, &Params)> = finished[n_below..].iter().map(|f| (f.1, f.2)).chain(bad).collect();
+    let mut above: Vec<(u64, &Params)> = finished[n_below..]
+        .iter()
+        .map(|f| (f.1, f.2))
+        .chain(bad)
+        .collect();
     above.sort_by_key(|a| a.0);
     let above: Vec<&Params> = above.into_iter().map(|a| a.1).collect();
 
