@@ -10,8 +10,12 @@ mod tpe;
 
 pub use sobol::Sobol;
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
 use crate::sweep::{
-    Distribution, Goal, ParamValue, Params, SamplerKind, SweepSpec, keep_active, quantize, sample_random,
+    Distribution, Goal, ParamValue, Params, SamplerKind, SweepSpec, draw, keep_active, quantize,
+    sample_random, trial_seed,
 };
 
 /// What the sampler knows of an earlier trial.
@@ -50,15 +54,24 @@ pub fn suggest(spec: &SweepSpec, sweep_seed: u64, number: u64, history: &[Observ
     }
 }
 
-/// Point `number` of the sweep's scrambled Sobol sequence, one dimension per parameter.
+/// Point `number` of the sweep's scrambled Sobol sequence, one dimension per unconditional
+/// parameter. Conditional parameters are drawn from the trial's random stream instead: the
+/// trials where a condition holds are a subset picked by another coordinate, and the Sobol
+/// coordinates of such a subset are far from evenly spread.
 pub fn sample_qmc(spec: &SweepSpec, sweep_seed: u64, number: u64) -> Params {
-    let dims = spec.parameters.len();
-    let point = Sobol::new(dims, sweep_seed).point(number, dims);
+    let dims = spec.parameters.values().filter(|d| d.when().is_none()).count();
+    let mut point = Sobol::new(dims, sweep_seed).point(number, dims).into_iter();
+    let mut rng = ChaCha8Rng::seed_from_u64(trial_seed(sweep_seed, number));
     let values = spec
         .parameters
         .values()
-        .zip(point)
-        .map(|(dist, u)| from_unit(dist, u))
+        .map(|dist| match dist.when() {
+            None => match point.next() {
+                Some(u) => from_unit(dist, u),
+                None => draw(dist, &mut rng),
+            },
+            Some(_) => draw(dist, &mut rng),
+        })
         .collect();
     keep_active(spec, values)
 }

@@ -47,7 +47,7 @@ pub(super) fn suggest(spec: &SweepSpec, sweep_seed: u64, number: u64, history: &
     if finished.len() < spec.sampler.startup_trials() as usize {
         return sample_qmc(spec, sweep_seed, number);
     }
-    finished.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    finished.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let n_below = ((finished.len() as f64 * GAMMA_FRACTION).ceil() as usize).clamp(1, GAMMA_MAX);
     let below: Vec<&Params> = finished[..n_below].iter().map(|f| f.2).collect();
     // The bad side in trial order: older trials weigh less.
@@ -56,7 +56,7 @@ pub(super) fn suggest(spec: &SweepSpec, sweep_seed: u64, number: u64, history: &
         .map(|f| (f.1, f.2))
         .chain(bad)
         .collect();
-    above.sort_by_key(|a| a.0);
+    above.sort_unstable_by_key(|a| a.0);
     let above: Vec<&Params> = above.into_iter().map(|a| a.1).collect();
 
     let discrete = spec.parameters.values().all(|d| {
@@ -495,7 +495,7 @@ fn neighbour_bandwidths(mu: &[f64], lo: f64, hi: f64) -> Vec<f64> {
     let range = hi - lo;
     let min_sigma = range / (n as f64 + 2.0).min(100.0);
     let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| mu[a].total_cmp(&mu[b]));
+    order.sort_unstable_by(|&a, &b| mu[a].total_cmp(&mu[b]).then(a.cmp(&b)));
     let sorted: Vec<f64> = order.iter().map(|&i| mu[i]).collect();
     let mut sigma = vec![range; n];
     for (rank, &i) in order.iter().enumerate() {
