@@ -33,31 +33,44 @@ const DEDUP_ATTEMPTS: u64 = 8;
 
 pub(super) fn suggest(spec: &SweepSpec, sweep_seed: u64, number: u64, history: &[Observation]) -> Params {
     let goal = spec.objective.goal;
-    let mut finished: Vec<(f64, u64, &Params)> = Vec::new();
-    let mut bad: Vec<(u64, &Params)> = Vec::new();
-    for o in history {
-        match o.outcome {
-            Observed::Completed(v) | Observed::Pruned(Some(v)) if v.is_finite() => {
-                finished.push((loss(goal, v), o.number, &o.params));
-            }
-            Observed::Pruned(_) | Observed::Pending => bad.push((o.number, &o.params)),
-            Observed::Completed(_) | Observed::Failed => {}
-        }
-    }
-    if finished.len() < spec.sampler.startup_trials() as usize {
+    let sorted_copy;
+    let history = if history.is_sorted_by_key(|o| o.number) {
+        history
+    } else {
+        sorted_copy = {
+            let mut h = history.to_vec();
+            h.sort_by_key(|o| o.number);
+            h
+        };
+        &sorted_copy
+    };
+    // A finished trial's loss (pruned ones with their last value); `None` for the others.
+    let finished_loss = |o: &Observation| match o.outcome {
+        Observed::Completed(v) | Observed::Pruned(Some(v)) if v.is_finite() => Some(loss(goal, v)),
+        _ => None,
+    };
+    let mut keys: Vec<(f64, u64)> = history
+        .iter()
+        .filter_map(|o| finished_loss(o).map(|l| (l, o.number)))
+        .collect();
+    if keys.len() < spec.sampler.startup_trials() as usize {
         return sample_qmc(spec, sweep_seed, number);
     }
-    finished.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let n_below = ((finished.len() as f64 * GAMMA_FRACTION).ceil() as usize).clamp(1, GAMMA_MAX);
-    let below: Vec<&Params> = finished[..n_below].iter().map(|f| f.2).collect();
-    // The bad side in trial order: older trials weigh less.
-    let mut above: Vec<(u64, &Params)> = finished[n_below..]
-        .iter()
-        .map(|f| (f.1, f.2))
-        .chain(bad)
-        .collect();
-    above.sort_unstable_by_key(|a| a.0);
-    let above: Vec<&Params> = above.into_iter().map(|a| a.1).collect();
+    let n_below = ((keys.len() as f64 * GAMMA_FRACTION).ceil() as usize).clamp(1, GAMMA_MAX);
+    // The n_below-th best (loss, number): the trials up to it are the good ones.
+    let by_loss = |a: &(f64, u64), b: &(f64, u64)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+    let cut = *keys.select_nth_unstable_by(n_below - 1, by_loss).1;
+    // Both sides in trial order (older bad trials weigh less); pending trials and pruned ones
+    // without a value are bad (the constant liar); failed ones are not evidence.
+    let mut below: Vec<&Params> = Vec::with_capacity(n_below);
+    let mut above: Vec<&Params> = Vec::with_capacity(history.len());
+    for o in history {
+        match (finished_loss(o), o.outcome) {
+            (Some(l), _) if by_loss(&(l, o.number), &cut).is_le() => below.push(&o.params),
+            (Some(_), _) | (None, Observed::Pruned(_) | Observed::Pending) => above.push(&o.params),
+            (None, _) => {}
+        }
+    }
 
     let discrete = spec.parameters.values().all(|d| {
         matches!(
@@ -494,11 +507,11 @@ fn neighbour_bandwidths(mu: &[f64], lo: f64, hi: f64) -> Vec<f64> {
     let n = mu.len();
     let range = hi - lo;
     let min_sigma = range / (n as f64 + 2.0).min(100.0);
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_unstable_by(|&a, &b| mu[a].total_cmp(&mu[b]).then(a.cmp(&b)));
-    let sorted: Vec<f64> = order.iter().map(|&i| mu[i]).collect();
+    let mut order: Vec<(f64, usize)> = mu.iter().copied().zip(0..).collect();
+    order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let sorted: Vec<f64> = order.iter().map(|o| o.0).collect();
     let mut sigma = vec![range; n];
-    for (rank, &i) in order.iter().enumerate() {
+    for (rank, &(_, i)) in order.iter().enumerate() {
         let s = if n == 1 {
             (sorted[0] - lo).max(hi - sorted[0])
         } else if rank == 0 {
