@@ -340,9 +340,14 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
+    /// A sweep's spec if it was parsed already.
+    fn cached_spec(&self, sweep_id: i64) -> Option<Arc<SweepSpec>> {
+        self.specs.lock().ok().and_then(|m| m.get(&sweep_id).cloned())
+    }
+
     /// The parsed spec of a sweep; specs never change, so they are parsed once.
     async fn spec_of(&self, conn: &mut SqliteConnection, sweep_id: i64) -> Result<Arc<SweepSpec>> {
-        if let Some(spec) = self.specs.lock().ok().and_then(|m| m.get(&sweep_id).cloned()) {
+        if let Some(spec) = self.cached_spec(sweep_id) {
             return Ok(spec);
         }
         let (text,): (String,) = sqlx::query_as("SELECT spec FROM sweeps WHERE id = ?")
@@ -681,10 +686,7 @@ impl Queue {
     ) -> Result<Option<f64>> {
         let metric = &spec.objective.metric;
         let sql = match spec.objective.summary {
-            Summary::Last => {
-                "SELECT value FROM latest_metrics WHERE run_id = (SELECT id FROM runs WHERE run_uuid = ?) \
-                 AND key = ? AND is_nan = 0"
-            }
+            Summary::Last => return self.last_value(conn, trial, spec).await,
             Summary::Min => {
                 "SELECT MIN(value) FROM metrics WHERE run_id = (SELECT id FROM runs WHERE run_uuid = ?) \
                  AND key = ? AND is_nan = 0"
@@ -1238,10 +1240,16 @@ impl SweepStore for SqliteStore {
         if ended_at.is_some() || stop_requested != 0 || sweep_state == "cancelled" {
             return Ok(HeartbeatAction::Stop);
         }
-        let spec = self
-            .queue
-            .spec_of(&mut *self.reader.acquire().await?, sweep_id)
-            .await?;
+        // Every heartbeat asks whether the sweep prunes: a connection only when the spec is not
+        // parsed yet.
+        let spec = match self.queue.cached_spec(sweep_id) {
+            Some(spec) => spec,
+            None => {
+                self.queue
+                    .spec_of(&mut *self.reader.acquire().await?, sweep_id)
+                    .await?
+            }
+        };
         if spec.pruner.kind == PrunerKind::None {
             return Ok(HeartbeatAction::Continue);
         }
