@@ -385,3 +385,238 @@ async fn writes_survive_reopen_and_newer_schemas_are_refused() {
         "{err}"
     );
 }
+
+/// History order and de-duplication as the reference's row-per-point table gives them.
+fn expected_history(points: &[(i64, i64, f64)]) -> Vec<(i64, i64, u64)> {
+    let key = |v: f64| if v.is_nan() { (0.0, 1) } else { (v, 0) };
+    let mut sorted: Vec<(i64, i64, f64)> = points
+        .iter()
+        .map(|&(t, s, v)| (t, s, if v.is_infinite() { v.signum() * f64::MAX } else { v }))
+        .collect();
+    sorted.sort_by(|a, b| {
+        (a.0, a.1)
+            .cmp(&(b.0, b.1))
+            .then(key(a.2).partial_cmp(&key(b.2)).unwrap())
+    });
+    sorted.dedup_by(|a, b| (a.0, a.1, key(a.2)) == (b.0, b.1, key(b.2)));
+    sorted.iter().map(|&(t, s, v)| (t, s, v.to_bits())).collect()
+}
+
+async fn whole_history(store: &SqliteStore, run: &str, key: &str) -> Vec<(i64, i64, u64)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = store.metric_history(run, key, offset, 97).await.unwrap();
+        out.extend(
+            page.items
+                .iter()
+                .map(|m| (m.timestamp, m.step, m.value.to_bits())),
+        );
+        match page.next_offset {
+            Some(next) => offset = next,
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    new_run(&store, 0, "r", 1).await;
+    // A fixed pseudo-random sequence: out-of-order steps, repeated points, NaN and infinities.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut logged: Vec<(i64, i64, f64)> = Vec::new();
+    let mut writes = 0;
+    let mut pending = Vec::new();
+    let mut in_flight = Vec::new();
+    for i in 0..1500 {
+        let point = match next(20) {
+            0 if !logged.is_empty() => logged[next(logged.len() as u64) as usize],
+            1 => (i, i % 50, f64::NAN),
+            2 => (i, i % 50, f64::NEG_INFINITY),
+            _ => (next(400) as i64, next(300) as i64, next(1000) as f64 / 7.0),
+        };
+        logged.push(point);
+        pending.push(metric("loss", point.2, point.0, point.1));
+        // Mostly single points, sometimes a batch; several writes in flight at once, so the
+        // writer commits them in groups.
+        if next(10) == 0 || pending.len() > 1 || i % 3 == 0 {
+            let batch = Batch {
+                metrics: std::mem::take(&mut pending),
+                ..Batch::default()
+            };
+            writes += 1;
+            let store = store.clone();
+            in_flight.push(tokio::spawn(
+                async move { store.log_batch("r", batch).await.unwrap() },
+            ));
+            if in_flight.len() == 8 {
+                for write in in_flight.drain(..) {
+                    write.await.unwrap();
+                }
+            }
+        }
+        if i % 250 == 0 {
+            let batch: Vec<Metric> = (0..120)
+                .map(|j| metric("loss", j as f64, 10_000 + j, j))
+                .collect();
+            logged.extend(batch.iter().map(|m| (m.timestamp, m.step, m.value)));
+            writes += 1;
+            store
+                .log_batch(
+                    "r",
+                    Batch {
+                        metrics: batch,
+                        ..Batch::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let last = Batch {
+        metrics: pending,
+        ..Batch::default()
+    };
+    store.log_batch("r", last).await.unwrap();
+    for write in in_flight {
+        write.await.unwrap();
+    }
+    let want = expected_history(&logged);
+    assert_eq!(whole_history(&store, "r", "loss").await, want);
+
+    // Small writes were merged: far fewer blocks than writes.
+    let db = dir.path().join("t.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let (blocks,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM metric_blocks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // (About 1,000 writes in groups of up to 8: some 130 blocks unmerged, about 30 merged.)
+    assert!(blocks * 20 < writes, "{blocks} blocks for {writes} writes");
+    pool.close().await;
+
+    // Charts see the same points in step order.
+    let chart = store
+        .metric_history_bulk_interval(&["r".to_owned()], "loss", None, None, 100_000)
+        .await
+        .unwrap();
+    assert_eq!(chart.len(), want.len());
+    assert!(
+        chart
+            .windows(2)
+            .all(|w| (w[0].1.step, w[0].1.timestamp) <= (w[1].1.step, w[1].1.timestamp))
+    );
+
+    // The latest value is the reference's rule over everything logged.
+    let latest = store.get_run("r").await.unwrap().metrics[0].clone();
+    let top = want
+        .iter()
+        .max_by(|a, b| {
+            let v = |bits: u64| {
+                let v = f64::from_bits(bits);
+                if v.is_nan() { 0.0 } else { v }
+            };
+            (a.1, a.0)
+                .cmp(&(b.1, b.0))
+                .then(v(a.2).partial_cmp(&v(b.2)).unwrap())
+        })
+        .unwrap();
+    assert_eq!((latest.step, latest.timestamp), (top.1, top.0));
+
+    store.close().await;
+    let store = open(&dir).await;
+    assert_eq!(whole_history(&store, "r", "loss").await, want);
+}
+
+#[tokio::test]
+async fn a_row_per_point_database_is_converted_to_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    // A database as schema version 4 left it, built with the migrations of that time.
+    let old = tempfile::tempdir().unwrap();
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations/sqlite");
+    for entry in std::fs::read_dir(&migrations).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.as_str() < "0005" {
+            std::fs::copy(&path, old.path().join(&name)).unwrap();
+        }
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&db)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO runs (id, run_uuid, experiment_id, name, status, start_time, artifact_uri) \
+         VALUES (7, 'r', 0, 'old', 'RUNNING', 1, 'mlflow-artifacts:/0/r/artifacts')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut logged = Vec::new();
+    for i in 0..3000_i64 {
+        let value = if i == 5 { f64::NAN } else { (i * 37 % 101) as f64 };
+        logged.push((i * 7 % 2000, i % 40, value));
+    }
+    for (t, s, v) in &logged {
+        sqlx::query("INSERT OR IGNORE INTO metrics (run_id, key, timestamp, step, value, is_nan) VALUES (7, 'acc', ?, ?, ?, ?)")
+            .bind(t)
+            .bind(s)
+            .bind(if v.is_nan() { 0.0 } else { *v })
+            .bind(v.is_nan())
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let (latest_before,): (f64,) = sqlx::query_as("SELECT value FROM latest_metrics WHERE run_id = 7")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = open(&dir).await;
+    assert_eq!(whole_history(&store, "r", "acc").await, expected_history(&logged));
+    assert_eq!(store.get_run("r").await.unwrap().metrics[0].value, latest_before);
+    // New points land next to the converted ones.
+    store
+        .log_batch(
+            "r",
+            Batch {
+                metrics: vec![metric("acc", 0.25, 5000, 40)],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_run("r").await.unwrap().metrics[0].value, 0.25);
+    assert_eq!(
+        whole_history(&store, "r", "acc").await.len(),
+        expected_history(&logged).len() + 1
+    );
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let legacy: Option<(String,)> =
+        sqlx::query_as("SELECT name FROM sqlite_master WHERE name = 'metrics_legacy'")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    assert!(legacy.is_none());
+    pool.close().await;
+}

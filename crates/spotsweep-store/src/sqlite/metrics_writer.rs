@@ -10,9 +10,9 @@
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::RunKeys;
-use super::map_err;
-use super::tracking::{insert_metric_rows, run_key_for_write, split_chunks};
+use super::metric_blocks::{self, LooseBlocks};
+use super::tracking::run_key_for_write;
+use super::{RunKeys, map_err};
 use crate::{Metric, Result, StoreError};
 
 /// Most jobs committed together.
@@ -26,9 +26,9 @@ pub(crate) struct MetricJob {
 }
 
 /// Starts the writer task; returns the handle the store submits through.
-pub(crate) fn start(writer: SqlitePool, keys: RunKeys) -> mpsc::Sender<MetricJob> {
+pub(crate) fn start(writer: SqlitePool, keys: RunKeys, loose: LooseBlocks) -> mpsc::Sender<MetricJob> {
     let (tx, rx) = mpsc::channel(1024);
-    tokio::spawn(run(writer, keys, rx));
+    tokio::spawn(run(writer, keys, loose, rx));
     tx
 }
 
@@ -44,7 +44,7 @@ pub(crate) async fn submit(jobs: &mpsc::Sender<MetricJob>, run_id: &str, metrics
     answer.await.map_err(|_| StoreError::Busy)?
 }
 
-async fn run(writer: SqlitePool, keys: RunKeys, mut rx: mpsc::Receiver<MetricJob>) {
+async fn run(writer: SqlitePool, keys: RunKeys, loose: LooseBlocks, mut rx: mpsc::Receiver<MetricJob>) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -77,7 +77,7 @@ async fn run(writer: SqlitePool, keys: RunKeys, mut rx: mpsc::Receiver<MetricJob
             continue;
         }
         let groups: Vec<(i64, &[Metric])> = ready.iter().map(|(k, j)| (*k, j.metrics.as_slice())).collect();
-        let together = commit(&mut conn, &groups).await;
+        let together = commit(&mut conn, &loose, &groups).await;
         drop(groups);
         match together {
             Ok(()) => {
@@ -89,7 +89,7 @@ async fn run(writer: SqlitePool, keys: RunKeys, mut rx: mpsc::Receiver<MetricJob
             // alone.
             Err(_) => {
                 for (key, job) in ready {
-                    let result = commit(&mut conn, &[(key, job.metrics.as_slice())]).await;
+                    let result = commit(&mut conn, &loose, &[(key, job.metrics.as_slice())]).await;
                     let _ = job.done.send(result);
                 }
             }
@@ -97,20 +97,21 @@ async fn run(writer: SqlitePool, keys: RunKeys, mut rx: mpsc::Receiver<MetricJob
     }
 }
 
-/// Writes the points in one transaction (or one autocommit statement when they fit in one).
-async fn commit(conn: &mut sqlx::SqliteConnection, groups: &[(i64, &[Metric])]) -> Result<()> {
+/// Writes the points in one transaction.
+async fn commit(
+    conn: &mut sqlx::SqliteConnection,
+    loose: &LooseBlocks,
+    groups: &[(i64, &[Metric])],
+) -> Result<()> {
     let rows: Vec<(i64, &Metric)> = groups
         .iter()
         .flat_map(|(k, ms)| ms.iter().map(move |m| (*k, m)))
         .collect();
-    if split_chunks(rows.len()).len() <= 1 {
-        return insert_metric_rows(conn, &rows).await;
-    }
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut *conn)
         .await
         .map_err(map_err)?;
-    match insert_metric_rows(conn, &rows).await {
+    match metric_blocks::append(conn, loose, &rows).await {
         Ok(()) => {
             sqlx::query("COMMIT").execute(&mut *conn).await.map_err(map_err)?;
             Ok(())

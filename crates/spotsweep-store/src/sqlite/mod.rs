@@ -7,6 +7,7 @@
 //! the process (`kill -9`): the WAL frame is in the OS page cache before `COMMIT` returns. Only a
 //! power loss can lose the last transactions, which is the trade every WAL database makes.
 
+mod metric_blocks;
 mod metrics_writer;
 mod queue_writer;
 mod search;
@@ -63,6 +64,8 @@ pub struct SqliteStore {
     /// and changed only inside write transactions, which the single writer serialises; any
     /// lifecycle change empties it.
     run_keys: RunKeys,
+    /// Loose metric blocks per (run, key), to know when to merge them (see `metric_blocks`).
+    loose_blocks: metric_blocks::LooseBlocks,
     /// Metric-only writes go to the group-commit task (see `metrics_writer`).
     metric_jobs: tokio::sync::mpsc::Sender<metrics_writer::MetricJob>,
     /// The trial queue's transactions and caches.
@@ -119,6 +122,10 @@ impl SqliteStore {
             sqlx::migrate::MigrateError::Execute(e) => StoreError::Internal(e),
             other => StoreError::Incompatible(format!("cannot migrate the database: {other}")),
         })?;
+        {
+            let mut conn = writer.acquire().await.map_err(map_err)?;
+            metric_blocks::convert_legacy(&mut conn).await?;
+        }
         let reader = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
             .min_connections(1)
@@ -131,13 +138,15 @@ impl SqliteStore {
             .connect_with(connect)
             .await?;
         let run_keys = RunKeys::default();
+        let loose_blocks = metric_blocks::LooseBlocks::default();
         let queue = sweeps::Queue::default();
         Ok(Self {
             writer: writer.clone(),
             reader,
             maintenance,
             run_keys: run_keys.clone(),
-            metric_jobs: metrics_writer::start(writer.clone(), run_keys),
+            loose_blocks: loose_blocks.clone(),
+            metric_jobs: metrics_writer::start(writer.clone(), run_keys, loose_blocks),
             queue: queue.clone(),
             queue_jobs: queue_writer::start(writer.clone(), queue),
         })

@@ -18,6 +18,7 @@ use spotsweep_core::sweep::{
 };
 use sqlx::SqliteConnection;
 
+use super::metric_blocks;
 use super::tracking::insert_experiment;
 use super::{SqliteStore, map_err, now_ms, queue_writer};
 use crate::{
@@ -511,40 +512,46 @@ impl Queue {
         sweep_id: i64,
         number: u64,
     ) -> Result<Decision> {
-        let (json,): (String,) = sqlx::query_as(
-            "SELECT json_group_array(json_array(number, completed, step, value, is_nan, timestamp)) FROM ( \
-               SELECT t.number, t.state = 'completed' AS completed, m.step, m.value, m.is_nan, m.timestamp \
-               FROM trials t JOIN metrics m ON m.run_id = t.run_id AND m.key = ?2 \
-               WHERE t.sweep_id = ?1 AND t.state IN ('completed', 'pruned', 'running') \
-               ORDER BY t.number, m.step, m.timestamp)",
+        let rows: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(
+            "SELECT t.number, t.state = 'completed', b.data \
+             FROM trials t JOIN metric_blocks b ON b.run_id = t.run_id AND b.key = ?2 \
+             WHERE t.sweep_id = ?1 AND t.state IN ('completed', 'pruned', 'running') \
+             ORDER BY t.number, b.id",
         )
         .bind(sweep_id)
         .bind(&spec.objective.metric)
-        .fetch_one(reader)
+        .fetch_all(reader)
         .await
         .map_err(map_err)?;
-        // (number, completed 0/1, step, value, is_nan 0/1, timestamp)
-        let rows: Vec<(u64, u8, i64, f64, u8, i64)> = serde_json::from_str(&json)
-            .map_err(|e| StoreError::Incompatible(format!("unreadable metric history: {e}")))?;
         let mut curves: Vec<Curve> = Vec::new();
-        for (n, completed, step, value, is_nan, timestamp) in rows {
-            let point = Point {
-                step,
-                value: if is_nan == 1 { f64::NAN } else { value },
-                timestamp,
-            };
-            match curves.last_mut() {
-                Some(c) if c.number == n => match c.points.last_mut() {
-                    // The last value logged at a step is the step's value.
-                    Some(last) if last.step == step => *last = point,
-                    _ => c.points.push(point),
-                },
-                _ => curves.push(Curve {
-                    number: n,
-                    completed: completed == 1,
-                    points: vec![point],
-                }),
+        let mut points = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let (n, completed) = (rows[i].0, rows[i].1);
+            points.clear();
+            while i < rows.len() && rows[i].0 == n {
+                metric_blocks::decode_into(&rows[i].2, &mut points)?;
+                i += 1;
             }
+            metric_blocks::sort_dedup(&mut points, metric_blocks::Point::step_order);
+            let mut curve = Curve {
+                number: n as u64,
+                completed,
+                points: Vec::with_capacity(points.len()),
+            };
+            for p in &points {
+                let point = Point {
+                    step: p.step,
+                    value: p.value,
+                    timestamp: p.timestamp,
+                };
+                // The last value logged at a step (the latest timestamp) is the step's value.
+                match curve.points.last_mut() {
+                    Some(last) if last.step == p.step => *last = point,
+                    _ => curve.points.push(point),
+                }
+            }
+            curves.push(curve);
         }
         let Some(mine) = curves.iter().find(|c| c.number == number) else {
             return Ok(Decision::Continue);
@@ -684,25 +691,17 @@ impl Queue {
         trial: &Trial,
         spec: &SweepSpec,
     ) -> Result<Option<f64>> {
-        let metric = &spec.objective.metric;
-        let sql = match spec.objective.summary {
+        let points = match spec.objective.summary {
             Summary::Last => return self.last_value(conn, trial, spec).await,
-            Summary::Min => {
-                "SELECT MIN(value) FROM metrics WHERE run_id = (SELECT id FROM runs WHERE run_uuid = ?) \
-                 AND key = ? AND is_nan = 0"
-            }
-            Summary::Max => {
-                "SELECT MAX(value) FROM metrics WHERE run_id = (SELECT id FROM runs WHERE run_uuid = ?) \
-                 AND key = ? AND is_nan = 0"
+            Summary::Min | Summary::Max => {
+                metric_blocks::load(&mut *conn, &trial.run_id, &spec.objective.metric).await?
             }
         };
-        let row: Option<(Option<f64>,)> = sqlx::query_as(sql)
-            .bind(&trial.run_id)
-            .bind(metric)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        Ok(row.and_then(|(v,)| v))
+        let values = points.iter().map(|p| p.value).filter(|v| !v.is_nan());
+        Ok(match spec.objective.summary {
+            Summary::Max => values.reduce(f64::max),
+            _ => values.reduce(f64::min),
+        })
     }
 
     /// Ends lease `lease_id` of `trial` (recording `lease_outcome` on it, and the time unless it

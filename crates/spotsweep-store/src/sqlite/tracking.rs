@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
+use super::metric_blocks::{self, Point};
 use super::search::{experiment_search_sql, run_search_sql};
 use super::{RunKeys, SqliteStore, map_err, now_ms};
 use crate::{
@@ -75,18 +76,7 @@ impl ExperimentRow {
 const EXPERIMENT_COLUMNS: &str =
     "experiment_id, name, artifact_location, lifecycle_stage, creation_time, last_update_time";
 
-/// NaN cannot live in a REAL column: it is stored as 0 with `is_nan = 1`. ±∞ are stored as
-/// ±`f64::MAX`, which is what the reference server returns for them.
-fn stored_value(value: f64) -> (f64, bool) {
-    if value.is_nan() {
-        (0.0, true)
-    } else if value.is_infinite() {
-        (if value > 0.0 { f64::MAX } else { f64::MIN }, false)
-    } else {
-        (value, false)
-    }
-}
-
+/// NaN cannot live in a REAL column: `latest_metrics` stores it as 0 with `is_nan = 1`.
 fn loaded_value(value: f64, is_nan: bool) -> f64 {
     if is_nan { f64::NAN } else { value }
 }
@@ -192,38 +182,6 @@ async fn upsert_tags(
         sqlx::query("UPDATE runs SET name = ? WHERE id = ?")
             .bind(&name.value)
             .bind(run_key)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-    }
-    Ok(())
-}
-
-async fn insert_metrics(conn: &mut SqliteConnection, run_key: i64, metrics: &[Metric]) -> Result<()> {
-    let rows: Vec<(i64, &Metric)> = metrics.iter().map(|m| (run_key, m)).collect();
-    insert_metric_rows(conn, &rows).await
-}
-
-/// Inserts metric points of any runs with multi-row statements; `latest_metrics` follows
-/// through the `metrics_maintain_latest` trigger.
-pub(super) async fn insert_metric_rows(conn: &mut SqliteConnection, rows: &[(i64, &Metric)]) -> Result<()> {
-    let mut rest = rows;
-    for size in split_chunks(rows.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT OR IGNORE INTO metrics (run_id, key, timestamp, step, value, is_nan) ");
-        qb.push_values(chunk, |mut row, (run_key, m)| {
-            let (value, is_nan) = stored_value(m.value);
-            row.push_bind(*run_key)
-                .push_bind(m.key.as_str())
-                .push_bind(m.timestamp)
-                .push_bind(m.step)
-                .push_bind(value)
-                .push_bind(is_nan);
-        });
-        qb.build()
-            .persistent(true)
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
@@ -775,7 +733,8 @@ impl TrackingStore for SqliteStore {
         // is written (and the transaction is dropped, i.e. rolled back, on any error).
         insert_params(&mut tx, key, run_id, &batch.params).await?;
         if !batch.metrics.is_empty() {
-            insert_metrics(&mut tx, key, &batch.metrics).await?;
+            let rows: Vec<(i64, &Metric)> = batch.metrics.iter().map(|m| (key, m)).collect();
+            metric_blocks::append(&mut tx, &self.loose_blocks, &rows).await?;
         }
         upsert_tags(&mut tx, key, &batch.tags, true).await?;
         tx.commit().await.map_err(map_err)?;
@@ -874,28 +833,12 @@ impl TrackingStore for SqliteStore {
     }
 
     async fn metric_history(&self, run_id: &str, key: &str, offset: u64, limit: u32) -> Result<Page<Metric>> {
-        let rows: Vec<(i64, i64, f64, bool)> = sqlx::query_as(
-            "SELECT m.timestamp, m.step, m.value, m.is_nan FROM metrics m \
-             WHERE m.run_id = (SELECT id FROM runs WHERE run_uuid = ?) AND m.key = ? \
-             ORDER BY m.timestamp, m.step, m.value LIMIT ? OFFSET ?",
-        )
-        .bind(run_id)
-        .bind(key)
-        .bind(i64::from(limit) + 1)
-        .bind(offset as i64)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
-        let (rows, next_offset) = page(rows, limit, offset);
-        let items = rows
-            .into_iter()
-            .map(|(timestamp, step, value, is_nan)| Metric {
-                key: key.to_owned(),
-                value: loaded_value(value, is_nan),
-                timestamp,
-                step,
-            })
-            .collect();
+        let mut points = metric_blocks::load(&self.reader, run_id, key).await?;
+        metric_blocks::sort_dedup(&mut points, Point::history_order);
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(points.len());
+        let end = start.saturating_add(limit as usize).min(points.len());
+        let items = points[start..end].iter().map(|p| p.to_metric(key)).collect();
+        let next_offset = (end < points.len()).then_some(end as u64);
         Ok(Page { items, next_offset })
     }
 
@@ -910,31 +853,13 @@ impl TrackingStore for SqliteStore {
         let start = start_step.unwrap_or(i64::MIN);
         let end = end_step.unwrap_or(i64::MAX);
         let mut out = Vec::new();
-        // Each run is sampled on its own rows, so a short run next to a long one keeps its shape.
+        // Each run is sampled on its own points, so a short run next to a long one keeps its shape.
         for run_id in run_ids {
-            let rows: Vec<(i64, i64, f64, bool)> = sqlx::query_as(
-                "SELECT m.timestamp, m.step, m.value, m.is_nan FROM metrics m \
-                 WHERE m.run_id = (SELECT id FROM runs WHERE run_uuid = ?) AND m.key = ? AND m.step BETWEEN ? AND ? \
-                 ORDER BY m.step, m.timestamp, m.value, m.is_nan",
-            )
-            .bind(run_id)
-            .bind(key)
-            .bind(start)
-            .bind(end)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(map_err)?;
-            for i in sample_rows(rows.len(), max_results) {
-                let (timestamp, step, value, is_nan) = rows[i];
-                out.push((
-                    run_id.clone(),
-                    Metric {
-                        key: key.to_owned(),
-                        value: loaded_value(value, is_nan),
-                        timestamp,
-                        step,
-                    },
-                ));
+            let mut points = metric_blocks::load(&self.reader, run_id, key).await?;
+            points.retain(|p| (start..=end).contains(&p.step));
+            metric_blocks::sort_dedup(&mut points, Point::step_order);
+            for i in sample_rows(points.len(), max_results) {
+                out.push((run_id.clone(), points[i].to_metric(key)));
             }
         }
         Ok(out)

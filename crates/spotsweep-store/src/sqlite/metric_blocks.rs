@@ -1,0 +1,499 @@
+//! Metric history stored in blocks: one row holds many points of one (run, key).
+//!
+//! A row per point costs a 6-column primary-key entry, a trigger run and a sqlx row decode for
+//! every point written or read; a 1000-point `log-batch` of 10 keys becomes 10 rows here, and
+//! a 100,000-point history about 100 rows. A block is the points of one write (or of a merge)
+//! packed as fixed 24-byte records: timestamp (i64), step (i64), value (f64 bits), little-endian.
+//!
+//! Blocks are append-only and unordered among themselves; a reader sorts the points into history
+//! order and drops exact duplicates, which is what the row-per-point table's all-column primary
+//! key did (so client retries stay harmless). Points logged one at a time make tiny blocks: after
+//! [`MERGE_AFTER`] of them for one (run, key), the writer merges that key's partly filled blocks
+//! into sorted full ones in the same transaction. The latest value per (run, key) is upserted
+//! once per key and write, not per point.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use super::map_err;
+use super::tracking::split_chunks;
+use crate::{Metric, Result, StoreError};
+
+/// Bytes of one point in a block.
+const POINT_BYTES: usize = 24;
+/// Points in a full block: merges fill blocks up to this and never touch a full one again.
+pub(super) const FULL_BLOCK: usize = 1024;
+/// A block with fewer points than this is loose: written by a small write, worth merging.
+const LOOSE: usize = 64;
+/// Loose blocks written for one (run, key) since its last merge that trigger the next merge.
+const MERGE_AFTER: u32 = 32;
+/// Entries kept in the loose-block counts before they start over (a forgotten count only
+/// delays a merge).
+const LOOSE_LIMIT: usize = 100_000;
+
+/// One stored point. ±∞ are stored as ±`f64::MAX` (what the reference returns for them); NaN
+/// is stored as NaN and compares, as in the reference's table, like 0 followed by "is NaN".
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Point {
+    pub timestamp: i64,
+    pub step: i64,
+    pub value: f64,
+}
+
+impl Point {
+    pub(crate) fn from_metric(m: &Metric) -> Self {
+        let value = if m.value.is_nan() {
+            f64::NAN
+        } else if m.value.is_infinite() {
+            if m.value > 0.0 { f64::MAX } else { f64::MIN }
+        } else {
+            m.value
+        };
+        Self {
+            timestamp: m.timestamp,
+            step: m.step,
+            value,
+        }
+    }
+
+    pub(crate) fn to_metric(self, key: &str) -> Metric {
+        Metric {
+            key: key.to_owned(),
+            value: self.value,
+            timestamp: self.timestamp,
+            step: self.step,
+        }
+    }
+
+    /// The value as the SQL column holds it (0 for NaN) and the NaN flag.
+    pub(crate) fn stored(&self) -> (f64, bool) {
+        if self.value.is_nan() {
+            (0.0, true)
+        } else {
+            (self.value, false)
+        }
+    }
+
+    fn value_order(&self, other: &Self) -> Ordering {
+        let ((a, a_nan), (b, b_nan)) = (self.stored(), other.stored());
+        a.partial_cmp(&b)
+            .unwrap_or(Ordering::Equal)
+            .then(a_nan.cmp(&b_nan))
+    }
+
+    /// History order: timestamp, step, value (as the reference's `get-history`).
+    pub(crate) fn history_order(&self, other: &Self) -> Ordering {
+        self.timestamp
+            .cmp(&other.timestamp)
+            .then(self.step.cmp(&other.step))
+            .then_with(|| self.value_order(other))
+    }
+
+    /// Step order: step, timestamp, value (charts and pruning).
+    pub(crate) fn step_order(&self, other: &Self) -> Ordering {
+        self.step
+            .cmp(&other.step)
+            .then(self.timestamp.cmp(&other.timestamp))
+            .then_with(|| self.value_order(other))
+    }
+
+    /// Whether `self` replaces `current` as the latest point: a higher step, then a higher
+    /// timestamp, then a higher value (NaN counting as 0), strictly.
+    fn is_later_than(&self, current: &Self) -> bool {
+        let (a, _) = self.stored();
+        let (b, _) = current.stored();
+        (self.step, self.timestamp).cmp(&(current.step, current.timestamp)) == Ordering::Greater
+            || ((self.step, self.timestamp) == (current.step, current.timestamp) && a > b)
+    }
+}
+
+/// Packs points into a block.
+pub(crate) fn encode(points: &[Point]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(points.len() * POINT_BYTES);
+    for p in points {
+        out.extend_from_slice(&p.timestamp.to_le_bytes());
+        out.extend_from_slice(&p.step.to_le_bytes());
+        out.extend_from_slice(&p.value.to_bits().to_le_bytes());
+    }
+    out
+}
+
+/// Appends the points of a block to `out`.
+pub(crate) fn decode_into(block: &[u8], out: &mut Vec<Point>) -> Result<()> {
+    if !block.len().is_multiple_of(POINT_BYTES) {
+        return Err(StoreError::Incompatible(format!(
+            "a metric block of {} bytes is not a whole number of points; the database is damaged",
+            block.len()
+        )));
+    }
+    out.reserve(block.len() / POINT_BYTES);
+    for chunk in block.chunks_exact(POINT_BYTES) {
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&chunk[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(b)
+        };
+        out.push(Point {
+            timestamp: word(0) as i64,
+            step: word(1) as i64,
+            value: f64::from_bits(word(2)),
+        });
+    }
+    Ok(())
+}
+
+/// Sorts points with `order` and drops exact duplicates (equal in every column).
+pub(crate) fn sort_dedup(points: &mut Vec<Point>, order: fn(&Point, &Point) -> Ordering) {
+    points.sort_unstable_by(order);
+    points.dedup_by(|a, b| a.history_order(b) == Ordering::Equal);
+}
+
+/// The blocks of one key of one run (addressed by its MLflow id), decoded, in no order.
+pub(crate) async fn load<'e, E>(exec: E, run_uuid: &str, key: &str) -> Result<Vec<Point>>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let blocks: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "SELECT data FROM metric_blocks \
+         WHERE run_id = (SELECT id FROM runs WHERE run_uuid = ?) AND key = ? ORDER BY id",
+    )
+    .bind(run_uuid)
+    .bind(key)
+    .fetch_all(exec)
+    .await
+    .map_err(map_err)?;
+    let mut points = Vec::new();
+    for (block,) in &blocks {
+        decode_into(block, &mut points)?;
+    }
+    Ok(points)
+}
+
+/// How many loose blocks each (run, key) got since its last merge. Shared by every writer of
+/// metrics; only a hint (lost on restart, reset when full), so a wrong count only moves a merge.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LooseBlocks(Arc<Mutex<HashMap<(i64, String), u32>>>);
+
+impl LooseBlocks {
+    /// Counts one more loose block; true when it is time to merge.
+    fn add(&self, run: i64, key: &str) -> bool {
+        let Ok(mut counts) = self.0.lock() else {
+            return false;
+        };
+        if counts.len() >= LOOSE_LIMIT {
+            counts.clear();
+        }
+        let n = counts.entry((run, key.to_owned())).or_insert(0);
+        *n += 1;
+        if *n >= MERGE_AFTER {
+            *n = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The points of one write for one (run, key), and the latest of them.
+struct Group<'a> {
+    run: i64,
+    key: &'a str,
+    points: Vec<Point>,
+    latest: Point,
+}
+
+/// Writes points of any runs: one block per (run, key), one latest-value upsert per (run, key),
+/// and the merges that became due. Runs inside the caller's transaction.
+pub(crate) async fn append(
+    conn: &mut SqliteConnection,
+    loose: &LooseBlocks,
+    rows: &[(i64, &Metric)],
+) -> Result<()> {
+    let mut index: HashMap<(i64, &str), usize> = HashMap::new();
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    for (run, m) in rows {
+        let point = Point::from_metric(m);
+        match index.get(&(*run, m.key.as_str())) {
+            Some(&i) => {
+                let g = &mut groups[i];
+                if point.is_later_than(&g.latest) {
+                    g.latest = point;
+                }
+                g.points.push(point);
+            }
+            None => {
+                index.insert((*run, m.key.as_str()), groups.len());
+                groups.push(Group {
+                    run: *run,
+                    key: m.key.as_str(),
+                    points: vec![point],
+                    latest: point,
+                });
+            }
+        }
+    }
+    let mut rest = groups.as_slice();
+    for size in split_chunks(groups.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let mut blocks: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO metric_blocks (run_id, key, points, data) ");
+        blocks.push_values(chunk, |mut row, g| {
+            row.push_bind(g.run)
+                .push_bind(g.key)
+                .push_bind(g.points.len() as i64)
+                .push_bind(encode(&g.points));
+        });
+        blocks
+            .build()
+            .persistent(true)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        let mut latest: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO latest_metrics (run_id, key, timestamp, step, value, is_nan) ");
+        latest.push_values(chunk, |mut row, g| {
+            let (value, is_nan) = g.latest.stored();
+            row.push_bind(g.run)
+                .push_bind(g.key)
+                .push_bind(g.latest.timestamp)
+                .push_bind(g.latest.step)
+                .push_bind(value)
+                .push_bind(is_nan);
+        });
+        latest.push(
+            " ON CONFLICT (run_id, key) DO UPDATE SET timestamp = excluded.timestamp, step = excluded.step, \
+             value = excluded.value, is_nan = excluded.is_nan \
+             WHERE (excluded.step, excluded.timestamp, excluded.value) \
+                 > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)",
+        );
+        latest
+            .build()
+            .persistent(true)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    }
+    for g in &groups {
+        if g.points.len() < LOOSE && loose.add(g.run, g.key) {
+            merge(conn, g.run, g.key).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Merges the partly filled blocks of one (run, key) into sorted, de-duplicated full blocks
+/// (and at most one partly filled one).
+pub(crate) async fn merge(conn: &mut SqliteConnection, run: i64, key: &str) -> Result<()> {
+    let partial: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, data FROM metric_blocks WHERE run_id = ? AND key = ? AND points < ? ORDER BY id",
+    )
+    .bind(run)
+    .bind(key)
+    .bind(FULL_BLOCK as i64)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    if partial.len() < 2 {
+        return Ok(());
+    }
+    let mut points = Vec::new();
+    for (_, block) in &partial {
+        decode_into(block, &mut points)?;
+    }
+    sort_dedup(&mut points, Point::history_order);
+    let ids: Vec<i64> = partial.iter().map(|(id, _)| *id).collect();
+    let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    sqlx::query("DELETE FROM metric_blocks WHERE id IN (SELECT value FROM json_each(?))")
+        .bind(ids)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    insert_blocks(conn, run, key, &points).await
+}
+
+/// Stores sorted points of one (run, key) as full blocks and a last partly filled one.
+pub(crate) async fn insert_blocks(
+    conn: &mut SqliteConnection,
+    run: i64,
+    key: &str,
+    points: &[Point],
+) -> Result<()> {
+    for chunk in points.chunks(FULL_BLOCK) {
+        sqlx::query("INSERT INTO metric_blocks (run_id, key, points, data) VALUES (?, ?, ?, ?)")
+            .bind(run)
+            .bind(key)
+            .bind(chunk.len() as i64)
+            .bind(encode(chunk))
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+/// Moves the points of the row-per-point table of schema versions 1 to 4 (renamed
+/// `metrics_legacy` by migration 5) into blocks, then drops it. One transaction: a crash half-way
+/// leaves the legacy table whole, and the next start does it again.
+pub(crate) async fn convert_legacy(conn: &mut SqliteConnection) -> Result<()> {
+    let legacy: Option<(String,)> =
+        sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'metrics_legacy'")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    if legacy.is_none() {
+        return Ok(());
+    }
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    let done = convert_legacy_rows(conn).await;
+    let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    sqlx::query(end).execute(&mut *conn).await.map_err(map_err)?;
+    done
+}
+
+async fn convert_legacy_rows(conn: &mut SqliteConnection) -> Result<()> {
+    type Row = (i64, String, i64, i64, f64, bool);
+    const PAGE: i64 = 65_536;
+    // Pages in primary-key order, resuming after the last row of the previous page.
+    let mut after: Option<Row> = None;
+    loop {
+        let rows: Vec<Row> = match &after {
+            None => sqlx::query_as(
+                "SELECT run_id, key, timestamp, step, value, is_nan FROM metrics_legacy \
+                 ORDER BY run_id, key, timestamp, step, value, is_nan LIMIT ?",
+            )
+            .bind(PAGE),
+            Some((run, key, timestamp, step, value, is_nan)) => sqlx::query_as(
+                "SELECT run_id, key, timestamp, step, value, is_nan FROM metrics_legacy \
+                 WHERE (run_id, key, timestamp, step, value, is_nan) > (?, ?, ?, ?, ?, ?) \
+                 ORDER BY run_id, key, timestamp, step, value, is_nan LIMIT ?",
+            )
+            .bind(*run)
+            .bind(key.clone())
+            .bind(*timestamp)
+            .bind(*step)
+            .bind(*value)
+            .bind(*is_nan)
+            .bind(PAGE),
+        }
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        let Some(last) = rows.last().cloned() else {
+            break;
+        };
+        let mut start = 0;
+        while start < rows.len() {
+            let (run, key) = (rows[start].0, &rows[start].1);
+            let end = start
+                + rows[start..]
+                    .iter()
+                    .take_while(|r| r.0 == run && &r.1 == key)
+                    .count();
+            let points: Vec<Point> = rows[start..end]
+                .iter()
+                .map(|(_, _, timestamp, step, value, is_nan)| Point {
+                    timestamp: *timestamp,
+                    step: *step,
+                    value: if *is_nan { f64::NAN } else { *value },
+                })
+                .collect();
+            insert_blocks(conn, run, key, &points).await?;
+            start = end;
+        }
+        after = Some(last);
+    }
+    sqlx::query("DROP TABLE metrics_legacy")
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(timestamp: i64, step: i64, value: f64) -> Point {
+        Point {
+            timestamp,
+            step,
+            value,
+        }
+    }
+
+    #[test]
+    fn blocks_round_trip_every_value() {
+        let points = vec![
+            p(1, 0, 0.5),
+            p(-7, i64::MAX, f64::MAX),
+            p(i64::MIN, -3, f64::MIN),
+            p(3, 3, f64::NAN),
+            p(4, 4, -0.0),
+        ];
+        let mut back = Vec::new();
+        decode_into(&encode(&points), &mut back).unwrap();
+        assert_eq!(back.len(), points.len());
+        for (a, b) in points.iter().zip(&back) {
+            assert_eq!(
+                (a.timestamp, a.step, a.value.to_bits()),
+                (b.timestamp, b.step, b.value.to_bits())
+            );
+        }
+        assert!(decode_into(&[0u8; 23], &mut back).is_err());
+    }
+
+    #[test]
+    fn history_is_sorted_and_exact_duplicates_dropped() {
+        let mut points = vec![
+            p(2, 1, 0.5),
+            p(1, 5, 0.1),
+            p(2, 1, 0.5),
+            p(2, 1, f64::NAN),
+            p(2, 1, 0.0),
+            p(2, 1, f64::NAN),
+        ];
+        sort_dedup(&mut points, Point::history_order);
+        let seen: Vec<(i64, i64, (f64, bool))> =
+            points.iter().map(|x| (x.timestamp, x.step, x.stored())).collect();
+        assert_eq!(
+            seen,
+            vec![
+                (1, 5, (0.1, false)),
+                (2, 1, (0.0, false)),
+                (2, 1, (0.0, true)),
+                (2, 1, (0.5, false))
+            ]
+        );
+    }
+
+    #[test]
+    fn infinities_are_clamped_like_the_reference() {
+        let m = |value: f64| Metric {
+            key: "k".into(),
+            value,
+            timestamp: 0,
+            step: 0,
+        };
+        assert_eq!(Point::from_metric(&m(f64::INFINITY)).value, f64::MAX);
+        assert_eq!(Point::from_metric(&m(f64::NEG_INFINITY)).value, f64::MIN);
+        assert!(Point::from_metric(&m(f64::NAN)).value.is_nan());
+    }
+
+    #[test]
+    fn latest_is_max_step_then_timestamp_then_value() {
+        assert!(p(0, 2, 0.0).is_later_than(&p(9, 1, 9.0)));
+        assert!(p(5, 1, 0.0).is_later_than(&p(4, 1, 9.0)));
+        assert!(p(5, 1, 2.0).is_later_than(&p(5, 1, 1.0)));
+        assert!(!p(5, 1, 1.0).is_later_than(&p(5, 1, 1.0)));
+        // NaN counts as 0 and never replaces an equal 0.
+        assert!(!p(5, 1, f64::NAN).is_later_than(&p(5, 1, 0.0)));
+        assert!(p(5, 1, 0.5).is_later_than(&p(5, 1, f64::NAN)));
+    }
+}
