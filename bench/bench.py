@@ -48,7 +48,7 @@ SEARCH_ORDER = ["metrics.m1 DESC"]
 SEARCH_MAX = 100
 
 LOG_METRIC_RUNS = 16
-LOG_BATCH_RUNS = 128
+LOG_BATCH_RUNS = 512
 LOG_BATCH_POOL = 64  # metric lists per wrk thread (see log_batch.lua)
 
 

@@ -76,10 +76,11 @@ pub fn router(state: AppState, mlflow: MlflowState) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
-/// Database upkeep off the request path: a WAL checkpoint every second, so that writes never
-/// pay for one, and fresh planner statistics every ten.
+/// Database upkeep off the request path: a WAL checkpoint four times a second, so that writes
+/// never pay for one (see `SqliteStore::checkpoint`), and fresh planner statistics every ten
+/// seconds.
 async fn checkpoint_loop(store: Arc<SqliteStore>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for n in 0u64.. {
         tokio::select! {
@@ -87,7 +88,7 @@ async fn checkpoint_loop(store: Arc<SqliteStore>, mut stop: tokio::sync::watch::
                 if let Err(e) = store.checkpoint().await {
                     tracing::debug!(error = %e, "background checkpoint failed; will retry");
                 }
-                if n % 10 == 9
+                if n % 40 == 39
                     && let Err(e) = store.optimize().await
                 {
                     tracing::debug!(error = %e, "refreshing planner statistics failed; will retry");

@@ -74,6 +74,9 @@ pub struct SqliteStore {
     queue_jobs: tokio::sync::mpsc::Sender<queue_writer::QueueJob>,
 }
 
+/// WAL frames (pages) past which [`SqliteStore::checkpoint`] restarts the WAL: 64 MiB.
+const RESTART_FRAMES: i64 = 16_384;
+
 /// Entries kept in the run-key cache before it starts over.
 const RUN_KEY_CACHE_LIMIT: usize = 100_000;
 
@@ -133,9 +136,11 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(connect.clone().read_only(true))
             .await?;
+        // ANALYZE (run by `PRAGMA optimize`) is a write transaction: bounded to a sample of each
+        // index, it holds the writer for a few milliseconds instead of reading whole tables.
         let maintenance = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(connect)
+            .connect_with(connect.pragma("analysis_limit", "1000"))
             .await?;
         let run_keys = RunKeys::default();
         let loose_blocks = metric_blocks::LooseBlocks::default();
@@ -152,13 +157,37 @@ impl SqliteStore {
         })
     }
 
-    /// Copies what it can of the WAL into the database without blocking readers or the writer
-    /// (`PRAGMA wal_checkpoint(PASSIVE)`). The daemon calls it every second.
+    /// WAL upkeep, off the request path; the daemon calls it four times a second.
+    ///
+    /// First a passive checkpoint on its own connection copies what it can of the WAL into the
+    /// database without blocking readers or the writer. Under a steady stream of commits that
+    /// never lets the WAL start over (a commit always lands while the copy runs), so once the
+    /// WAL holds [`RESTART_FRAMES`] frames a restart checkpoint follows, taking its turn on the
+    /// writer connection: the passive one has just copied nearly everything, so the writer
+    /// waits only for the last few frames and two syncs, and the next commit starts the WAL
+    /// from its beginning. Left to SQLite, the writer would do the whole checkpoint itself
+    /// inside a commit once the WAL reached `wal_autocheckpoint` pages, holding every write
+    /// for tens of milliseconds (measured: p99 of `log-metric` 23 to 40 ms instead of 4 ms).
     pub async fn checkpoint(&self) -> Result<()> {
-        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&self.maintenance)
+        let (_busy, frames, _copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&self.maintenance)
             .await
             .map_err(map_err)?;
+        if frames >= RESTART_FRAMES {
+            let started = std::time::Instant::now();
+            sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                .execute(&self.writer)
+                .await
+                .map_err(map_err)?;
+            let held = started.elapsed();
+            if held > Duration::from_millis(50) {
+                tracing::info!(
+                    frames,
+                    held_ms = held.as_millis() as u64,
+                    "slow WAL restart held writes"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -205,8 +234,8 @@ fn connect_options(path: &Path) -> Result<SqliteConnectOptions> {
         // MLflow's LIKE is case-sensitive; ILIKE is spelled LOWER(x) LIKE LOWER(y).
         .pragma("case_sensitive_like", "ON")
         // Checkpoints run in the background (`SqliteStore::checkpoint`), off the request path;
-        // this only bounds the WAL if they fall behind.
-        .pragma("wal_autocheckpoint", "16384");
+        // this only bounds the WAL if they fall behind (twice `RESTART_FRAMES`).
+        .pragma("wal_autocheckpoint", "32768");
     Ok(options)
 }
 
