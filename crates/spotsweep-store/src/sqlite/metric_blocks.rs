@@ -205,18 +205,13 @@ struct Group<'a> {
     latest: Point,
 }
 
-/// Writes points of any runs: one block per (run, key), one latest-value upsert per (run, key),
-/// and the merges that became due. Runs inside the caller's transaction.
-pub(crate) async fn append(
-    conn: &mut SqliteConnection,
-    loose: &LooseBlocks,
-    rows: &[(i64, &Metric)],
-) -> Result<()> {
+/// Groups points by (run, key), keeping the latest of each group.
+fn group<'a>(rows: &[(i64, &'a Metric)]) -> Vec<Group<'a>> {
     let mut index: HashMap<(i64, &str), usize> = HashMap::new();
-    let mut groups: Vec<Group<'_>> = Vec::new();
-    for (run, m) in rows {
+    let mut groups: Vec<Group<'a>> = Vec::new();
+    for &(run, m) in rows {
         let point = Point::from_metric(m);
-        match index.get(&(*run, m.key.as_str())) {
+        match index.get(&(run, m.key.as_str())) {
             Some(&i) => {
                 let g = &mut groups[i];
                 if point.is_later_than(&g.latest) {
@@ -225,9 +220,9 @@ pub(crate) async fn append(
                 g.points.push(point);
             }
             None => {
-                index.insert((*run, m.key.as_str()), groups.len());
+                index.insert((run, m.key.as_str()), groups.len());
                 groups.push(Group {
-                    run: *run,
+                    run,
                     key: m.key.as_str(),
                     points: vec![point],
                     latest: point,
@@ -235,54 +230,110 @@ pub(crate) async fn append(
             }
         }
     }
-    let mut rest = groups.as_slice();
+    groups
+}
+
+/// Pushes the statements that store `groups`: their blocks, then their latest values (an upsert
+/// that keeps the stored point unless the new one is later). Each statement ends with `;`.
+fn push_writes(qb: &mut QueryBuilder<Sqlite>, groups: &[Group<'_>]) {
+    let mut rest = groups;
     for size in split_chunks(groups.len()) {
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
-        let mut blocks: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO metric_blocks (run_id, key, points, data) ");
-        blocks.push_values(chunk, |mut row, g| {
+        qb.push("INSERT INTO metric_blocks (run_id, key, points, data) ");
+        qb.push_values(chunk, |mut row, g| {
             row.push_bind(g.run)
-                .push_bind(g.key)
+                .push_bind(g.key.to_owned())
                 .push_bind(g.points.len() as i64)
                 .push_bind(encode(&g.points));
         });
-        blocks
-            .build()
-            .persistent(true)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        let mut latest: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO latest_metrics (run_id, key, timestamp, step, value, is_nan) ");
-        latest.push_values(chunk, |mut row, g| {
+        qb.push("; INSERT INTO latest_metrics (run_id, key, timestamp, step, value, is_nan) ");
+        qb.push_values(chunk, |mut row, g| {
             let (value, is_nan) = g.latest.stored();
             row.push_bind(g.run)
-                .push_bind(g.key)
+                .push_bind(g.key.to_owned())
                 .push_bind(g.latest.timestamp)
                 .push_bind(g.latest.step)
                 .push_bind(value)
                 .push_bind(is_nan);
         });
-        latest.push(
+        qb.push(
             " ON CONFLICT (run_id, key) DO UPDATE SET timestamp = excluded.timestamp, step = excluded.step, \
              value = excluded.value, is_nan = excluded.is_nan \
              WHERE (excluded.step, excluded.timestamp, excluded.value) \
-                 > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)",
+                 > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value); ",
         );
-        latest
-            .build()
-            .persistent(true)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
     }
-    for g in &groups {
-        if g.points.len() < LOOSE && loose.add(g.run, g.key) {
-            merge(conn, g.run, g.key).await?;
-        }
+}
+
+/// The (run, key)s among `groups` whose loose blocks are due for a merge.
+fn merges_due(loose: &LooseBlocks, groups: &[Group<'_>]) -> Vec<(i64, String)> {
+    groups
+        .iter()
+        .filter(|g| g.points.len() < LOOSE && loose.add(g.run, g.key))
+        .map(|g| (g.run, g.key.to_owned()))
+        .collect()
+}
+
+/// Writes points of any runs inside the caller's transaction: one block and one latest-value
+/// upsert per (run, key), sent as one batch of statements, then the merges that became due.
+pub(crate) async fn append(
+    conn: &mut SqliteConnection,
+    loose: &LooseBlocks,
+    rows: &[(i64, &Metric)],
+) -> Result<()> {
+    let groups = group(rows);
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let mut qb = QueryBuilder::new("");
+    push_writes(&mut qb, &groups);
+    qb.build()
+        .persistent(true)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    for (run, key) in merges_due(loose, &groups) {
+        merge(conn, run, &key).await?;
     }
     Ok(())
+}
+
+/// Writes points of any runs in a transaction of their own, sent to SQLite as one batch of
+/// statements (`BEGIN` to `COMMIT`: one hand-off to the connection's thread instead of four or
+/// more). Returns the (run, key)s due for a merge, which the caller runs later with
+/// [`merge_alone`], after answering the writers.
+pub(crate) async fn commit(
+    conn: &mut SqliteConnection,
+    loose: &LooseBlocks,
+    rows: &[(i64, &Metric)],
+) -> Result<Vec<(i64, String)>> {
+    let groups = group(rows);
+    if groups.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut qb = QueryBuilder::new("BEGIN IMMEDIATE; ");
+    push_writes(&mut qb, &groups);
+    qb.push("COMMIT");
+    if let Err(e) = qb.build().persistent(true).execute(&mut *conn).await {
+        // A failed statement leaves the transaction open; end it (an error here means there
+        // was none left to end).
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        return Err(map_err(e));
+    }
+    Ok(merges_due(loose, &groups))
+}
+
+/// [`merge`] in a transaction of its own.
+pub(crate) async fn merge_alone(conn: &mut SqliteConnection, run: i64, key: &str) -> Result<()> {
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    let merged = merge(conn, run, key).await;
+    let end = if merged.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    sqlx::query(end).execute(&mut *conn).await.map_err(map_err)?;
+    merged
 }
 
 /// Merges the partly filled blocks of one (run, key) into sorted, de-duplicated full blocks

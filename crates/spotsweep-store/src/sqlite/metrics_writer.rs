@@ -76,11 +76,16 @@ async fn run(writer: SqlitePool, keys: RunKeys, loose: LooseBlocks, mut rx: mpsc
         if ready.is_empty() {
             continue;
         }
-        let groups: Vec<(i64, &[Metric])> = ready.iter().map(|(k, j)| (*k, j.metrics.as_slice())).collect();
-        let together = commit(&mut conn, &loose, &groups).await;
-        drop(groups);
+        let rows: Vec<(i64, &Metric)> = ready
+            .iter()
+            .flat_map(|(k, j)| j.metrics.iter().map(move |m| (*k, m)))
+            .collect();
+        let together = metric_blocks::commit(&mut conn, &loose, &rows).await;
+        drop(rows);
+        let mut merges = Vec::new();
         match together {
-            Ok(()) => {
+            Ok(due) => {
+                merges = due;
                 for (_, job) in ready {
                     let _ = job.done.send(Ok(()));
                 }
@@ -89,36 +94,20 @@ async fn run(writer: SqlitePool, keys: RunKeys, loose: LooseBlocks, mut rx: mpsc
             // alone.
             Err(_) => {
                 for (key, job) in ready {
-                    let result = commit(&mut conn, &loose, &[(key, job.metrics.as_slice())]).await;
+                    let rows: Vec<(i64, &Metric)> = job.metrics.iter().map(|m| (key, m)).collect();
+                    let result = metric_blocks::commit(&mut conn, &loose, &rows).await;
+                    drop(rows);
+                    let result = result.map(|due| merges.extend(due));
                     let _ = job.done.send(result);
                 }
             }
         }
-    }
-}
-
-/// Writes the points in one transaction.
-async fn commit(
-    conn: &mut sqlx::SqliteConnection,
-    loose: &LooseBlocks,
-    groups: &[(i64, &[Metric])],
-) -> Result<()> {
-    let rows: Vec<(i64, &Metric)> = groups
-        .iter()
-        .flat_map(|(k, ms)| ms.iter().map(move |m| (*k, m)))
-        .collect();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .map_err(map_err)?;
-    match metric_blocks::append(conn, loose, &rows).await {
-        Ok(()) => {
-            sqlx::query("COMMIT").execute(&mut *conn).await.map_err(map_err)?;
-            Ok(())
-        }
-        Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err(e)
+        // Merges only reorganise what is committed: they run after the writers have their
+        // answers, before the next group.
+        for (run, key) in merges {
+            if let Err(e) = metric_blocks::merge_alone(&mut conn, run, &key).await {
+                tracing::debug!(error = %e, run, key, "merging metric blocks failed; the blocks stay as they are");
+            }
         }
     }
 }
