@@ -216,9 +216,16 @@ pub(super) fn run_search_sql(query: &RunQuery, columns: &str) -> QueryBuilder<Sq
             push_join_condition(&mut qb, &format!("f{i}"), predicate);
         }
     }
-    qb.push(" WHERE r.experiment_id IN (SELECT value FROM json_each(")
-        .push_bind(json_ids(&query.experiment_ids))
-        .push("))");
+    // One experiment (the usual case) is an equality, so that runs_by_experiment yields the
+    // runs already in the default order and the LIMIT stops the scan early; with an IN list
+    // SQLite sorts every run of the experiment first.
+    if let [one] = query.experiment_ids.as_slice() {
+        qb.push(" WHERE r.experiment_id = ").push_bind(*one);
+    } else {
+        qb.push(" WHERE r.experiment_id IN (SELECT value FROM json_each(")
+            .push_bind(json_ids(&query.experiment_ids))
+            .push("))");
+    }
     match query.view {
         ViewType::ActiveOnly => {
             qb.push(" AND r.lifecycle_stage = 'active'");

@@ -245,8 +245,10 @@ async fn insert_new_params(conn: &mut SqliteConnection, run_key: i64, params: &[
     Ok(())
 }
 
-const PARAMS_OF_RUNS: &str = "SELECT run_id, key, value FROM params WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, key";
-const TAGS_OF_RUNS: &str = "SELECT run_id, key, value FROM tags WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, key";
+const PARAMS_OF_RUNS: &str = "SELECT json_group_array(json_array(run_id, key, value) ORDER BY run_id, key) \
+     FROM params WHERE run_id IN (SELECT value FROM json_each(?))";
+const TAGS_OF_RUNS: &str = "SELECT json_group_array(json_array(run_id, key, value) ORDER BY run_id, key) \
+     FROM tags WHERE run_id IN (SELECT value FROM json_each(?))";
 
 /// Inserts an experiment with its tags; `AlreadyExists` when the name is taken.
 pub(super) async fn insert_experiment(conn: &mut SqliteConnection, new: NewExperiment) -> Result<i64> {
@@ -348,16 +350,20 @@ impl SqliteStore {
     }
 
     /// `(run, key, value)` rows of one of the `*_OF_RUNS` queries for a JSON list of run keys.
+    /// Rows of params or tags of runs, fetched as one JSON array (a row each costs a hand-off
+    /// between threads in sqlx; a search page has a thousand of them).
     async fn key_values_of_runs(
         &self,
         sql: &'static str,
         ids_json: &str,
     ) -> Result<Vec<(i64, String, String)>> {
-        sqlx::query_as(sql)
+        let (json,): (String,) = sqlx::query_as(sql)
             .bind(ids_json)
-            .fetch_all(&self.reader)
+            .fetch_one(&self.reader)
             .await
-            .map_err(map_err)
+            .map_err(map_err)?;
+        serde_json::from_str(&json)
+            .map_err(|e| StoreError::Incompatible(format!("unreadable params or tags: {e}")))
     }
 
     /// Loads the data (latest metrics, params, tags, inputs) of runs, keyed by internal id.
