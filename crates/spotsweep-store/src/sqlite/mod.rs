@@ -134,9 +134,7 @@ impl SqliteStore {
             .min_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
-            // Readers map the file instead of copying each page they touch out of the OS page
-            // cache with a syscall (the WAL is still read through the WAL index).
-            .connect_with(connect.clone().read_only(true).pragma("mmap_size", "1073741824"))
+            .connect_with(connect.clone().read_only(true))
             .await?;
         // ANALYZE (run by `PRAGMA optimize`) is a write transaction: bounded to a sample of each
         // index, it holds the writer for a few milliseconds instead of reading whole tables.
