@@ -175,10 +175,24 @@ impl SqliteStore {
             .map_err(map_err)?;
         if frames >= RESTART_FRAMES {
             let started = std::time::Instant::now();
-            sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                .execute(&self.writer)
+            // The restart waits for readers still on the WAL while holding the write lock:
+            // it gives up after 10 ms (and is tried again at the next call) rather than stall
+            // every write for the connection's usual 5 s.
+            let mut conn = self.writer.acquire().await.map_err(map_err)?;
+            sqlx::query("PRAGMA busy_timeout = 10")
+                .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
+            let restarted = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err);
+            sqlx::query("PRAGMA busy_timeout = 5000")
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            drop(conn);
+            restarted?;
             let held = started.elapsed();
             if held > Duration::from_millis(50) {
                 tracing::info!(
