@@ -326,14 +326,22 @@ pub(crate) async fn commit(
 
 /// [`merge`] in a transaction of its own.
 pub(crate) async fn merge_alone(conn: &mut SqliteConnection, run: i64, key: &str) -> Result<()> {
+    in_transaction(conn, async |conn| merge(conn, run, key).await).await
+}
+
+/// Runs `work` in a write transaction: committed when it succeeds, rolled back otherwise.
+async fn in_transaction<T>(
+    conn: &mut SqliteConnection,
+    work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T>,
+) -> Result<T> {
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut *conn)
         .await
         .map_err(map_err)?;
-    let merged = merge(conn, run, key).await;
-    let end = if merged.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let done = work(&mut *conn).await;
+    let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
     sqlx::query(end).execute(&mut *conn).await.map_err(map_err)?;
-    merged
+    done
 }
 
 /// Merges the partly filled blocks of one (run, key) into sorted, de-duplicated full blocks
@@ -398,14 +406,7 @@ pub(crate) async fn convert_legacy(conn: &mut SqliteConnection) -> Result<()> {
     if legacy.is_none() {
         return Ok(());
     }
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .map_err(map_err)?;
-    let done = convert_legacy_rows(conn).await;
-    let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    sqlx::query(end).execute(&mut *conn).await.map_err(map_err)?;
-    done
+    in_transaction(conn, convert_legacy_rows).await
 }
 
 async fn convert_legacy_rows(conn: &mut SqliteConnection) -> Result<()> {

@@ -74,6 +74,12 @@ pub struct SqliteStore {
     queue_jobs: tokio::sync::mpsc::Sender<queue_writer::QueueJob>,
 }
 
+/// How long a connection waits for a lock held by another one before answering busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Puts [`BUSY_TIMEOUT`] back on a connection (SQL text must be a literal).
+const RESTORE_BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 5000";
+const _: () = assert!(BUSY_TIMEOUT.as_millis() == 5000);
+
 /// WAL frames (pages) past which [`SqliteStore::checkpoint`] restarts the WAL: 64 MiB.
 const RESTART_FRAMES: i64 = 16_384;
 
@@ -187,7 +193,7 @@ impl SqliteStore {
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err);
-            sqlx::query("PRAGMA busy_timeout = 5000")
+            sqlx::query(RESTORE_BUSY_TIMEOUT)
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
@@ -243,7 +249,7 @@ fn connect_options(path: &Path) -> Result<SqliteConnectOptions> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5))
+        .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true)
         // MLflow's LIKE is case-sensitive; ILIKE is spelled LOWER(x) LIKE LOWER(y).
         .pragma("case_sensitive_like", "ON")
