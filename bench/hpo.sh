@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Optimizer benchmark: spotsweep's TPE through the daemon's ask-and-tell API beside Optuna 5's
 # TPESampler (defaults) on five black-box functions (median regret at 25, 50 and 100 trials over
-# 10 seeds); suggestion latency through the durable store at 100, 1,000 and 5,000 finished
-# trials beside Optuna's ask() in memory and on SQLite; and a pruning table on a learning-curve
-# benchmark run through the daemon. Markdown tables on stdout.
+# seeds 0-9, then over 40 seeds); suggestion latency through the durable store at 100, 1,000 and
+# 5,000 finished trials beside Optuna's ask() in memory and on SQLite; and a pruning table on a
+# learning-curve benchmark run through the daemon. Markdown tables on stdout.
 #
-#   bench/hpo.sh                 # everything (about 10 minutes on 2 cores)
+#   bench/hpo.sh                 # everything (about 5 minutes on 2 cores)
 #   bench/hpo.sh --save          # ... and write the tables to bench/HPO-RESULTS.md
 #   bench/hpo.sh --only regret|latency|pruning
 #
 # Uses target/release/spotsweep as it is (built when missing, or always with HPO_BUILD=1) and the
 # Optuna venv of the queue benchmark (.venv-queue, bench/queue-requirements.txt). Knobs:
-# HPO_SEEDS (10), HPO_ONLY (only functions whose name contains it). Loopback only; everything it
-# starts and writes lives in a temp dir removed on exit.
+# HPO_SEEDS (40; the first 10 make the main table, all of them a second one), HPO_ONLY (only
+# functions whose name contains it). Loopback only; everything it starts and writes lives in a
+# temp dir removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -58,7 +59,7 @@ cleanup() {
 trap cleanup EXIT
 
 if [ -z "$only" ] || [ "$only" = regret ]; then
-  log "regret: 5 functions x ${HPO_SEEDS:-10} seeds x 100 trials, Optuna then spotsweep per seed"
+  log "regret: 5 functions x ${HPO_SEEDS:-40} seeds x 100 trials, Optuna then spotsweep per seed"
   "$PY" bench/hpo_bench.py regret --bin "$BIN" --work "$work" --out "$work/regret.json"
 fi
 if [ -z "$only" ] || [ "$only" = latency ]; then

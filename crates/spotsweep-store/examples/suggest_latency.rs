@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use spotsweep_core::optimize::{Observation, Observed, suggest};
+use spotsweep_core::optimize::{History, Observed, suggest};
 use spotsweep_core::sweep::{ParamValue, SweepSpec, sample_random};
 use spotsweep_store::{LeaseRequest, Outcome, SqliteOptions, SqliteStore, SweepStore};
 
@@ -102,17 +102,14 @@ async fn main() {
                 finished += 1;
             }
             // The sampler alone, on the same history held in memory.
-            let history: Vec<Observation> = store
-                .list_trials(sweep.id)
-                .await
-                .expect("trials")
-                .into_iter()
-                .map(|t| Observation {
-                    number: t.number as u64,
-                    params: t.params.into(),
-                    outcome: t.value.map_or(Observed::Failed, Observed::Completed),
-                })
-                .collect();
+            let mut history = History::new(&spec);
+            for t in store.list_trials(sweep.id).await.expect("trials") {
+                history.push(
+                    &spec,
+                    &t.params,
+                    t.value.map_or(Observed::Failed, Observed::Completed),
+                );
+            }
             let mut core_times = Vec::new();
             for i in 0..SAMPLES {
                 let t0 = Instant::now();

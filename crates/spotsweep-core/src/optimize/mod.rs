@@ -4,10 +4,12 @@
 //! daemon rebuilds its state from the database after a restart and suggests exactly what it
 //! would have suggested without it.
 
+mod history;
 pub mod prune;
 mod sobol;
 mod tpe;
 
+pub use history::History;
 pub use sobol::Sobol;
 
 use rand::SeedableRng;
@@ -18,14 +20,14 @@ use crate::sweep::{
     sample_random, trial_seed,
 };
 
-/// What the sampler knows of an earlier trial.
+/// What the sampler knows of an earlier trial (see [`History`] for the encoded form the
+/// sampler reads).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     /// Its number in the sweep.
     pub number: u64,
-    /// Its parameters (shared: a history is rebuilt for every suggestion, parameters never
-    /// change).
-    pub params: std::sync::Arc<Params>,
+    /// Its parameters.
+    pub params: Params,
     /// How it stands.
     pub outcome: Observed,
 }
@@ -46,7 +48,7 @@ pub enum Observed {
 
 /// The parameters of trial `number` of a random, QMC or TPE sweep, given the trials so far.
 /// (Grid sweeps enumerate their points instead: [`crate::sweep::grid_points`].)
-pub fn suggest(spec: &SweepSpec, sweep_seed: u64, number: u64, history: &[Observation]) -> Params {
+pub fn suggest(spec: &SweepSpec, sweep_seed: u64, number: u64, history: &History) -> Params {
     match spec.sampler.kind {
         SamplerKind::Random | SamplerKind::Grid => sample_random(spec, sweep_seed, number),
         SamplerKind::Qmc => sample_qmc(spec, sweep_seed, number),

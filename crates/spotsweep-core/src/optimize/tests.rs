@@ -50,11 +50,11 @@ fn objective(p: &Params) -> f64 {
 fn run(spec: &SweepSpec, seed: u64, n: u64) -> Vec<Observation> {
     let mut history = Vec::new();
     for number in 0..n {
-        let params = suggest(spec, seed, number, &history);
+        let params = suggest(spec, seed, number, &History::from_observations(spec, &history));
         let value = objective(&params);
         history.push(Observation {
             number,
-            params: params.into(),
+            params,
             outcome: Observed::Completed(value),
         });
     }
@@ -79,7 +79,7 @@ proptest! {
             if let Some(h) = history.get_mut(1) {
                 h.outcome = Observed::Pruned(Some(50.0));
             }
-            let params = suggest(&spec, seed, n, &history);
+            let params = suggest(&spec, seed, n, &History::from_observations(&spec, &history));
             prop_assert!(validate_params(&spec, &params).is_ok(), "{kind}: {params:?}: {:?}", validate_params(&spec, &params));
             for (name, value) in &params {
                 match (&spec.parameters[name], value) {
@@ -101,7 +101,8 @@ proptest! {
     fn the_same_seed_and_history_give_the_same_suggestion(seed in any::<u64>(), n in 0u64..30) {
         let spec = mixed("tpe");
         let history = run(&spec, seed, n);
-        prop_assert_eq!(suggest(&spec, seed, n, &history), suggest(&spec, seed, n, &history));
+        let encoded = History::from_observations(&spec, &history);
+        prop_assert_eq!(suggest(&spec, seed, n, &encoded), suggest(&spec, seed, n, &encoded));
         prop_assert_eq!(run(&spec, seed, n), history);
     }
 }
@@ -118,7 +119,7 @@ fn a_discrete_space_gets_no_repeats_until_it_is_exhausted() {
     let mut history: Vec<Observation> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for number in 0..12 {
-        let params = suggest(&spec, 5, number, &history);
+        let params = suggest(&spec, 5, number, &History::from_observations(&spec, &history));
         assert!(
             seen.insert(format!("{params:?}")),
             "trial {number} repeats {params:?}"
@@ -129,7 +130,7 @@ fn a_discrete_space_gets_no_repeats_until_it_is_exhausted() {
         };
         history.push(Observation {
             number,
-            params: params.into(),
+            params,
             outcome: Observed::Completed(value),
         });
     }
@@ -183,13 +184,13 @@ fn pending_trials_push_parallel_suggestions_apart() {
     // differs.
     let spec = mixed("tpe");
     let history = run(&spec, 11, 20);
-    let first = suggest(&spec, 11, 20, &history);
+    let first = suggest(&spec, 11, 20, &History::from_observations(&spec, &history));
     let mut with_pending = history.clone();
     with_pending.push(Observation {
         number: 20,
-        params: first.clone().into(),
+        params: first.clone(),
         outcome: Observed::Pending,
     });
-    let second = suggest(&spec, 11, 21, &with_pending);
+    let second = suggest(&spec, 11, 21, &History::from_observations(&spec, &with_pending));
     assert_ne!(first, second);
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use async_trait::async_trait;
 use rand::RngExt;
 use spotsweep_core::optimize::prune::{self, Curve, Decision, Point};
-use spotsweep_core::optimize::{Observation, Observed, sample_qmc, suggest};
+use spotsweep_core::optimize::{History, Observed, sample_qmc, suggest};
 use spotsweep_core::sweep::{
     Goal, Params, PrunerKind, SamplerKind, Summary, SweepSpec, grid_points, grid_sequence, sample_random,
     trial_seed,
@@ -336,8 +336,8 @@ pub(crate) struct Queue {
     specs: Arc<Mutex<HashMap<i64, Arc<SweepSpec>>>>,
     /// Enumerated grid points by sweep id, for grid sweeps.
     grids: Arc<Mutex<HashMap<i64, Arc<Vec<Params>>>>>,
-    /// What the TPE sampler knows of each sweep's trials, by trial number (see `history`).
-    histories: Arc<Mutex<HashMap<i64, Vec<Observation>>>>,
+    /// What the TPE sampler knows of each sweep's trials (see `with_history`).
+    histories: Arc<Mutex<HashMap<i64, History>>>,
 }
 
 impl Queue {
@@ -378,8 +378,12 @@ impl Queue {
             SamplerKind::Random => Ok(Some(sample_random(&spec, seed, number as u64))),
             SamplerKind::Qmc => Ok(Some(sample_qmc(&spec, seed, number as u64))),
             SamplerKind::Tpe => {
-                let history = self.history(conn, sweep_id, &spec).await?;
-                Ok(Some(suggest(&spec, seed, number as u64, &history)))
+                let params = self
+                    .with_history(conn, sweep_id, &spec, |history| {
+                        suggest(&spec, seed, number as u64, history)
+                    })
+                    .await?;
+                Ok(Some(params))
             }
             SamplerKind::Grid => {
                 let cached = self.grids.lock().ok().and_then(|m| m.get(&sweep_id).cloned());
@@ -400,17 +404,22 @@ impl Queue {
         }
     }
 
-    /// What the sampler knows of a sweep's trials: read from the database once (one row, the
-    /// trials as a JSON array), then kept up to date by this queue's own writes, which are the
-    /// only ones. A write transaction that fails forgets every history (see `forget_histories`).
-    async fn history(
+    /// Runs `f` on what the sampler knows of a sweep's trials: read from the database once
+    /// (one row, the trials as a JSON array) and encoded, then kept up to date by this queue's
+    /// own writes, which are the only ones. A write transaction that fails forgets every history
+    /// (see `forget_histories`).
+    async fn with_history<T>(
         &self,
         conn: &mut SqliteConnection,
         sweep_id: i64,
         spec: &SweepSpec,
-    ) -> Result<Vec<Observation>> {
-        if let Some(known) = self.histories.lock().ok().and_then(|h| h.get(&sweep_id).cloned()) {
-            return Ok(known);
+        f: impl FnOnce(&History) -> T,
+    ) -> Result<T> {
+        {
+            let histories = self.histories.lock();
+            if let Some(history) = histories.as_ref().ok().and_then(|h| h.get(&sweep_id)) {
+                return Ok(f(history));
+            }
         }
         let (json,): (String,) = sqlx::query_as(
             "SELECT json_group_array(json_array(t.number, t.state, t.value, IIF(lm.is_nan, NULL, lm.value), \
@@ -426,23 +435,30 @@ impl Queue {
         type Row = (u64, String, Option<f64>, Option<f64>, Params);
         let rows: Vec<Row> = serde_json::from_str(&json)
             .map_err(|e| StoreError::Incompatible(format!("unreadable trial history: {e}")))?;
-        let history: Vec<Observation> = rows
-            .into_iter()
-            .map(|(number, state, value, last_value, params)| Observation {
-                number,
-                params: Arc::new(params),
-                outcome: observed(TrialState::parse(&state), value, last_value),
-            })
-            .collect();
-        if let Ok(mut h) = self.histories.lock() {
-            h.insert(sweep_id, history.clone());
+        let mut history = History::new(spec);
+        for (number, state, value, last_value, params) in rows {
+            // Trial numbers are dense; were one missing, it would stand in as a failed trial,
+            // which is no evidence, so that row `n` stays trial `n`.
+            while (history.len() as u64) < number {
+                history.push(spec, &Params::new(), Observed::Failed);
+            }
+            history.push(
+                spec,
+                &params,
+                observed(TrialState::parse(&state), value, last_value),
+            );
         }
-        Ok(history)
+        let out = f(&history);
+        if let Ok(mut h) = self.histories.lock() {
+            h.insert(sweep_id, history);
+        }
+        Ok(out)
     }
 
     /// Records a change of a trial in its sweep's cached history, if there is one: a new trial
     /// (`number` one past the end) or a new outcome.
     fn observe(&self, sweep_id: i64, number: i64, params: Option<&Params>, outcome: Observed) {
+        let spec = params.and(self.cached_spec(sweep_id));
         let Ok(mut histories) = self.histories.lock() else {
             return;
         };
@@ -450,14 +466,9 @@ impl Queue {
             return;
         };
         let number = number as usize;
-        let len = history.len();
-        match (history.get_mut(number), params) {
-            (Some(o), _) => o.outcome = outcome,
-            (None, Some(p)) if number == len => history.push(Observation {
-                number: number as u64,
-                params: Arc::new(p.clone()),
-                outcome,
-            }),
+        match (params, spec) {
+            (None, _) if history.set_outcome(number, outcome) => {}
+            (Some(p), Some(spec)) if number == history.len() => history.push(&spec, p, outcome),
             // Out of step: read it again next time.
             _ => {
                 histories.remove(&sweep_id);
