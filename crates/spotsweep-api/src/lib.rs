@@ -284,3 +284,71 @@ pub struct CompleteRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// `GET /api/v1/pools`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoolList {
+    /// Every pool of the config, by name (the `local` pool always).
+    pub pools: Vec<PoolInfo>,
+}
+
+/// A pool, its VMs and what it has spent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoolInfo {
+    /// Its name, as sweeps give it.
+    pub name: String,
+    /// `local` or `gce`.
+    pub provider: String,
+    /// The project (gce).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Zones in order of preference (gce).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
+    /// The machine type (gce).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_type: Option<String>,
+    /// Trials per VM (gce).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots_per_vm: Option<u32>,
+    /// At most this many VMs (gce).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vms: Option<u32>,
+    /// USD per VM-hour (gce).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_price_per_hour: Option<f64>,
+    /// The budget, if any (gce).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    /// Spent so far over every VM the pool had, in USD.
+    pub spent_usd: f64,
+    /// Its VMs, live ones and ended ones, oldest first.
+    pub vms: Vec<VmInfo>,
+}
+
+/// A VM of a pool.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VmInfo {
+    /// The instance name.
+    pub name: String,
+    /// Its zone.
+    pub zone: String,
+    /// `requested`, `provisioning`, `booting`, `ready`, `draining`, `deleting`, `deleted`,
+    /// `preempted` or `failed`.
+    pub state: String,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// When it became RUNNING (billing starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_at: Option<i64>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<i64>,
+    /// Billed seconds so far.
+    pub billed_seconds: f64,
+    /// Its cost so far, in USD.
+    pub cost_usd: f64,
+    /// Why it failed or ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

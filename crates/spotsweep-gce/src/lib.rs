@@ -29,7 +29,7 @@ pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 pub const DEFAULT_ENDPOINT: &str = "https://compute.googleapis.com/compute/v1/";
 
 /// How the client retries rate limits and transient errors.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Retry {
     /// Tries in all (1: no retry).
     pub attempts: u32,

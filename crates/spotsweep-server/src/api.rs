@@ -4,7 +4,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use spotsweep_api::{ApiErrorBody, CreateTokenRequest, CreatedToken, TokenInfo, TokenList};
+use spotsweep_api::{
+    ApiErrorBody, CreateTokenRequest, CreatedToken, PoolInfo, PoolList, TokenInfo, TokenList, VmInfo,
+};
 use spotsweep_store::StoreError;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -12,6 +14,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::{hash_token, new_secret};
+use crate::pools::Pool;
 
 /// An `/api/v1` error: logged in full when internal, shown as a code and a clean message.
 #[derive(Debug)]
@@ -184,6 +187,7 @@ pub async fn revoke_token(State(s): State<AppState>, Path(id): Path<String>) -> 
         (name = "tokens", description = "API tokens"),
         (name = "sweeps", description = "Sweeps and their trials"),
         (name = "leases", description = "Agents and ask-and-tell workers lease, heartbeat and complete trials"),
+        (name = "pools", description = "Where trials run: the local pool and Spot VM pools, their VMs and cost"),
     )
 )]
 struct ApiDoc;
@@ -201,6 +205,77 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Every pool of the config (and `local`), with its VMs and what it has spent.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pools",
+    tag = "pools",
+    responses((status = 200, description = "The pools", body = PoolList), (status = 401, description = "No valid bearer token")),
+    security(("bearer" = []))
+)]
+pub async fn list_pools(State(s): State<AppState>) -> Result<Json<PoolList>, ApiError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut by_pool: std::collections::BTreeMap<String, Vec<spotsweep_store::Vm>> = Default::default();
+    for vm in s.fleet.list_vms(None, true).await? {
+        by_pool.entry(vm.pool.clone()).or_default().push(vm);
+    }
+    let mut pools = (*s.pools).clone();
+    pools.entry("local".to_string()).or_insert(Pool::Local);
+    let out = pools
+        .into_iter()
+        .map(|(name, pool)| {
+            let vms = by_pool.remove(&name).unwrap_or_default();
+            let spent_usd = vms.iter().map(|v| v.cost(now)).sum();
+            let vms = vms
+                .into_iter()
+                .map(|v| VmInfo {
+                    billed_seconds: v.billed_seconds(now),
+                    cost_usd: v.cost(now),
+                    name: v.name,
+                    zone: v.zone,
+                    state: v.state.as_str().to_string(),
+                    created_at: v.created_at,
+                    running_at: v.running_at,
+                    ended_at: v.ended_at,
+                    reason: v.reason,
+                })
+                .collect();
+            match pool {
+                Pool::Local => PoolInfo {
+                    name,
+                    provider: "local".into(),
+                    project: None,
+                    zones: Vec::new(),
+                    machine_type: None,
+                    slots_per_vm: None,
+                    max_vms: None,
+                    spot_price_per_hour: None,
+                    budget_usd: None,
+                    spent_usd,
+                    vms,
+                },
+                Pool::Gce(g) => PoolInfo {
+                    name,
+                    provider: "gce".into(),
+                    project: Some(g.project),
+                    zones: g.zones,
+                    machine_type: Some(g.machine_type),
+                    slots_per_vm: Some(g.slots_per_vm),
+                    max_vms: Some(g.max_vms),
+                    spot_price_per_hour: Some(g.spot_price_per_hour),
+                    budget_usd: g.budget_usd,
+                    spent_usd,
+                    vms,
+                },
+            }
+        })
+        .collect();
+    Ok(Json(PoolList { pools: out }))
+}
+
 /// The `/api/v1` routes and their OpenAPI document.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -215,6 +290,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::sweeps::lease_trials))
         .routes(routes!(crate::sweeps::heartbeat))
         .routes(routes!(crate::sweeps::complete_trial))
+        .routes(routes!(list_pools))
 }
 
 /// The OpenAPI document as committed in `openapi/openapi.json` (pretty JSON, trailing newline).

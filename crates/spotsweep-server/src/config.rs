@@ -45,6 +45,12 @@ pub struct Config {
     pub no_auth: bool,
     /// Agents of the `local` pool to run on this machine (default 0).
     pub local_agents: u32,
+    /// The daemon's URL as agents on VMs reach it (default: the listen address).
+    pub public_url: Option<String>,
+    /// The pools of the `[pools.NAME]` tables.
+    pub pools: std::collections::BTreeMap<String, crate::pools::Pool>,
+    /// How often the fleet acts (`[fleet]`: `tick`, `reconcile`, `zone_backoff`).
+    pub fleet: crate::fleet::FleetTiming,
 }
 
 /// The TOML file's shape: every field optional.
@@ -57,6 +63,18 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     no_auth: Option<bool>,
     local_agents: Option<u32>,
+    public_url: Option<String>,
+    pools: Option<toml::Table>,
+    fleet: Option<FleetFile>,
+}
+
+/// `[fleet]`: timings, for tests and simulations mostly.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetFile {
+    tick: Option<String>,
+    reconcile: Option<String>,
+    zone_backoff: Option<String>,
 }
 
 /// Values from flags or the environment; `None` means "not given".
@@ -93,6 +111,20 @@ pub enum ConfigError {
     NoAuthOffLoopback(SocketAddr),
 }
 
+fn fleet_timing(f: FleetFile) -> Result<crate::fleet::FleetTiming, String> {
+    let mut t = crate::fleet::FleetTiming::default();
+    let d = |field: &str, v: Option<String>, into: &mut std::time::Duration| -> Result<(), String> {
+        if let Some(v) = v {
+            *into = crate::pools::parse_duration(&v).map_err(|m| format!("fleet.{field}: {m}"))?;
+        }
+        Ok(())
+    };
+    d("tick", f.tick, &mut t.tick)?;
+    d("reconcile", f.reconcile, &mut t.reconcile)?;
+    d("zone_backoff", f.zone_backoff, &mut t.zone_backoff)?;
+    Ok(t)
+}
+
 impl Config {
     /// Resolves defaults < file < overrides, and checks the result.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
@@ -123,6 +155,15 @@ impl Config {
             log_format: overrides.log_format.or(from_file.log_format).unwrap_or_default(),
             no_auth: overrides.no_auth.or(from_file.no_auth).unwrap_or(false),
             local_agents: overrides.local_agents.or(from_file.local_agents).unwrap_or(0),
+            public_url: from_file.public_url,
+            pools: match (from_file.pools, file) {
+                (Some(raw), Some(path)) => {
+                    crate::pools::resolve(raw).map_err(|m| ConfigError::Parse(path.to_owned(), m))?
+                }
+                _ => Default::default(),
+            },
+            fleet: fleet_timing(from_file.fleet.unwrap_or_default())
+                .map_err(|m| ConfigError::Parse(file.map(Path::to_owned).unwrap_or_default(), m))?,
         };
         if config.no_auth && !config.listen.ip().is_loopback() {
             return Err(ConfigError::NoAuthOffLoopback(config.listen));

@@ -8,7 +8,9 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod fleet;
 pub mod local;
+pub mod pools;
 pub mod sweeps;
 
 use std::future::Future;
@@ -20,7 +22,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use spotsweep_mlflow::{ArtifactRepo, MlflowState};
-use spotsweep_store::{SqliteOptions, SqliteStore, SweepStore, TokenStore};
+use spotsweep_store::{FleetStore, SqliteOptions, SqliteStore, SweepStore, TokenStore};
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, LogFormat, Overrides};
@@ -41,6 +43,10 @@ pub struct AppState {
     pub sweeps: Arc<dyn SweepStore>,
     /// Wake-ups between handlers and background loops.
     pub signals: Arc<sweeps::Signals>,
+    /// The fleet's records.
+    pub fleet: Arc<dyn FleetStore>,
+    /// The configured pools.
+    pub pools: Arc<std::collections::BTreeMap<String, pools::Pool>>,
 }
 
 async fn not_found() -> impl IntoResponse {
@@ -114,6 +120,52 @@ async fn local_agent_token(state: &AppState, admin_token_path: &std::path::Path)
     Ok(secret)
 }
 
+/// Starts a manager per Compute Engine pool; their tasks end when `stop` changes.
+async fn start_fleet(
+    config: &Config,
+    state: &AppState,
+    url: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    let gce: Vec<(&String, &pools::GcePool)> = config
+        .pools
+        .iter()
+        .filter_map(|(name, p)| match p {
+            pools::Pool::Gce(g) => Some((name, g.as_ref())),
+            pools::Pool::Local => None,
+        })
+        .collect();
+    if gce.is_empty() {
+        return Ok(tasks);
+    }
+    let daemon_id = state.fleet.daemon_id().await?;
+    let public_url = config.public_url.clone().unwrap_or_else(|| url.to_string());
+    for (name, pool) in gce {
+        let tokens: Arc<dyn gcp_auth::TokenProvider> = match &pool.credentials {
+            Some(path) => Arc::new(
+                gcp_auth::CustomServiceAccount::from_file(path)
+                    .with_context(|| format!("pools.{name}.credentials: cannot use {}", path.display()))?,
+            ),
+            None => gcp_auth::provider().await.with_context(|| {
+                format!("pools.{name}: no Google credentials (set credentials = \"key.json\")")
+            })?,
+        };
+        let manager = fleet::PoolManager::new(
+            name,
+            pool.clone(),
+            tokens,
+            state.fleet.clone(),
+            &daemon_id,
+            &public_url,
+            config.fleet.clone(),
+        )?;
+        tracing::info!(pool = %name, project = %pool.project, zones = ?pool.zones, "managing a Compute Engine pool");
+        tasks.push(tokio::spawn(manager.run(stop.clone())));
+    }
+    Ok(tasks)
+}
+
 /// Runs the daemon on `listener` until `shutdown` completes, then lets in-flight requests
 /// finish and closes the database cleanly.
 pub async fn run(
@@ -146,12 +198,15 @@ pub async fn run(
         auth,
         sweeps: store.clone(),
         signals: Arc::default(),
+        fleet: store.clone(),
+        pools: Arc::new(config.pools.clone()),
     };
     let mlflow = MlflowState::new(store.clone(), artifacts);
     let app = router(state.clone(), mlflow);
     // Background loops stop when this is notified, after the server has drained.
     let (stop_loops, loops_stopped) = tokio::sync::watch::channel(false);
     let expiry = tokio::spawn(sweeps::expire_leases_loop(state.clone(), loops_stopped.clone()));
+    let loops_stopped_fleet = loops_stopped.clone();
     let checkpoints = tokio::spawn(checkpoint_loop(store.clone(), loops_stopped));
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
@@ -173,6 +228,7 @@ pub async fn run(
     } else {
         None
     };
+    let fleet = start_fleet(&config, &state, &url, loops_stopped_fleet).await?;
     tracing::info!(local_agents = config.local_agents, "listening on {url}");
     // On shutdown, local agents stop first (reporting their trials preempted while the server
     // still answers); then the server drains.
@@ -196,6 +252,9 @@ pub async fn run(
     let _ = stop_loops.send(true);
     let _ = expiry.await;
     let _ = checkpoints.await;
+    for f in fleet {
+        let _ = f.await;
+    }
     store.close().await;
     Ok(())
 }

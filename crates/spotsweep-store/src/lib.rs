@@ -141,6 +141,22 @@ pub trait SweepStore: Send + Sync + 'static {
     async fn next_lease_expiry(&self) -> Result<Option<i64>>;
 }
 
+/// The spot fleet's records: its VMs, the work waiting for each pool, the daemon's install id.
+#[async_trait]
+pub trait FleetStore: Send + Sync + 'static {
+    /// The daemon's install id: made at the first call, the same ever after.
+    async fn daemon_id(&self) -> Result<String>;
+    /// The work for a pool's VMs.
+    async fn pool_demand(&self, pool: &str) -> Result<PoolDemand>;
+    /// Records a VM before it is requested; its name is derived from the pool and its id.
+    async fn create_vm(&self, vm: &NewVm) -> Result<Vm>;
+    /// Changes a VM's record.
+    async fn update_vm(&self, id: i64, update: &VmUpdate) -> Result<Vm>;
+    /// The VMs of a pool (every pool with `None`), oldest first; ended ones only with
+    /// `include_ended`.
+    async fn list_vms(&self, pool: Option<&str>, include_ended: bool) -> Result<Vec<Vm>>;
+}
+
 /// API tokens: stored as SHA-256 hashes, never as secrets.
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {

@@ -551,3 +551,155 @@ pub enum HeartbeatAction {
     /// Stop the trial: the pruner judged it hopeless.
     Prune,
 }
+
+/// Where a VM of the fleet is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Recorded; the insert is being sent.
+    Requested,
+    /// The insert was accepted; the cloud is creating it.
+    Provisioning,
+    /// RUNNING at the cloud (billed); its agent has not registered yet.
+    Booting,
+    /// Its agent registered and leases trials.
+    Ready,
+    /// Leases no new trials; deleted when its running ones end.
+    Draining,
+    /// The delete was sent.
+    Deleting,
+    /// Gone, deleted by the daemon.
+    Deleted,
+    /// Gone, taken back by the cloud.
+    Preempted,
+    /// Never came up (stockout, quota, an error), or vanished without a preemption record.
+    Failed,
+}
+
+impl VmState {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Provisioning => "provisioning",
+            Self::Booting => "booting",
+            Self::Ready => "ready",
+            Self::Draining => "draining",
+            Self::Deleting => "deleting",
+            Self::Deleted => "deleted",
+            Self::Preempted => "preempted",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The state named `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "requested" => Self::Requested,
+            "provisioning" => Self::Provisioning,
+            "booting" => Self::Booting,
+            "ready" => Self::Ready,
+            "draining" => Self::Draining,
+            "deleting" => Self::Deleting,
+            "deleted" => Self::Deleted,
+            "preempted" => Self::Preempted,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Whether the VM has ended (nothing of it is left at the cloud).
+    pub fn is_ended(self) -> bool {
+        matches!(self, Self::Deleted | Self::Preempted | Self::Failed)
+    }
+}
+
+/// A VM of the fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vm {
+    /// Id.
+    pub id: i64,
+    /// Its pool.
+    pub pool: String,
+    /// The instance name.
+    pub name: String,
+    /// Its zone.
+    pub zone: String,
+    /// Where it is in its life.
+    pub state: VmState,
+    /// The insert's requestId.
+    pub request_id: String,
+    /// The operation being waited for.
+    pub operation: Option<String>,
+    /// Its API token's record id.
+    pub token_id: Option<String>,
+    /// USD per hour while RUNNING.
+    pub price_per_hour: f64,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// When it became RUNNING (billing starts).
+    pub running_at: Option<i64>,
+    /// The last moment it had a running trial.
+    pub busy_at: Option<i64>,
+    /// When it ended.
+    pub ended_at: Option<i64>,
+    /// Why it failed or ended.
+    pub reason: Option<String>,
+}
+
+impl Vm {
+    /// Seconds billed up to `now` (milliseconds since the epoch): from RUNNING to its end.
+    pub fn billed_seconds(&self, now: i64) -> f64 {
+        match self.running_at {
+            Some(start) => (self.ended_at.unwrap_or(now) - start).max(0) as f64 / 1000.0,
+            None => 0.0,
+        }
+    }
+
+    /// Its cost up to `now`, in USD.
+    pub fn cost(&self, now: i64) -> f64 {
+        self.billed_seconds(now) / 3600.0 * self.price_per_hour
+    }
+}
+
+/// A VM to record before it is requested.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewVm {
+    /// Its pool.
+    pub pool: String,
+    /// Its zone.
+    pub zone: String,
+    /// The insert's requestId.
+    pub request_id: String,
+    /// USD per hour while RUNNING.
+    pub price_per_hour: f64,
+}
+
+/// A change to a VM's record; `None` fields are left as they are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmUpdate {
+    /// The new state.
+    pub state: Option<VmState>,
+    /// The operation now waited for (`Some(None)` clears it).
+    pub operation: Option<Option<String>>,
+    /// Its token's record id.
+    pub token_id: Option<String>,
+    /// When it became RUNNING.
+    pub running_at: Option<i64>,
+    /// A moment it was busy.
+    pub busy_at: Option<i64>,
+    /// When it ended.
+    pub ended_at: Option<i64>,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// The work waiting for a pool: trials of its running sweeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolDemand {
+    /// Queued (or requeued) trials, plus trials not proposed yet within each sweep's
+    /// parallelism.
+    pub waiting: u64,
+    /// Running trials.
+    pub running: u64,
+}

@@ -28,6 +28,11 @@ impl TestServer {
     }
 
     pub async fn start_in(data_dir: PathBuf, no_auth: bool) -> Self {
+        Self::start_with(data_dir, no_auth, |_| {}).await
+    }
+
+    /// Starts in `data_dir` with the config changed by `change` (pools, fleet timings).
+    pub async fn start_with(data_dir: PathBuf, no_auth: bool, change: impl FnOnce(&mut Config)) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
@@ -38,7 +43,12 @@ impl TestServer {
             log_format: LogFormat::Text,
             no_auth,
             local_agents: 0,
+            public_url: None,
+            pools: Default::default(),
+            fleet: Default::default(),
         };
+        let mut config = config;
+        change(&mut config);
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(spotsweep_server::run(config, listener, async {
             let _ = rx.await;

@@ -7,6 +7,7 @@
 //! the process (`kill -9`): the WAL frame is in the OS page cache before `COMMIT` returns. Only a
 //! power loss can lose the last transactions, which is the trade every WAL database makes.
 
+mod fleet;
 mod metric_blocks;
 mod metrics_writer;
 mod queue_writer;

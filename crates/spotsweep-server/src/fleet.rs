@@ -1,0 +1,581 @@
+//! The spot fleet: for each Compute Engine pool, Spot VMs that follow the pool's work.
+//!
+//! Every tick, each pool's manager:
+//! 1. follows each live VM through its states (requested → provisioning → booting → ready →
+//!    deleting → deleted, or preempted / failed) by reading its operation and its instance; a VM
+//!    that is gone without the daemon deleting it is preempted when the zone has a
+//!    `compute.instances.preempted` operation for it, else failed;
+//! 2. scales: wants `ceil((waiting + running trials) / slots_per_vm)` VMs, at most `max_vms`,
+//!    and within the budget (a VM starts only if the pool's spending so far plus an hour of
+//!    every live VM and of the new one fits in `budget_usd`), and creates the missing ones in the first zone of the pool's list that
+//!    is not backed off; a stockout backs the zone off (doubling, with jitter) and moves on to
+//!    the next zone at once, a regional quota backs off the region's zones, `GPUS_ALL_REGIONS`
+//!    the whole pool;
+//! 3. deletes VMs that have had no running trial for `idle_timeout` while the pool has more VMs
+//!    than it needs, and every VM once the budget is spent;
+//! 4. now and then reconciles: lists the instances labelled as this daemon's in every zone
+//!    (`aggregatedList`) and deletes any that no live VM record owns.
+//!
+//! A VM is recorded, zone and `requestId` included, before its insert is sent; after a crash the
+//! insert is sent again with the same `requestId` and the same name, so the cloud creates it at
+//! most once. Every VM is Spot, deletes itself when preempted, and carries a `maxRunDuration`,
+//! so that a VM left behind by a dead daemon still ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use spotsweep_gce::{
+    ComputeClient, ComputeError, Metadata, MetadataItem, NewInstance, Retry, ServiceAccount,
+};
+use spotsweep_store::{FleetStore, NewVm, Vm, VmState, VmUpdate};
+use tokio::sync::watch;
+
+use crate::pools::GcePool;
+
+/// The startup script every VM runs (see `deploy/gce/startup-script.sh`).
+pub const STARTUP_SCRIPT: &str = include_str!("../../../deploy/gce/startup-script.sh");
+
+/// The label every VM of spotsweep carries, and the one naming the daemon that owns it.
+pub const MANAGED_BY: (&str, &str) = ("managed-by", "spotsweep");
+/// The label key of the owning daemon's install id.
+pub const DAEMON_LABEL: &str = "spotsweep-daemon";
+
+/// How often the fleet acts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetTiming {
+    /// Between ticks.
+    pub tick: Duration,
+    /// Between reconciliations.
+    pub reconcile: Duration,
+    /// A zone's first back-off after a stockout (doubled at each one after, up to 32x).
+    pub zone_backoff: Duration,
+    /// The client's retry policy.
+    pub retry: Retry,
+}
+
+impl Default for FleetTiming {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(5),
+            reconcile: Duration::from_secs(60),
+            zone_backoff: Duration::from_secs(300),
+            retry: Retry::default(),
+        }
+    }
+}
+
+/// One Compute Engine pool's manager.
+pub struct PoolManager {
+    name: String,
+    cfg: GcePool,
+    client: ComputeClient,
+    store: Arc<dyn FleetStore>,
+    daemon_id: String,
+    public_url: String,
+    timing: FleetTiming,
+    /// Per zone: backed off until, and the stockouts in a row.
+    backoff: HashMap<String, (Instant, u32)>,
+    last_reconcile: Option<Instant>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A label value as Compute accepts it: lowercase letters, digits, `_` and `-`, at most 63.
+fn label_value(s: &str) -> String {
+    s.to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect()
+}
+
+impl PoolManager {
+    /// A manager for pool `name`; `tokens` authenticate the daemon to Compute.
+    pub fn new(
+        name: &str,
+        cfg: GcePool,
+        tokens: Arc<dyn gcp_auth::TokenProvider>,
+        store: Arc<dyn FleetStore>,
+        daemon_id: &str,
+        public_url: &str,
+        timing: FleetTiming,
+    ) -> anyhow::Result<Self> {
+        let client = ComputeClient::new(&cfg.compute_endpoint, &cfg.project, tokens, timing.retry.clone())?;
+        Ok(Self {
+            name: name.to_string(),
+            cfg,
+            client,
+            store,
+            daemon_id: daemon_id.to_string(),
+            public_url: public_url.to_string(),
+            timing,
+            backoff: HashMap::new(),
+            last_reconcile: None,
+        })
+    }
+
+    /// Runs ticks until `stop` changes.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(pool = %self.name, error = %e, "fleet tick failed; trying again next tick");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.timing.tick) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// One round: follow the VMs, scale, delete idle ones, reconcile when due.
+    pub async fn tick(&mut self) -> anyhow::Result<()> {
+        for vm in self.store.list_vms(Some(&self.name), false).await? {
+            if let Err(e) = self.follow(&vm).await {
+                tracing::warn!(pool = %self.name, vm = %vm.name, error = %e, "cannot read the VM's state");
+            }
+        }
+        self.scale().await?;
+        let due = self
+            .last_reconcile
+            .is_none_or(|t| t.elapsed() >= self.timing.reconcile);
+        if due {
+            self.reconcile().await?;
+            self.last_reconcile = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// What the pool has spent, in USD, over every VM it ever had.
+    async fn spent(&self) -> anyhow::Result<f64> {
+        let now = now_ms();
+        Ok(self
+            .store
+            .list_vms(Some(&self.name), true)
+            .await?
+            .iter()
+            .map(|v| v.cost(now))
+            .sum())
+    }
+
+    async fn scale(&mut self) -> anyhow::Result<()> {
+        let demand = self.store.pool_demand(&self.name).await?;
+        let slots = u64::from(self.cfg.slots_per_vm);
+        let wanted = (demand.waiting + demand.running)
+            .div_ceil(slots)
+            .min(u64::from(self.cfg.max_vms)) as usize;
+        let vms = self.store.list_vms(Some(&self.name), false).await?;
+        let live: Vec<&Vm> = vms
+            .iter()
+            .filter(|v| {
+                matches!(
+                    v.state,
+                    VmState::Requested | VmState::Provisioning | VmState::Booting | VmState::Ready
+                )
+            })
+            .collect();
+        let spent = self.spent().await?;
+        let over_budget = self.cfg.budget_usd.is_some_and(|b| spent >= b);
+        if over_budget {
+            for vm in vms.iter().filter(|v| v.state != VmState::Deleting) {
+                tracing::warn!(pool = %self.name, vm = %vm.name, spent, "budget spent: deleting the VM");
+                self.delete(vm, "the pool's budget is spent").await?;
+            }
+            return Ok(());
+        }
+        // Idle VMs beyond what the work needs go, oldest idle first.
+        if live.len() > wanted {
+            let now = now_ms();
+            let idle_ms = self.cfg.idle_timeout.as_millis() as i64;
+            let mut surplus = live.len() - wanted;
+            for vm in live
+                .iter()
+                .filter(|v| matches!(v.state, VmState::Booting | VmState::Ready))
+            {
+                if surplus == 0 {
+                    break;
+                }
+                let since = vm.busy_at.or(vm.running_at).unwrap_or(vm.created_at);
+                if now - since >= idle_ms {
+                    tracing::info!(pool = %self.name, vm = %vm.name, "idle past the timeout: deleting");
+                    self.delete(vm, "idle").await?;
+                    surplus -= 1;
+                }
+            }
+        }
+        let mut missing = wanted.saturating_sub(live.len());
+        // What is spent, plus an hour of every live VM.
+        let mut spent_and_committed = spent + live.len() as f64 * self.cfg.spot_price_per_hour;
+        while missing > 0 {
+            // A VM starts only if an hour of it, beside an hour of every live one, still fits
+            // in the budget.
+            if let Some(budget) = self.cfg.budget_usd
+                && spent_and_committed + self.cfg.spot_price_per_hour > budget
+            {
+                tracing::warn!(pool = %self.name, spent, budget, "not starting a VM: an hour of it would pass the budget");
+                break;
+            }
+            if !self.create().await? {
+                break;
+            }
+            spent_and_committed += self.cfg.spot_price_per_hour;
+            missing -= 1;
+        }
+        Ok(())
+    }
+
+    /// The first zone of the pool's list that is not backed off.
+    fn zone(&self) -> Option<String> {
+        let now = Instant::now();
+        self.cfg
+            .zones
+            .iter()
+            .find(|z| self.backoff.get(*z).is_none_or(|(until, _)| *until <= now))
+            .cloned()
+    }
+
+    fn back_off(&mut self, zone: &str) {
+        let entry = self
+            .backoff
+            .entry(zone.to_string())
+            .or_insert((Instant::now(), 0));
+        entry.1 += 1;
+        let factor = 1u32 << (entry.1 - 1).min(5);
+        let base = self.timing.zone_backoff * factor;
+        // Up to a quarter more, so that daemons sharing a project do not retry in step.
+        let jitter = base.mul_f64(rand::rng().random::<f64>() * 0.25);
+        entry.0 = Instant::now() + base + jitter;
+        tracing::warn!(pool = %self.name, zone, backoff = ?(base + jitter), "zone backed off");
+    }
+
+    /// Records a VM, then asks for it, moving from zone to zone on stockouts. False when no
+    /// zone is left to try.
+    async fn create(&mut self) -> anyhow::Result<bool> {
+        loop {
+            let Some(zone) = self.zone() else {
+                tracing::warn!(pool = %self.name, "every zone is backed off: no VM for now");
+                return Ok(false);
+            };
+            let vm = self
+                .store
+                .create_vm(&NewVm {
+                    pool: self.name.clone(),
+                    zone: zone.clone(),
+                    request_id: request_id(),
+                    price_per_hour: self.cfg.spot_price_per_hour,
+                })
+                .await?;
+            tracing::info!(pool = %self.name, vm = %vm.name, zone, "requesting a Spot VM");
+            if self.insert(&vm).await? {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// The insert body of a VM.
+    fn instance(&self, vm: &Vm) -> NewInstance {
+        let mut i = NewInstance::spot(
+            &vm.name,
+            &vm.zone,
+            &self.cfg.machine_type,
+            &self.cfg.image,
+            self.cfg.disk_gb,
+            self.cfg.max_vm_lifetime.as_secs(),
+        );
+        i.guest_accelerators = self
+            .cfg
+            .accelerators
+            .iter()
+            .map(|(kind, count)| spotsweep_gce::Accelerator {
+                accelerator_type: format!("zones/{}/acceleratorTypes/{kind}", vm.zone),
+                accelerator_count: *count,
+            })
+            .collect();
+        if let Some(email) = &self.cfg.service_account {
+            i.service_accounts = vec![ServiceAccount {
+                email: email.clone(),
+                scopes: self.cfg.scopes.clone(),
+            }];
+        }
+        i.network_interfaces[0].network = self.cfg.network.clone();
+        let mut labels: BTreeMap<String, String> = self.cfg.labels.clone();
+        labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+        labels.insert(DAEMON_LABEL.into(), label_value(&self.daemon_id));
+        labels.insert("spotsweep-pool".into(), label_value(&self.name));
+        labels.insert("spotsweep-vm".into(), vm.id.to_string());
+        i.labels = labels;
+        let item = |k: &str, v: String| MetadataItem {
+            key: k.to_string(),
+            value: v,
+        };
+        i.metadata = Some(Metadata {
+            items: vec![
+                item("startup-script", STARTUP_SCRIPT.to_string()),
+                item("spotsweep-server", self.public_url.clone()),
+                item("spotsweep-pool", self.name.clone()),
+                item("spotsweep-slots", self.cfg.slots_per_vm.to_string()),
+            ],
+        });
+        i
+    }
+
+    /// Sends a recorded VM's insert (again, after a crash: same name, same requestId). True
+    /// when the cloud took it.
+    async fn insert(&mut self, vm: &Vm) -> anyhow::Result<bool> {
+        match self
+            .client
+            .insert_instance(&vm.zone, &self.instance(vm), &vm.request_id)
+            .await
+        {
+            Ok(op) => {
+                self.store
+                    .update_vm(
+                        vm.id,
+                        &VmUpdate {
+                            state: Some(VmState::Provisioning),
+                            operation: Some(Some(op.name)),
+                            ..VmUpdate::default()
+                        },
+                    )
+                    .await?;
+                Ok(true)
+            }
+            // Created by an insert whose answer was lost (the name is ours alone).
+            Err(ComputeError::AlreadyExists(_)) => {
+                self.set_state(vm, VmState::Provisioning, None).await?;
+                Ok(true)
+            }
+            Err(e) => {
+                self.failed_insert(vm, &e).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// An insert that failed, at once or in its operation: back off what the error says, end
+    /// the VM's record.
+    async fn failed_insert(&mut self, vm: &Vm, e: &ComputeError) -> anyhow::Result<()> {
+        match e {
+            ComputeError::Stockout { .. } => self.back_off(&vm.zone),
+            ComputeError::Quota { global: true, .. } => {
+                for z in self.cfg.zones.clone() {
+                    self.back_off(&z);
+                }
+            }
+            ComputeError::Quota { region, .. } => {
+                let region = region.clone().unwrap_or_else(|| region_of(&vm.zone));
+                for z in self.cfg.zones.clone().iter().filter(|z| region_of(z) == region) {
+                    self.back_off(z);
+                }
+            }
+            _ => self.back_off(&vm.zone),
+        }
+        tracing::warn!(pool = %self.name, vm = %vm.name, zone = %vm.zone, error = %e, "the VM could not be created");
+        self.end(vm, VmState::Failed, &e.to_string()).await
+    }
+
+    async fn set_state(&self, vm: &Vm, state: VmState, running_at: Option<i64>) -> anyhow::Result<()> {
+        self.store
+            .update_vm(
+                vm.id,
+                &VmUpdate {
+                    state: Some(state),
+                    running_at,
+                    busy_at: running_at,
+                    ..VmUpdate::default()
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn end(&self, vm: &Vm, state: VmState, reason: &str) -> anyhow::Result<()> {
+        self.store
+            .update_vm(
+                vm.id,
+                &VmUpdate {
+                    state: Some(state),
+                    operation: Some(None),
+                    ended_at: Some(now_ms()),
+                    reason: Some(reason.to_string()),
+                    ..VmUpdate::default()
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Moves a live VM along from what the cloud says of it.
+    async fn follow(&mut self, vm: &Vm) -> anyhow::Result<()> {
+        match vm.state {
+            VmState::Requested => {
+                self.insert(vm).await?;
+            }
+            VmState::Provisioning => {
+                if let Some(op) = &vm.operation {
+                    match self.client.get_operation(&vm.zone, op).await {
+                        Ok(op) if !op.is_done() => return Ok(()),
+                        Ok(op) => {
+                            if let Some(e) = spotsweep_gce::classify_operation(&op) {
+                                // A failed create can still leave an instance: delete it.
+                                if self.client.get_instance(&vm.zone, &vm.name).await?.is_some() {
+                                    let _ = self
+                                        .client
+                                        .delete_instance(&vm.zone, &vm.name, &request_id())
+                                        .await;
+                                }
+                                return self.failed_insert(vm, &e).await;
+                            }
+                        }
+                        Err(ComputeError::NotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                match self.client.get_instance(&vm.zone, &vm.name).await? {
+                    Some(i) if i.status.as_deref() == Some("RUNNING") => {
+                        tracing::info!(pool = %self.name, vm = %vm.name, zone = %vm.zone, "VM running");
+                        self.set_state(vm, VmState::Booting, Some(now_ms())).await?;
+                    }
+                    Some(_) => {}
+                    None if vm.operation.is_some() => self.gone(vm).await?,
+                    None => {}
+                }
+            }
+            VmState::Booting | VmState::Ready | VmState::Draining => {
+                match self.client.get_instance(&vm.zone, &vm.name).await? {
+                    None => self.gone(vm).await?,
+                    // A Spot VM stopped by a preemption (termination action STOP) bills its
+                    // disk: delete it.
+                    Some(i) if matches!(i.status.as_deref(), Some("STOPPING" | "TERMINATED")) => {
+                        self.end(vm, VmState::Preempted, "stopped by the cloud").await?;
+                        let _ = self
+                            .client
+                            .delete_instance(&vm.zone, &vm.name, &request_id())
+                            .await;
+                    }
+                    Some(_) => {}
+                }
+            }
+            VmState::Deleting => {
+                let done = match &vm.operation {
+                    Some(op) => match self.client.get_operation(&vm.zone, op).await {
+                        Ok(op) => op.is_done(),
+                        Err(ComputeError::NotFound(_)) => true,
+                        Err(e) => return Err(e.into()),
+                    },
+                    None => true,
+                };
+                if done && self.client.get_instance(&vm.zone, &vm.name).await?.is_none() {
+                    self.end(vm, VmState::Deleted, vm.reason.as_deref().unwrap_or("deleted"))
+                        .await?;
+                }
+            }
+            VmState::Deleted | VmState::Preempted | VmState::Failed => {}
+        }
+        Ok(())
+    }
+
+    /// A VM the daemon did not delete is gone: preempted if the zone says so, else failed.
+    async fn gone(&self, vm: &Vm) -> anyhow::Result<()> {
+        let filter = "operationType = \"compute.instances.preempted\"";
+        let preempted = self
+            .client
+            .list_operations(&vm.zone, Some(filter))
+            .await?
+            .iter()
+            .any(|op| op.target_name() == Some(vm.name.as_str()));
+        if preempted {
+            tracing::warn!(pool = %self.name, vm = %vm.name, zone = %vm.zone, "VM preempted");
+            self.end(vm, VmState::Preempted, "preempted").await
+        } else {
+            tracing::warn!(pool = %self.name, vm = %vm.name, zone = %vm.zone, "VM vanished");
+            self.end(
+                vm,
+                VmState::Failed,
+                "the instance vanished without a preemption record",
+            )
+            .await
+        }
+    }
+
+    async fn delete(&self, vm: &Vm, reason: &str) -> anyhow::Result<()> {
+        if vm.state == VmState::Requested {
+            // Never sent, or its answer lost: the insert may still land; reconcile deletes it.
+            return self.end(vm, VmState::Deleted, reason).await;
+        }
+        match self
+            .client
+            .delete_instance(&vm.zone, &vm.name, &request_id())
+            .await
+        {
+            Ok(op) => {
+                self.store
+                    .update_vm(
+                        vm.id,
+                        &VmUpdate {
+                            state: Some(VmState::Deleting),
+                            operation: Some(Some(op.name)),
+                            reason: Some(reason.to_string()),
+                            ..VmUpdate::default()
+                        },
+                    )
+                    .await?;
+                Ok(())
+            }
+            Err(ComputeError::NotFound(_)) => self.end(vm, VmState::Deleted, reason).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes every instance labelled as this daemon's that no live VM record owns.
+    async fn reconcile(&self) -> anyhow::Result<()> {
+        let filter = format!(
+            "labels.{} = {} AND labels.{DAEMON_LABEL} = {} AND labels.spotsweep-pool = {}",
+            MANAGED_BY.0,
+            MANAGED_BY.1,
+            label_value(&self.daemon_id),
+            label_value(&self.name)
+        );
+        let instances = self.client.aggregated_instances(Some(&filter)).await?;
+        let live: std::collections::HashSet<String> = self
+            .store
+            .list_vms(Some(&self.name), false)
+            .await?
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        for i in instances.iter().filter(|i| !live.contains(&i.name)) {
+            let Some(zone) = i.zone_name() else { continue };
+            if matches!(i.status.as_deref(), Some("STOPPING")) {
+                continue;
+            }
+            tracing::warn!(pool = %self.name, instance = %i.name, zone, "an instance of ours no VM record owns: deleting it");
+            match self.client.delete_instance(zone, &i.name, &request_id()).await {
+                Ok(_) | Err(ComputeError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `us-central1` of `us-central1-a`.
+fn region_of(zone: &str) -> String {
+    zone.rsplit_once('-').map_or(zone, |(r, _)| r).to_string()
+}

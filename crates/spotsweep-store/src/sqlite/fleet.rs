@@ -1,0 +1,205 @@
+//! The fleet's records: VMs, the work per pool, the daemon's install id.
+
+use async_trait::async_trait;
+
+use super::{SqliteStore, map_err, now_ms};
+use crate::{FleetStore, NewVm, PoolDemand, Result, StoreError, Vm, VmState, VmUpdate};
+
+type VmRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    f64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
+
+const VM_COLUMNS: &str = "id, pool, name, zone, state, request_id, operation, token_id, price_per_hour, \
+                          created_at, running_at, busy_at, ended_at, reason";
+
+fn vm_of(r: VmRow) -> Result<Vm> {
+    Ok(Vm {
+        id: r.0,
+        pool: r.1,
+        name: r.2,
+        zone: r.3,
+        state: VmState::parse(&r.4)
+            .ok_or_else(|| StoreError::Incompatible(format!("unknown VM state '{}'", r.4)))?,
+        request_id: r.5,
+        operation: r.6,
+        token_id: r.7,
+        price_per_hour: r.8,
+        created_at: r.9,
+        running_at: r.10,
+        busy_at: r.11,
+        ended_at: r.12,
+        reason: r.13,
+    })
+}
+
+/// A VM's instance name: `ss-<pool>-<id>`, the pool's name cut down to what an instance name
+/// allows.
+fn vm_name(pool: &str, id: i64) -> String {
+    let mut p: String = pool
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect();
+    while p.ends_with('-') {
+        p.pop();
+    }
+    if p.is_empty() {
+        format!("ss-{id}")
+    } else {
+        format!("ss-{p}-{id}")
+    }
+}
+
+#[async_trait]
+impl FleetStore for SqliteStore {
+    async fn daemon_id(&self) -> Result<String> {
+        let mut tx = self.begin_write().await?;
+        let fresh = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        sqlx::query("INSERT INTO settings (key, value) VALUES ('daemon_id', ?) ON CONFLICT (key) DO NOTHING")
+            .bind(&fresh)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let (id,): (String,) = sqlx::query_as("SELECT value FROM settings WHERE key = 'daemon_id'")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(id)
+    }
+
+    async fn pool_demand(&self, pool: &str) -> Result<PoolDemand> {
+        let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT s.parallelism, s.max_trials - s.trials_created, \
+               (SELECT COUNT(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running'), \
+               (SELECT COUNT(*) FROM trials t WHERE t.sweep_id = s.id AND t.state IN ('queued', 'preempted')) \
+             FROM sweeps s WHERE s.state = 'running' AND s.pool = ?",
+        )
+        .bind(pool)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let mut demand = PoolDemand::default();
+        for (parallelism, unproposed, running, waiting) in rows {
+            let wanted = parallelism
+                .min(running + waiting + unproposed.max(0))
+                .max(running);
+            demand.running += running as u64;
+            demand.waiting += (wanted - running) as u64;
+        }
+        Ok(demand)
+    }
+
+    async fn create_vm(&self, vm: &NewVm) -> Result<Vm> {
+        let mut tx = self.begin_write().await?;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO vms (pool, name, zone, state, request_id, price_per_hour, created_at) \
+             VALUES (?1, 'pending-' || ?2, ?3, 'requested', ?2, ?4, ?5) RETURNING id",
+        )
+        .bind(&vm.pool)
+        .bind(&vm.request_id)
+        .bind(&vm.zone)
+        .bind(vm.price_per_hour)
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query("UPDATE vms SET name = ? WHERE id = ?")
+            .bind(vm_name(&vm.pool, id))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let row: VmRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {VM_COLUMNS} FROM vms WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        vm_of(row)
+    }
+
+    async fn update_vm(&self, id: i64, u: &VmUpdate) -> Result<Vm> {
+        let mut tx = self.begin_write().await?;
+        let (operation_set, operation) = match &u.operation {
+            Some(op) => (1, op.clone()),
+            None => (0, None),
+        };
+        let done = sqlx::query(
+            "UPDATE vms SET state = COALESCE(?2, state), \
+                            operation = IIF(?3, ?4, operation), \
+                            token_id = COALESCE(?5, token_id), \
+                            running_at = COALESCE(running_at, ?6), \
+                            busy_at = MAX(COALESCE(busy_at, 0), COALESCE(?7, 0)), \
+                            ended_at = COALESCE(ended_at, ?8), \
+                            reason = COALESCE(?9, reason) \
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(u.state.map(VmState::as_str))
+        .bind(operation_set)
+        .bind(operation)
+        .bind(&u.token_id)
+        .bind(u.running_at)
+        .bind(u.busy_at)
+        .bind(u.ended_at)
+        .bind(&u.reason)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("no VM with id {id}")));
+        }
+        let row: VmRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {VM_COLUMNS} FROM vms WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        vm_of(row)
+    }
+
+    async fn list_vms(&self, pool: Option<&str>, include_ended: bool) -> Result<Vec<Vm>> {
+        let rows: Vec<VmRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {VM_COLUMNS} FROM vms WHERE (?1 IS NULL OR pool = ?1) \
+             AND (?2 OR state NOT IN ('deleted', 'preempted', 'failed')) ORDER BY id"
+        )))
+        .bind(pool)
+        .bind(include_ended)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter().map(vm_of).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vm_name;
+
+    #[test]
+    fn vm_names_are_valid_instance_names() {
+        assert_eq!(vm_name("a100", 7), "ss-a100-7");
+        assert_eq!(vm_name("A100_Spot!", 12), "ss-a100-spot-12");
+        assert_eq!(vm_name("__", 3), "ss-3");
+        assert!(vm_name(&"x".repeat(100), 123_456).len() <= 63);
+    }
+}
