@@ -22,8 +22,9 @@ CREATE TABLE vms (
     request_id     TEXT    NOT NULL,
     -- The operation being waited for (insert or delete).
     operation      TEXT,
-    -- The VM's API token (its record in api_tokens), revoked when the VM ends.
-    token_id       TEXT,
+    -- The SHA-256 of the VM's token, which lets its agent lease, heartbeat and report the pool's
+    -- trials and write to their runs, and nothing else; dead with the VM.
+    token_hash     TEXT,
     price_per_hour REAL    NOT NULL,
     created_at     INTEGER NOT NULL,
     -- Billing runs from RUNNING to the end.

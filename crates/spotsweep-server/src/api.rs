@@ -34,6 +34,15 @@ impl ApiError {
         }
     }
 
+    /// `403 forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: message.into(),
+        }
+    }
+
     /// `400 invalid_request`.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self {
@@ -205,6 +214,37 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The agent binary, for the startup script of a VM: this daemon's own executable (or the
+/// config's `agent_binary`), so that agents always speak the daemon's version of the protocol.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agent/binary",
+    tag = "pools",
+    responses(
+        (status = 200, description = "The executable", content_type = "application/octet-stream"),
+        (status = 401, description = "No valid bearer token"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn agent_binary(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let file = tokio::fs::File::open(&*s.agent_binary).await.map_err(|e| {
+        tracing::error!(path = %s.agent_binary.display(), error = %e, "cannot open the agent binary");
+        ApiError::not_found(format!("the agent binary is not readable on the daemon: {e}"))
+    })?;
+    let len = file.metadata().await.map(|m| m.len()).ok();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(len) = len {
+        headers.insert(axum::http::header::CONTENT_LENGTH, len.into());
+    }
+    Ok(response)
+}
+
 /// Every pool of the config (and `local`), with its VMs and what it has spent.
 #[utoipa::path(
     get,
@@ -291,6 +331,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::sweeps::heartbeat))
         .routes(routes!(crate::sweeps::complete_trial))
         .routes(routes!(list_pools))
+        .routes(routes!(agent_binary))
 }
 
 /// The OpenAPI document as committed in `openapi/openapi.json` (pretty JSON, trailing newline).

@@ -2,8 +2,13 @@
 //! SHA-256, and the daemon keeps the set of live hashes in memory so that checking a request
 //! costs one hash and one set lookup, not a database read. Only this daemon creates and revokes
 //! tokens, so the in-memory set is updated in the same place as the database.
+//!
+//! A VM of a gce pool gets a token of its own (in its instance metadata) that is good for its
+//! agent's work only: the agent binary, leases of its pool's trials under its own name,
+//! heartbeats and completions of those leases, and the MLflow runs of the trials it holds. It
+//! dies with the VM.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -23,6 +28,32 @@ pub struct Auth {
     pub enabled: bool,
     /// SHA-256 (hex) of every live token.
     live: RwLock<HashSet<String>>,
+    /// SHA-256 (hex) of every live VM's token, and what it may do.
+    vms: RwLock<HashMap<String, VmScope>>,
+}
+
+/// What a VM's token is good for: the work of the agent named after the VM, in its pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmScope {
+    /// The VM's name, which its agent registers under.
+    pub name: String,
+    /// Its pool.
+    pub pool: String,
+}
+
+/// The VM a request comes from, for the handlers that narrow what it may do.
+#[derive(Debug, Clone)]
+pub struct VmPrincipal(pub VmScope);
+
+/// A VM's token, derived from the daemon's secret and the VM's record, so that it can be made
+/// again after a restart (an insert sent again must carry the same token).
+pub fn vm_token(daemon_secret: &str, vm_id: i64, request_id: &str) -> String {
+    let digest =
+        Sha256::digest(format!("spotsweep-vm-token\n{daemon_secret}\n{vm_id}\n{request_id}").as_bytes());
+    format!(
+        "ssvm_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+    )
 }
 
 /// The hex SHA-256 of a token, as stored.
@@ -46,6 +77,7 @@ impl Auth {
         Ok(Self {
             enabled,
             live: RwLock::new(live),
+            vms: RwLock::new(HashMap::new()),
         })
     }
 
@@ -67,6 +99,26 @@ impl Auth {
         if let Ok(mut set) = self.live.write() {
             *set = hashes.into_iter().collect();
         }
+    }
+
+    /// Records a live VM's token hash.
+    pub fn add_vm(&self, hash: String, scope: VmScope) {
+        if let Ok(mut m) = self.vms.write() {
+            m.insert(hash, scope);
+        }
+    }
+
+    /// Forgets a VM's token (the VM ended).
+    pub fn remove_vm(&self, hash: &str) {
+        if let Ok(mut m) = self.vms.write() {
+            m.remove(hash);
+        }
+    }
+
+    /// The scope of a VM's token, if `token` is one.
+    pub fn vm(&self, token: &str) -> Option<VmScope> {
+        let hash = hash_token(token);
+        self.vms.read().ok().and_then(|m| m.get(&hash).cloned())
     }
 
     /// Whether any token exists yet.
@@ -116,12 +168,26 @@ fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// What the token check needs: the live tokens, and the fleet's records to check what a VM's
+/// token reaches.
+#[derive(Clone)]
+pub struct AuthState {
+    /// The live tokens.
+    pub auth: Arc<Auth>,
+    /// Leases and runs by agent.
+    pub fleet: Arc<dyn spotsweep_store::FleetStore>,
+}
+
 /// Middleware: every route except `/health` and `/version` needs a live bearer token. The
 /// refusal is MLflow's error envelope, which the MLflow client shows as is.
-pub async fn require_token(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+pub async fn require_token(State(state): State<AuthState>, req: Request, next: Next) -> Response {
+    let auth = &state.auth;
     let path = req.uri().path();
     if !auth.enabled || path == "/health" || path == "/version" {
         return next.run(req).await;
+    }
+    if let Some(vm) = bearer(&req).and_then(|t| auth.vm(t)) {
+        return vm_request(&state, vm, req, next).await;
     }
     let message = match bearer(&req) {
         Some(token) if auth.accepts(token) => return next.run(req).await,
@@ -140,6 +206,91 @@ pub async fn require_token(State(auth): State<Arc<Auth>>, req: Request, next: Ne
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+fn forbidden(message: String) -> Response {
+    let body = serde_json::json!({ "error_code": "PERMISSION_DENIED", "message": message });
+    (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+}
+
+/// The MLflow write and read routes a VM's agent and its trials use, all naming a run.
+const VM_MLFLOW_ROUTES: &[&str] = &[
+    "/api/2.0/mlflow/runs/log-batch",
+    "/api/2.0/mlflow/runs/log-metric",
+    "/api/2.0/mlflow/runs/log-parameter",
+    "/api/2.0/mlflow/runs/set-tag",
+    "/api/2.0/mlflow/runs/delete-tag",
+    "/api/2.0/mlflow/runs/update",
+    "/api/2.0/mlflow/runs/log-inputs",
+    "/api/2.0/mlflow/runs/get",
+    "/api/2.0/mlflow/metrics/get-history",
+];
+
+/// A request with a VM's token: only the agent's work, on its own trials.
+async fn vm_request(state: &AuthState, vm: VmScope, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let deny = |what: &str| {
+        forbidden(format!(
+            "this token belongs to VM {} of pool {}: it can lease, heartbeat and report that pool's trials and \
+             write to their runs, not {what}",
+            vm.name, vm.pool
+        ))
+    };
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut req = req;
+    match (method.as_str(), segments.as_slice()) {
+        ("GET", ["api", "v1", "agent", "binary"]) | ("POST", ["api", "v1", "leases"]) => {}
+        ("POST", ["api", "v1", "leases", lease, "heartbeat" | "complete"]) => {
+            match state.fleet.lease_agent_name(lease).await {
+                Ok(Some(name)) if name == vm.name => {}
+                Ok(_) => return deny("another agent's lease"),
+                Err(e) => return forbidden(format!("cannot check the lease: {e}")),
+            }
+        }
+        // Artifacts: /api/2.0/mlflow-artifacts/artifacts/<experiment>/<run>/artifacts/...
+        (_, ["api", "2.0", "mlflow-artifacts", "artifacts", _, run, ..]) => {
+            if !owns_run(state, &vm, run).await {
+                return deny("another run's artifacts");
+            }
+        }
+        _ if VM_MLFLOW_ROUTES.contains(&path.as_str()) => {
+            let run = if method == axum::http::Method::GET {
+                req.uri().query().and_then(|q| {
+                    q.split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .find(|(k, _)| *k == "run_id" || *k == "run_uuid")
+                        .map(|(_, v)| v.to_string())
+                })
+            } else {
+                let (parts, body) = req.into_parts();
+                let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+                    return deny("a request body over 64 MiB");
+                };
+                let run = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("run_id")
+                            .or_else(|| v.get("run_uuid"))
+                            .and_then(|r| r.as_str())
+                            .map(str::to_string)
+                    });
+                req = Request::from_parts(parts, axum::body::Body::from(bytes));
+                run
+            };
+            match run {
+                Some(run) if owns_run(state, &vm, &run).await => {}
+                _ => return deny("a run of a trial it does not hold"),
+            }
+        }
+        _ => return deny(&format!("{method} {path}")),
+    }
+    req.extensions_mut().insert(VmPrincipal(vm));
+    next.run(req).await
+}
+
+async fn owns_run(state: &AuthState, vm: &VmScope, run: &str) -> bool {
+    state.fleet.agent_runs_trial(&vm.name, run).await.unwrap_or(false)
 }
 
 #[cfg(test)]

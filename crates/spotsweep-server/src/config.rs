@@ -51,6 +51,8 @@ pub struct Config {
     pub pools: std::collections::BTreeMap<String, crate::pools::Pool>,
     /// How often the fleet acts (`[fleet]`: `tick`, `reconcile`, `zone_backoff`).
     pub fleet: crate::fleet::FleetTiming,
+    /// The executable VMs run as their agent (default: this daemon's own).
+    pub agent_binary: Option<PathBuf>,
 }
 
 /// The TOML file's shape: every field optional.
@@ -66,6 +68,7 @@ struct FileConfig {
     public_url: Option<String>,
     pools: Option<toml::Table>,
     fleet: Option<FleetFile>,
+    agent_binary: Option<PathBuf>,
 }
 
 /// `[fleet]`: timings, for tests and simulations mostly.
@@ -162,6 +165,7 @@ impl Config {
                 }
                 _ => Default::default(),
             },
+            agent_binary: from_file.agent_binary,
             fleet: fleet_timing(from_file.fleet.unwrap_or_default())
                 .map_err(|m| ConfigError::Parse(file.map(Path::to_owned).unwrap_or_default(), m))?,
         };

@@ -29,10 +29,12 @@ use rand::RngExt;
 use spotsweep_gce::{
     ComputeClient, ComputeError, Metadata, MetadataItem, NewInstance, Retry, ServiceAccount,
 };
-use spotsweep_store::{FleetStore, NewVm, Vm, VmState, VmUpdate};
+use spotsweep_store::{FleetStore, NewVm, Outcome, SweepStore, Vm, VmState, VmUpdate};
 use tokio::sync::watch;
 
+use crate::auth::{Auth, VmScope, hash_token, vm_token};
 use crate::pools::GcePool;
+use crate::sweeps::Signals;
 
 /// The startup script every VM runs (see `deploy/gce/startup-script.sh`).
 pub const STARTUP_SCRIPT: &str = include_str!("../../../deploy/gce/startup-script.sh");
@@ -72,7 +74,11 @@ pub struct PoolManager {
     cfg: GcePool,
     client: ComputeClient,
     store: Arc<dyn FleetStore>,
+    sweeps: Arc<dyn SweepStore>,
+    auth: Arc<Auth>,
+    signals: Arc<Signals>,
     daemon_id: String,
+    daemon_secret: String,
     public_url: String,
     timing: FleetTiming,
     /// Per zone: backed off until, and the stockouts in a row.
@@ -107,23 +113,39 @@ fn label_value(s: &str) -> String {
 }
 
 impl PoolManager {
-    /// A manager for pool `name`; `tokens` authenticate the daemon to Compute.
-    pub fn new(
+    /// A manager for pool `name`; `tokens` authenticate the daemon to Compute. The live VMs'
+    /// tokens are let in again (after a restart).
+    pub async fn new(
         name: &str,
         cfg: GcePool,
         tokens: Arc<dyn gcp_auth::TokenProvider>,
-        store: Arc<dyn FleetStore>,
-        daemon_id: &str,
+        state: &crate::AppState,
         public_url: &str,
         timing: FleetTiming,
     ) -> anyhow::Result<Self> {
         let client = ComputeClient::new(&cfg.compute_endpoint, &cfg.project, tokens, timing.retry.clone())?;
+        let store = state.fleet.clone();
+        for vm in store.list_vms(Some(name), false).await? {
+            if let Some(hash) = vm.token_hash {
+                state.auth.add_vm(
+                    hash,
+                    VmScope {
+                        name: vm.name,
+                        pool: name.to_string(),
+                    },
+                );
+            }
+        }
         Ok(Self {
             name: name.to_string(),
             cfg,
             client,
+            daemon_id: store.daemon_id().await?,
+            daemon_secret: store.daemon_secret().await?,
             store,
-            daemon_id: daemon_id.to_string(),
+            sweeps: state.sweeps.clone(),
+            auth: state.auth.clone(),
+            signals: state.signals.clone(),
             public_url: public_url.to_string(),
             timing,
             backoff: HashMap::new(),
@@ -288,8 +310,8 @@ impl PoolManager {
         }
     }
 
-    /// The insert body of a VM.
-    fn instance(&self, vm: &Vm) -> NewInstance {
+    /// The insert body of a VM, with its token.
+    fn instance(&self, vm: &Vm, token: &str) -> NewInstance {
         let mut i = NewInstance::spot(
             &vm.name,
             &vm.zone,
@@ -330,6 +352,7 @@ impl PoolManager {
                 item("spotsweep-server", self.public_url.clone()),
                 item("spotsweep-pool", self.name.clone()),
                 item("spotsweep-slots", self.cfg.slots_per_vm.to_string()),
+                item("spotsweep-token", token.to_string()),
             ],
         });
         i
@@ -338,9 +361,30 @@ impl PoolManager {
     /// Sends a recorded VM's insert (again, after a crash: same name, same requestId). True
     /// when the cloud took it.
     async fn insert(&mut self, vm: &Vm) -> anyhow::Result<bool> {
+        // The VM's token: the same one if this insert is sent again.
+        let token = vm_token(&self.daemon_secret, vm.id, &vm.request_id);
+        let hash = hash_token(&token);
+        if vm.token_hash.as_deref() != Some(hash.as_str()) {
+            self.store
+                .update_vm(
+                    vm.id,
+                    &VmUpdate {
+                        token_hash: Some(hash.clone()),
+                        ..VmUpdate::default()
+                    },
+                )
+                .await?;
+        }
+        self.auth.add_vm(
+            hash,
+            VmScope {
+                name: vm.name.clone(),
+                pool: self.name.clone(),
+            },
+        );
         match self
             .client
-            .insert_instance(&vm.zone, &self.instance(vm), &vm.request_id)
+            .insert_instance(&vm.zone, &self.instance(vm, &token), &vm.request_id)
             .await
         {
             Ok(op) => {
@@ -405,7 +449,23 @@ impl PoolManager {
         Ok(())
     }
 
+    /// Ends a VM's record: its token stops working, and the trials its agent held are
+    /// preempted (requeued, not counted as failures).
     async fn end(&self, vm: &Vm, state: VmState, reason: &str) -> anyhow::Result<()> {
+        self.auth
+            .remove_vm(&hash_token(&vm_token(&self.daemon_secret, vm.id, &vm.request_id)));
+        let leases = self.store.open_leases_of_agent(&vm.name).await?;
+        for lease in &leases {
+            match self.sweeps.complete_trial(lease, Outcome::Preempted).await {
+                Ok(t) => {
+                    tracing::info!(vm = %vm.name, trial = t.number, sweep = t.sweep_id, "trial requeued: its VM ended")
+                }
+                Err(e) => tracing::warn!(vm = %vm.name, lease, error = %e, "cannot requeue the VM's trial"),
+            }
+        }
+        if !leases.is_empty() {
+            self.signals.work.notify_waiters();
+        }
         self.store
             .update_vm(
                 vm.id,

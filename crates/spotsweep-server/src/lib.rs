@@ -47,6 +47,8 @@ pub struct AppState {
     pub fleet: Arc<dyn FleetStore>,
     /// The configured pools.
     pub pools: Arc<std::collections::BTreeMap<String, pools::Pool>>,
+    /// The executable VMs download and run as their agent.
+    pub agent_binary: Arc<std::path::PathBuf>,
 }
 
 async fn not_found() -> impl IntoResponse {
@@ -76,7 +78,10 @@ pub fn router(state: AppState, mlflow: MlflowState) -> Router {
         .merge(spotsweep_mlflow::router(mlflow))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
-            state.auth.clone(),
+            auth::AuthState {
+                auth: state.auth.clone(),
+                fleet: state.fleet.clone(),
+            },
             auth::require_token,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -139,7 +144,6 @@ async fn start_fleet(
     if gce.is_empty() {
         return Ok(tasks);
     }
-    let daemon_id = state.fleet.daemon_id().await?;
     let public_url = config.public_url.clone().unwrap_or_else(|| url.to_string());
     for (name, pool) in gce {
         let tokens: Arc<dyn gcp_auth::TokenProvider> = match &pool.credentials {
@@ -155,11 +159,11 @@ async fn start_fleet(
             name,
             pool.clone(),
             tokens,
-            state.fleet.clone(),
-            &daemon_id,
+            state,
             &public_url,
             config.fleet.clone(),
-        )?;
+        )
+        .await?;
         tracing::info!(pool = %name, project = %pool.project, zones = ?pool.zones, "managing a Compute Engine pool");
         tasks.push(tokio::spawn(manager.run(stop.clone())));
     }
@@ -200,6 +204,10 @@ pub async fn run(
         signals: Arc::default(),
         fleet: store.clone(),
         pools: Arc::new(config.pools.clone()),
+        agent_binary: Arc::new(match &config.agent_binary {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().context("cannot find the spotsweep executable")?,
+        }),
     };
     let mlflow = MlflowState::new(store.clone(), artifacts);
     let app = router(state.clone(), mlflow);

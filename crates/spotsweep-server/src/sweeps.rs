@@ -305,9 +305,28 @@ pub async fn enqueue_trial(
     request_body = LeaseRequestBody,
     responses((status = 200, description = "Leased trials (possibly none)", body = LeaseResponse), (status = 400, description = "Bad request", body = spotsweep_api::ApiErrorBody)),
     security(("bearer" = [])))]
-pub async fn lease_trials(State(s): State<AppState>, body: Bytes) -> Result<Json<LeaseResponse>, ApiError> {
-    let req: LeaseRequestBody = serde_json::from_slice(&body)
+pub async fn lease_trials(
+    State(s): State<AppState>,
+    vm: Option<axum::Extension<crate::auth::VmPrincipal>>,
+    body: Bytes,
+) -> Result<Json<LeaseResponse>, ApiError> {
+    let mut req: LeaseRequestBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("invalid lease request: {e}")))?;
+    // A VM's agent leases its own pool's trials, under its own name.
+    let vm_pool = match vm {
+        Some(axum::Extension(crate::auth::VmPrincipal(scope))) => {
+            if !req.agent_id.starts_with(&format!("{}-", scope.name)) {
+                return Err(ApiError::forbidden(format!(
+                    "agent_id must start with '{}-': this token belongs to VM {}",
+                    scope.name, scope.name
+                )));
+            }
+            req.agent_name = Some(scope.name.clone());
+            req.pool = Some(scope.pool.clone());
+            Some(scope.pool)
+        }
+        None => None,
+    };
     if req.agent_id.trim().is_empty() || req.agent_id.len() > 200 {
         return Err(ApiError::invalid("agent_id must be 1 to 200 characters"));
     }
@@ -323,7 +342,9 @@ pub async fn lease_trials(State(s): State<AppState>, body: Bytes) -> Result<Json
     if !(5_000..=3_600_000).contains(&ttl_ms) {
         return Err(ApiError::invalid("ttl_ms must be between 5000 and 3600000"));
     }
-    let pool = if req.sweep_id.is_some() {
+    let pool = if vm_pool.is_some() {
+        vm_pool
+    } else if req.sweep_id.is_some() {
         None
     } else {
         Some(req.pool.clone().unwrap_or_else(|| "local".into()))

@@ -376,3 +376,119 @@ async fn gcp_token(s: &Setup) -> String {
         .as_str()
         .to_string()
 }
+
+#[tokio::test]
+async fn a_vms_token_reaches_its_agents_work_and_nothing_else() {
+    let s = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(&s, dir.path().to_path_buf(), pool(&s, |p| p.slots_per_vm = 1)).await;
+    let sweep = create_sweep(&server, 1).await;
+    until(&server, "one VM running", |v| count(v, "booting", None) == 1).await;
+    let instance = s.fake.instances().remove(0);
+    let items = instance.body["metadata"]["items"].as_array().unwrap();
+    let token = items.iter().find(|m| m["key"] == "spotsweep-token").unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{}{path}", server.url))
+            .bearer_auth(&token)
+    };
+    // Admin routes and other APIs: refused, saying why.
+    let r = call(reqwest::Method::GET, "/api/v1/sweeps").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains(&instance.name));
+    assert_eq!(
+        call(reqwest::Method::POST, "/api/v1/tokens")
+            .json(&json!({"name": "x"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::GET,
+            "/api/2.0/mlflow/experiments/search?max_results=5"
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        403
+    );
+    // The agent binary.
+    let r = call(reqwest::Method::GET, "/api/v1/agent/binary")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert!(r.bytes().await.unwrap().len() > 1000);
+    // Leases only under its own name, of its own pool's trials.
+    let lease_body = |agent: &str| json!({"agent_id": agent, "slots": 1, "pool": "local", "wait_ms": 0});
+    let r = call(reqwest::Method::POST, "/api/v1/leases")
+        .json(&lease_body("someone-else-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = call(reqwest::Method::POST, "/api/v1/leases")
+        .json(&lease_body(&format!("{}-abc", instance.name)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let leased: Value = r.json().await.unwrap();
+    let lease = &leased["leases"][0];
+    assert_eq!(lease["trial"]["sweep_id"], sweep, "{leased}");
+    let lease_id = lease["lease_id"].as_str().unwrap();
+    let run_id = lease["trial"]["run_id"].as_str().unwrap();
+    let r = call(
+        reqwest::Method::POST,
+        &format!("/api/v1/leases/{lease_id}/heartbeat"),
+    )
+    .json(&json!({}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    // Its trial's run takes metrics; another run does not.
+    let metric = |run: &str| json!({"run_id": run, "key": "loss", "value": 0.5, "timestamp": 1, "step": 0});
+    let r = call(reqwest::Method::POST, "/api/2.0/mlflow/runs/log-metric")
+        .json(&metric(run_id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (_, other) = server
+        .mlflow(
+            "runs/create",
+            json!({"experiment_id": "0", "run_name": "not-the-vms"}),
+        )
+        .await;
+    let other_run = other["run"]["info"]["run_id"].as_str().unwrap();
+    let r = call(reqwest::Method::POST, "/api/2.0/mlflow/runs/log-metric")
+        .json(&metric(other_run))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Once the VM is gone, its token is dead and its trial is requeued.
+    let r = server
+        .post(&format!("/api/v1/sweeps/{sweep}/cancel"), json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(s.fake.preempt(ZONES[0], &instance.name));
+    until(&server, "the VM preempted", |v| count(v, "preempted", None) == 1).await;
+    let r = call(reqwest::Method::GET, "/api/v1/agent/binary")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    server.stop().await;
+}

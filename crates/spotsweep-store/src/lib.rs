@@ -146,6 +146,14 @@ pub trait SweepStore: Send + Sync + 'static {
 pub trait FleetStore: Send + Sync + 'static {
     /// The daemon's install id: made at the first call, the same ever after.
     async fn daemon_id(&self) -> Result<String>;
+    /// A random secret made at the first call, the same ever after (VM tokens derive from it).
+    async fn daemon_secret(&self) -> Result<String>;
+    /// The name of the agent holding a lease (`None`: no such lease).
+    async fn lease_agent_name(&self, lease_id: &str) -> Result<Option<String>>;
+    /// Whether the MLflow run is a trial's that an agent of this name holds an open lease on.
+    async fn agent_runs_trial(&self, agent_name: &str, run_uuid: &str) -> Result<bool>;
+    /// The open leases of the agents of this name (a VM's agent).
+    async fn open_leases_of_agent(&self, agent_name: &str) -> Result<Vec<String>>;
     /// The work for a pool's VMs.
     async fn pool_demand(&self, pool: &str) -> Result<PoolDemand>;
     /// Records a VM before it is requested; its name is derived from the pool and its id.

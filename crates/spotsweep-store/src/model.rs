@@ -631,8 +631,8 @@ pub struct Vm {
     pub request_id: String,
     /// The operation being waited for.
     pub operation: Option<String>,
-    /// Its API token's record id.
-    pub token_id: Option<String>,
+    /// The SHA-256 of its token.
+    pub token_hash: Option<String>,
     /// USD per hour while RUNNING.
     pub price_per_hour: f64,
     /// Milliseconds since the epoch.
@@ -682,8 +682,8 @@ pub struct VmUpdate {
     pub state: Option<VmState>,
     /// The operation now waited for (`Some(None)` clears it).
     pub operation: Option<Option<String>>,
-    /// Its token's record id.
-    pub token_id: Option<String>,
+    /// The SHA-256 of its token.
+    pub token_hash: Option<String>,
     /// When it became RUNNING.
     pub running_at: Option<i64>,
     /// A moment it was busy.

@@ -46,6 +46,7 @@ impl TestServer {
             public_url: None,
             pools: Default::default(),
             fleet: Default::default(),
+            agent_binary: None,
         };
         let mut config = config;
         change(&mut config);

@@ -22,7 +22,7 @@ type VmRow = (
     Option<String>,
 );
 
-const VM_COLUMNS: &str = "id, pool, name, zone, state, request_id, operation, token_id, price_per_hour, \
+const VM_COLUMNS: &str = "id, pool, name, zone, state, request_id, operation, token_hash, price_per_hour, \
                           created_at, running_at, busy_at, ended_at, reason";
 
 fn vm_of(r: VmRow) -> Result<Vm> {
@@ -35,7 +35,7 @@ fn vm_of(r: VmRow) -> Result<Vm> {
             .ok_or_else(|| StoreError::Incompatible(format!("unknown VM state '{}'", r.4)))?,
         request_id: r.5,
         operation: r.6,
-        token_id: r.7,
+        token_hash: r.7,
         price_per_hour: r.8,
         created_at: r.9,
         running_at: r.10,
@@ -80,6 +80,60 @@ impl FleetStore for SqliteStore {
             .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(id)
+    }
+
+    async fn daemon_secret(&self) -> Result<String> {
+        let mut tx = self.begin_write().await?;
+        let fresh: [u8; 32] = rand::random();
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ('daemon_secret', ?) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(hex::encode(fresh))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let (secret,): (String,) = sqlx::query_as("SELECT value FROM settings WHERE key = 'daemon_secret'")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(secret)
+    }
+
+    async fn lease_agent_name(&self, lease_id: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT a.name FROM leases l JOIN agents a ON a.id = l.agent_id WHERE l.id = ?")
+                .bind(lease_id)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(map_err)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn agent_runs_trial(&self, agent_name: &str, run_uuid: &str) -> Result<bool> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT 1 FROM runs r JOIN trials t ON t.run_id = r.id \
+             JOIN leases l ON l.trial_id = t.id AND l.ended_at IS NULL \
+             JOIN agents a ON a.id = l.agent_id \
+             WHERE r.run_uuid = ? AND a.name = ? LIMIT 1",
+        )
+        .bind(run_uuid)
+        .bind(agent_name)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(row.is_some())
+    }
+
+    async fn open_leases_of_agent(&self, agent_name: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT l.id FROM leases l JOIN agents a ON a.id = l.agent_id WHERE l.ended_at IS NULL AND a.name = ?",
+        )
+        .bind(agent_name)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     async fn pool_demand(&self, pool: &str) -> Result<PoolDemand> {
@@ -144,7 +198,7 @@ impl FleetStore for SqliteStore {
         let done = sqlx::query(
             "UPDATE vms SET state = COALESCE(?2, state), \
                             operation = IIF(?3, ?4, operation), \
-                            token_id = COALESCE(?5, token_id), \
+                            token_hash = COALESCE(?5, token_hash), \
                             running_at = COALESCE(running_at, ?6), \
                             busy_at = MAX(COALESCE(busy_at, 0), COALESCE(?7, 0)), \
                             ended_at = COALESCE(ended_at, ?8), \
@@ -155,7 +209,7 @@ impl FleetStore for SqliteStore {
         .bind(u.state.map(VmState::as_str))
         .bind(operation_set)
         .bind(operation)
-        .bind(&u.token_id)
+        .bind(&u.token_hash)
         .bind(u.running_at)
         .bind(u.busy_at)
         .bind(u.ended_at)
