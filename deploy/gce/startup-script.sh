@@ -3,7 +3,8 @@
 # the instance metadata). It runs on every boot, so it is idempotent. It reads its settings from
 # the instance's metadata attributes, downloads the agent binary from the daemon with the VM's
 # own token, and runs `spotsweep agent` as a systemd service (directly where there is no
-# systemd). GCE_METADATA_HOST overrides the metadata server, as Google's libraries allow.
+# systemd, or with SPOTSWEEP_NO_SYSTEMD set). GCE_METADATA_HOST overrides the metadata server,
+# as Google's libraries allow; SPOTSWEEP_ROOT the install dir (/opt/spotsweep).
 set -euo pipefail
 
 MD="http://${GCE_METADATA_HOST:-metadata.google.internal}/computeMetadata/v1"
@@ -41,10 +42,10 @@ SPOTSWEEP_TOKEN=$TOKEN
 GCE_METADATA_HOST=${GCE_METADATA_HOST:-}
 ENV
 
-ARGS=(agent --pool "$POOL" --slots "$SLOTS" --name "$NAME" --work-dir "$ROOT/work")
+ARGS=(agent --pool "$POOL" --slots "$SLOTS" --name "$NAME" --work-dir "$ROOT/work" --watch-preemption)
 if [ -n "$GPUS" ]; then ARGS+=(--gpus "$GPUS"); fi
 
-if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+if [ -z "${SPOTSWEEP_NO_SYSTEMD:-}" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
   cat > /etc/systemd/system/spotsweep-agent.service <<UNIT
 [Unit]
 Description=spotsweep agent

@@ -67,6 +67,57 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + jitter)
 }
 
+/// Resolves when the VM's metadata server says the VM is being preempted
+/// (`instance/preempted` turns `TRUE`), long-polling it. `host` is the metadata server
+/// (`GCE_METADATA_HOST`, as Google's own libraries read it, else `metadata.google.internal`).
+/// Errors are retried with back-off: a flaky metadata server must not stop the agent.
+pub async fn preemption_notice(host: &str) {
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .build()
+    {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch for preemption");
+            return std::future::pending().await;
+        }
+    };
+    let url = format!("http://{host}/computeMetadata/v1/instance/preempted");
+    let mut etag: Option<String> = None;
+    let mut failures = 0u32;
+    loop {
+        let this = match &etag {
+            Some(e) => format!("{url}?wait_for_change=true&timeout_sec=60&last_etag={e}"),
+            None => url.clone(),
+        };
+        match http.get(&this).header("Metadata-Flavor", "Google").send().await {
+            Ok(r) if r.status().is_success() => {
+                failures = 0;
+                etag = r
+                    .headers()
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let value = r.text().await.unwrap_or_default();
+                if value.trim().eq_ignore_ascii_case("TRUE") {
+                    tracing::warn!("the metadata server says this VM is being preempted");
+                    return;
+                }
+                if etag.is_none() {
+                    // No etag to wait on: poll.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            other => {
+                failures += 1;
+                let wait = backoff(failures.min(6));
+                tracing::warn!(?other, ?wait, "cannot read instance/preempted; retrying");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` resolves; then stops its trials and reports them preempted.
 pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let client = Client {

@@ -103,6 +103,10 @@ struct AgentArgs {
     /// killed do not linger as orphans.
     #[arg(long, hide = true)]
     exit_with_parent: bool,
+    /// On a Compute Engine VM: watch the metadata server for a preemption notice and stop as on
+    /// SIGTERM (the trials are reported preempted inside the 30-second window).
+    #[arg(long, env = "SPOTSWEEP_WATCH_PREEMPTION")]
+    watch_preemption: bool,
 }
 
 #[derive(Args)]
@@ -248,7 +252,22 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         grace: Duration::from_secs(args.grace_seconds),
         lease_ttl: args.lease_ttl_ms.map(Duration::from_millis),
     };
-    spotsweep_agent::run(config, shutdown_signal()).await
+    let watch = args.watch_preemption;
+    let shutdown = async move {
+        if watch {
+            let host = std::env::var("GCE_METADATA_HOST")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "metadata.google.internal".into());
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = spotsweep_agent::preemption_notice(&host) => {}
+            }
+        } else {
+            shutdown_signal().await;
+        }
+    };
+    spotsweep_agent::run(config, shutdown).await
 }
 
 fn print_sweeps(sweeps: &[SweepBody]) {

@@ -18,7 +18,10 @@
 //! service-account key file whose `token_uri` points here runs the real `gcp_auth` flow; the
 //! Compute routes accept only tokens it issued.
 
+mod guest;
 pub mod schema;
+
+pub use guest::Boot;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -45,6 +48,12 @@ pub struct FakeConfig {
     pub boot_delay: Duration,
     /// The longest `zoneOperations.wait` holds a request (the real API: 2 minutes).
     pub wait_cap: Duration,
+    /// From a preemption notice to the instance's end (the real cloud: 30 s); `None`: the
+    /// operation delay.
+    pub preempt_grace: Option<Duration>,
+    /// Run each RUNNING instance's startup script on this machine, with a metadata server of
+    /// its own; `None`: instances have no guest.
+    pub boot: Option<Boot>,
 }
 
 impl Default for FakeConfig {
@@ -53,6 +62,8 @@ impl Default for FakeConfig {
             op_delay: Duration::from_millis(200),
             boot_delay: Duration::from_millis(300),
             wait_cap: Duration::from_secs(2),
+            preempt_grace: None,
+            boot: None,
         }
     }
 }
@@ -138,8 +149,23 @@ impl FakeCompute {
             .route("/token", post(token))
             .fallback(compute)
             .with_state(state.clone());
+        // Time moves on without requests too: guests boot and power off on schedule.
+        let ticker = state.clone();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let serve = axum::serve(listener, app);
+            let tick = async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    ticker
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .tick(Instant::now());
+                }
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = tick => {}
+            }
         });
         Ok(Self { addr, state, task })
     }
@@ -208,7 +234,7 @@ impl FakeCompute {
         let mut s = self.lock();
         let now = Instant::now();
         s.tick(now);
-        let until = now + s.config.op_delay;
+        let until = now + s.config.preempt_grace.unwrap_or(s.config.op_delay);
         let Some(i) = s
             .instances
             .values_mut()
@@ -218,6 +244,9 @@ impl FakeCompute {
         };
         if !matches!(i.phase, Phase::Booting) {
             return false;
+        }
+        if let Some(g) = &i.guest {
+            g.preempt();
         }
         let delete = i.body["scheduling"]["instanceTerminationAction"].as_str() != Some("STOP");
         i.phase = Phase::Stopping {
@@ -296,6 +325,9 @@ struct Instance {
     created: Instant,
     created_ts: String,
     phase: Phase,
+    /// Its guest, once it has booted (with [`FakeConfig::boot`]).
+    guest: Option<guest::Guest>,
+    booted: bool,
 }
 
 impl Instance {
@@ -381,8 +413,10 @@ impl State {
 
     /// Applies the state changes that are due.
     fn tick(&mut self, now: Instant) {
+        // Instances that end go, their guests powered off.
         self.instances.retain(|_, i| match i.phase {
             Phase::Stopping { until, then_delete } if now >= until => {
+                i.guest = None;
                 if then_delete {
                     false
                 } else {
@@ -392,6 +426,32 @@ impl State {
             }
             _ => true,
         });
+        // Instances that reach RUNNING boot their guest.
+        let Some(boot) = self.config.boot.clone() else {
+            return;
+        };
+        let boot_delay = self.config.boot_delay;
+        for i in self.instances.values_mut() {
+            if i.booted || i.status(now, boot_delay) != "RUNNING" {
+                continue;
+            }
+            i.booted = true;
+            let attributes: HashMap<String, String> = i.body["metadata"]["items"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|m| {
+                            Some((m["key"].as_str()?.to_string(), m["value"].as_str()?.to_string()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            match guest::Guest::start(&boot, &i.project, &i.zone, &i.name, i.id, attributes) {
+                Ok(g) => i.guest = Some(g),
+                Err(e) => tracing::error!(instance = %i.name, error = %e, "the fake cannot boot the guest"),
+            }
+        }
     }
 
     fn id(&mut self) -> u64 {
@@ -903,6 +963,8 @@ fn insert(
             created: now,
             created_ts: rfc3339(SystemTime::now()),
             phase: Phase::Booting,
+            guest: None,
+            booted: false,
         },
     );
     s.inserts_executed += 1;
@@ -1059,6 +1121,9 @@ fn delete(
         until,
         then_delete: true,
     };
+    if let Some(g) = &i.guest {
+        g.shut_down();
+    }
     let (link, id) = (i.self_link.clone(), i.id);
     let op = s.new_op(project, zone, "delete", &link, id, request_id.as_deref(), now);
     Ok(s.op_json(&s.operations[&op], now))

@@ -51,6 +51,7 @@ fn fast() -> FakeConfig {
         op_delay: Duration::from_millis(60),
         boot_delay: Duration::from_millis(100),
         wait_cap: Duration::from_millis(30),
+        ..FakeConfig::default()
     }
 }
 

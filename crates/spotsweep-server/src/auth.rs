@@ -240,7 +240,9 @@ async fn vm_request(state: &AuthState, vm: VmScope, req: Request, next: Next) ->
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let mut req = req;
     match (method.as_str(), segments.as_slice()) {
-        ("GET", ["api", "v1", "agent", "binary"]) | ("POST", ["api", "v1", "leases"]) => {}
+        ("GET", ["api", "v1", "agent", "binary"])
+        | ("POST", ["api", "v1", "leases"])
+        | ("GET", ["api", "2.0", "mlflow", "experiments", "get"]) => {}
         ("POST", ["api", "v1", "leases", lease, "heartbeat" | "complete"]) => {
             match state.fleet.lease_agent_name(lease).await {
                 Ok(Some(name)) if name == vm.name => {}

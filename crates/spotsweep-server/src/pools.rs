@@ -126,42 +126,46 @@ mod secs {
     }
 }
 
-/// A duration written as `90s`, `10m`, `24h`, `1h30m` or a number of seconds.
+/// A duration written as `500ms`, `90s`, `10m`, `24h`, `1h30m`, `2d` or a number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let mut total = 0u64;
-    let mut number = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
+    let bad = |why: &str| format!("'{text}' is not a duration: {why}, as in 500ms, 10m or 24h");
+    let mut total_ms = 0u64;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad("a unit needs a number before it"));
         }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => {
-                return Err(format!(
-                    "'{text}' is not a duration: use a number with s, m, h or d, as in 10m or 24h"
-                ));
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| bad("the number is too large"))?;
+        rest = &rest[digits..];
+        let (unit_ms, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else {
+            match rest.chars().next() {
+                Some('s') => (1_000, 1),
+                Some('m') => (60_000, 1),
+                Some('h') => (3_600_000, 1),
+                Some('d') => (86_400_000, 1),
+                Some(_) => return Err(bad("use the units ms, s, m, h or d")),
+                None => return Err(bad("the last number has no unit")),
             }
         };
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("'{text}' is not a duration: a unit needs a number before it, as in 10m"))?;
-        total += n * unit;
-        number.clear();
+        total_ms = n
+            .checked_mul(unit_ms)
+            .and_then(|v| total_ms.checked_add(v))
+            .ok_or_else(|| bad("it is too long"))?;
+        rest = &rest[len..];
     }
-    if !number.is_empty() {
-        return Err(format!(
-            "'{text}' is not a duration: the last number has no unit (s, m, h or d)"
-        ));
-    }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total_ms))
 }
 
 /// Resolves the `[pools]` tables: defaults filled in, every value checked, errors naming the
@@ -325,6 +329,8 @@ mod tests {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("120").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("10").is_ok());
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("10x").is_err());

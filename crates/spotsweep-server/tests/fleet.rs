@@ -46,6 +46,7 @@ async fn fake() -> Setup {
         op_delay: Duration::from_millis(40),
         boot_delay: Duration::from_millis(60),
         wait_cap: Duration::from_millis(50),
+        ..FakeConfig::default()
     })
     .await
     .unwrap();

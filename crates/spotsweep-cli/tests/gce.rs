@@ -1,0 +1,227 @@
+//! A sweep on a gce pool, end to end, with real binaries: the `spotsweep` daemon manages Spot
+//! VMs on the fake Compute API; each fake VM runs the real startup script
+//! (`deploy/gce/startup-script.sh`) against its own metadata server, which downloads the agent
+//! binary from the daemon with the VM's token and runs it; a VM preempted in the middle of a
+//! trial has the trial requeued, and it completes on another VM; idle VMs are deleted at the
+//! end.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use spotsweep_gce_fake::{Boot, FakeCompute, FakeConfig};
+
+fn private_key() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key.pem");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&path)
+        .output()
+        .expect("the openssl command makes the test key");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read_to_string(path).unwrap()
+}
+
+struct Daemon {
+    child: tokio::process::Child,
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Daemon {
+    async fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+}
+
+async fn until<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_runs_on_spot_vms_through_a_preemption() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let guests = tempfile::tempdir().unwrap();
+    let fake = FakeCompute::start(FakeConfig {
+        op_delay: Duration::from_millis(100),
+        boot_delay: Duration::from_millis(200),
+        wait_cap: Duration::from_millis(200),
+        preempt_grace: Some(Duration::from_secs(3)),
+        boot: Some(Boot {
+            dir: guests.path().to_path_buf(),
+            env: Vec::new(),
+        }),
+    })
+    .await
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let key = data.path().join("sa.json");
+    std::fs::write(&key, fake.service_account_json(&private_key())).unwrap();
+    let config = data.path().join("spotsweep.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[pools.gpu]
+provider = "gce"
+project = "fake-project"
+zones = ["us-central1-a", "us-central1-b"]
+machine_type = "a2-highgpu-1g"
+image_family = "projects/deeplearning-platform-release/global/images/family/pytorch-latest-gpu"
+slots_per_vm = 2
+max_vms = 2
+idle_timeout = "2s"
+credentials = "{}"
+compute_endpoint = "{}"
+
+[fleet]
+tick = "200ms"
+reconcile = "2s"
+"#,
+            key.display(),
+            fake.base_url()
+        ),
+    )
+    .unwrap();
+    let data_dir = data.path().join("data");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_spotsweep"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url_file = data_dir.join("server.url");
+    let url = until("the daemon's URL", Duration::from_secs(20), async || {
+        std::fs::read_to_string(&url_file)
+            .ok()
+            .map(|u| u.trim().to_string())
+    })
+    .await;
+    let token = std::fs::read_to_string(data_dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let daemon = Daemon {
+        child,
+        url,
+        token,
+        http: reqwest::Client::new(),
+    };
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/branin.py");
+    let spec = json!({
+        "name": "on-spot", "pool": "gpu", "max_trials": 8, "parallelism": 4,
+        "command": format!("python3 {} --x1 {{x1}} --x2 {{x2}} --steps 40", script.display()),
+        "objective": {"metric": "loss", "goal": "minimize"},
+        "sampler": {"type": "random", "seed": 3},
+        "parameters": {"x1": {"type": "float", "low": -5, "high": 10}, "x2": {"type": "float", "low": 0, "high": 15}}
+    });
+    let r = daemon
+        .http
+        .post(format!("{}/api/v1/sweeps", daemon.url))
+        .bearer_auth(&daemon.token)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let sweep = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+
+    // A trial running on a VM: preempt that VM.
+    let trials_path = format!("/api/v1/sweeps/{sweep}/trials");
+    let (number, agent) = until("a trial running on a VM", Duration::from_secs(60), async || {
+        let trials = daemon.get(&trials_path).await;
+        trials["trials"].as_array()?.iter().find_map(|t| {
+            (t["state"] == "running").then(|| {
+                (
+                    t["number"].as_i64().unwrap(),
+                    t["agent_id"].as_str().unwrap().to_string(),
+                )
+            })
+        })
+    })
+    .await;
+    let vm = agent.rsplit_once('-').unwrap().0.to_string();
+    let zone = fake
+        .instances()
+        .into_iter()
+        .find(|i| i.name == vm)
+        .expect("the agent's VM")
+        .zone;
+    assert!(fake.preempt(&zone, &vm), "{vm} in {zone}");
+
+    // The sweep completes anyway; the preempted trial ran again.
+    until("the sweep to complete", Duration::from_secs(120), async || {
+        let s = daemon.get(&format!("/api/v1/sweeps/{sweep}")).await;
+        (s["state"] == "completed").then_some(())
+    })
+    .await;
+    let trials = daemon.get(&trials_path).await;
+    let trials = trials["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 8);
+    assert!(
+        trials
+            .iter()
+            .all(|t| t["state"] == "completed" && t["value"].is_f64()),
+        "{trials:#?}"
+    );
+    let again = trials.iter().find(|t| t["number"] == number).unwrap();
+    assert!(again["attempts"].as_i64().unwrap() >= 2, "{again}");
+    assert_eq!(again["failures"], 0, "a preemption is not a failure: {again}");
+    let pools = daemon.get("/api/v1/pools").await;
+    let vms = pools["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "gpu")
+        .unwrap()["vms"]
+        .clone();
+    assert!(
+        vms.as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == vm.as_str() && v["state"] == "preempted"),
+        "{vms:#}"
+    );
+
+    // Idle VMs go; nothing is left at the cloud.
+    until("every instance deleted", Duration::from_secs(30), async || {
+        fake.instances().is_empty().then_some(())
+    })
+    .await;
+
+    let pid = daemon.child.id().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut child = daemon.child;
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
