@@ -26,6 +26,8 @@ CREATE TABLE vms (
     -- trials and write to their runs, and nothing else; dead with the VM.
     token_hash     TEXT,
     price_per_hour REAL    NOT NULL,
+    -- Trials it runs at once: a trial's share of the VM's price is price_per_hour / slots.
+    slots          INTEGER NOT NULL,
     created_at     INTEGER NOT NULL,
     -- Billing runs from RUNNING to the end.
     running_at     INTEGER,

@@ -352,3 +352,55 @@ pub struct VmInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// `GET /api/v1/cost`: what the fleet has cost, by pool, by sweep and (for one sweep) by trial.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CostReport {
+    /// Each pool: every VM-second billed, idle and boot time included.
+    pub pools: Vec<PoolCost>,
+    /// Each sweep that ran on the fleet: its trials' share of the VMs they ran on.
+    pub sweeps: Vec<SweepCost>,
+    /// With `sweep_id`: each trial of that sweep.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trials: Vec<TrialCost>,
+}
+
+/// What a pool has cost.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoolCost {
+    /// The pool.
+    pub pool: String,
+    /// USD billed so far.
+    pub spent_usd: f64,
+    /// Its budget, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    /// VM-seconds billed.
+    pub vm_seconds: f64,
+}
+
+/// What a sweep's trials have cost: their time on fleet VMs at each VM's price per slot.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SweepCost {
+    /// The sweep.
+    pub sweep_id: i64,
+    /// USD, every attempt included.
+    pub cost_usd: f64,
+    /// The part spent on attempts lost to preemption.
+    pub lost_to_preemption_usd: f64,
+    /// Trial-slot-seconds on fleet VMs.
+    pub slot_seconds: f64,
+}
+
+/// What a trial has cost.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TrialCost {
+    /// The trial's number.
+    pub number: i64,
+    /// USD, every attempt included.
+    pub cost_usd: f64,
+    /// The part spent on attempts lost to preemption.
+    pub lost_to_preemption_usd: f64,
+    /// Attempts on fleet VMs.
+    pub attempts: u32,
+}

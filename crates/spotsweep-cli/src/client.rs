@@ -107,6 +107,15 @@ impl Daemon {
         .await
     }
 
+    /// What the fleet has cost (one sweep's trials too, with `sweep_id`).
+    pub async fn cost(&self, sweep_id: Option<i64>) -> anyhow::Result<spotsweep_api::CostReport> {
+        let path = match sweep_id {
+            Some(id) => format!("/api/v1/cost?sweep_id={id}"),
+            None => "/api/v1/cost".to_string(),
+        };
+        Self::parse(self.request(reqwest::Method::GET, &path).send().await?).await
+    }
+
     /// Whether `/health` answers.
     pub async fn healthy(&self) -> bool {
         matches!(self.http.get(format!("{}/health", self.url)).send().await, Ok(r) if r.status().is_success())

@@ -270,10 +270,11 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     spotsweep_agent::run(config, shutdown).await
 }
 
-fn print_sweeps(sweeps: &[SweepBody]) {
+/// The sweeps table; `cost` is what each sweep's trials cost on fleet VMs.
+fn print_sweeps(sweeps: &[SweepBody], cost: &std::collections::HashMap<i64, f64>) {
     println!(
-        "{:>4}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}  {:<14} {:>9}",
-        "ID", "NAME", "STATE", "DONE", "RUNNING", "FAILED", "TOTAL", "BEST", "ELAPSED"
+        "{:>4}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}  {:<14} {:>9} {:>9}",
+        "ID", "NAME", "STATE", "DONE", "RUNNING", "FAILED", "TOTAL", "BEST", "ELAPSED", "COST"
     );
     for s in sweeps {
         let done = s.counts.completed + s.counts.pruned;
@@ -282,8 +283,12 @@ fn print_sweeps(sweeps: &[SweepBody]) {
             .as_ref()
             .map(|b| format!("{:.6} (#{})", b.value, b.number))
             .unwrap_or_else(|| "-".into());
+        let cost = cost
+            .get(&s.id)
+            .map(|c| format!("${c:.2}"))
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{:>4}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}  {:<14} {:>8.1}s",
+            "{:>4}  {:<24} {:<10} {:>7} {:>7} {:>7} {:>7}  {:<14} {:>8.1}s {:>9}",
             s.id,
             truncate(&s.name, 24),
             s.state,
@@ -292,7 +297,8 @@ fn print_sweeps(sweeps: &[SweepBody]) {
             s.counts.failed,
             s.max_trials,
             best,
-            s.elapsed_ms as f64 / 1000.0
+            s.elapsed_ms as f64 / 1000.0,
+            cost
         );
     }
 }
@@ -307,12 +313,24 @@ fn truncate(s: &str, n: usize) -> String {
 
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let daemon = args.daemon.daemon()?;
+    let report = daemon.cost(args.id).await?;
+    let cost: std::collections::HashMap<i64, f64> =
+        report.sweeps.iter().map(|s| (s.sweep_id, s.cost_usd)).collect();
     match args.id {
         None => {
             let list = daemon.sweeps().await?;
             match args.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
-                Output::Table => print_sweeps(&list.sweeps),
+                Output::Table => {
+                    print_sweeps(&list.sweeps, &cost);
+                    for p in &report.pools {
+                        let budget = p.budget_usd.map(|b| format!(" of ${b:.2}")).unwrap_or_default();
+                        println!(
+                            "pool {}: ${:.2}{budget} spent, {:.0} VM-seconds",
+                            p.pool, p.spent_usd, p.vm_seconds
+                        );
+                    }
+                }
             }
         }
         Some(id) => {
@@ -326,7 +344,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
                     )?
                 ),
                 Output::Table => {
-                    print_sweeps(std::slice::from_ref(&sweep));
+                    print_sweeps(std::slice::from_ref(&sweep), &cost);
                     println!();
                     println!(
                         "{:>5}  {:<10} {:>14} {:>8}  {:<32}  PARAMS",

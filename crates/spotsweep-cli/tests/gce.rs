@@ -210,6 +210,30 @@ reconcile = "2s"
         "{vms:#}"
     );
 
+    // What it cost: the sweep's trials' share of their VMs, the lost attempt counted apart;
+    // the pool paid for that and for boot and idle time.
+    let cost = daemon.get(&format!("/api/v1/cost?sweep_id={sweep}")).await;
+    let sweep_cost = &cost["sweeps"][0];
+    assert_eq!(sweep_cost["sweep_id"], sweep, "{cost:#}");
+    let (total, lost) = (
+        sweep_cost["cost_usd"].as_f64().unwrap(),
+        sweep_cost["lost_to_preemption_usd"].as_f64().unwrap(),
+    );
+    assert!(total > 0.0 && lost > 0.0 && lost < total, "{cost:#}");
+    let trial_cost = cost["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["number"] == number)
+        .unwrap();
+    assert!(trial_cost["attempts"].as_u64().unwrap() >= 2, "{trial_cost}");
+    assert!(
+        trial_cost["lost_to_preemption_usd"].as_f64().unwrap() > 0.0,
+        "{trial_cost}"
+    );
+    let spent = cost["pools"][0]["spent_usd"].as_f64().unwrap();
+    assert!(spent >= total, "the pool paid {spent}, its trials {total}");
+
     // Idle VMs go; nothing is left at the cloud.
     until("every instance deleted", Duration::from_secs(30), async || {
         fake.instances().is_empty().then_some(())

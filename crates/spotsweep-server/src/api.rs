@@ -1,11 +1,13 @@
 //! The daemon's own `/api/v1` routes (tokens for now), documented with utoipa.
 
 use axum::Json;
+use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use spotsweep_api::{
-    ApiErrorBody, CreateTokenRequest, CreatedToken, PoolInfo, PoolList, TokenInfo, TokenList, VmInfo,
+    ApiErrorBody, CostReport, CreateTokenRequest, CreatedToken, PoolCost, PoolInfo, PoolList, SweepCost,
+    TokenInfo, TokenList, TrialCost, VmInfo,
 };
 use spotsweep_store::StoreError;
 use utoipa::OpenApi;
@@ -245,6 +247,89 @@ pub async fn agent_binary(State(s): State<AppState>) -> Result<Response, ApiErro
     Ok(response)
 }
 
+/// `GET /api/v1/cost` query.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct CostQuery {
+    /// One sweep's trials too.
+    pub sweep_id: Option<i64>,
+}
+
+/// What the fleet has cost: each pool's billed VM time (idle and boot included), each sweep's
+/// share (its trials' time on VMs at the VM's price per slot, attempts lost to preemption
+/// counted apart), and with `sweep_id` each trial's.
+#[utoipa::path(
+    get,
+    path = "/api/v1/cost",
+    tag = "pools",
+    params(CostQuery),
+    responses((status = 200, description = "Costs in USD", body = CostReport), (status = 401, description = "No valid bearer token")),
+    security(("bearer" = []))
+)]
+pub async fn cost(
+    State(s): State<AppState>,
+    Query(q): Query<CostQuery>,
+) -> Result<Json<CostReport>, ApiError> {
+    let now = spotsweep_store::now_ms();
+    let mut pools: std::collections::BTreeMap<String, PoolCost> = Default::default();
+    for (name, pool) in s.pools.iter() {
+        if let Pool::Gce(g) = pool {
+            pools.insert(
+                name.clone(),
+                PoolCost {
+                    pool: name.clone(),
+                    spent_usd: 0.0,
+                    budget_usd: g.budget_usd,
+                    vm_seconds: 0.0,
+                },
+            );
+        }
+    }
+    for vm in s.fleet.list_vms(None, true).await? {
+        let p = pools.entry(vm.pool.clone()).or_insert_with(|| PoolCost {
+            pool: vm.pool.clone(),
+            spent_usd: 0.0,
+            budget_usd: None,
+            vm_seconds: 0.0,
+        });
+        p.spent_usd += vm.cost(now);
+        p.vm_seconds += vm.billed_seconds(now);
+    }
+    let mut sweeps: std::collections::BTreeMap<i64, SweepCost> = Default::default();
+    let mut trials: std::collections::BTreeMap<i64, TrialCost> = Default::default();
+    for l in s.fleet.lease_costs(None).await? {
+        let lost = if l.outcome.as_deref() == Some("preempted") {
+            l.usd
+        } else {
+            0.0
+        };
+        let sc = sweeps.entry(l.sweep_id).or_insert(SweepCost {
+            sweep_id: l.sweep_id,
+            cost_usd: 0.0,
+            lost_to_preemption_usd: 0.0,
+            slot_seconds: 0.0,
+        });
+        sc.cost_usd += l.usd;
+        sc.lost_to_preemption_usd += lost;
+        sc.slot_seconds += l.seconds;
+        if q.sweep_id == Some(l.sweep_id) {
+            let t = trials.entry(l.trial_number).or_insert(TrialCost {
+                number: l.trial_number,
+                cost_usd: 0.0,
+                lost_to_preemption_usd: 0.0,
+                attempts: 0,
+            });
+            t.cost_usd += l.usd;
+            t.lost_to_preemption_usd += lost;
+            t.attempts += 1;
+        }
+    }
+    Ok(Json(CostReport {
+        pools: pools.into_values().collect(),
+        sweeps: sweeps.into_values().collect(),
+        trials: trials.into_values().collect(),
+    }))
+}
+
 /// Every pool of the config (and `local`), with its VMs and what it has spent.
 #[utoipa::path(
     get,
@@ -332,6 +417,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::sweeps::complete_trial))
         .routes(routes!(list_pools))
         .routes(routes!(agent_binary))
+        .routes(routes!(cost))
 }
 
 /// The OpenAPI document as committed in `openapi/openapi.json` (pretty JSON, trailing newline).

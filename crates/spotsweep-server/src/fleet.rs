@@ -301,6 +301,7 @@ impl PoolManager {
                     zone: zone.clone(),
                     request_id: request_id(),
                     price_per_hour: self.cfg.spot_price_per_hour,
+                    slots: self.cfg.slots_per_vm,
                 })
                 .await?;
             tracing::info!(pool = %self.name, vm = %vm.name, zone, "requesting a Spot VM");

@@ -301,6 +301,7 @@ async fn an_insert_cut_short_by_a_crash_is_sent_again_and_creates_one_vm() {
                 zone: ZONES[0].into(),
                 request_id: request_id.clone(),
                 price_per_hour: 1.8,
+                slots: 1,
             })
             .await
             .unwrap();

@@ -635,6 +635,8 @@ pub struct Vm {
     pub token_hash: Option<String>,
     /// USD per hour while RUNNING.
     pub price_per_hour: f64,
+    /// Trials it runs at once.
+    pub slots: u32,
     /// Milliseconds since the epoch.
     pub created_at: i64,
     /// When it became RUNNING (billing starts).
@@ -673,6 +675,24 @@ pub struct NewVm {
     pub request_id: String,
     /// USD per hour while RUNNING.
     pub price_per_hour: f64,
+    /// Trials it runs at once.
+    pub slots: u32,
+}
+
+/// What one lease of a trial cost: its time on a VM at the VM's price per slot (leases on
+/// machines that are not the fleet's cost nothing here).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseCost {
+    /// The trial's sweep.
+    pub sweep_id: i64,
+    /// The trial's number.
+    pub trial_number: i64,
+    /// How the lease ended (`None`: still running).
+    pub outcome: Option<String>,
+    /// Seconds leased.
+    pub seconds: f64,
+    /// USD.
+    pub usd: f64,
 }
 
 /// A change to a VM's record; `None` fields are left as they are.

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::{SqliteStore, map_err, now_ms};
-use crate::{FleetStore, NewVm, PoolDemand, Result, StoreError, Vm, VmState, VmUpdate};
+use crate::{FleetStore, LeaseCost, NewVm, PoolDemand, Result, StoreError, Vm, VmState, VmUpdate};
 
 type VmRow = (
     i64,
@@ -16,6 +16,7 @@ type VmRow = (
     Option<String>,
     f64,
     i64,
+    i64,
     Option<i64>,
     Option<i64>,
     Option<i64>,
@@ -23,7 +24,7 @@ type VmRow = (
 );
 
 const VM_COLUMNS: &str = "id, pool, name, zone, state, request_id, operation, token_hash, price_per_hour, \
-                          created_at, running_at, busy_at, ended_at, reason";
+                          slots, created_at, running_at, busy_at, ended_at, reason";
 
 fn vm_of(r: VmRow) -> Result<Vm> {
     Ok(Vm {
@@ -37,11 +38,12 @@ fn vm_of(r: VmRow) -> Result<Vm> {
         operation: r.6,
         token_hash: r.7,
         price_per_hour: r.8,
-        created_at: r.9,
-        running_at: r.10,
-        busy_at: r.11,
-        ended_at: r.12,
-        reason: r.13,
+        slots: r.9.max(1) as u32,
+        created_at: r.10,
+        running_at: r.11,
+        busy_at: r.12,
+        ended_at: r.13,
+        reason: r.14,
     })
 }
 
@@ -136,6 +138,35 @@ impl FleetStore for SqliteStore {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
+    async fn lease_costs(&self, sweep_id: Option<i64>) -> Result<Vec<LeaseCost>> {
+        let now = now_ms();
+        let rows: Vec<(i64, i64, Option<String>, i64, i64, f64, i64)> = sqlx::query_as(
+            "SELECT t.sweep_id, t.number, l.outcome, l.created_at, COALESCE(l.ended_at, ?2), \
+                    v.price_per_hour, v.slots \
+             FROM leases l JOIN trials t ON t.id = l.trial_id \
+             JOIN agents a ON a.id = l.agent_id JOIN vms v ON v.name = a.name \
+             WHERE ?1 IS NULL OR t.sweep_id = ?1 ORDER BY t.sweep_id, t.number, l.created_at",
+        )
+        .bind(sweep_id)
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(sweep_id, trial_number, outcome, start, end, price, slots)| {
+                let seconds = (end - start).max(0) as f64 / 1000.0;
+                LeaseCost {
+                    sweep_id,
+                    trial_number,
+                    outcome,
+                    seconds,
+                    usd: seconds / 3600.0 * price / slots.max(1) as f64,
+                }
+            })
+            .collect())
+    }
+
     async fn pool_demand(&self, pool: &str) -> Result<PoolDemand> {
         let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
             "SELECT s.parallelism, s.max_trials - s.trials_created, \
@@ -161,14 +192,15 @@ impl FleetStore for SqliteStore {
     async fn create_vm(&self, vm: &NewVm) -> Result<Vm> {
         let mut tx = self.begin_write().await?;
         let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO vms (pool, name, zone, state, request_id, price_per_hour, created_at) \
-             VALUES (?1, 'pending-' || ?2, ?3, 'requested', ?2, ?4, ?5) RETURNING id",
+            "INSERT INTO vms (pool, name, zone, state, request_id, price_per_hour, slots, created_at) \
+             VALUES (?1, 'pending-' || ?2, ?3, 'requested', ?2, ?4, ?6, ?5) RETURNING id",
         )
         .bind(&vm.pool)
         .bind(&vm.request_id)
         .bind(&vm.zone)
         .bind(vm.price_per_hour)
         .bind(now_ms())
+        .bind(i64::from(vm.slots.max(1)))
         .fetch_one(&mut *tx)
         .await
         .map_err(map_err)?;
