@@ -31,7 +31,6 @@ fn private_key() -> String {
 }
 
 struct Daemon {
-    child: tokio::process::Child,
     url: String,
     token: String,
     http: reqwest::Client,
@@ -75,6 +74,7 @@ async fn a_sweep_runs_on_spot_vms_through_a_preemption() {
             dir: guests.path().to_path_buf(),
             env: Vec::new(),
         }),
+        ..FakeConfig::default()
     })
     .await
     .unwrap();
@@ -128,7 +128,6 @@ reconcile = "2s"
         .trim()
         .to_string();
     let daemon = Daemon {
-        child,
         url,
         token,
         http: reqwest::Client::new(),
@@ -240,12 +239,121 @@ reconcile = "2s"
     })
     .await;
 
-    let pid = daemon.child.id().unwrap() as i32;
+    let pid = child.id().unwrap() as i32;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let mut child = daemon.child;
+    let mut child = child;
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_in_the_middle_of_an_insert_leaves_no_orphan_and_no_double_vm() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Inserts are done at once but answered 3 s later: the daemon is killed in between.
+    let fake = FakeCompute::start(FakeConfig {
+        op_delay: Duration::from_millis(100),
+        boot_delay: Duration::from_millis(200),
+        wait_cap: Duration::from_millis(200),
+        insert_answer_delay: Duration::from_secs(3),
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let key = data.path().join("sa.json");
+    std::fs::write(&key, fake.service_account_json(&private_key())).unwrap();
+    let config = data.path().join("spotsweep.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pools.gpu]\nprovider = \"gce\"\nproject = \"fake-project\"\nzones = [\"us-central1-a\"]\n\
+             machine_type = \"a2-highgpu-1g\"\nimage_family = \"projects/p/global/images/family/f\"\n\
+             max_vms = 1\ncredentials = \"{}\"\ncompute_endpoint = \"{}\"\n[fleet]\ntick = \"100ms\"\nreconcile = \"500ms\"\n",
+            key.display(),
+            fake.base_url()
+        ),
+    )
+    .unwrap();
+    let data_dir = data.path().join("data");
+    let serve = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_spotsweep"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut child = serve();
+    let url_file = data_dir.join("server.url");
+    let url = until("the daemon's URL", Duration::from_secs(20), async || {
+        std::fs::read_to_string(&url_file)
+            .ok()
+            .map(|u| u.trim().to_string())
+    })
+    .await;
+    let token = std::fs::read_to_string(data_dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let http = reqwest::Client::new();
+    let spec = json!({"name": "k", "pool": "gpu", "max_trials": 2, "parallelism": 1, "command": "true",
+                      "objective": {"metric": "loss"}, "parameters": {"x": {"type": "float", "low": 0, "high": 1}}});
+    let r = http
+        .post(format!("{url}/api/v1/sweeps"))
+        .bearer_auth(&token)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    until(
+        "the insert to be done at the cloud",
+        Duration::from_secs(20),
+        async || (fake.inserts_executed() == 1).then_some(()),
+    )
+    .await;
+    // kill -9 while the daemon waits for the insert's answer.
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    std::fs::remove_file(&url_file).unwrap();
+
+    let mut child = serve();
+    let url = until(
+        "the restarted daemon's URL",
+        Duration::from_secs(20),
+        async || {
+            std::fs::read_to_string(&url_file)
+                .ok()
+                .map(|u| u.trim().to_string())
+        },
+    )
+    .await;
+    let daemon = Daemon { url, token, http };
+    let vms = until(
+        "the VM adopted and running",
+        Duration::from_secs(30),
+        async || {
+            let pools = daemon.get("/api/v1/pools").await;
+            let vms = pools["pools"].as_array()?.iter().find(|p| p["name"] == "gpu")?["vms"]
+                .as_array()?
+                .clone();
+            vms.iter().any(|v| v["state"] == "booting").then_some(vms)
+        },
+    )
+    .await;
+    assert_eq!(vms.len(), 1, "one VM record: {vms:#?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        fake.inserts_executed(),
+        1,
+        "the insert was sent again with its request id, not doubled"
+    );
+    assert_eq!(fake.instances().len(), 1, "no orphan");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
 }

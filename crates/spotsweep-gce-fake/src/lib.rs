@@ -54,6 +54,9 @@ pub struct FakeConfig {
     /// Run each RUNNING instance's startup script on this machine, with a metadata server of
     /// its own; `None`: instances have no guest.
     pub boot: Option<Boot>,
+    /// How long the answer to an insert takes after the insert is done (a slow network): a
+    /// window in which a client can die between sending an insert and hearing of it.
+    pub insert_answer_delay: Duration,
 }
 
 impl Default for FakeConfig {
@@ -64,6 +67,7 @@ impl Default for FakeConfig {
             wait_cap: Duration::from_secs(2),
             preempt_grace: None,
             boot: None,
+            insert_answer_delay: Duration::ZERO,
         }
     }
 }
@@ -703,8 +707,20 @@ async fn compute(
     let response = if method == HttpMethod::POST && path.ends_with("/wait") {
         wait(&state, &path, &headers).await
     } else {
-        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-        handle(&mut s, method.as_str(), &path, &query, &headers, &body)
+        let (response, delay) = {
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            let delay = if method == HttpMethod::POST && path.ends_with("/instances") {
+                s.config.insert_answer_delay
+            } else {
+                Duration::ZERO
+            };
+            (
+                handle(&mut s, method.as_str(), &path, &query, &headers, &body),
+                delay,
+            )
+        };
+        tokio::time::sleep(delay).await;
+        response
     };
     let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
     s.log.push(Logged {

@@ -360,7 +360,8 @@ impl PoolManager {
     }
 
     /// Sends a recorded VM's insert (again, after a crash: same name, same requestId). True
-    /// when the cloud took it.
+    /// when the cloud took it or may have (an insert without an answer is sent again next
+    /// tick); false when it refused.
     async fn insert(&mut self, vm: &Vm) -> anyhow::Result<bool> {
         // The VM's token: the same one if this insert is sent again.
         let token = vm_token(&self.daemon_secret, vm.id, &vm.request_id);
@@ -404,6 +405,12 @@ impl PoolManager {
             // Created by an insert whose answer was lost (the name is ours alone).
             Err(ComputeError::AlreadyExists(_)) => {
                 self.set_state(vm, VmState::Provisioning, None).await?;
+                Ok(true)
+            }
+            // The request may or may not have reached the cloud: the record stays "requested"
+            // and the same insert (same requestId) is sent again next tick.
+            Err(e) if e.is_retried() => {
+                tracing::warn!(pool = %self.name, vm = %vm.name, error = %e, "insert not answered; sending it again next tick");
                 Ok(true)
             }
             Err(e) => {

@@ -494,3 +494,28 @@ async fn a_vms_token_reaches_its_agents_work_and_nothing_else() {
     assert_eq!(r.status(), 401);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn server_error_and_rate_limit_storms_are_ridden_out() {
+    let s = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 30 failed calls in a row, more than one call's retries: ticks fail, the next ones go on.
+    s.fake.fail_next(20, spotsweep_gce_fake::Fault::ServerError);
+    s.fake.fail_next(10, spotsweep_gce_fake::Fault::RateLimit);
+    let mut server = start(&s, dir.path().to_path_buf(), pool(&s, |_| {})).await;
+    create_sweep(&server, 4).await;
+    let v = until(&server, "2 VMs running after the storm", |v| {
+        count(v, "booting", None) == 2
+    })
+    .await;
+    // Unanswered inserts were sent again with their request ids: no VM failed, none doubled.
+    assert_eq!(v.len(), 2, "{v:#?}");
+    assert_eq!(s.fake.instances().len(), 2, "{v:#?}");
+    assert_eq!(s.fake.inserts_executed(), 2);
+    let statuses: Vec<u16> = s.fake.requests().iter().map(|r| r.status).collect();
+    assert!(
+        statuses.iter().filter(|s| **s == 503).count() == 20
+            && statuses.iter().filter(|s| **s == 403).count() == 10
+    );
+    server.stop().await;
+}
