@@ -32,6 +32,8 @@ pub struct Boot {
 /// A running guest.
 #[derive(Debug)]
 pub(crate) struct Guest {
+    /// Its disk (`SPOTSWEEP_ROOT`), deleted with it as a boot disk with autoDelete is.
+    root: PathBuf,
     pgid: Option<i32>,
     preempted: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
@@ -101,6 +103,7 @@ impl Guest {
             None => None,
         };
         Ok(Self {
+            root,
             pgid,
             preempted,
             server,
@@ -130,6 +133,16 @@ impl Drop for Guest {
     fn drop(&mut self) {
         self.signal(Signal::SIGKILL);
         self.server.abort();
+        // The console log stays for the curious; the rest of the disk goes.
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for e in entries.flatten().filter(|e| e.file_name() != "console.log") {
+                let _ = if e.path().is_dir() {
+                    std::fs::remove_dir_all(e.path())
+                } else {
+                    std::fs::remove_file(e.path())
+                };
+            }
+        }
     }
 }
 

@@ -6,8 +6,11 @@
 //!    that is gone without the daemon deleting it is preempted when the zone has a
 //!    `compute.instances.preempted` operation for it, else failed;
 //! 2. scales: wants `ceil((waiting + running trials) / slots_per_vm)` VMs, at most `max_vms`,
-//!    and within the budget (a VM starts only if the pool's spending so far plus an hour of
-//!    every live VM and of the new one fits in `budget_usd`), and creates the missing ones in the first zone of the pool's list that
+//!    and within the budget: a VM starts only if the pool's spending so far plus the expected
+//!    cost of every live VM and of the new one fits in `budget_usd` (a VM's share of the work
+//!    left at the pool's median attempt length, plus the idle timeout, at most an hour; an hour
+//!    before any attempt has ended), and VMs lease no new trial once a typical attempt would
+//!    cross the budget; it creates the missing ones in the first zone of the pool's list that
 //!    is not backed off; a stockout backs the zone off (doubling, with jitter) and moves on to
 //!    the next zone at once, a regional quota backs off the region's zones, `GPUS_ALL_REGIONS`
 //!    the whole pool;
@@ -80,6 +83,8 @@ pub struct PoolManager {
     daemon_id: String,
     daemon_secret: String,
     public_url: String,
+    /// Pools whose budget allows no new lease.
+    budget_blocked: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     timing: FleetTiming,
     /// Per zone: backed off until, and the stockouts in a row.
     backoff: HashMap<String, (Instant, u32)>,
@@ -146,6 +151,7 @@ impl PoolManager {
             sweeps: state.sweeps.clone(),
             auth: state.auth.clone(),
             signals: state.signals.clone(),
+            budget_blocked: state.budget_blocked.clone(),
             public_url: public_url.to_string(),
             timing,
             backoff: HashMap::new(),
@@ -234,32 +240,72 @@ impl PoolManager {
                     break;
                 }
                 let since = vm.busy_at.or(vm.running_at).unwrap_or(vm.created_at);
-                if now - since >= idle_ms {
+                // Never one with a running trial.
+                if now - since >= idle_ms && self.store.open_leases_of_agent(&vm.name).await?.is_empty() {
                     tracing::info!(pool = %self.name, vm = %vm.name, "idle past the timeout: deleting");
                     self.delete(vm, "idle").await?;
                     surplus -= 1;
                 }
             }
         }
+        // The budget: what each VM is expected to cost from now is its share of the work left
+        // (at the pool's typical attempt length), plus the idle timeout, at most an hour.
+        let typical = self.typical_attempt_seconds().await?;
+        let slots_total = (wanted.max(1) as u64 * slots) as f64;
+        let work = (demand.waiting + demand.running) as f64;
+        let per_vm_seconds = ((work / slots_total).ceil() * typical.unwrap_or(3600.0)
+            + self.cfg.idle_timeout.as_secs_f64())
+        .min(3600.0);
+        let per_vm_usd = self.cfg.spot_price_per_hour * per_vm_seconds / 3600.0;
+        if let Some(budget) = self.cfg.budget_usd {
+            // No new lease once a typical attempt on top of what is spent and running would
+            // cross the budget.
+            let attempt_usd = self.cfg.spot_price_per_hour / slots as f64 * typical.unwrap_or(0.0) / 3600.0;
+            let running_usd = demand.running as f64 * attempt_usd;
+            let stop = spent + running_usd + attempt_usd > budget;
+            if let Ok(mut blocked) = self.budget_blocked.lock() {
+                if stop {
+                    if blocked.insert(self.name.clone()) {
+                        tracing::warn!(pool = %self.name, spent, budget, "budget nearly spent: no new leases");
+                    }
+                } else {
+                    blocked.remove(&self.name);
+                }
+            }
+        }
         let mut missing = wanted.saturating_sub(live.len());
-        // What is spent, plus an hour of every live VM.
-        let mut spent_and_committed = spent + live.len() as f64 * self.cfg.spot_price_per_hour;
+        let mut committed = spent + live.len() as f64 * per_vm_usd;
         while missing > 0 {
-            // A VM starts only if an hour of it, beside an hour of every live one, still fits
-            // in the budget.
             if let Some(budget) = self.cfg.budget_usd
-                && spent_and_committed + self.cfg.spot_price_per_hour > budget
+                && committed + per_vm_usd > budget
             {
-                tracing::warn!(pool = %self.name, spent, budget, "not starting a VM: an hour of it would pass the budget");
+                tracing::warn!(pool = %self.name, spent, budget, per_vm_usd, "not starting a VM: its expected cost would pass the budget");
                 break;
             }
             if !self.create().await? {
                 break;
             }
-            spent_and_committed += self.cfg.spot_price_per_hour;
+            committed += per_vm_usd;
             missing -= 1;
         }
         Ok(())
+    }
+
+    /// The median length of the attempts that ended on this pool's VMs (`None` before any).
+    async fn typical_attempt_seconds(&self) -> anyhow::Result<Option<f64>> {
+        let mut s: Vec<f64> = self
+            .store
+            .lease_costs(None)
+            .await?
+            .into_iter()
+            .filter(|l| l.pool == self.name && l.outcome.is_some())
+            .map(|l| l.seconds)
+            .collect();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.sort_by(f64::total_cmp);
+        Ok(Some(s[s.len() / 2]))
     }
 
     /// The first zone of the pool's list that is not backed off.
@@ -537,7 +583,21 @@ impl PoolManager {
                             .delete_instance(&vm.zone, &vm.name, &request_id())
                             .await;
                     }
-                    Some(_) => {}
+                    // Up: busy while its agent holds a lease (and ready once it has had one).
+                    Some(_) => {
+                        if !self.store.open_leases_of_agent(&vm.name).await?.is_empty() {
+                            self.store
+                                .update_vm(
+                                    vm.id,
+                                    &VmUpdate {
+                                        state: (vm.state == VmState::Booting).then_some(VmState::Ready),
+                                        busy_at: Some(now_ms()),
+                                        ..VmUpdate::default()
+                                    },
+                                )
+                                .await?;
+                        }
+                    }
                 }
             }
             VmState::Deleting => {

@@ -49,6 +49,8 @@ pub struct AppState {
     pub pools: Arc<std::collections::BTreeMap<String, pools::Pool>>,
     /// The executable VMs download and run as their agent.
     pub agent_binary: Arc<std::path::PathBuf>,
+    /// Pools whose budget allows no new lease (set by the fleet).
+    pub budget_blocked: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 async fn not_found() -> impl IntoResponse {
@@ -204,6 +206,7 @@ pub async fn run(
         signals: Arc::default(),
         fleet: store.clone(),
         pools: Arc::new(config.pools.clone()),
+        budget_blocked: Arc::default(),
         agent_binary: Arc::new(match &config.agent_binary {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find the spotsweep executable")?,

@@ -323,6 +323,17 @@ pub async fn lease_trials(
             }
             req.agent_name = Some(scope.name.clone());
             req.pool = Some(scope.pool.clone());
+            let blocked = s
+                .budget_blocked
+                .lock()
+                .map(|b| b.contains(&scope.pool))
+                .unwrap_or(false);
+            if blocked {
+                // The pool's budget allows no new trial: nothing to lease (after a pause, so that
+                // the agent does not spin).
+                tokio::time::sleep(Duration::from_millis(req.wait_ms.min(5_000))).await;
+                return Ok(Json(LeaseResponse { leases: Vec::new() }));
+            }
             Some(scope.pool)
         }
         None => None,

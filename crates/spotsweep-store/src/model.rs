@@ -683,6 +683,8 @@ pub struct NewVm {
 /// machines that are not the fleet's cost nothing here).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeaseCost {
+    /// The VM's pool.
+    pub pool: String,
     /// The trial's sweep.
     pub sweep_id: i64,
     /// The trial's number.

@@ -140,8 +140,8 @@ impl FleetStore for SqliteStore {
 
     async fn lease_costs(&self, sweep_id: Option<i64>) -> Result<Vec<LeaseCost>> {
         let now = now_ms();
-        let rows: Vec<(i64, i64, Option<String>, i64, i64, f64, i64)> = sqlx::query_as(
-            "SELECT t.sweep_id, t.number, l.outcome, l.created_at, COALESCE(l.ended_at, ?2), \
+        let rows: Vec<(String, i64, i64, Option<String>, i64, i64, f64, i64)> = sqlx::query_as(
+            "SELECT v.pool, t.sweep_id, t.number, l.outcome, l.created_at, COALESCE(l.ended_at, ?2), \
                     v.price_per_hour, v.slots \
              FROM leases l JOIN trials t ON t.id = l.trial_id \
              JOIN agents a ON a.id = l.agent_id JOIN vms v ON v.name = a.name \
@@ -154,16 +154,19 @@ impl FleetStore for SqliteStore {
         .map_err(map_err)?;
         Ok(rows
             .into_iter()
-            .map(|(sweep_id, trial_number, outcome, start, end, price, slots)| {
-                let seconds = (end - start).max(0) as f64 / 1000.0;
-                LeaseCost {
-                    sweep_id,
-                    trial_number,
-                    outcome,
-                    seconds,
-                    usd: seconds / 3600.0 * price / slots.max(1) as f64,
-                }
-            })
+            .map(
+                |(pool, sweep_id, trial_number, outcome, start, end, price, slots)| {
+                    let seconds = (end - start).max(0) as f64 / 1000.0;
+                    LeaseCost {
+                        pool,
+                        sweep_id,
+                        trial_number,
+                        outcome,
+                        seconds,
+                        usd: seconds / 3600.0 * price / slots.max(1) as f64,
+                    }
+                },
+            )
             .collect())
     }
 
