@@ -248,45 +248,33 @@ impl PoolManager {
                 }
             }
         }
-        // The budget: what each VM is expected to cost from now is its share of the work left
-        // (at the pool's typical attempt length), plus the idle timeout, at most an hour.
-        let typical = self.typical_attempt_seconds().await?;
-        let slots_total = (wanted.max(1) as u64 * slots) as f64;
-        let work = (demand.waiting + demand.running) as f64;
-        let per_vm_seconds = ((work / slots_total).ceil() * typical.unwrap_or(3600.0)
-            + self.cfg.idle_timeout.as_secs_f64())
-        .min(3600.0);
-        let per_vm_usd = self.cfg.spot_price_per_hour * per_vm_seconds / 3600.0;
-        if let Some(budget) = self.cfg.budget_usd {
-            // No new lease once a typical attempt on top of what is spent and running would
-            // cross the budget.
-            let attempt_usd = self.cfg.spot_price_per_hour / slots as f64 * typical.unwrap_or(0.0) / 3600.0;
-            let running_usd = demand.running as f64 * attempt_usd;
-            let stop = spent + running_usd + attempt_usd > budget;
-            if let Ok(mut blocked) = self.budget_blocked.lock() {
-                if stop {
-                    if blocked.insert(self.name.clone()) {
-                        tracing::warn!(pool = %self.name, spent, budget, "budget nearly spent: no new leases");
-                    }
-                } else {
-                    blocked.remove(&self.name);
+        let plan = BudgetPlan::new(
+            &self.cfg,
+            spent,
+            self.typical_attempt_seconds().await?,
+            demand.waiting + demand.running,
+            demand.running,
+            wanted,
+        );
+        if let Ok(mut blocked) = self.budget_blocked.lock() {
+            if plan.stop_leases {
+                if blocked.insert(self.name.clone()) {
+                    tracing::warn!(pool = %self.name, spent, "budget nearly spent: no new leases");
                 }
+            } else {
+                blocked.remove(&self.name);
             }
         }
-        let mut missing = wanted.saturating_sub(live.len());
-        let mut committed = spent + live.len() as f64 * per_vm_usd;
-        while missing > 0 {
-            if let Some(budget) = self.cfg.budget_usd
-                && committed + per_vm_usd > budget
-            {
-                tracing::warn!(pool = %self.name, spent, budget, per_vm_usd, "not starting a VM: its expected cost would pass the budget");
-                break;
-            }
+        let missing = wanted
+            .saturating_sub(live.len())
+            .min(plan.vms_affordable(live.len()));
+        if missing < wanted.saturating_sub(live.len()) {
+            tracing::warn!(pool = %self.name, spent, per_vm_usd = plan.per_vm_usd, "not starting every VM: their expected cost would pass the budget");
+        }
+        for _ in 0..missing {
             if !self.create().await? {
                 break;
             }
-            committed += per_vm_usd;
-            missing -= 1;
         }
         Ok(())
     }
@@ -703,7 +691,122 @@ impl PoolManager {
     }
 }
 
+/// What the budget allows now.
+#[derive(Debug, Clone, PartialEq)]
+struct BudgetPlan {
+    budget: Option<f64>,
+    spent: f64,
+    /// What one VM is expected to cost from now: its share of the work left at the typical
+    /// attempt length, plus the idle timeout, at most an hour (an hour when no attempt has ended
+    /// yet).
+    per_vm_usd: f64,
+    /// A typical attempt on top of what is spent and running would cross the budget.
+    stop_leases: bool,
+}
+
+impl BudgetPlan {
+    fn new(cfg: &GcePool, spent: f64, typical: Option<f64>, work: u64, running: u64, wanted: usize) -> Self {
+        let slots = f64::from(cfg.slots_per_vm.max(1));
+        let slots_total = wanted.max(1) as f64 * slots;
+        let per_vm_seconds = ((work as f64 / slots_total).ceil() * typical.unwrap_or(3600.0)
+            + cfg.idle_timeout.as_secs_f64())
+        .min(3600.0);
+        let per_vm_usd = cfg.spot_price_per_hour * per_vm_seconds / 3600.0;
+        let attempt_usd = cfg.spot_price_per_hour / slots * typical.unwrap_or(0.0) / 3600.0;
+        let stop_leases = cfg
+            .budget_usd
+            .is_some_and(|b| spent + running as f64 * attempt_usd + attempt_usd > b);
+        Self {
+            budget: cfg.budget_usd,
+            spent,
+            per_vm_usd,
+            stop_leases,
+        }
+    }
+
+    /// How many more VMs may start beside `live` ones.
+    fn vms_affordable(&self, live: usize) -> usize {
+        match self.budget {
+            None => usize::MAX,
+            Some(b) => {
+                let left = b - self.spent - live as f64 * self.per_vm_usd;
+                if left <= 0.0 || self.per_vm_usd <= 0.0 {
+                    0
+                } else {
+                    (left / self.per_vm_usd).floor() as usize
+                }
+            }
+        }
+    }
+}
+
 /// `us-central1` of `us-central1-a`.
 fn region_of(zone: &str) -> String {
     zone.rsplit_once('-').map_or(zone, |(r, _)| r).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(budget: Option<f64>) -> GcePool {
+        GcePool {
+            project: "p".into(),
+            zones: vec!["z".into()],
+            machine_type: "a2-highgpu-1g".into(),
+            accelerators: Vec::new(),
+            image: "i".into(),
+            disk_gb: 100,
+            slots_per_vm: 2,
+            max_vms: 8,
+            idle_timeout: Duration::from_secs(60),
+            max_vm_lifetime: Duration::from_secs(3600),
+            spot_price_per_hour: 1.80,
+            budget_usd: budget,
+            credentials: None,
+            compute_endpoint: String::new(),
+            service_account: None,
+            scopes: Vec::new(),
+            network: String::new(),
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn before_any_attempt_a_vm_counts_an_hour() {
+        let plan = BudgetPlan::new(&pool(Some(5.0)), 0.0, None, 16, 0, 8);
+        assert!((plan.per_vm_usd - 1.80).abs() < 1e-12);
+        assert_eq!(plan.vms_affordable(0), 2);
+        assert_eq!(plan.vms_affordable(2), 0);
+        assert!(!plan.stop_leases);
+        assert_eq!(
+            BudgetPlan::new(&pool(None), 100.0, None, 16, 0, 8).vms_affordable(50),
+            usize::MAX
+        );
+    }
+
+    #[test]
+    fn with_a_typical_attempt_a_vm_counts_its_share_of_the_work() {
+        // 40 trials of 90 s on 4 VMs of 2 slots: 5 rounds each, 450 s + 60 s idle = 0.255 USD.
+        let plan = BudgetPlan::new(&pool(Some(1.0)), 0.0, Some(90.0), 40, 8, 4);
+        assert!(
+            (plan.per_vm_usd - 1.80 * 510.0 / 3600.0).abs() < 1e-12,
+            "{plan:?}"
+        );
+        assert_eq!(plan.vms_affordable(0), 3);
+        assert!(!plan.stop_leases);
+    }
+
+    #[test]
+    fn leases_stop_before_an_attempt_would_cross_the_budget() {
+        // An attempt on a slot: 1.80 / 2 * 3600 s / 3600 = 0.90 USD; 3 running and one more
+        // on 1.00 spent is 4.60.
+        let p = pool(Some(4.5));
+        assert!(BudgetPlan::new(&p, 1.0, Some(3600.0), 10, 3, 4).stop_leases);
+        assert!(!BudgetPlan::new(&p, 0.9, Some(3600.0), 10, 3, 4).stop_leases);
+        assert_eq!(
+            BudgetPlan::new(&p, 4.6, Some(3600.0), 10, 3, 4).vms_affordable(0),
+            0
+        );
+    }
 }
