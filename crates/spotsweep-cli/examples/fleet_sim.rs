@@ -22,24 +22,6 @@ const PREEMPT_CHANCE: f64 = 0.10;
 const BUDGET_USD: f64 = 2.0;
 const PRICE: f64 = 1.80;
 
-fn private_key(dir: &std::path::Path) -> String {
-    let path = dir.join("key.pem");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&path)
-        .output()
-        .expect("the openssl command");
-    assert!(out.status.success());
-    std::fs::read_to_string(path).unwrap()
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -70,7 +52,11 @@ async fn main() {
     .unwrap();
     fake.set_stockout("us-central1-a", Some(Stockout::InOperation));
     let key = work.path().join("sa.json");
-    std::fs::write(&key, fake.service_account_json(&private_key(work.path()))).unwrap();
+    std::fs::write(
+        &key,
+        fake.service_account_json(&spotsweep_gce_fake::new_private_key().unwrap()),
+    )
+    .unwrap();
     let config_file = work.path().join("spotsweep.toml");
     std::fs::write(
         &config_file,

@@ -11,25 +11,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use spotsweep_gce_fake::{Boot, FakeCompute, FakeConfig};
 
-fn private_key() -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("key.pem");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&path)
-        .output()
-        .expect("the openssl command makes the test key");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::read_to_string(path).unwrap()
-}
-
 struct Daemon {
     url: String,
     token: String,
@@ -80,7 +61,11 @@ async fn a_sweep_runs_on_spot_vms_through_a_preemption() {
     .unwrap();
     let data = tempfile::tempdir().unwrap();
     let key = data.path().join("sa.json");
-    std::fs::write(&key, fake.service_account_json(&private_key())).unwrap();
+    std::fs::write(
+        &key,
+        fake.service_account_json(&spotsweep_gce_fake::new_private_key().unwrap()),
+    )
+    .unwrap();
     let config = data.path().join("spotsweep.toml");
     std::fs::write(
         &config,
@@ -264,7 +249,11 @@ async fn a_daemon_killed_in_the_middle_of_an_insert_leaves_no_orphan_and_no_doub
     .unwrap();
     let data = tempfile::tempdir().unwrap();
     let key = data.path().join("sa.json");
-    std::fs::write(&key, fake.service_account_json(&private_key())).unwrap();
+    std::fs::write(
+        &key,
+        fake.service_account_json(&spotsweep_gce_fake::new_private_key().unwrap()),
+    )
+    .unwrap();
     let config = data.path().join("spotsweep.toml");
     std::fs::write(
         &config,

@@ -39,6 +39,22 @@ use rand::RngExt;
 use regex::Regex;
 use serde_json::{Map, Value, json};
 
+/// A fresh 2048-bit RSA private key (PKCS#8 PEM) for a throw-away service account, made with
+/// the `openssl` command (the fake does not check signatures; `gcp_auth` needs a real key to
+/// sign with).
+pub fn new_private_key() -> std::io::Result<String> {
+    let out = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "openssl genpkey failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    String::from_utf8(out.stdout).map_err(std::io::Error::other)
+}
+
 /// Timing of the fake's state changes.
 #[derive(Debug, Clone)]
 pub struct FakeConfig {

@@ -11,31 +11,13 @@ use spotsweep_gce_fake::{FakeCompute, FakeConfig, Fault, Quota, Stockout};
 const ZONE: &str = "us-central1-a";
 const IMAGE: &str = "projects/deeplearning-platform-release/global/images/family/pytorch-latest-gpu";
 
-/// An RSA key for the throw-away service account, made with the openssl command.
-fn private_key() -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("key.pem");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&path)
-        .output()
-        .expect("the openssl command makes the test key");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::read_to_string(path).unwrap()
-}
-
 async fn setup(config: FakeConfig) -> (FakeCompute, ComputeClient) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fake = FakeCompute::start(config).await.unwrap();
-    let account =
-        gcp_auth::CustomServiceAccount::from_json(&fake.service_account_json(&private_key())).unwrap();
+    let account = gcp_auth::CustomServiceAccount::from_json(
+        &fake.service_account_json(&spotsweep_gce_fake::new_private_key().unwrap()),
+    )
+    .unwrap();
     let retry = Retry {
         attempts: 4,
         base_delay: Duration::from_millis(5),
@@ -307,7 +289,7 @@ async fn a_refused_credential_is_an_auth_error() {
     let fake = FakeCompute::start(fast()).await.unwrap();
     // The key file's token endpoint is not the fake's: the audience check fails.
     let json = fake
-        .service_account_json(&private_key())
+        .service_account_json(&spotsweep_gce_fake::new_private_key().unwrap())
         .replace(&fake.token_uri(), &format!("{}/other", fake.token_uri()));
     let account = gcp_auth::CustomServiceAccount::from_json(&json).unwrap();
     let client = ComputeClient::new(

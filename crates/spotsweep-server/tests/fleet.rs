@@ -15,25 +15,6 @@ use spotsweep_server::pools::{GcePool, Pool};
 
 const ZONES: [&str; 3] = ["us-central1-a", "us-central1-b", "us-central1-c"];
 
-fn private_key() -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("key.pem");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&path)
-        .output()
-        .expect("the openssl command makes the test key");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::read_to_string(path).unwrap()
-}
-
 struct Setup {
     fake: FakeCompute,
     key_file: std::path::PathBuf,
@@ -52,7 +33,11 @@ async fn fake() -> Setup {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("sa.json");
-    std::fs::write(&key_file, fake.service_account_json(&private_key())).unwrap();
+    std::fs::write(
+        &key_file,
+        fake.service_account_json(&spotsweep_gce_fake::new_private_key().unwrap()),
+    )
+    .unwrap();
     Setup {
         fake,
         key_file,
