@@ -1123,6 +1123,41 @@ def test_notebook_sweep_through_papermill(server_factory, connect, tmp_path):
         srv.stop()
 
 
+@pytest.mark.skipif(
+    not (Path(VENV_BIN) / "papermill").exists(),
+    reason="papermill is not installed next to this interpreter (pip install -r tests/e2e/requirements.txt)",
+)
+def test_notebook_command_runs_a_grid_from_a_parameters_file(tmp_path):
+    """The seed user's one-liner: `spotsweep notebook NB -o OUT -p parameters.yml -j 2`."""
+    nb = tmp_path / "Test.ipynb"
+    _write_notebook(nb)
+    params = tmp_path / "parameters.yml"
+    params.write_text("x: [0.0, 0.5]\nlayers: [1, 2]\n")
+    data = tmp_path / "data"
+    env = {**clean_env(), **FAST_TTL, "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", "")}
+    p = subprocess.run(
+        [str(spotsweep_bin()), "notebook", str(nb), "-o", "out/Test.{run_id}.ipynb", "-p", str(params),
+         "-j", "2", "--data-dir", str(data), "--format", "json"],
+        cwd=str(tmp_path), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240,
+    )
+    assert p.returncode == 0, f"rc {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr[-3000:]}"
+    sweep = json.loads(p.stdout)
+    # The grid of 2 x 2, two at a time, the best by the notebook's own `loss`.
+    assert sweep["name"] == "Test" and sweep["max_trials"] == 4 and sweep["spec"]["parallelism"] == 2, sweep
+    assert sweep["counts"]["completed"] == 4, sweep
+    assert sweep["best"]["value"] == pytest.approx(0.0625 + 1), sweep
+    executed = sorted((tmp_path / "out").glob("Test.*.ipynb"))
+    assert len(executed) == 4, executed
+    assert sweep["best"]["run_id"] in {e.name.split(".")[1] for e in executed}
+    # Bad parameters files are refused before anything runs, with the reason.
+    params.write_text("x: []\n")
+    p = subprocess.run(
+        [str(spotsweep_bin()), "notebook", str(nb), "-o", "o.ipynb", "-p", str(params), "--data-dir", str(data)],
+        cwd=str(tmp_path), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    assert p.returncode != 0 and "parameter 'x'" in p.stderr, p.stderr
+
+
 # --------------------------------------------------------------------------------------
 # known problems
 # --------------------------------------------------------------------------------------

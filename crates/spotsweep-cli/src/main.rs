@@ -3,6 +3,7 @@
 //! purpose: it parses flags, sets up logging and calls into the library crates.
 
 mod client;
+mod notebook;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -40,6 +41,10 @@ enum Command {
     Watch(WatchArgs),
     /// All in one: an embedded daemon, local agents, the sweep, a progress bar, the best trial.
     Run(RunArgs),
+    /// A notebook sweep in one line, all in one as `run`: each trial runs the notebook through
+    /// papermill with its parameters, e.g. `spotsweep notebook Test.ipynb -o 'out/Test.{run_id}.ipynb'
+    /// -p parameters.yml -j 8`.
+    Notebook(NotebookArgs),
     /// Print the OpenAPI document of /api/v1.
     Openapi,
 }
@@ -175,6 +180,37 @@ struct RunArgs {
     /// table or json (the final sweep).
     #[arg(long, value_enum, default_value_t)]
     output: Output,
+}
+
+#[derive(Args)]
+struct NotebookArgs {
+    /// The notebook.
+    notebook: PathBuf,
+    /// Where each executed copy goes; `{trial}` and `{run_id}` are replaced.
+    #[arg(short = 'o', long)]
+    output: String,
+    /// The parameters (YAML): names to lists of values, fixed values or distributions; or a sweep
+    /// spec fragment with a `parameters` key.
+    #[arg(short = 'p', long)]
+    parameters: PathBuf,
+    /// Trials at once (local agents).
+    #[arg(short = 'j', long, default_value_t = 1)]
+    jobs: u32,
+    /// The objective metric the notebook logs (unless the parameters file names one).
+    #[arg(long, default_value = "loss")]
+    metric: String,
+    /// minimize or maximize.
+    #[arg(long, default_value = "minimize")]
+    goal: String,
+    /// Trials in all [default: the grid's size, or 20 for a search].
+    #[arg(short = 'n', long)]
+    max_trials: Option<u32>,
+    /// Data directory of the embedded daemon.
+    #[arg(long, env = "SPOTSWEEP_DATA_DIR", default_value = "./spotsweep-data")]
+    data_dir: PathBuf,
+    /// table or json (the final sweep).
+    #[arg(long, value_enum, default_value_t)]
+    format: Output,
 }
 
 fn init_logging(format: LogFormat, default_filter: &str) {
@@ -428,11 +464,38 @@ fn print_result(s: &SweepBody, tracking_uri: &str, output: Output) -> anyhow::Re
 async fn run_all(args: RunArgs) -> anyhow::Result<bool> {
     init_logging(LogFormat::Text, "warn");
     let spec = read_spec(&args.spec)?;
+    run_spec(spec, args.agents, &args.data_dir, args.output).await
+}
+
+async fn run_notebook(args: NotebookArgs) -> anyhow::Result<bool> {
+    init_logging(LogFormat::Text, "warn");
+    let text = std::fs::read_to_string(&args.parameters)
+        .with_context(|| format!("cannot read the parameters file {}", args.parameters.display()))?;
+    let job = notebook::NotebookJob {
+        input: &args.notebook,
+        output: &args.output,
+        jobs: args.jobs,
+        metric: &args.metric,
+        goal: &args.goal,
+        max_trials: args.max_trials,
+    };
+    let spec = notebook::spec(&job, &text).with_context(|| format!("in {}", args.parameters.display()))?;
+    run_spec(spec, Some(args.jobs), &args.data_dir, args.format).await
+}
+
+/// Runs `spec` on an embedded daemon with local agents (the spec's parallelism by default),
+/// following it to its end; true when it completed.
+async fn run_spec(
+    spec: serde_json::Value,
+    agents: Option<u32>,
+    data_dir: &std::path::Path,
+    output: Output,
+) -> anyhow::Result<bool> {
     let parallelism = spec.get("parallelism").and_then(|p| p.as_u64()).unwrap_or(1) as u32;
     let overrides = Overrides {
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        data_dir: Some(args.data_dir.clone()),
-        local_agents: Some(args.agents.unwrap_or(parallelism).max(1)),
+        data_dir: Some(data_dir.to_path_buf()),
+        local_agents: Some(agents.unwrap_or(parallelism).max(1)),
         ..Overrides::default()
     };
     let config = Config::load(None, overrides)?;
@@ -442,7 +505,7 @@ async fn run_all(args: RunArgs) -> anyhow::Result<bool> {
     let daemon_task = tokio::spawn(spotsweep_server::run(config, listener, async {
         let _ = stop_rx.await;
     }));
-    let token_path = args.data_dir.join("admin.token");
+    let token_path = data_dir.join("admin.token");
     let mut daemon = Daemon::new(url.clone(), None);
     for _ in 0..500 {
         if daemon.healthy().await && token_path.exists() {
@@ -468,7 +531,7 @@ async fn run_all(args: RunArgs) -> anyhow::Result<bool> {
     let _ = stop_tx.send(());
     daemon_task.await.context("the embedded daemon crashed")??;
     let sweep = result?;
-    print_result(&sweep, &url, args.output)?;
+    print_result(&sweep, &url, output)?;
     Ok(sweep.state == "completed")
 }
 
@@ -498,6 +561,10 @@ fn main() -> anyhow::Result<()> {
         }),
         Command::Run(args) => {
             let completed = runtime.block_on(run_all(args))?;
+            std::process::exit(if completed { 0 } else { 1 });
+        }
+        Command::Notebook(args) => {
+            let completed = runtime.block_on(run_notebook(args))?;
             std::process::exit(if completed { 0 } else { 1 });
         }
     }
