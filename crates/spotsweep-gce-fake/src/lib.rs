@@ -931,15 +931,11 @@ fn insert(
     }
     let machine = body["machineType"].as_str().unwrap_or_default();
     let machine = machine.rsplit('/').next().unwrap_or(machine).to_string();
-    let others: Vec<String> = s.stockouts.keys().cloned().collect();
-    let available = |z: &str| !others.iter().any(|o| o == z);
-    let hint = [zone.to_string()]
-        .iter()
-        .flat_map(|z| {
-            ["a", "b", "c", "f"]
-                .map(|suffix| format!("{}-{suffix}", z.rsplit_once('-').map_or(z.as_str(), |(r, _)| r)))
-        })
-        .filter(|z| z != zone && available(z))
+    // The region's other zones that are not stocked out.
+    let hint = ["a", "b", "c", "f"]
+        .map(|suffix| format!("{region}-{suffix}"))
+        .into_iter()
+        .filter(|z| z != zone && !s.stockouts.contains_key(z))
         .collect::<Vec<_>>()
         .join(",");
     let stock_message = format!(

@@ -296,7 +296,7 @@ pub async fn cost(
     }
     let mut sweeps: std::collections::BTreeMap<i64, SweepCost> = Default::default();
     let mut trials: std::collections::BTreeMap<i64, TrialCost> = Default::default();
-    for l in s.fleet.lease_costs(None).await? {
+    for l in s.fleet.lease_costs(None, None).await? {
         let lost = if l.outcome.as_deref() == Some("preempted") {
             l.usd
         } else {
@@ -339,10 +339,7 @@ pub async fn cost(
     security(("bearer" = []))
 )]
 pub async fn list_pools(State(s): State<AppState>) -> Result<Json<PoolList>, ApiError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = spotsweep_store::now_ms();
     let mut by_pool: std::collections::BTreeMap<String, Vec<spotsweep_store::Vm>> = Default::default();
     for vm in s.fleet.list_vms(None, true).await? {
         by_pool.entry(vm.pool.clone()).or_default().push(vm);

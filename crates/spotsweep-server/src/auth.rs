@@ -41,6 +41,15 @@ pub struct VmScope {
     pub pool: String,
 }
 
+/// What a live token may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Everything (an API token).
+    Full,
+    /// A VM's agent work only.
+    Vm(VmScope),
+}
+
 /// The VM a request comes from, for the handlers that narrow what it may do.
 #[derive(Debug, Clone)]
 pub struct VmPrincipal(pub VmScope);
@@ -115,10 +124,13 @@ impl Auth {
         }
     }
 
-    /// The scope of a VM's token, if `token` is one.
-    pub fn vm(&self, token: &str) -> Option<VmScope> {
+    /// What `token` may do (one hash, then the live sets); `None` when it is not live.
+    pub fn access(&self, token: &str) -> Option<Access> {
         let hash = hash_token(token);
-        self.vms.read().ok().and_then(|m| m.get(&hash).cloned())
+        if self.live.read().is_ok_and(|set| set.contains(&hash)) {
+            return Some(Access::Full);
+        }
+        self.vms.read().ok()?.get(&hash).cloned().map(Access::Vm)
     }
 
     /// Whether any token exists yet.
@@ -186,12 +198,10 @@ pub async fn require_token(State(state): State<AuthState>, req: Request, next: N
     if !auth.enabled || path == "/health" || path == "/version" {
         return next.run(req).await;
     }
-    if let Some(vm) = bearer(&req).and_then(|t| auth.vm(t)) {
-        return vm_request(&state, vm, req, next).await;
-    }
-    let message = match bearer(&req) {
-        Some(token) if auth.accepts(token) => return next.run(req).await,
-        Some(_) => {
+    let message = match bearer(&req).map(|t| auth.access(t)) {
+        Some(Some(Access::Full)) => return next.run(req).await,
+        Some(Some(Access::Vm(vm))) => return vm_request(&state, vm, req, next).await,
+        Some(None) => {
             "The bearer token is not valid (unknown or revoked). Use the token in <data-dir>/admin.token \
                     or create one with POST /api/v1/tokens."
         }

@@ -32,7 +32,7 @@ use rand::RngExt;
 use spotsweep_gce::{
     ComputeClient, ComputeError, Metadata, MetadataItem, NewInstance, Retry, ServiceAccount,
 };
-use spotsweep_store::{FleetStore, NewVm, Outcome, SweepStore, Vm, VmState, VmUpdate};
+use spotsweep_store::{FleetStore, NewVm, Outcome, SweepStore, Vm, VmState, VmUpdate, now_ms};
 use tokio::sync::watch;
 
 use crate::auth::{Auth, VmScope, hash_token, vm_token};
@@ -89,13 +89,6 @@ pub struct PoolManager {
     /// Per zone: backed off until, and the stockouts in a row.
     backoff: HashMap<String, (Instant, u32)>,
     last_reconcile: Option<Instant>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn request_id() -> String {
@@ -190,27 +183,20 @@ impl PoolManager {
         Ok(())
     }
 
-    /// What the pool has spent, in USD, over every VM it ever had.
-    async fn spent(&self) -> anyhow::Result<f64> {
-        let now = now_ms();
-        Ok(self
-            .store
-            .list_vms(Some(&self.name), true)
-            .await?
-            .iter()
-            .map(|v| v.cost(now))
-            .sum())
-    }
-
     async fn scale(&mut self) -> anyhow::Result<()> {
         let demand = self.store.pool_demand(&self.name).await?;
         let slots = u64::from(self.cfg.slots_per_vm);
         let wanted = (demand.waiting + demand.running)
             .div_ceil(slots)
             .min(u64::from(self.cfg.max_vms)) as usize;
-        let vms = self.store.list_vms(Some(&self.name), false).await?;
+        // Every VM the pool ever had: what it has spent; the ones not ended: what it has.
+        let all = self.store.list_vms(Some(&self.name), true).await?;
+        let now = now_ms();
+        let spent: f64 = all.iter().map(|v| v.cost(now)).sum();
+        let vms: Vec<&Vm> = all.iter().filter(|v| !v.state.is_ended()).collect();
         let live: Vec<&Vm> = vms
             .iter()
+            .copied()
             .filter(|v| {
                 matches!(
                     v.state,
@@ -218,7 +204,6 @@ impl PoolManager {
                 )
             })
             .collect();
-        let spent = self.spent().await?;
         let over_budget = self.cfg.budget_usd.is_some_and(|b| spent >= b);
         if over_budget {
             for vm in vms.iter().filter(|v| v.state != VmState::Deleting) {
@@ -229,7 +214,6 @@ impl PoolManager {
         }
         // Idle VMs beyond what the work needs go, oldest idle first.
         if live.len() > wanted {
-            let now = now_ms();
             let idle_ms = self.cfg.idle_timeout.as_millis() as i64;
             let mut surplus = live.len() - wanted;
             for vm in live
@@ -283,10 +267,10 @@ impl PoolManager {
     async fn typical_attempt_seconds(&self) -> anyhow::Result<Option<f64>> {
         let mut s: Vec<f64> = self
             .store
-            .lease_costs(None)
+            .lease_costs(Some(&self.name), None)
             .await?
             .into_iter()
-            .filter(|l| l.pool == self.name && l.outcome.is_some())
+            .filter(|l| l.outcome.is_some())
             .map(|l| l.seconds)
             .collect();
         if s.is_empty() {

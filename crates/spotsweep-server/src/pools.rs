@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// Spot prices in USD per hour (host plus GPUs) in us-central1, the default when a pool sets
 /// none. As of 2026-11-28, from SkyPilot's GCP catalog (`catalogs/v8/gcp/vms.csv`); Spot
@@ -65,8 +65,7 @@ struct AcceleratorFile {
 }
 
 /// A resolved pool.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "provider", rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Pool {
     /// Agents on the daemon's machine.
     Local,
@@ -75,7 +74,7 @@ pub enum Pool {
 }
 
 /// A Compute Engine pool.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GcePool {
     /// The project VMs are created in.
     pub project: String,
@@ -94,10 +93,8 @@ pub struct GcePool {
     /// At most this many VMs at once.
     pub max_vms: u32,
     /// An idle VM is deleted after this long.
-    #[serde(with = "secs")]
     pub idle_timeout: Duration,
     /// The cloud-side fuse (`maxRunDuration`): the VM deletes itself after this long.
-    #[serde(with = "secs")]
     pub max_vm_lifetime: Duration,
     /// USD per hour while a VM runs.
     pub spot_price_per_hour: f64,
@@ -115,15 +112,6 @@ pub struct GcePool {
     pub network: String,
     /// Extra labels on every VM.
     pub labels: BTreeMap<String, String>,
-}
-
-mod secs {
-    use serde::Serializer;
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_secs())
-    }
 }
 
 /// A duration written as `500ms`, `90s`, `10m`, `24h`, `1h30m`, `2d` or a number of seconds.

@@ -154,8 +154,8 @@ pub trait FleetStore: Send + Sync + 'static {
     async fn agent_runs_trial(&self, agent_name: &str, run_uuid: &str) -> Result<bool>;
     /// The open leases of the agents of this name (a VM's agent).
     async fn open_leases_of_agent(&self, agent_name: &str) -> Result<Vec<String>>;
-    /// What each lease on a fleet VM cost (of one sweep, or of all).
-    async fn lease_costs(&self, sweep_id: Option<i64>) -> Result<Vec<LeaseCost>>;
+    /// What each lease on a fleet VM cost (on one pool's VMs, of one sweep, or all).
+    async fn lease_costs(&self, pool: Option<&str>, sweep_id: Option<i64>) -> Result<Vec<LeaseCost>>;
     /// The work for a pool's VMs.
     async fn pool_demand(&self, pool: &str) -> Result<PoolDemand>;
     /// Records a VM before it is requested; its name is derived from the pool and its id.

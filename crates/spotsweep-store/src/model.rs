@@ -553,8 +553,7 @@ pub enum HeartbeatAction {
 }
 
 /// Where a VM of the fleet is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VmState {
     /// Recorded; the insert is being sent.
     Requested,

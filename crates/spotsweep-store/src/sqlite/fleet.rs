@@ -138,17 +138,19 @@ impl FleetStore for SqliteStore {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    async fn lease_costs(&self, sweep_id: Option<i64>) -> Result<Vec<LeaseCost>> {
+    async fn lease_costs(&self, pool: Option<&str>, sweep_id: Option<i64>) -> Result<Vec<LeaseCost>> {
         let now = now_ms();
         let rows: Vec<(String, i64, i64, Option<String>, i64, i64, f64, i64)> = sqlx::query_as(
             "SELECT v.pool, t.sweep_id, t.number, l.outcome, l.created_at, COALESCE(l.ended_at, ?2), \
                     v.price_per_hour, v.slots \
              FROM leases l JOIN trials t ON t.id = l.trial_id \
              JOIN agents a ON a.id = l.agent_id JOIN vms v ON v.name = a.name \
-             WHERE ?1 IS NULL OR t.sweep_id = ?1 ORDER BY t.sweep_id, t.number, l.created_at",
+             WHERE (?1 IS NULL OR t.sweep_id = ?1) AND (?3 IS NULL OR v.pool = ?3) \
+             ORDER BY t.sweep_id, t.number, l.created_at",
         )
         .bind(sweep_id)
         .bind(now)
+        .bind(pool)
         .fetch_all(&self.reader)
         .await
         .map_err(map_err)?;
