@@ -17,7 +17,9 @@ use nix::unistd::Pid;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 use spotsweep_api::{CompleteRequest, HeartbeatResponse, LeaseBody, LeaseRequestBody, LeaseResponse};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+
+mod checkpoint;
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -41,10 +43,13 @@ pub struct AgentConfig {
     /// Lease time to live asked for (the daemon's default when `None`): how long a trial of a
     /// vanished agent waits before it is requeued.
     pub lease_ttl: Option<Duration>,
+    /// At most this long between checkpoint syncs while a trial keeps writing its checkpoint
+    /// directory (a quiet directory syncs sooner): the most work a lost machine can cost.
+    pub checkpoint_interval: Duration,
 }
 
 #[derive(Clone)]
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
@@ -370,6 +375,9 @@ impl TrialTask {
         let mut cmd = self.command()?;
         cmd.stdout(std::fs::File::create(&stdout_path)?)
             .stderr(std::fs::File::create(&stderr_path)?);
+        let (mirror, ckpt_dir) = self.checkpoints(&mut cmd).await?;
+        let (last_sync, last_sync_rx) = oneshot::channel();
+        let syncer = mirror.map(|m| tokio::spawn(m.run(self.config.checkpoint_interval, last_sync_rx)));
         let mut child = cmd.spawn().context("cannot start the trial's command")?;
         let pgid = child.id().map(|id| Pid::from_raw(id as i32));
         let interval = Duration::from_millis(self.lease.heartbeat_interval_ms.max(500) as u64);
@@ -390,6 +398,18 @@ impl TrialTask {
                 }
             }
         };
+        // The last sync: inside the preemption window when the agent is stopping.
+        let _ = last_sync.send(());
+        if let Some(syncer) = syncer {
+            let limit = match ending {
+                Ending::AgentShutdown => Duration::from_secs(20),
+                _ => Duration::from_secs(300),
+            };
+            if tokio::time::timeout(limit, syncer).await.is_err() {
+                tracing::warn!(trial = %self.label(), "the last checkpoint sync did not finish in {limit:?}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&ckpt_dir);
         self.upload(&stdout_path, "logs/stdout.txt").await;
         self.upload(&stderr_path, "logs/stderr.txt").await;
         if let Some(nb) = self.lease.notebook.clone() {
@@ -405,6 +425,53 @@ impl TrialTask {
         let tail = std::fs::read_to_string(&stderr_path).unwrap_or_default();
         let tail: Vec<&str> = tail.lines().rev().take(20).collect();
         Ok((ending, tail.into_iter().rev().collect::<Vec<_>>().join("\n")))
+    }
+
+    /// Prepares the trial's checkpoint directory, restoring the run's `checkpoints/` artifacts
+    /// into it, and sets `SPOTSWEEP_CHECKPOINT_DIR` (and `SPOTSWEEP_RESUME=1` when something
+    /// came back). No mirror when the run's artifacts are not behind the daemon's proxy.
+    async fn checkpoints(
+        &self,
+        cmd: &mut tokio::process::Command,
+    ) -> anyhow::Result<(Option<checkpoint::Mirror>, PathBuf)> {
+        let dir = self.config.work_dir.join("checkpoints").join(format!(
+            "sweep{}-trial{}",
+            self.lease.trial.sweep_id, self.lease.trial.number
+        ));
+        // What the daemon has is the truth: a leftover of an earlier attempt here may be
+        // newer or older than it, and the trial must see one consistent checkpoint.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the checkpoint dir {}", dir.display()))?;
+        let dir = std::path::absolute(&dir)?;
+        cmd.env("SPOTSWEEP_CHECKPOINT_DIR", &dir);
+        let Some(root) = checkpoint::proxy_root(&self.lease.artifact_uri) else {
+            tracing::warn!(
+                artifact_uri = %self.lease.artifact_uri,
+                "the run's artifacts are not behind the daemon's proxy: checkpoints are not kept"
+            );
+            return Ok((None, dir));
+        };
+        let mut mirror = checkpoint::Mirror::new(self.client.clone(), root.clone(), dir.clone());
+        if self.lease.trial.attempts > 1 {
+            let restored = mirror.restore().await;
+            match restored {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(trial = %self.label(), files = n, "checkpoint restored");
+                    cmd.env("SPOTSWEEP_RESUME", "1");
+                }
+                Err(e) => {
+                    // Not resuming is safe (the trial starts over); failing would cost more.
+                    tracing::warn!(trial = %self.label(), error = %format!("{e:#}"),
+                        "cannot restore the checkpoint; the trial starts from scratch");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    std::fs::create_dir_all(&dir)?;
+                    mirror = checkpoint::Mirror::new(self.client.clone(), root, dir.clone());
+                }
+            }
+        }
+        Ok((Some(mirror), dir))
     }
 
     /// `Some(true)` to go on, `Some(false)` when told to stop, `None` when the daemon is away
@@ -483,17 +550,13 @@ impl TrialTask {
 
     /// Uploads a file as a run artifact through the daemon's proxy (best effort).
     async fn upload(&self, file: &std::path::Path, artifact_path: &str) {
-        let Some(root) = self.lease.artifact_uri.strip_prefix("mlflow-artifacts:") else {
+        let Some(root) = checkpoint::proxy_root(&self.lease.artifact_uri) else {
             return;
         };
         let Ok(bytes) = tokio::fs::read(file).await else {
             return;
         };
-        let encoded: Vec<String> = format!("{}/{artifact_path}", root.trim_start_matches('/'))
-            .split('/')
-            .map(|s| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string())
-            .collect();
-        let path = format!("/api/2.0/mlflow-artifacts/artifacts/{}", encoded.join("/"));
+        let path = checkpoint::artifact_url(&format!("{root}/{artifact_path}"));
         if let Err(e) = self
             .client
             .request(reqwest::Method::PUT, &path)

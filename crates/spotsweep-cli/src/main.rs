@@ -104,6 +104,12 @@ struct AgentArgs {
     /// daemon's, 60000].
     #[arg(long, env = "SPOTSWEEP_LEASE_TTL_MS", value_parser = clap::value_parser!(u64).range(5_000..=3_600_000))]
     lease_ttl_ms: Option<u64>,
+    /// At most this many ms between syncs of a trial's SPOTSWEEP_CHECKPOINT_DIR to its run's
+    /// artifacts while the trial keeps writing it (a directory that goes quiet syncs sooner, and
+    /// a stopped trial's at once): the most work a machine lost without warning can cost.
+    #[arg(long, env = "SPOTSWEEP_CHECKPOINT_INTERVAL_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    checkpoint_interval_ms: u64,
     /// Stop (as on SIGTERM) when the parent process dies: local agents of a daemon that was
     /// killed do not linger as orphans.
     #[arg(long, hide = true)]
@@ -287,6 +293,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         work_dir: args.work_dir,
         grace: Duration::from_secs(args.grace_seconds),
         lease_ttl: args.lease_ttl_ms.map(Duration::from_millis),
+        checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
     };
     let watch = args.watch_preemption;
     let shutdown = async move {

@@ -260,6 +260,26 @@ async fn vm_request(state: &AuthState, vm: VmScope, req: Request, next: Next) ->
                 Err(e) => return forbidden(format!("cannot check the lease: {e}")),
             }
         }
+        // A listing: ?path=<experiment>/<run>/artifacts/...
+        ("GET", ["api", "2.0", "mlflow-artifacts", "artifacts"]) => {
+            let listed = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(k, _)| *k == "path")
+                    .map(|(_, v)| {
+                        percent_encoding::percent_decode_str(v)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
+            });
+            let run = listed
+                .as_deref()
+                .and_then(|p| p.trim_start_matches('/').split('/').nth(1).map(str::to_owned));
+            match run {
+                Some(run) if owns_run(state, &vm, &run).await => {}
+                _ => return deny("a listing outside its trials' runs"),
+            }
+        }
         // Artifacts: /api/2.0/mlflow-artifacts/artifacts/<experiment>/<run>/artifacts/...
         (_, ["api", "2.0", "mlflow-artifacts", "artifacts", _, run, ..]) => {
             if !owns_run(state, &vm, run).await {

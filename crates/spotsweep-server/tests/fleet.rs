@@ -463,6 +463,20 @@ async fn a_vms_token_reaches_its_agents_work_and_nothing_else() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // Its trial's checkpoints can be listed (to restore them); another run's cannot.
+    let exp = lease["trial"]["experiment_id"].as_str().unwrap();
+    let list = |run: &str| {
+        format!("/api/2.0/mlflow-artifacts/artifacts?path={exp}%2F{run}%2Fartifacts%2Fcheckpoints")
+    };
+    let r = call(reqwest::Method::GET, &list(run_id)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = call(reqwest::Method::GET, &list(other_run)).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = call(reqwest::Method::GET, "/api/2.0/mlflow-artifacts/artifacts")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     // Once the VM is gone, its token is dead and its trial is requeued.
     let r = server
         .post(&format!("/api/v1/sweeps/{sweep}/cancel"), json!({}))

@@ -1,0 +1,111 @@
+"""Preemption-proof trials: a trial's SPOTSWEEP_CHECKPOINT_DIR is mirrored to its run's
+`checkpoints/` artifacts and restored, on another agent, when the trial runs again. The trial is
+the example in examples/checkpointing (a training loop that saves every step), copied into the
+test's tmp_path so that its processes can be found by path.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+from test_sweeps import (  # noqa: F401 (agents is a fixture)
+    PY,
+    agents,
+    create_sweep,
+    get_trials,
+    pids_with_cmdline,
+    spec_of,
+    unique_name,
+    wait_for,
+    wait_sweep,
+)
+
+pytestmark = [pytest.mark.spotsweep_only, pytest.mark.needs_process]
+
+STEPS = 60
+STEP_SECONDS = 0.1
+INTERVAL_MS = 1000
+
+
+def history(srv, run_id, key="loss") -> list[dict]:
+    r = srv.get("metrics/get-history", params={"run_id": run_id, "metric_key": key, "max_results": 25000})
+    assert r.status_code == 200, r.text
+    return r.json().get("metrics", [])
+
+
+def artifacts(srv, run_id, path="checkpoints") -> list[dict]:
+    r = srv.get("artifacts/list", params={"run_id": run_id, "path": path})
+    assert r.status_code == 200, r.text
+    return r.json().get("files", [])
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint_on_another_agent(server_factory, agents, tmp_path):
+    srv = server_factory()
+    example = tmp_path / "example"
+    shutil.copytree(REPO_ROOT / "examples" / "checkpointing", example)
+    train = example / "train.py"
+    flags = ["--lease-ttl-ms", "5000", "--grace-seconds", "1", "--checkpoint-interval-ms", str(INTERVAL_MS)]
+    a0 = agents("a0", srv, *flags)
+    spec = spec_of(
+        unique_name("ckpt"),
+        f'"{PY}" "{train}" --lr {{lr}} --steps {STEPS} --step-seconds {STEP_SECONDS}',
+        parameters={"lr": {"type": "float", "low": 0.02, "high": 0.1}},
+    )
+    sid = create_sweep(srv, spec)["id"]
+    [t] = wait_for(lambda: [t for t in get_trials(srv, sid) if t["state"] == "running"], 30, "the trial to start")
+    run_id = t["run_id"]
+
+    # Let it run about half way, with a checkpoint synced, then lose the machine: the agent
+    # and the trial (its own process group) die at once, with no chance to sync.
+    wait_for(lambda: len(history(srv, run_id)) >= 25, 60, "25 steps")
+    assert [f["path"] for f in artifacts(srv, run_id)] == ["checkpoints/state.pt"]
+    # `sh -c` and python, in one process group of their own.
+    [pgid] = {os.getpgid(p) for p in pids_with_cmdline(str(train))}
+    assert pgid != os.getpgid(a0.pid)
+    a0.kill()
+    a0.wait(5)
+    os.killpg(pgid, signal.SIGKILL)
+    wait_for(lambda: not pids_with_cmdline(str(train)), 10, "the trial to die")
+    reached = max(m["step"] for m in history(srv, run_id))
+    assert reached < STEPS - 10, reached
+
+    agents("a1", srv, *flags)
+    s = wait_sweep(srv, sid, timeout=90)
+    assert s["state"] == "completed", s
+    [t] = get_trials(srv, sid)
+    assert t["state"] == "completed" and t["attempts"] == 2, t
+    assert t["agent_id"].startswith("a1-"), t
+
+    # The same run goes on: every step once, no gap, no duplicate.
+    steps = [m["step"] for m in history(srv, run_id)]
+    assert sorted(steps) == list(range(STEPS)), steps
+
+    # It resumed from the last synced checkpoint: at most one sync interval of work was lost
+    # (plus a step of slack for the moment the sync looks).
+    run = srv.get("runs/get", params={"run_id": run_id}).json()["run"]
+    tags = {x["key"]: x["value"] for x in run["data"]["tags"]}
+    resumed_from = int(tags["spotsweep.resumed_from_step"])
+    lost_seconds = (reached - resumed_from) * STEP_SECONDS
+    print(f"killed at step {reached}, resumed from step {resumed_from}: {lost_seconds:.1f} s of work lost")
+    assert 0 <= reached - resumed_from
+    assert lost_seconds <= INTERVAL_MS / 1000 + 2 * STEP_SECONDS, (reached, resumed_from)
+
+    # Model, optimizer and data order came back: the result is the uninterrupted one's.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    out = subprocess.run(
+        [PY, str(train), "--lr", repr(t["params"]["lr"]), "--steps", str(STEPS), "--step-seconds", "0"],
+        cwd=alone, capture_output=True, text=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("SPOTSWEEP_", "MLFLOW_"))},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"loss {t['value']:.6f}", (out.stdout, t["value"])
+
+    # The checkpoint stays with the run; temporaries never went up.
+    assert [f["path"] for f in artifacts(srv, run_id)] == ["checkpoints/state.pt"]
