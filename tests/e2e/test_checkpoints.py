@@ -5,6 +5,7 @@ test's tmp_path so that its processes can be found by path.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -109,3 +110,35 @@ def test_a_killed_trial_resumes_from_its_checkpoint_on_another_agent(server_fact
 
     # The checkpoint stays with the run; temporaries never went up.
     assert [f["path"] for f in artifacts(srv, run_id)] == ["checkpoints/state.pt"]
+
+
+def test_the_notebook_example_goes_on_from_its_checkpoint(tmp_path):
+    """The notebook pattern: a second attempt, with the first one's checkpoint directory, starts
+    after the saved step and ends where an uninterrupted run ends."""
+    shutil.copytree(REPO_ROOT / "examples" / "checkpointing", tmp_path / "examples" / "checkpointing")
+    nb = tmp_path / "examples" / "checkpointing" / "train.ipynb"
+    papermill = str(Path(PY).parent / "papermill")
+
+    def execute(out, ckpt_dir, attempt, steps):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOTSWEEP_", "MLFLOW_"))}
+        env.update(SPOTSWEEP_CHECKPOINT_DIR=str(ckpt_dir), SPOTSWEEP_ATTEMPT=str(attempt))
+        r = subprocess.run(
+            [papermill, str(nb), str(out), "-p", "steps", str(steps), "-p", "lr", "0.05"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        cells = json.loads(out.read_text())["cells"]
+        text = []
+        for c in cells:
+            for o in c.get("outputs", []):
+                text.append("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", "")))
+        return "\n".join(text)
+
+    # The first attempt is "lost" after 10 of 20 steps: its checkpoint directory is all that is left.
+    first = execute(tmp_path / "a1.ipynb", tmp_path / "ckpt", 1, 10)
+    assert "starting at step 0 attempt 1" in first
+    second = execute(tmp_path / "a2.ipynb", tmp_path / "ckpt", 2, 20)
+    assert "starting at step 10 attempt 2" in second
+    alone = execute(tmp_path / "alone.ipynb", tmp_path / "fresh", 1, 20)
+    assert "starting at step 0 attempt 1" in alone
+    assert second.strip().splitlines()[-1] == alone.strip().splitlines()[-1]

@@ -8,6 +8,13 @@
 //!
 //! Billed VM-seconds run from RUNNING to the end of each VM (the daemon's records); useful
 //! trial-slot-seconds are the durations of the attempts that completed.
+//!
+//! With `--checkpoints` (run by `bench/checkpoints.sh`) it is the checkpoint benchmark instead:
+//! the same 20 trials of 8 to 16 s twice, first saving a checkpoint every quarter second and
+//! resuming from it, then starting over after every preemption; every fifth attempt to start is
+//! preempted at a random point of the work it has left.
+//! Trial-seconds spent are every attempt's lease time (the daemon's `slot_seconds`), needed are
+//! the trials' own lengths.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -22,6 +29,11 @@ const PREEMPT_CHANCE: f64 = 0.10;
 const BUDGET_USD: f64 = 2.0;
 const PRICE: f64 = 1.80;
 
+/// The checkpoint benchmark's sweeps.
+const CKPT_TRIALS: u32 = 20;
+/// Every fifth attempt is preempted: a 20% preemption rate.
+const CKPT_PREEMPT_EVERY: u32 = 5;
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -33,7 +45,8 @@ fn now_ms() -> i64 {
 async fn main() {
     let agent = std::env::args()
         .nth(1)
-        .expect("usage: fleet_sim <path to the release spotsweep binary>");
+        .expect("usage: fleet_sim <path to the release spotsweep binary> [--checkpoints]");
+    let checkpoints = std::env::args().any(|a| a == "--checkpoints");
     let agent = std::fs::canonicalize(agent).expect("the agent binary");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let work = tempfile::tempdir().unwrap();
@@ -41,7 +54,8 @@ async fn main() {
         op_delay: Duration::from_millis(500),
         boot_delay: Duration::from_secs(2),
         wait_cap: Duration::from_millis(500),
-        preempt_grace: Some(Duration::from_secs(2)),
+        // The notice window; a real one is 30 s.
+        preempt_grace: Some(Duration::from_secs(if checkpoints { 5 } else { 2 })),
         boot: Some(Boot {
             dir: work.path().join("guests"),
             env: Vec::new(),
@@ -64,11 +78,12 @@ async fn main() {
             "agent_binary = \"{}\"\n[pools.sim]\nprovider = \"gce\"\nproject = \"fake-project\"\n\
              zones = [\"us-central1-a\", \"us-central1-b\", \"us-central1-c\"]\nmachine_type = \"a2-highgpu-1g\"\n\
              image_family = \"projects/p/global/images/family/f\"\nslots_per_vm = 1\nmax_vms = {VMS}\n\
-             idle_timeout = \"1s\"\nspot_price_per_hour = {PRICE}\nbudget_usd = {BUDGET_USD}\n\
+             idle_timeout = \"1s\"\nspot_price_per_hour = {PRICE}\nbudget_usd = {budget}\n\
              credentials = \"{}\"\ncompute_endpoint = \"{}\"\n[fleet]\ntick = \"200ms\"\nreconcile = \"5s\"\n",
             agent.display(),
             key.display(),
-            fake.base_url()
+            fake.base_url(),
+            budget = if checkpoints { 10.0 } else { BUDGET_USD },
         ),
     )
     .unwrap();
@@ -104,6 +119,112 @@ async fn main() {
     };
 
     let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/fleet_trial.py");
+    if checkpoints {
+        let script = script.canonicalize().unwrap();
+        let mut results = Vec::new();
+        for resume in ["checkpoint", "scratch"] {
+            let spec = json!({
+                "name": format!("ckpt-{resume}"), "pool": "sim", "max_trials": CKPT_TRIALS, "parallelism": VMS,
+                "command": format!("python3 {} --seconds {{seconds}} --resume {resume}", script.display()),
+                "objective": {"metric": "loss"}, "sampler": {"type": "random", "seed": 11},
+                "parameters": {"seconds": {"type": "float", "low": 8, "high": 16}}
+            });
+            let started = Instant::now();
+            let r = http
+                .post(format!("{url}/api/v1/sweeps"))
+                .bearer_auth(&token)
+                .json(&spec)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+            let sweep = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+            let mut seen: HashSet<(i64, i64)> = HashSet::new();
+            // (when, VM, trial, attempt, work it will have done)
+            let mut pending: Vec<(Instant, String, i64, i64, f64)> = Vec::new();
+            let mut done: HashMap<i64, f64> = HashMap::new();
+            let (mut attempts, mut preemptions) = (0u32, 0u32);
+            let trials = loop {
+                let trials = get(&format!("/api/v1/sweeps/{sweep}/trials")).await;
+                if get(&format!("/api/v1/sweeps/{sweep}")).await["state"] == "completed" {
+                    break trials;
+                }
+                assert!(started.elapsed() < Duration::from_secs(900), "the simulation is stuck");
+                let list = trials["trials"].as_array().unwrap();
+                for t in list {
+                    let (number, attempt) = (t["number"].as_i64().unwrap(), t["attempts"].as_i64().unwrap());
+                    if t["state"] != "running" || !seen.insert((number, attempt)) {
+                        continue;
+                    }
+                    attempts += 1;
+                    // Exactly one attempt in five (the rate), at a random point of its work.
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(((number as u64) << 16) | attempt as u64);
+                    if attempts % CKPT_PREEMPT_EVERY == 0 {
+                        let seconds = t["params"]["seconds"].as_f64().unwrap();
+                        let left = match resume {
+                            "checkpoint" => (seconds - done.get(&number).copied().unwrap_or(0.0)).max(1.0),
+                            _ => seconds,
+                        };
+                        let after = rng.random_range(0.1..0.9) * left;
+                        let agent = t["agent_id"].as_str().unwrap_or_default();
+                        if let Some((vm, _)) = agent.rsplit_once('-') {
+                            let when = Instant::now() + Duration::from_secs_f64(after);
+                            pending.push((when, vm.to_string(), number, attempt, after));
+                        }
+                    }
+                }
+                let now = Instant::now();
+                let due: Vec<_> = pending.iter().filter(|p| p.0 <= now).cloned().collect();
+                pending.retain(|p| p.0 > now);
+                for (_, vm, number, attempt, after) in due {
+                    let still = list.iter().any(|t| {
+                        t["number"] == number && t["attempts"] == attempt && t["state"] == "running"
+                    });
+                    if still
+                        && let Some(i) = fake.instances().into_iter().find(|i| i.name == vm)
+                        && fake.preempt(&i.zone, &vm)
+                    {
+                        preemptions += 1;
+                        *done.entry(number).or_default() += after;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let cost = get(&format!("/api/v1/cost?sweep_id={sweep}")).await;
+            let spent = cost["sweeps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["sweep_id"] == sweep)
+                .unwrap()["slot_seconds"]
+                .as_f64()
+                .unwrap();
+            let needed: f64 = trials["trials"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["params"]["seconds"].as_f64().unwrap())
+                .sum();
+            let completed = trials["trials"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["state"] == "completed")
+                .count();
+            results.push(json!({
+                "resume": resume, "spent_trial_seconds": spent, "needed_trial_seconds": needed,
+                "ratio": spent / needed, "attempts": attempts, "preemptions": preemptions,
+                "completed": completed, "sweep_seconds": started.elapsed().as_secs_f64(),
+            }));
+        }
+        println!(
+            "{}",
+            json!({"trials": CKPT_TRIALS, "vms": VMS, "preempt_every": CKPT_PREEMPT_EVERY, "sweeps": results})
+        );
+        let _ = stop.send(());
+        daemon.await.unwrap().unwrap();
+        return;
+    }
     let spec = json!({
         "name": "fleet-sim", "pool": "sim", "max_trials": TRIALS, "parallelism": VMS,
         "command": format!("python3 {} --seconds {{seconds}}", script.canonicalize().unwrap().display()),
