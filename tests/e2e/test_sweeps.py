@@ -218,17 +218,19 @@ def rest_command(script, state, mode, seconds=0.0) -> str:
 
 @pytest.fixture
 def agents(tmp_path):
-    """start(name, srv, *extra_args) -> Popen of a `spotsweep agent`, in its own process group;
+    """start(name, srv, *extra_args, env=None) -> Popen of a `spotsweep agent`, in its own process group;
     every agent still running at the end is killed."""
     started: list[subprocess.Popen] = []
 
-    def start(name, srv, *extra):
+    def start(name, srv, *extra, env=None):
         log = open(tmp_path / f"{name}.log", "wb")
         cmd = [
-            str(spotsweep_bin()), "agent", "--server", srv.url, "--slots", "1", "--name", name,
+            str(spotsweep_bin()), "agent", "--server", srv.url, "--name", name,
             "--work-dir", str(tmp_path / f"work-{name}"), *extra,
         ]
-        env = clean_env(SPOTSWEEP_LOG="info")
+        if "--slots" not in extra:
+            cmd += ["--slots", "1"]
+        env = clean_env(SPOTSWEEP_LOG="info", **(env or {}))
         if srv.token:
             env["SPOTSWEEP_TOKEN"] = srv.token
         p = subprocess.Popen(

@@ -16,7 +16,9 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
-use spotsweep_api::{CompleteRequest, HeartbeatResponse, LeaseBody, LeaseRequestBody, LeaseResponse};
+use spotsweep_api::{
+    CompleteRequest, GpuBody, HeartbeatResponse, LeaseBody, LeaseRequestBody, LeaseResponse,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod checkpoint;
@@ -30,8 +32,11 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// Trials run at once.
     pub slots: u32,
-    /// GPU ids; slot `i` gets `gpus[i % len]` as `CUDA_VISIBLE_DEVICES`. Empty: not set.
-    pub gpus: Vec<String>,
+    /// The GPUs. A sweep with `resources` gets trials packed onto them by memory; otherwise
+    /// slot `i` gets `gpus[i % len]` as `CUDA_VISIBLE_DEVICES` (not set when there are none).
+    pub gpus: Vec<Gpu>,
+    /// MiB each trial's CUDA context takes on a GPU, on top of its `gpu_memory_gb`.
+    pub gpu_overhead_mib: u64,
     /// The pool whose sweeps it serves.
     pub pool: String,
     /// A label for people.
@@ -46,6 +51,68 @@ pub struct AgentConfig {
     /// At most this long between checkpoint syncs while a trial keeps writing its checkpoint
     /// directory (a quiet directory syncs sooner): the most work a lost machine can cost.
     pub checkpoint_interval: Duration,
+}
+
+/// One of the agent's GPUs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gpu {
+    /// Its `CUDA_VISIBLE_DEVICES` id (an index or a UUID).
+    pub id: String,
+    /// MiB trials may use on it; unknown GPUs take only sweeps without `resources`.
+    pub memory_mib: Option<u64>,
+}
+
+/// The machine's GPUs as `nvidia-smi` sees them, with the memory not already in use; none
+/// when it is not installed or fails.
+pub fn detect_gpus() -> Vec<Gpu> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=index,memory.total,memory.used",
+            "--format=csv,noheader,nounits",
+        ])
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => parse_nvidia_smi(&String::from_utf8_lossy(&o.stdout)),
+        Ok(o) => {
+            tracing::warn!(status = %o.status, "nvidia-smi failed: no GPUs detected");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// `index, memory.total, memory.used` lines (MiB) into GPUs with the memory left for trials.
+fn parse_nvidia_smi(text: &str) -> Vec<Gpu> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            let [index, total, used] = fields[..] else {
+                return None;
+            };
+            let total: u64 = total.parse().ok()?;
+            let used: u64 = used.parse().unwrap_or(0);
+            Some(Gpu {
+                id: index.to_owned(),
+                memory_mib: Some(total.saturating_sub(used)),
+            })
+        })
+        .collect()
+}
+
+/// Whether a trial's last lines of stderr say it ran out of GPU memory (PyTorch, CUDA, cuBLAS,
+/// JAX/XLA, TensorFlow).
+fn out_of_gpu_memory(stderr_tail: &str) -> bool {
+    const SIGNS: &[&str] = &[
+        "CUDA out of memory",
+        "OutOfMemoryError",
+        "CUDA_ERROR_OUT_OF_MEMORY",
+        "cudaErrorMemoryAllocation",
+        "CUBLAS_STATUS_ALLOC_FAILED",
+        "RESOURCE_EXHAUSTED: Out of memory",
+        "ResourceExhaustedError",
+    ];
+    SIGNS.iter().any(|s| stderr_tail.contains(s))
 }
 
 #[derive(Clone)]
@@ -137,8 +204,10 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     let agent_id = format!("{}-{}", config.name, hex::encode(rand::rng().random::<[u8; 4]>()));
     tracing::info!(%agent_id, slots = config.slots, pool = %config.pool, server = %client.base, "agent started");
     let mut free: Vec<usize> = (0..config.slots as usize).rev().collect();
-    // Trial tasks send their slot back here when they are done.
-    let (done_tx, mut done_rx) = mpsc::channel::<usize>(config.slots as usize + 1);
+    // MiB not held by running trials, per GPU of known memory.
+    let mut gpu_free: Vec<u64> = config.gpus.iter().map(|g| g.memory_mib.unwrap_or(0)).collect();
+    // Trial tasks send their slot and GPU memory back here when they are done.
+    let (done_tx, mut done_rx) = mpsc::channel::<Freed>(config.slots as usize + 1);
     // Flipped to true on shutdown: every trial task stops its child and reports preemption.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut running = 0usize;
@@ -149,7 +218,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         if free.is_empty() {
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(slot) = done_rx.recv() => { free.push(slot); running -= 1; }
+                Some(freed) = done_rx.recv() => { freed.give_back(&mut free, &mut gpu_free); running -= 1; }
             }
             continue;
         }
@@ -167,6 +236,19 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             sweep_id: None,
             wait_ms: 20_000,
             ttl_ms: config.lease_ttl.map(|t| t.as_millis() as i64),
+            gpus: config
+                .gpus
+                .iter()
+                .zip(&gpu_free)
+                .filter_map(|(g, &free_mib)| {
+                    g.memory_mib.map(|memory_mib| GpuBody {
+                        id: g.id.clone(),
+                        memory_mib,
+                        free_mib,
+                    })
+                })
+                .collect(),
+            gpu_overhead_mib: Some(config.gpu_overhead_mib),
         };
         let lease = client
             .request(reqwest::Method::POST, "/api/v1/leases")
@@ -174,10 +256,10 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             .send();
         let answer = tokio::select! {
             _ = &mut shutdown => break,
-            Some(slot) = done_rx.recv() => {
+            Some(freed) = done_rx.recv() => {
                 // A slot came free while we waited: ask again with more slots (the pending
                 // request may still lease; the same request id then returns the same trials).
-                free.push(slot);
+                freed.give_back(&mut free, &mut gpu_free);
                 running -= 1;
                 continue;
             }
@@ -224,18 +306,34 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         for lease in leases {
             let Some(slot) = free.pop() else { break };
             running += 1;
-            let gpu = (!config.gpus.is_empty()).then(|| config.gpus[slot % config.gpus.len()].clone());
+            let mut held = Vec::new();
+            let mut shared = false;
+            let gpu = match &lease.gpus {
+                // Packed by memory: the GPUs the daemon placed it on.
+                Some(shares) => {
+                    for share in shares {
+                        if let Some(i) = config.gpus.iter().position(|g| g.id == share.id) {
+                            gpu_free[i] = gpu_free[i].saturating_sub(share.memory_mib);
+                            held.push((i, share.memory_mib));
+                            shared |= config.gpus[i].memory_mib.is_some_and(|m| share.memory_mib < m);
+                        }
+                    }
+                    Some(shares.iter().map(|g| g.id.as_str()).collect::<Vec<_>>().join(","))
+                }
+                None => (!config.gpus.is_empty()).then(|| config.gpus[slot % config.gpus.len()].id.clone()),
+            };
             let task = TrialTask {
                 client: client.clone(),
                 config: config.clone(),
                 lease,
                 gpu,
+                shared_gpu: shared,
                 stop: stop_rx.clone(),
             };
             let done = done_tx.clone();
             tokio::spawn(async move {
                 task.run().await;
-                let _ = done.send(slot).await;
+                let _ = done.send(Freed { slot, held }).await;
             });
         }
     }
@@ -253,6 +351,21 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     Ok(())
 }
 
+/// What a finished trial gives back: its slot and the GPU memory it held.
+struct Freed {
+    slot: usize,
+    held: Vec<(usize, u64)>,
+}
+
+impl Freed {
+    fn give_back(self, free: &mut Vec<usize>, gpu_free: &mut [u64]) {
+        free.push(self.slot);
+        for (i, mib) in self.held {
+            gpu_free[i] += mib;
+        }
+    }
+}
+
 /// Why a child stopped.
 enum Ending {
     Exited(std::process::ExitStatus),
@@ -264,7 +377,11 @@ struct TrialTask {
     client: Client,
     config: AgentConfig,
     lease: LeaseBody,
+    /// Its `CUDA_VISIBLE_DEVICES`.
     gpu: Option<String>,
+    /// It holds part of a GPU that other trials may use: running out of memory there means
+    /// "pack it less tightly", not "it is broken".
+    shared_gpu: bool,
     stop: watch::Receiver<bool>,
 }
 
@@ -285,6 +402,17 @@ impl TrialTask {
                     value: None,
                     reason: None,
                 },
+                Ending::Exited(status) if self.shared_gpu && out_of_gpu_memory(&stderr_tail) => {
+                    CompleteRequest {
+                        outcome: "out_of_memory".into(),
+                        value: None,
+                        reason: Some(format!(
+                            "out of GPU memory on a shared GPU ({}): retried with twice the memory; last lines of \
+                         stderr:\n{stderr_tail}",
+                            describe(status)
+                        )),
+                    }
+                }
                 Ending::Exited(status) => CompleteRequest {
                     outcome: "failed".into(),
                     value: None,
@@ -616,5 +744,40 @@ async fn stop_group(child: &mut tokio::process::Child, pgid: Option<Pid>, grace:
             let _ = killpg(pgid, Signal::SIGKILL);
         }
         let _ = child.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nvidia_smi_lines_become_gpus_with_their_free_memory() {
+        let gpus = parse_nvidia_smi("0, 40960, 4\n1, 81920, 1024\nbogus\n");
+        assert_eq!(
+            gpus,
+            vec![
+                Gpu {
+                    id: "0".into(),
+                    memory_mib: Some(40956)
+                },
+                Gpu {
+                    id: "1".into(),
+                    memory_mib: Some(80896)
+                },
+            ]
+        );
+        assert!(parse_nvidia_smi("").is_empty());
+    }
+
+    #[test]
+    fn out_of_memory_exits_are_recognised() {
+        assert!(out_of_gpu_memory(
+            "Traceback (most recent call last):\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+        ));
+        assert!(out_of_gpu_memory(
+            "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying"
+        ));
+        assert!(!out_of_gpu_memory("ValueError: bad learning rate"));
     }
 }

@@ -217,6 +217,34 @@ pub struct LeaseRequestBody {
     /// Lease time to live without a heartbeat (5000 to 3600000 ms, default 60000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<i64>,
+    /// The agent's GPUs and their free memory: trials of sweeps that declare `resources` are
+    /// leased only when they fit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuBody>,
+    /// MiB of GPU memory each process's CUDA context takes, added to a trial's `gpu_memory_gb`
+    /// (default 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_overhead_mib: Option<u64>,
+}
+
+/// One of an agent's GPUs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GpuBody {
+    /// Its id for `CUDA_VISIBLE_DEVICES`.
+    pub id: String,
+    /// MiB trials may use on it in all.
+    pub memory_mib: u64,
+    /// MiB not held by the agent's running trials.
+    pub free_mib: u64,
+}
+
+/// A GPU given to a trial and the memory held for it there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GpuShare {
+    /// The GPU's id.
+    pub id: String,
+    /// MiB held for the trial on it.
+    pub memory_mib: u64,
 }
 
 /// A notebook trial: run the input through papermill into the output.
@@ -252,6 +280,10 @@ pub struct LeaseBody {
     pub artifact_uri: String,
     /// The objective metric the trial should log.
     pub objective_metric: String,
+    /// For a sweep with `resources`: the GPUs given to the trial (its `CUDA_VISIBLE_DEVICES`;
+    /// empty for none). Absent: the agent hands its GPUs to its slots in turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Vec<GpuShare>>,
 }
 
 /// `POST /api/v1/leases` answer.
@@ -275,7 +307,8 @@ pub struct HeartbeatResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
-    /// `succeeded`, `failed`, `preempted`, `pruned` or `cancelled`.
+    /// `succeeded`, `failed`, `preempted`, `pruned`, `cancelled`, or `out_of_memory` (a trial that
+    /// shared a GPU ran out of its memory: requeued with twice the memory, not a failure).
     pub outcome: String,
     /// The objective value; when absent on `succeeded`, it is read from the run's metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]

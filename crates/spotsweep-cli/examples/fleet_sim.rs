@@ -149,7 +149,10 @@ async fn main() {
                 if get(&format!("/api/v1/sweeps/{sweep}")).await["state"] == "completed" {
                     break trials;
                 }
-                assert!(started.elapsed() < Duration::from_secs(900), "the simulation is stuck");
+                assert!(
+                    started.elapsed() < Duration::from_secs(900),
+                    "the simulation is stuck"
+                );
                 let list = trials["trials"].as_array().unwrap();
                 for t in list {
                     let (number, attempt) = (t["number"].as_i64().unwrap(), t["attempts"].as_i64().unwrap());
@@ -158,7 +161,8 @@ async fn main() {
                     }
                     attempts += 1;
                     // Exactly one attempt in five (the rate), at a random point of its work.
-                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(((number as u64) << 16) | attempt as u64);
+                    let mut rng =
+                        rand_chacha::ChaCha8Rng::seed_from_u64(((number as u64) << 16) | attempt as u64);
                     if attempts % CKPT_PREEMPT_EVERY == 0 {
                         let seconds = t["params"]["seconds"].as_f64().unwrap();
                         let left = match resume {

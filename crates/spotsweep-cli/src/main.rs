@@ -85,9 +85,17 @@ struct AgentArgs {
     /// Trials at once.
     #[arg(long, default_value_t = 1)]
     slots: u32,
-    /// GPU ids, e.g. 0,1: slot i gets CUDA_VISIBLE_DEVICES=gpus[i % n].
+    /// GPU ids, e.g. 0,1, or `none` [default: what nvidia-smi lists, with the memory not in use].
+    /// Sweeps with `resources` are packed onto them by memory; other trials get
+    /// CUDA_VISIBLE_DEVICES=gpus[slot % n].
     #[arg(long, value_delimiter = ',')]
     gpus: Vec<String>,
+    /// GB (GiB) of memory trials may use on each GPU [default: from nvidia-smi].
+    #[arg(long)]
+    gpu_memory_gb: Option<f64>,
+    /// GB each trial's CUDA context takes on a GPU, added to the sweep's gpu_memory_gb.
+    #[arg(long, default_value_t = 0.5)]
+    gpu_overhead_gb: f64,
     /// The pool whose sweeps it serves.
     #[arg(long, default_value = "local")]
     pool: String,
@@ -268,6 +276,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     spotsweep_server::run(config, listener, shutdown_signal()).await
 }
 
+/// The agent's GPUs: `--gpus` ids (or none), else what nvidia-smi lists; memory from
+/// `--gpu-memory-gb`, else from nvidia-smi.
+fn agent_gpus(ids: &[String], memory_gb: Option<f64>) -> Vec<spotsweep_agent::Gpu> {
+    if ids.iter().any(|id| id == "none") {
+        return Vec::new();
+    }
+    let detected = spotsweep_agent::detect_gpus();
+    let mut gpus = if ids.is_empty() {
+        detected
+    } else {
+        ids.iter()
+            .map(|id| spotsweep_agent::Gpu {
+                id: id.clone(),
+                memory_mib: detected.iter().find(|g| &g.id == id).and_then(|g| g.memory_mib),
+            })
+            .collect()
+    };
+    if let Some(gb) = memory_gb {
+        for g in &mut gpus {
+            g.memory_mib = Some((gb * 1024.0).floor() as u64);
+        }
+    }
+    gpus
+}
+
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     init_logging(LogFormat::Text, "info");
     if args.exit_with_parent {
@@ -283,11 +316,28 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "agent".into())
     });
+    if let Some(gb) = args.gpu_memory_gb
+        && !(gb.is_finite() && gb > 0.0)
+    {
+        anyhow::bail!("--gpu-memory-gb must be a number of GB above 0, not {gb}");
+    }
+    let gpus = agent_gpus(&args.gpus, args.gpu_memory_gb);
+    if !gpus.is_empty() {
+        let listed: Vec<String> = gpus
+            .iter()
+            .map(|g| match g.memory_mib {
+                Some(m) => format!("{} ({:.1} GB)", g.id, m as f64 / 1024.0),
+                None => format!("{} (memory unknown)", g.id),
+            })
+            .collect();
+        tracing::info!(gpus = %listed.join(", "), "GPUs");
+    }
     let config = spotsweep_agent::AgentConfig {
         server: args.server,
         token: args.token,
         slots: args.slots.max(1),
-        gpus: args.gpus,
+        gpus,
+        gpu_overhead_mib: (args.gpu_overhead_gb.max(0.0) * 1024.0).round() as u64,
         pool: args.pool,
         name,
         work_dir: args.work_dir,

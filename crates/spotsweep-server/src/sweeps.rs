@@ -9,12 +9,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use spotsweep_api::{
-    BestTrial, CompleteRequest, EnqueueTrialRequest, HeartbeatResponse, LeaseBody, LeaseRequestBody,
-    LeaseResponse, NotebookBody, SweepBody, SweepList, TrialBody, TrialCountsBody, TrialList,
+    BestTrial, CompleteRequest, EnqueueTrialRequest, GpuShare, HeartbeatResponse, LeaseBody,
+    LeaseRequestBody, LeaseResponse, NotebookBody, SweepBody, SweepList, TrialBody, TrialCountsBody,
+    TrialList,
 };
 use spotsweep_core::sweep::{Goal, ParamValue, Params, SweepSpec, render_command, validate_params};
 use spotsweep_store::{
-    HeartbeatAction, LeaseRequest, LeasedTrial, Outcome, Sweep, SweepState, Trial, TrialState,
+    GpuFree, HeartbeatAction, LeaseRequest, LeasedTrial, Outcome, Sweep, SweepState, Trial, TrialState,
 };
 use tokio::sync::Notify;
 
@@ -138,6 +139,15 @@ fn lease_body(l: &LeasedTrial, ttl_ms: i64) -> LeaseBody {
         env: spec.env.clone(),
         artifact_uri: l.trial.artifact_uri.clone(),
         objective_metric: spec.objective.metric.clone(),
+        gpus: l.gpus.as_ref().map(|shares| {
+            shares
+                .iter()
+                .map(|g| GpuShare {
+                    id: g.id.clone(),
+                    memory_mib: g.memory_mib,
+                })
+                .collect()
+        }),
     }
 }
 
@@ -344,6 +354,15 @@ pub async fn lease_trials(
     if !(1..=256).contains(&req.slots) {
         return Err(ApiError::invalid("slots must be between 1 and 256"));
     }
+    if req.gpus.len() > 64 {
+        return Err(ApiError::invalid("gpus: at most 64 GPUs per agent"));
+    }
+    if let Some(g) = req.gpus.iter().find(|g| g.id.is_empty() || g.id.contains(',')) {
+        return Err(ApiError::invalid(format!(
+            "gpus: '{}' is not a GPU id (a CUDA device index or UUID, without commas)",
+            g.id
+        )));
+    }
     if req.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::invalid(format!(
             "wait_ms must be at most {MAX_WAIT_MS}"
@@ -378,6 +397,16 @@ pub async fn lease_trials(
         pool,
         sweep_id: req.sweep_id,
         ttl_ms,
+        gpus: req
+            .gpus
+            .iter()
+            .map(|g| GpuFree {
+                id: g.id.clone(),
+                memory_mib: g.memory_mib,
+                free_mib: g.free_mib.min(g.memory_mib),
+            })
+            .collect(),
+        gpu_overhead_mib: req.gpu_overhead_mib.unwrap_or(512),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms);
     loop {
@@ -477,9 +506,14 @@ pub async fn complete_trial(
             reason
         }),
         "cancelled" => Outcome::Cancelled,
+        "out_of_memory" => Outcome::OutOfMemory(if reason.is_empty() {
+            "out of GPU memory".into()
+        } else {
+            reason
+        }),
         other => {
             return Err(ApiError::invalid(format!(
-                "outcome '{other}' is not one of succeeded, failed, preempted, pruned, cancelled"
+                "outcome '{other}' is not one of succeeded, failed, preempted, pruned, cancelled, out_of_memory"
             )));
         }
     };

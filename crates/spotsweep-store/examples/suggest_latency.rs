@@ -48,6 +48,8 @@ fn request(sweep_id: i64) -> LeaseRequest {
         pool: None,
         sweep_id: Some(sweep_id),
         ttl_ms: 60_000,
+        gpus: Vec::new(),
+        gpu_overhead_mib: 0,
     }
 }
 

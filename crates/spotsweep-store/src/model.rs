@@ -498,6 +498,30 @@ pub struct LeaseRequest {
     pub sweep_id: Option<i64>,
     /// Lease time to live, in ms.
     pub ttl_ms: i64,
+    /// The agent's GPUs, for sweeps that declare `resources`.
+    pub gpus: Vec<GpuFree>,
+    /// MiB each process's CUDA context takes.
+    pub gpu_overhead_mib: u64,
+}
+
+/// One of an agent's GPUs, as it asks for work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuFree {
+    /// Its id for `CUDA_VISIBLE_DEVICES`.
+    pub id: String,
+    /// MiB trials may use on it in all.
+    pub memory_mib: u64,
+    /// MiB not held by the agent's running trials.
+    pub free_mib: u64,
+}
+
+/// A GPU given to a trial, and the MiB held for it there.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GpuShare {
+    /// The GPU's id.
+    pub id: String,
+    /// MiB held.
+    pub memory_mib: u64,
 }
 
 /// A leased trial.
@@ -511,6 +535,8 @@ pub struct LeasedTrial {
     pub trial: Trial,
     /// Its sweep's spec (command, env, objective).
     pub spec: std::sync::Arc<spotsweep_core::sweep::SweepSpec>,
+    /// For a sweep with `resources`: the GPUs given to it (maybe none).
+    pub gpus: Option<Vec<GpuShare>>,
 }
 
 /// How a leased trial ended, as its agent reports it.
@@ -526,6 +552,8 @@ pub enum Outcome {
     Pruned(String),
     /// Stopped because the sweep or trial was cancelled.
     Cancelled,
+    /// Ran out of GPU memory while sharing its GPU: requeued with twice the memory, not a failure.
+    OutOfMemory(String),
 }
 
 impl Outcome {
@@ -537,6 +565,7 @@ impl Outcome {
             Self::Preempted => "preempted",
             Self::Pruned(_) => "pruned",
             Self::Cancelled => "cancelled",
+            Self::OutOfMemory(_) => "out_of_memory",
         }
     }
 }

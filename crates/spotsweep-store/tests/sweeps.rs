@@ -28,6 +28,8 @@ fn request(agent: &str, slots: u32) -> LeaseRequest {
         pool: Some("local".into()),
         sweep_id: None,
         ttl_ms: 60_000,
+        gpus: Vec::new(),
+        gpu_overhead_mib: 0,
     }
 }
 
@@ -353,4 +355,58 @@ async fn tpe_suggests_the_same_after_a_restart() {
         .map(|x| (x - 1.0).abs())
         .fold(f64::INFINITY, f64::min);
     assert!(best_late < 1.0, "{xs:?}");
+}
+
+#[tokio::test]
+async fn trials_are_packed_onto_gpus_by_memory_and_an_oom_doubles_the_next_placement() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let mut packed = spec("packed", 6, 6, 0);
+    packed.resources = Some(spotsweep_core::sweep::Resources {
+        gpus: None,
+        gpu_memory_gb: Some(8.0),
+    });
+    let sweep = store.create_sweep(packed, 1).await.unwrap();
+    let gpu = |free_mib| GpuFree {
+        id: "0".into(),
+        memory_mib: 40 * 1024,
+        free_mib,
+    };
+    let ask = |free_mib, request_id: &str| LeaseRequest {
+        request_id: Some(request_id.into()),
+        gpus: vec![gpu(free_mib)],
+        gpu_overhead_mib: 512,
+        ..request("agent", 10)
+    };
+    let share = 8 * 1024 + 512;
+    let leased = store.lease_trials(&ask(40 * 1024, "r1")).await.unwrap();
+    assert_eq!(leased.len(), 4, "four of 8.5 GB fit in 40 GB, a fifth does not");
+    for l in &leased {
+        assert_eq!(
+            l.gpus,
+            Some(vec![GpuShare {
+                id: "0".into(),
+                memory_mib: share
+            }])
+        );
+    }
+    // A retried request answers with the same placements.
+    let again = store.lease_trials(&ask(40 * 1024, "r1")).await.unwrap();
+    let ids = |v: &[LeasedTrial]| v.iter().map(|l| (l.lease_id.clone(), l.gpus.clone())).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&leased));
+    // What is left (6 GB) fits nothing; an agent without GPUs gets nothing of this sweep.
+    assert!(store.lease_trials(&ask(40 * 1024 - 4 * share, "r2")).await.unwrap().is_empty());
+    assert!(store.lease_trials(&request("cpu", 4)).await.unwrap().is_empty());
+    // Out of memory: back in the queue, not a failure, and it asks for twice as much next time.
+    let t = store
+        .complete_trial(&leased[0].lease_id, Outcome::OutOfMemory("CUDA out of memory".into()))
+        .await
+        .unwrap();
+    assert_eq!((t.state, t.failures), (TrialState::Queued, 0));
+    let retried = store.lease_trials(&ask(40 * 1024 - 3 * share, "r3")).await.unwrap();
+    assert!(retried.is_empty(), "17 GB do not fit in the 14.5 GB left");
+    let retried = store.lease_trials(&ask(40 * 1024, "r4")).await.unwrap();
+    assert_eq!(retried[0].trial.number, leased[0].trial.number);
+    assert_eq!(retried[0].trial.sweep_id, sweep.id);
+    assert_eq!(retried[0].gpus.as_ref().unwrap()[0].memory_mib, 2 * share);
 }

@@ -324,6 +324,72 @@ pub struct NotebookSpec {
     pub output: String,
 }
 
+/// What one trial needs of an agent's GPUs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// GPUs per trial: a whole number, or a fraction of one GPU's memory (`0.25`: four trials
+    /// share a GPU). `0`: none (`CUDA_VISIBLE_DEVICES` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<f64>,
+    /// GPU memory a trial needs on each of its GPUs, in GB (GiB, as `nvidia-smi` counts); the
+    /// agent adds each process's CUDA context. Implies `gpus: 1` when `gpus` is not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_gb: Option<f64>,
+}
+
+impl Resources {
+    /// How many GPUs a trial takes (a fraction takes part of one).
+    pub fn gpu_count(&self) -> u32 {
+        match (self.gpus, self.gpu_memory_gb) {
+            (Some(g), _) if g >= 1.0 => g as u32,
+            (Some(g), _) if g > 0.0 => 1,
+            (Some(_), _) => 0,
+            (None, Some(_)) => 1,
+            (None, None) => 0,
+        }
+    }
+
+    /// MiB a trial reserves on each of its GPUs, for a GPU with `capacity_mib` to share, a CUDA
+    /// context of `overhead_mib` per process, after `ooms` out-of-memory exits (each one doubles
+    /// it); at most the whole GPU.
+    pub fn memory_mib(&self, capacity_mib: u64, overhead_mib: u64, ooms: u32) -> u64 {
+        let base = match (self.gpus, self.gpu_memory_gb) {
+            (_, Some(gb)) => (gb * 1024.0).ceil() as u64 + overhead_mib,
+            // Rounded down so that four quarters fill a GPU exactly.
+            (Some(g), None) if g < 1.0 => (g * capacity_mib as f64).floor() as u64,
+            _ => capacity_mib,
+        };
+        base.saturating_mul(1u64 << ooms.min(32)).min(capacity_mib)
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        if let Some(g) = self.gpus
+            && (!g.is_finite() || !(0.0..=64.0).contains(&g) || (g > 1.0 && g.fract() != 0.0))
+        {
+            return Err(err(
+                "resources.gpus",
+                "must be a whole number of GPUs (0 to 64) or a fraction of one below 1, like 0.25",
+            ));
+        }
+        if let Some(m) = self.gpu_memory_gb {
+            if !m.is_finite() || m <= 0.0 || m > 4096.0 {
+                return Err(err("resources.gpu_memory_gb", "must be a number of GB above 0"));
+            }
+            if self.gpus.is_some_and(|g| g > 0.0 && g < 1.0) {
+                return Err(err(
+                    "resources.gpu_memory_gb",
+                    "and a fractional gpus both say how much of a GPU a trial takes: give one",
+                ));
+            }
+            if self.gpus == Some(0.0) {
+                return Err(err("resources.gpu_memory_gb", "needs gpus above 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A whole sweep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -364,6 +430,10 @@ pub struct SweepSpec {
     /// Extra environment for the command.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// What a trial needs of the agent's GPUs: agents pack trials onto GPUs by memory. Without
+    /// it, an agent hands its GPUs to its slots in turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -468,6 +538,9 @@ impl SweepSpec {
         }
         if self.sampler.candidates == Some(0) || self.sampler.candidates.is_some_and(|c| c > 10_000) {
             return Err(err("sampler.candidates", "must be between 1 and 10000"));
+        }
+        if let Some(r) = &self.resources {
+            r.validate()?;
         }
         self.pruner.validate()
     }

@@ -21,6 +21,7 @@ use sqlx::SqliteConnection;
 use super::metric_blocks;
 use super::tracking::insert_experiment;
 use super::{SqliteStore, map_err, now_ms, queue_writer};
+use crate::placement::place;
 use crate::{
     HeartbeatAction, LeaseRequest, LeasedTrial, NewExperiment, Outcome, Result, StoreError, Sweep,
     SweepState, SweepStore, Trial, TrialCounts, TrialState,
@@ -204,6 +205,19 @@ static LEASE_WAITING: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Records the GPUs a lease holds (JSON), so that a retried request answers the same.
+async fn set_lease_gpus(conn: &mut SqliteConnection, lease_id: &str, gpus: Option<&str>) -> Result<()> {
+    if gpus.is_some() {
+        sqlx::query("UPDATE leases SET gpus = ? WHERE id = ?")
+            .bind(gpus)
+            .bind(lease_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
 /// When a sweep (the row `sweeps`) is done: running or paused, every trial proposed, none left
 /// to run.
 const SWEEP_DONE: &str = "state IN ('running', 'paused') AND trials_created >= max_trials \
@@ -303,6 +317,13 @@ fn decide_outcome(
                 update(TrialState::Queued, None, Some(reason.clone()), failures, None)
             }
         }
+        Outcome::OutOfMemory(reason) => update(
+            TrialState::Queued,
+            None,
+            Some(reason.clone()),
+            trial.failures,
+            None,
+        ),
         Outcome::Preempted => update(
             TrialState::Preempted,
             None,
@@ -692,6 +713,7 @@ impl Queue {
             expires_at: lease.expires_at,
             trial,
             spec,
+            gpus: None,
         })
     }
 
@@ -753,6 +775,14 @@ impl Queue {
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
+        if matches!(outcome, Outcome::OutOfMemory(_)) {
+            // Asks for twice the GPU memory next time.
+            sqlx::query("UPDATE trials SET ooms = ooms + 1 WHERE id = ?")
+                .bind(trial.id)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+        }
         let last_value = if update.state == TrialState::Pruned && self.has_history(trial.sweep_id) {
             self.last_value(conn, &trial, &spec).await?
         } else {
@@ -803,13 +833,14 @@ impl Queue {
                 let lease_ids: Vec<String> = serde_json::from_str(&response).unwrap_or_default();
                 let mut out = Vec::new();
                 for lease_id in lease_ids {
-                    let row: Option<(i64, i64, Option<i64>)> =
-                        sqlx::query_as("SELECT trial_id, expires_at, ended_at FROM leases WHERE id = ?")
-                            .bind(&lease_id)
-                            .fetch_optional(&mut *tx)
-                            .await
-                            .map_err(map_err)?;
-                    if let Some((trial_id, expires_at, None)) = row {
+                    let row: Option<(i64, i64, Option<i64>, Option<String>)> = sqlx::query_as(
+                        "SELECT trial_id, expires_at, ended_at, gpus FROM leases WHERE id = ?",
+                    )
+                    .bind(&lease_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    if let Some((trial_id, expires_at, None, gpus)) = row {
                         let trial = trial_by_id(tx, trial_id).await?;
                         let spec = self.spec_of(tx, trial.sweep_id).await?;
                         out.push(LeasedTrial {
@@ -817,6 +848,7 @@ impl Queue {
                             expires_at,
                             trial,
                             spec,
+                            gpus: gpus.and_then(|g| serde_json::from_str(&g).ok()),
                         });
                     }
                 }
@@ -824,6 +856,9 @@ impl Queue {
             }
         }
         let mut leased: Vec<LeasedTrial> = Vec::new();
+        // The agent's GPUs as this request fills them, and sweeps whose next trial does not fit.
+        let mut gpus = request.gpus.clone();
+        let mut do_not_fit: Vec<i64> = Vec::new();
         while leased.len() < request.slots as usize {
             let candidates: Vec<Candidate> = sqlx::query_as(
                 "SELECT s.id, s.seed, s.experiment_id, e.artifact_location, e.lifecycle_stage AS experiment_stage, \
@@ -844,10 +879,42 @@ impl Queue {
             let pick = candidates
                 .iter()
                 .filter(|c| {
-                    c.running < c.parallelism && (c.next_waiting.is_some() || c.trials_created < c.max_trials)
+                    c.running < c.parallelism
+                        && (c.next_waiting.is_some() || c.trials_created < c.max_trials)
+                        && !do_not_fit.contains(&c.sweep.id)
                 })
                 .min_by_key(|c| (c.running, c.sweep.id));
             let Some(candidate) = pick else { break };
+            let spec = self.spec_of(tx, candidate.sweep.id).await?;
+            let placement = match &spec.resources {
+                None => None,
+                Some(resources) => {
+                    let ooms = match candidate.next_waiting {
+                        Some(number) => {
+                            let (ooms,): (i64,) =
+                                sqlx::query_as("SELECT ooms FROM trials WHERE sweep_id = ? AND number = ?")
+                                    .bind(candidate.sweep.id)
+                                    .bind(number)
+                                    .fetch_one(&mut *tx)
+                                    .await
+                                    .map_err(map_err)?;
+                            ooms.clamp(0, 32) as u32
+                        }
+                        None => 0,
+                    };
+                    match place(resources, &mut gpus, request.gpu_overhead_mib, ooms) {
+                        Some(shares) => Some(shares),
+                        None => {
+                            // Waits for a GPU with room; other sweeps may still fit.
+                            do_not_fit.push(candidate.sweep.id);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let gpus_json = placement
+                .as_ref()
+                .map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into()));
             let lease_id = new_lease_id();
             let lease = NewLease {
                 id: &lease_id,
@@ -863,12 +930,20 @@ impl Queue {
                         .fetch_one(&mut *tx)
                         .await
                         .map_err(map_err)?;
-                leased.push(self.lease_waiting(tx, trial_id, &lease).await?);
+                let mut trial = self.lease_waiting(tx, trial_id, &lease).await?;
+                set_lease_gpus(tx, &lease_id, gpus_json.as_deref()).await?;
+                trial.gpus = placement;
+                leased.push(trial);
                 continue;
             }
             let number = candidate.trials_created;
             let Some(params) = self.propose(tx, sweep.id, sweep.seed as u64, number).await? else {
-                // An exhausted grid: no more trials.
+                // An exhausted grid: no more trials (and nothing placed).
+                for share in placement.iter().flatten() {
+                    if let Some(g) = gpus.iter_mut().find(|g| g.id == share.id) {
+                        g.free_mib += share.memory_mib;
+                    }
+                }
                 sqlx::query("UPDATE sweeps SET max_trials = trials_created WHERE id = ?")
                     .bind(sweep.id)
                     .execute(&mut *tx)
@@ -879,11 +954,13 @@ impl Queue {
             let trial = self
                 .insert_trial(tx, sweep, number, &params, Some(&lease))
                 .await?;
+            set_lease_gpus(tx, &lease_id, gpus_json.as_deref()).await?;
             leased.push(LeasedTrial {
                 lease_id: lease_id.clone(),
                 expires_at: lease.expires_at,
-                spec: self.spec_of(tx, sweep.id).await?,
+                spec,
                 trial,
+                gpus: placement,
             });
         }
         // Only a request that leased something is remembered: an empty answer leases nothing
