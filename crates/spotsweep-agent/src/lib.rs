@@ -7,8 +7,11 @@
 //! child process and gives its slot back through the `done` channel when the daemon has the
 //! trial's outcome (or the agent is shutting down).
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -115,6 +118,91 @@ fn out_of_gpu_memory(stderr_tail: &str) -> bool {
     SIGNS.iter().any(|s| stderr_tail.contains(s))
 }
 
+/// A setup command's outcome, once it has run (its failure as the text to report).
+type SetupOutcome = tokio::sync::OnceCell<Result<(), String>>;
+
+/// The setup commands this agent has run, by their text: each runs once however many trials
+/// wait for it. A success is also remembered on disk (an agent restarted on the same machine
+/// does not run it again); a failure makes the agent take no more trials.
+#[derive(Clone, Default)]
+struct Setups {
+    runs: Arc<tokio::sync::Mutex<HashMap<String, Arc<SetupOutcome>>>>,
+    /// Set when one failed: the main loop stops leasing.
+    failed: Arc<AtomicBool>,
+}
+
+impl Setups {
+    /// Runs `command` unless it already ran (or is running) here; its outcome.
+    async fn ensure(
+        &self,
+        work_dir: &std::path::Path,
+        command: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        let key = hex::encode(&Sha256::digest(command.as_bytes())[..8]);
+        let cell = self.runs.lock().await.entry(key.clone()).or_default().clone();
+        let outcome = cell
+            .get_or_init(|| run_setup(work_dir.join("setup"), key, command.to_owned(), env.clone()))
+            .await
+            .clone();
+        if outcome.is_err() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        outcome
+    }
+}
+
+/// Runs a setup command through `sh -c`, its output in `dir/<key>.log`; `dir/<key>.ok` records
+/// a success.
+async fn run_setup(
+    dir: PathBuf,
+    key: String,
+    command: String,
+    env: BTreeMap<String, String>,
+) -> Result<(), String> {
+    let done = dir.join(format!("{key}.ok"));
+    if done.exists() {
+        return Ok(());
+    }
+    let log = dir.join(format!("{key}.log"));
+    let started = std::time::Instant::now();
+    tracing::info!(%command, "running the setup command");
+    let run = async {
+        std::fs::create_dir_all(&dir)?;
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .envs(&env)
+            .env("SPOTSWEEP_SETUP", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .kill_on_drop(true)
+            .status()
+            .await
+    };
+    match run.await {
+        Ok(status) if status.success() => {
+            let _ = std::fs::write(&done, &command);
+            tracing::info!(seconds = started.elapsed().as_secs_f64(), "setup done");
+            Ok(())
+        }
+        Ok(status) => {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+            Err(format!(
+                "the setup command `{command}` failed on this machine ({}); last lines of its output:\n{tail}",
+                describe(status)
+            ))
+        }
+        Err(e) => Err(format!("cannot run the setup command `{command}`: {e}")),
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
@@ -213,8 +301,24 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     let mut running = 0usize;
     let mut failures = 0u32;
     let mut request_id: Option<String> = None;
+    let setups = Setups::default();
     tokio::pin!(shutdown);
     loop {
+        if setups.failed.load(Ordering::SeqCst) {
+            // A setup failed here: no more trials. Let the running ones finish, then stop, so
+            // that a supervisor (the daemon's local pool, systemd) may start a fresh agent.
+            if running == 0 {
+                anyhow::bail!(
+                    "a setup command failed on this machine, so this agent takes no more trials \
+                     (its output is in the trial's logs/setup.txt)"
+                );
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(freed) = done_rx.recv() => { freed.give_back(&mut free, &mut gpu_free); running -= 1; }
+            }
+            continue;
+        }
         if free.is_empty() {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -328,6 +432,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
                 lease,
                 gpu,
                 shared_gpu: shared,
+                setups: setups.clone(),
                 stop: stop_rx.clone(),
             };
             let done = done_tx.clone();
@@ -382,6 +487,7 @@ struct TrialTask {
     /// It holds part of a GPU that other trials may use: running out of memory there means
     /// "pack it less tightly", not "it is broken".
     shared_gpu: bool,
+    setups: Setups,
     stop: watch::Receiver<bool>,
 }
 
@@ -395,6 +501,28 @@ impl TrialTask {
 
     async fn run(mut self) {
         let label = self.label();
+        match self.setup().await {
+            Ok(None) => {}
+            Ok(Some(stopped)) => {
+                self.report(CompleteRequest {
+                    outcome: stopped.into(),
+                    value: None,
+                    reason: None,
+                })
+                .await;
+                return;
+            }
+            Err(reason) => {
+                tracing::error!(trial = %label, %reason, "setup failed: this agent takes no more trials");
+                self.report(CompleteRequest {
+                    outcome: "setup_failed".into(),
+                    value: None,
+                    reason: Some(reason),
+                })
+                .await;
+                return;
+            }
+        }
         let outcome = match self.execute().await {
             Ok((ending, stderr_tail)) => match ending {
                 Ending::Exited(status) if status.success() => CompleteRequest {
@@ -553,6 +681,41 @@ impl TrialTask {
         let tail = std::fs::read_to_string(&stderr_path).unwrap_or_default();
         let tail: Vec<&str> = tail.lines().rev().take(20).collect();
         Ok((ending, tail.into_iter().rev().collect::<Vec<_>>().join("\n")))
+    }
+
+    /// Runs the lease's setup commands that have not run here yet, heartbeating meanwhile (a
+    /// dataset copy may take minutes). `Ok(Some(outcome))` when the trial was stopped meanwhile
+    /// (cancelled by the daemon, or preempted with the agent); the failure's text when one failed
+    /// (its output becomes the run's `logs/setup.txt`).
+    async fn setup(&mut self) -> Result<Option<&'static str>, String> {
+        for command in self.lease.setup.clone() {
+            let interval = Duration::from_millis(self.lease.heartbeat_interval_ms.max(500) as u64);
+            let mut beat = tokio::time::interval(interval);
+            beat.tick().await;
+            let setups = self.setups.clone();
+            let work_dir = self.config.work_dir.clone();
+            let env = self.lease.env.clone();
+            let ensure = setups.ensure(&work_dir, &command, &env);
+            tokio::pin!(ensure);
+            let outcome = loop {
+                tokio::select! {
+                    outcome = &mut ensure => break outcome,
+                    _ = beat.tick() => {
+                        if self.heartbeat().await == Some(false) {
+                            return Ok(Some("cancelled"));
+                        }
+                    }
+                    _ = self.stop.changed() => return Ok(Some("preempted")),
+                }
+            };
+            if let Err(reason) = outcome {
+                let key = hex::encode(&Sha256::digest(command.as_bytes())[..8]);
+                let log = work_dir.join("setup").join(format!("{key}.log"));
+                self.upload(&log, "logs/setup.txt").await;
+                return Err(reason);
+            }
+        }
+        Ok(None)
     }
 
     /// Prepares the trial's checkpoint directory, restoring the run's `checkpoints/` artifacts

@@ -284,6 +284,10 @@ pub struct LeaseBody {
     /// empty for none). Absent: the agent hands its GPUs to its slots in turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpus: Option<Vec<GpuShare>>,
+    /// Commands the agent runs once (the pool's, then the sweep's) before its first trial that
+    /// needs them; report `setup_failed` when one fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setup: Vec<String>,
 }
 
 /// `POST /api/v1/leases` answer.
@@ -307,8 +311,10 @@ pub struct HeartbeatResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
-    /// `succeeded`, `failed`, `preempted`, `pruned`, `cancelled`, or `out_of_memory` (a trial that
-    /// shared a GPU ran out of its memory: requeued with twice the memory, not a failure).
+    /// `succeeded`, `failed`, `preempted`, `pruned`, `cancelled`, `out_of_memory` (a trial that
+    /// shared a GPU ran out of its memory: requeued with twice the memory, not a failure), or
+    /// `setup_failed` (the machine's setup failed: the trial is requeued for another machine,
+    /// and a VM of the fleet is replaced).
     pub outcome: String,
     /// The objective value; when absent on `succeeded`, it is read from the run's metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -42,8 +42,16 @@ async fn until<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sweep_runs_on_spot_vms_through_a_preemption() {
+/// A daemon (the real binary) with a gce pool `gpu` on the fake Compute API, whose VMs boot
+/// the real startup script and agent; `pool` adds lines to the pool's table.
+struct Fleet {
+    fake: FakeCompute,
+    daemon: Daemon,
+    child: tokio::process::Child,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn fleet(max_vms: u32, pool: &str) -> Fleet {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let guests = tempfile::tempdir().unwrap();
     let fake = FakeCompute::start(FakeConfig {
@@ -78,10 +86,11 @@ zones = ["us-central1-a", "us-central1-b"]
 machine_type = "a2-highgpu-1g"
 image_family = "projects/deeplearning-platform-release/global/images/family/pytorch-latest-gpu"
 slots_per_vm = 2
-max_vms = 2
+max_vms = {max_vms}
 idle_timeout = "2s"
 credentials = "{}"
 compute_endpoint = "{}"
+{pool}
 
 [fleet]
 tick = "200ms"
@@ -117,7 +126,51 @@ reconcile = "2s"
         token,
         http: reqwest::Client::new(),
     };
+    Fleet {
+        fake,
+        daemon,
+        child,
+        _dirs: (guests, data),
+    }
+}
 
+impl Fleet {
+    async fn create_sweep(&self, spec: Value) -> i64 {
+        let r = self
+            .daemon
+            .http
+            .post(format!("{}/api/v1/sweeps", self.daemon.url))
+            .bearer_auth(&self.daemon.token)
+            .json(&spec)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
+    }
+
+    async fn vms(&self) -> Vec<Value> {
+        let pools = self.daemon.get("/api/v1/pools").await;
+        pools["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "gpu")
+            .unwrap()["vms"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_runs_on_spot_vms_through_a_preemption() {
+    let Fleet {
+        fake,
+        daemon,
+        child,
+        _dirs,
+    } = fleet(2, "").await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/branin.py");
     let spec = json!({
         "name": "on-spot", "pool": "gpu", "max_trials": 8, "parallelism": 4,
@@ -232,6 +285,61 @@ reconcile = "2s"
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_whose_setup_fails_is_replaced_and_no_trial_fails() {
+    let marks = tempfile::tempdir().unwrap();
+    // The pool's setup fails on the first VM that runs it and works on the next ones.
+    let runs = marks.path().join("runs");
+    let f = fleet(
+        1,
+        &format!(
+            r#"setup = "n=$(cat {runs} 2>/dev/null || echo 0); echo $((n + 1)) > {runs}; [ $n -ge 1 ] || {{ echo no dataset >&2; exit 3; }}""#,
+            runs = runs.display()
+        ),
+    )
+    .await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/branin.py");
+    let sweep = f
+        .create_sweep(json!({
+            "name": "staged", "pool": "gpu", "max_trials": 4, "parallelism": 2,
+            "command": format!("python3 {} --x1 {{x1}} --x2 {{x2}} --steps 3", script.display()),
+            "objective": {"metric": "loss"}, "sampler": {"type": "random", "seed": 3},
+            "parameters": {"x1": {"type": "float", "low": -5, "high": 10}, "x2": {"type": "float", "low": 0, "high": 15}}
+        }))
+        .await;
+    until("the sweep to complete", Duration::from_secs(120), async || {
+        let s = f.daemon.get(&format!("/api/v1/sweeps/{sweep}")).await;
+        (s["state"] == "completed").then_some(())
+    })
+    .await;
+    let trials = f.daemon.get(&format!("/api/v1/sweeps/{sweep}/trials")).await;
+    let trials = trials["trials"].as_array().unwrap();
+    assert!(
+        trials
+            .iter()
+            .all(|t| t["state"] == "completed" && t["failures"] == 0),
+        "{trials:#?}"
+    );
+    // The first VM ran the setup, failed it and was deleted for it; the second ran it once
+    // for all its trials.
+    let vms = f.vms().await;
+    assert!(vms.len() >= 2, "{vms:#?}");
+    assert_eq!(vms[0]["state"], "deleted", "{vms:#?}");
+    assert!(
+        vms[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("setup failed"),
+        "{vms:#?}"
+    );
+    assert_eq!(std::fs::read_to_string(&runs).unwrap().trim(), "2");
+    until("every instance deleted", Duration::from_secs(30), async || {
+        f.fake.instances().is_empty().then_some(())
+    })
+    .await;
+    drop(f.child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

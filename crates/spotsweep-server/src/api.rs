@@ -345,7 +345,9 @@ pub async fn list_pools(State(s): State<AppState>) -> Result<Json<PoolList>, Api
         by_pool.entry(vm.pool.clone()).or_default().push(vm);
     }
     let mut pools = (*s.pools).clone();
-    pools.entry("local".to_string()).or_insert(Pool::Local);
+    pools
+        .entry("local".to_string())
+        .or_insert(Pool::Local { setup: None });
     let out = pools
         .into_iter()
         .map(|(name, pool)| {
@@ -366,7 +368,7 @@ pub async fn list_pools(State(s): State<AppState>) -> Result<Json<PoolList>, Api
                 })
                 .collect();
             match pool {
-                Pool::Local => PoolInfo {
+                Pool::Local { .. } => PoolInfo {
                     name,
                     provider: "local".into(),
                     project: None,

@@ -212,6 +212,15 @@ impl PoolManager {
             }
             return Ok(());
         }
+        // A draining VM (its setup failed) goes once nothing runs on it; `live` leaves it out,
+        // so a replacement starts if the work needs one.
+        for vm in vms.iter().filter(|v| v.state == VmState::Draining) {
+            if self.store.open_leases_of_agent(&vm.name).await?.is_empty() {
+                let reason = vm.reason.clone().unwrap_or_else(|| "drained".into());
+                tracing::info!(pool = %self.name, vm = %vm.name, %reason, "drained: deleting");
+                self.delete(vm, &reason).await?;
+            }
+        }
         // Idle VMs beyond what the work needs go, oldest idle first.
         if live.len() > wanted {
             let idle_ms = self.cfg.idle_timeout.as_millis() as i64;
@@ -753,6 +762,7 @@ mod tests {
             scopes: Vec::new(),
             network: String::new(),
             labels: Default::default(),
+            setup: None,
         }
     }
 

@@ -140,7 +140,7 @@ async fn start_fleet(
         .iter()
         .filter_map(|(name, p)| match p {
             pools::Pool::Gce(g) => Some((name, g.as_ref())),
-            pools::Pool::Local => None,
+            pools::Pool::Local { .. } => None,
         })
         .collect();
     if gce.is_empty() {

@@ -26,7 +26,10 @@ pub const SPOT_PRICES_AS_OF: &str = "2026-11-28";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "provider", rename_all = "lowercase", deny_unknown_fields)]
 enum PoolFile {
-    Local {},
+    Local {
+        #[serde(default)]
+        setup: Option<String>,
+    },
     Gce(Box<GceFile>),
 }
 
@@ -54,6 +57,7 @@ struct GceFile {
     network: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    setup: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,7 +72,10 @@ struct AcceleratorFile {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pool {
     /// Agents on the daemon's machine.
-    Local,
+    Local {
+        /// Run once per agent before its first trial.
+        setup: Option<String>,
+    },
     /// Spot VMs on Compute Engine.
     Gce(Box<GcePool>),
 }
@@ -112,6 +119,28 @@ pub struct GcePool {
     pub network: String,
     /// Extra labels on every VM.
     pub labels: BTreeMap<String, String>,
+    /// Run once per VM before its first trial (staging data, say).
+    pub setup: Option<String>,
+}
+
+impl Pool {
+    /// The command each of the pool's machines runs once before its first trial.
+    pub fn setup(&self) -> Option<&str> {
+        match self {
+            Self::Local { setup } => setup.as_deref(),
+            Self::Gce(g) => g.setup.as_deref(),
+        }
+    }
+}
+
+/// A setup command as configured: `None` when absent, an error when blank.
+fn setup_command(pool: &str, setup: Option<String>) -> Result<Option<String>, String> {
+    match setup {
+        Some(s) if s.trim().is_empty() => Err(format!(
+            "pools.{pool}.setup: is empty; remove it or give a shell command"
+        )),
+        other => Ok(other),
+    }
 }
 
 /// A duration written as `500ms`, `90s`, `10m`, `24h`, `1h30m`, `2d` or a number of seconds.
@@ -165,7 +194,9 @@ pub fn resolve(raw: toml::Table) -> Result<BTreeMap<String, Pool>, String> {
             .try_into()
             .map_err(|e: toml::de::Error| format!("pools.{name}: {}", e.message()))?;
         let pool = match file {
-            PoolFile::Local {} => Pool::Local,
+            PoolFile::Local { setup } => Pool::Local {
+                setup: setup_command(&name, setup)?,
+            },
             PoolFile::Gce(g) => Pool::Gce(Box::new(resolve_gce(&name, *g)?)),
         };
         out.insert(name, pool);
@@ -247,6 +278,7 @@ fn resolve_gce(name: &str, g: GceFile) -> Result<GcePool, String> {
             .unwrap_or_else(|| vec!["https://www.googleapis.com/auth/cloud-platform".to_string()]),
         network: g.network.unwrap_or_else(|| "global/networks/default".to_string()),
         labels: g.labels,
+        setup: setup_command(name, g.setup)?,
     })
 }
 
@@ -284,7 +316,7 @@ mod tests {
         assert_eq!(g.idle_timeout, Duration::from_secs(600));
         assert_eq!(g.max_vm_lifetime, Duration::from_secs(86_400));
         assert_eq!(g.compute_endpoint, "https://compute.googleapis.com/compute/v1/");
-        assert_eq!(p["here"], Pool::Local);
+        assert_eq!(p["here"], Pool::Local { setup: None });
     }
 
     #[test]

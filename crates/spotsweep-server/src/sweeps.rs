@@ -16,6 +16,7 @@ use spotsweep_api::{
 use spotsweep_core::sweep::{Goal, ParamValue, Params, SweepSpec, render_command, validate_params};
 use spotsweep_store::{
     GpuFree, HeartbeatAction, LeaseRequest, LeasedTrial, Outcome, Sweep, SweepState, Trial, TrialState,
+    VmState, VmUpdate,
 };
 use tokio::sync::Notify;
 
@@ -117,7 +118,7 @@ fn sweep_body(s: &Sweep) -> SweepBody {
     }
 }
 
-fn lease_body(l: &LeasedTrial, ttl_ms: i64) -> LeaseBody {
+fn lease_body(l: &LeasedTrial, ttl_ms: i64, pool_setup: Option<&str>) -> LeaseBody {
     let number = l.trial.number as u64;
     let spec = &l.spec;
     LeaseBody {
@@ -139,6 +140,11 @@ fn lease_body(l: &LeasedTrial, ttl_ms: i64) -> LeaseBody {
         env: spec.env.clone(),
         artifact_uri: l.trial.artifact_uri.clone(),
         objective_metric: spec.objective.metric.clone(),
+        setup: pool_setup
+            .into_iter()
+            .chain(spec.setup.as_deref())
+            .map(str::to_owned)
+            .collect(),
         gpus: l.gpus.as_ref().map(|shares| {
             shares
                 .iter()
@@ -419,7 +425,13 @@ pub async fn lease_trials(
         if !leased.is_empty() {
             s.signals.leases.notify_one();
             return Ok(Json(LeaseResponse {
-                leases: leased.iter().map(|l| lease_body(l, ttl_ms)).collect(),
+                leases: leased
+                    .iter()
+                    .map(|l| {
+                        let pool_setup = s.pools.get(&l.spec.pool).and_then(|p| p.setup());
+                        lease_body(l, ttl_ms, pool_setup)
+                    })
+                    .collect(),
             }));
         }
         tokio::select! {
@@ -506,6 +518,11 @@ pub async fn complete_trial(
             reason
         }),
         "cancelled" => Outcome::Cancelled,
+        "setup_failed" => Outcome::SetupFailed(if reason.is_empty() {
+            "the machine's setup failed".into()
+        } else {
+            reason
+        }),
         "out_of_memory" => Outcome::OutOfMemory(if reason.is_empty() {
             "out of GPU memory".into()
         } else {
@@ -513,14 +530,52 @@ pub async fn complete_trial(
         }),
         other => {
             return Err(ApiError::invalid(format!(
-                "outcome '{other}' is not one of succeeded, failed, preempted, pruned, cancelled, out_of_memory"
+                "outcome '{other}' is not one of succeeded, failed, preempted, pruned, cancelled, out_of_memory, \
+                 setup_failed"
             )));
         }
     };
+    let setup_failed = matches!(outcome, Outcome::SetupFailed(_));
+    let agent = if setup_failed {
+        s.fleet.lease_agent_name(&id).await?
+    } else {
+        None
+    };
     let trial = s.sweeps.complete_trial(&id, outcome).await?;
+    if let Some(agent) = agent {
+        drain_bad_vm(&s, &agent, &reason_of(&trial)).await?;
+    }
     // The trial freed a slot of its sweep, or went back to the queue.
     s.signals.work.notify_waiters();
     Ok(Json(trial_body(&trial)))
+}
+
+fn reason_of(trial: &Trial) -> String {
+    trial.reason.clone().unwrap_or_else(|| "setup failed".into())
+}
+
+/// A fleet VM whose setup failed takes no more trials: draining, it is deleted (and replaced if
+/// work remains) once nothing runs on it.
+async fn drain_bad_vm(s: &AppState, agent_name: &str, reason: &str) -> Result<(), ApiError> {
+    let vms = s.fleet.list_vms(None, false).await?;
+    if let Some(vm) = vms
+        .iter()
+        .find(|v| v.name == agent_name && matches!(v.state, VmState::Booting | VmState::Ready))
+    {
+        let first_line = reason.lines().next().unwrap_or(reason);
+        tracing::warn!(pool = %vm.pool, vm = %vm.name, reason = %first_line, "setup failed on the VM: draining it");
+        s.fleet
+            .update_vm(
+                vm.id,
+                &VmUpdate {
+                    state: Some(VmState::Draining),
+                    reason: Some(format!("setup failed: {first_line}")),
+                    ..VmUpdate::default()
+                },
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// The lease expiry loop: sleeps until the next lease's deadline (or until a new lease may have

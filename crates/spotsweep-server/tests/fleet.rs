@@ -65,6 +65,7 @@ fn pool(s: &Setup, change: impl FnOnce(&mut GcePool)) -> Pool {
         scopes: vec!["https://www.googleapis.com/auth/cloud-platform".into()],
         network: "global/networks/default".into(),
         labels: Default::default(),
+        setup: None,
     };
     change(&mut g);
     Pool::Gce(Box::new(g))

@@ -554,6 +554,9 @@ pub enum Outcome {
     Cancelled,
     /// Ran out of GPU memory while sharing its GPU: requeued with twice the memory, not a failure.
     OutOfMemory(String),
+    /// The agent's setup failed before the trial started: requeued for another machine; once
+    /// it failed on three machines (one, on the local pool), the sweep is paused.
+    SetupFailed(String),
 }
 
 impl Outcome {
@@ -566,6 +569,7 @@ impl Outcome {
             Self::Pruned(_) => "pruned",
             Self::Cancelled => "cancelled",
             Self::OutOfMemory(_) => "out_of_memory",
+            Self::SetupFailed(_) => "setup_failed",
         }
     }
 }

@@ -392,18 +392,34 @@ async fn trials_are_packed_onto_gpus_by_memory_and_an_oom_doubles_the_next_place
     }
     // A retried request answers with the same placements.
     let again = store.lease_trials(&ask(40 * 1024, "r1")).await.unwrap();
-    let ids = |v: &[LeasedTrial]| v.iter().map(|l| (l.lease_id.clone(), l.gpus.clone())).collect::<Vec<_>>();
+    let ids = |v: &[LeasedTrial]| {
+        v.iter()
+            .map(|l| (l.lease_id.clone(), l.gpus.clone()))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&again), ids(&leased));
     // What is left (6 GB) fits nothing; an agent without GPUs gets nothing of this sweep.
-    assert!(store.lease_trials(&ask(40 * 1024 - 4 * share, "r2")).await.unwrap().is_empty());
+    assert!(
+        store
+            .lease_trials(&ask(40 * 1024 - 4 * share, "r2"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.lease_trials(&request("cpu", 4)).await.unwrap().is_empty());
     // Out of memory: back in the queue, not a failure, and it asks for twice as much next time.
     let t = store
-        .complete_trial(&leased[0].lease_id, Outcome::OutOfMemory("CUDA out of memory".into()))
+        .complete_trial(
+            &leased[0].lease_id,
+            Outcome::OutOfMemory("CUDA out of memory".into()),
+        )
         .await
         .unwrap();
     assert_eq!((t.state, t.failures), (TrialState::Queued, 0));
-    let retried = store.lease_trials(&ask(40 * 1024 - 3 * share, "r3")).await.unwrap();
+    let retried = store
+        .lease_trials(&ask(40 * 1024 - 3 * share, "r3"))
+        .await
+        .unwrap();
     assert!(retried.is_empty(), "17 GB do not fit in the 14.5 GB left");
     let retried = store.lease_trials(&ask(40 * 1024, "r4")).await.unwrap();
     assert_eq!(retried[0].trial.number, leased[0].trial.number);

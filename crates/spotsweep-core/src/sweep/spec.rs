@@ -434,6 +434,10 @@ pub struct SweepSpec {
     /// it, an agent hands its GPUs to its slots in turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// A shell command each agent runs once, before its first trial of the sweep (copying a
+    /// dataset to local disk, say); a machine where it fails takes no more trials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<String>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -541,6 +545,9 @@ impl SweepSpec {
         }
         if let Some(r) = &self.resources {
             r.validate()?;
+        }
+        if self.setup.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(err("setup", "is empty; remove it or give a shell command"));
         }
         self.pruner.validate()
     }

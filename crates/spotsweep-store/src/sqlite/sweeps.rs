@@ -317,6 +317,13 @@ fn decide_outcome(
                 update(TrialState::Queued, None, Some(reason.clone()), failures, None)
             }
         }
+        Outcome::SetupFailed(reason) => update(
+            TrialState::Queued,
+            None,
+            Some(reason.clone()),
+            trial.failures,
+            None,
+        ),
         Outcome::OutOfMemory(reason) => update(
             TrialState::Queued,
             None,
@@ -775,6 +782,47 @@ impl Queue {
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
+        let mut reason = update.reason.clone();
+        if matches!(outcome, Outcome::SetupFailed(_)) {
+            // A setup that fails everywhere would burn machine after machine: pause the sweep
+            // once it failed on three (on the local pool, all agents share one machine).
+            let (machines,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(DISTINCT l.agent_id) FROM leases l JOIN trials t ON t.id = l.trial_id \
+                 WHERE t.sweep_id = ? AND l.outcome = 'setup_failed'",
+            )
+            .bind(trial.sweep_id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            let paused = sqlx::query(
+                "UPDATE sweeps SET state = 'paused' WHERE id = ?1 AND state = 'running' \
+                   AND ?2 >= (CASE WHEN pool = 'local' THEN 1 ELSE 3 END)",
+            )
+            .bind(trial.sweep_id)
+            .bind(machines)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            if paused.rows_affected() > 0 {
+                let paused = format!(
+                    "{}\nthe setup failed on {machines} machine(s): the sweep is paused; fix the setup \
+                     (or the machines) and resume it",
+                    update.reason.as_deref().unwrap_or("setup failed")
+                );
+                sqlx::query("UPDATE trials SET reason = ? WHERE id = ?")
+                    .bind(&paused)
+                    .bind(trial.id)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+                reason = Some(paused);
+                tracing::warn!(
+                    sweep = trial.sweep_id,
+                    machines,
+                    "setup failed on too many machines: sweep paused"
+                );
+            }
+        }
         if matches!(outcome, Outcome::OutOfMemory(_)) {
             // Asks for twice the GPU memory next time.
             sqlx::query("UPDATE trials SET ooms = ooms + 1 WHERE id = ?")
@@ -796,7 +844,7 @@ impl Queue {
         );
         trial.state = update.state;
         trial.value = update.value;
-        trial.reason = update.reason;
+        trial.reason = reason;
         trial.failures = update.failures;
         trial.finished_at = finished_at;
         Ok(trial)
