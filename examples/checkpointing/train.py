@@ -33,7 +33,7 @@ if state is None:
         "rng": random.Random(1).getstate(),  # the data loader's shuffling
     }
 else:
-    print(f"resumed from step {ckpt.step} (attempt {ckpt.attempt})", flush=True)
+    print(f"resumed from step {ckpt.step} (attempt {ckpt.attempt}, restored by the agent: {ckpt.resumed})", flush=True)
 model, opt = state["model"], state["optimizer"]
 rng = random.Random()
 rng.setstate(state["rng"])

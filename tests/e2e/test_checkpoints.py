@@ -97,6 +97,10 @@ def test_a_killed_trial_resumes_from_its_checkpoint_on_another_agent(server_fact
     assert 0 <= reached - resumed_from
     assert lost_seconds <= INTERVAL_MS / 1000 + 2 * STEP_SECONDS, (reached, resumed_from)
 
+    stdout = srv.request("GET", f"{srv.url}/get-artifact", params={"run_id": run_id, "path": "logs/stdout.txt"})
+    assert stdout.status_code == 200, stdout.text
+    assert f"resumed from step {resumed_from} (attempt 2, restored by the agent: True)" in stdout.text, stdout.text
+
     # Model, optimizer and data order came back: the result is the uninterrupted one's.
     alone = tmp_path / "alone"
     alone.mkdir()
@@ -142,3 +146,50 @@ def test_the_notebook_example_goes_on_from_its_checkpoint(tmp_path):
     alone = execute(tmp_path / "alone.ipynb", tmp_path / "fresh", 1, 20)
     assert "starting at step 0 attempt 1" in alone
     assert second.strip().splitlines()[-1] == alone.strip().splitlines()[-1]
+
+
+# argv: MARK_DIR. A trial that writes a big file once and touches it a second later without
+# changing it, rewrites a small state file every 0.1 s for 2 s, and removes an old checkpoint.
+WRITER = r'''
+import os, sys, time
+d, marks = os.environ["SPOTSWEEP_CHECKPOINT_DIR"], sys.argv[1]
+with open(os.path.join(d, "weights.bin"), "wb") as f:
+    f.write(os.urandom(1 << 20))
+with open(os.path.join(d, "old.pt"), "w") as f:
+    f.write("old")
+start = time.time()
+i = 0
+while time.time() - start < 2.0:
+    with open(os.path.join(d, "state.tmp"), "w") as f:
+        f.write(str(i))
+    os.replace(os.path.join(d, "state.tmp"), os.path.join(d, "state"))
+    if i == 10:  # after the first syncs (every 0.4 s at most)
+        open(os.path.join(marks, "touched"), "w").write(repr(time.time()))
+        os.utime(os.path.join(d, "weights.bin"))  # touched, not changed
+        os.remove(os.path.join(d, "old.pt"))
+    i += 1
+    time.sleep(0.1)
+open(os.path.join(marks, "done"), "w").write(str(i - 1))
+'''
+
+
+def test_only_changed_files_go_up_and_removed_ones_go_away(server_factory, agents, tmp_path):
+    srv = server_factory()
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    agents("w", srv, "--checkpoint-interval-ms", "400")
+    sid = create_sweep(srv, spec_of(unique_name("sync"), f'"{PY}" "{script}" "{tmp_path}"'))["id"]
+    s = wait_sweep(srv, sid, timeout=60)
+    [t] = get_trials(srv, sid)
+    assert t["state"] == "failed" and "loss" in t["reason"], t  # it logs no metric: no matter
+    run_id = t["run_id"]
+    assert sorted(f["path"] for f in artifacts(srv, run_id)) == ["checkpoints/state", "checkpoints/weights.bin"]
+    stored = list(srv.artifact_root.rglob(f"{run_id}/artifacts/checkpoints"))
+    assert len(stored) == 1, stored
+    state, weights = stored[0] / "state", stored[0] / "weights.bin"
+    # The state went up until its last value; the big file once: touching it did not send it
+    # again, so the daemon's copy is older than the touch.
+    assert state.read_text() == (tmp_path / "done").read_text()
+    assert weights.stat().st_size == 1 << 20
+    touched = float((tmp_path / "touched").read_text())
+    assert weights.stat().st_mtime < touched < state.stat().st_mtime, (weights.stat().st_mtime, touched)
