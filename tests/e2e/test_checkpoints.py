@@ -148,6 +148,42 @@ def test_the_notebook_example_goes_on_from_its_checkpoint(tmp_path):
     assert second.strip().splitlines()[-1] == alone.strip().splitlines()[-1]
 
 
+
+def test_a_preempted_agent_syncs_the_last_checkpoint_before_it_goes(server_factory, agents, tmp_path):
+    """SIGTERM to the agent (what a preemption notice becomes): it stops the trial, syncs its
+    checkpoint one last time and reports the trial preempted; the next attempt loses nothing
+    although the interval (60 s) never came round."""
+    srv = server_factory()
+    example = tmp_path / "example"
+    shutil.copytree(REPO_ROOT / "examples" / "checkpointing", example)
+    train = example / "train.py"
+    flags = ["--grace-seconds", "2", "--checkpoint-interval-ms", "60000"]
+    a0 = agents("a0", srv, *flags)
+    spec = spec_of(
+        unique_name("notice"),
+        f'"{PY}" "{train}" --lr {{lr}} --steps {STEPS} --step-seconds {STEP_SECONDS}',
+        parameters={"lr": {"type": "float", "low": 0.02, "high": 0.1}},
+    )
+    sid = create_sweep(srv, spec)["id"]
+    [t] = wait_for(lambda: [t for t in get_trials(srv, sid) if t["state"] == "running"], 30, "the trial to start")
+    run_id = t["run_id"]
+    wait_for(lambda: len(history(srv, run_id)) >= 20, 60, "20 steps")
+    a0.send_signal(signal.SIGTERM)
+    assert a0.wait(30) == 0
+    [t] = get_trials(srv, sid)
+    assert t["state"] == "preempted" and t["failures"] == 0, t
+    reached = max(m["step"] for m in history(srv, run_id))
+
+    agents("a1", srv, *flags)
+    s = wait_sweep(srv, sid, timeout=90)
+    assert s["state"] == "completed", s
+    run = srv.get("runs/get", params={"run_id": run_id}).json()["run"]
+    tags = {x["key"]: x["value"] for x in run["data"]["tags"]}
+    # The checkpoint of the last step logged (or of the one before, when the signal came between
+    # a step's metric and its save): without the last sync there would be none at all.
+    assert reached - 1 <= int(tags["spotsweep.resumed_from_step"]) <= reached, (tags, reached)
+    assert sorted(m["step"] for m in history(srv, run_id)) == list(range(STEPS))
+
 # argv: MARK_DIR. A trial that writes a big file once and touches it a second later without
 # changing it, rewrites a small state file every 0.1 s for 2 s, and removes an old checkpoint.
 WRITER = r'''
