@@ -46,13 +46,12 @@ def artifacts(srv, run_id, path="checkpoints") -> list[dict]:
     return r.json().get("files", [])
 
 
-def test_a_killed_trial_resumes_from_its_checkpoint_on_another_agent(server_factory, agents, tmp_path):
-    srv = server_factory()
+def start_training(srv, tmp_path):
+    """A one-trial sweep of the example's loop (60 steps of 0.1 s, a checkpoint each), running on
+    an agent: (the copied train.py, the sweep's id, the trial's run id)."""
     example = tmp_path / "example"
     shutil.copytree(REPO_ROOT / "examples" / "checkpointing", example)
     train = example / "train.py"
-    flags = ["--lease-ttl-ms", "5000", "--grace-seconds", "1", "--checkpoint-interval-ms", str(INTERVAL_MS)]
-    a0 = agents("a0", srv, *flags)
     spec = spec_of(
         unique_name("ckpt"),
         f'"{PY}" "{train}" --lr {{lr}} --steps {STEPS} --step-seconds {STEP_SECONDS}',
@@ -60,7 +59,14 @@ def test_a_killed_trial_resumes_from_its_checkpoint_on_another_agent(server_fact
     )
     sid = create_sweep(srv, spec)["id"]
     [t] = wait_for(lambda: [t for t in get_trials(srv, sid) if t["state"] == "running"], 30, "the trial to start")
-    run_id = t["run_id"]
+    return train, sid, t["run_id"]
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint_on_another_agent(server_factory, agents, tmp_path):
+    srv = server_factory()
+    flags = ["--lease-ttl-ms", "5000", "--grace-seconds", "1", "--checkpoint-interval-ms", str(INTERVAL_MS)]
+    a0 = agents("a0", srv, *flags)
+    train, sid, run_id = start_training(srv, tmp_path)
 
     # Let it run about half way, with a checkpoint synced, then lose the machine: the agent
     # and the trial (its own process group) die at once, with no chance to sync.
@@ -154,19 +160,9 @@ def test_a_preempted_agent_syncs_the_last_checkpoint_before_it_goes(server_facto
     checkpoint one last time and reports the trial preempted; the next attempt loses nothing
     although the interval (60 s) never came round."""
     srv = server_factory()
-    example = tmp_path / "example"
-    shutil.copytree(REPO_ROOT / "examples" / "checkpointing", example)
-    train = example / "train.py"
     flags = ["--grace-seconds", "2", "--checkpoint-interval-ms", "60000"]
     a0 = agents("a0", srv, *flags)
-    spec = spec_of(
-        unique_name("notice"),
-        f'"{PY}" "{train}" --lr {{lr}} --steps {STEPS} --step-seconds {STEP_SECONDS}',
-        parameters={"lr": {"type": "float", "low": 0.02, "high": 0.1}},
-    )
-    sid = create_sweep(srv, spec)["id"]
-    [t] = wait_for(lambda: [t for t in get_trials(srv, sid) if t["state"] == "running"], 30, "the trial to start")
-    run_id = t["run_id"]
+    _, sid, run_id = start_training(srv, tmp_path)
     wait_for(lambda: len(history(srv, run_id)) >= 20, 60, "20 steps")
     a0.send_signal(signal.SIGTERM)
     assert a0.wait(30) == 0

@@ -118,6 +118,18 @@ async fn main() {
             .unwrap()
     };
 
+    let create_sweep = async |spec: Value| -> i64 {
+        let r = http
+            .post(format!("{url}/api/v1/sweeps"))
+            .bearer_auth(&token)
+            .json(&spec)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
+    };
+
     let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/fleet_trial.py");
     if checkpoints {
         let script = script.canonicalize().unwrap();
@@ -130,15 +142,7 @@ async fn main() {
                 "parameters": {"seconds": {"type": "float", "low": 8, "high": 16}}
             });
             let started = Instant::now();
-            let r = http
-                .post(format!("{url}/api/v1/sweeps"))
-                .bearer_auth(&token)
-                .json(&spec)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-            let sweep = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+            let sweep = create_sweep(spec).await;
             let mut seen: HashSet<(i64, i64)> = HashSet::new();
             // (when, VM, trial, attempt, work it will have done)
             let mut pending: Vec<(Instant, String, i64, i64, f64)> = Vec::new();
@@ -236,15 +240,7 @@ async fn main() {
         "parameters": {"seconds": {"type": "float", "low": 1, "high": 3}}
     });
     let started = Instant::now();
-    let r = http
-        .post(format!("{url}/api/v1/sweeps"))
-        .bearer_auth(&token)
-        .json(&spec)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let sweep = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let sweep = create_sweep(spec).await;
 
     // Watch attempts start; preempt the VM of one in ten, a moment into it.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
