@@ -28,7 +28,7 @@ GPU_TRIAL = r'''
 import json, os, sys, time, urllib.request
 state_dir, go = sys.argv[1], sys.argv[2]
 number, attempt = os.environ["SPOTSWEEP_TRIAL_NUMBER"], os.environ["SPOTSWEEP_ATTEMPT"]
-path = os.path.join(state_dir, "trial%s-attempt%s.json" % (number, attempt))
+path = os.path.join(state_dir, "sweep%s-trial%s-attempt%s.json" % (os.environ["SPOTSWEEP_SWEEP_ID"], number, attempt))
 with open(path + ".tmp", "w") as f:
     json.dump({"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "started": time.time()}, f)
 os.replace(path + ".tmp", path)
@@ -73,7 +73,7 @@ def gpu_box(tmp_path):
 
 def started(state: Path) -> list[dict]:
     out = []
-    for p in sorted(state.glob("trial*-attempt*.json")):
+    for p in sorted(state.glob("sweep*-trial*-attempt*.json")):
         d = json.loads(p.read_text())
         d["name"] = p.stem
         out.append(d)
@@ -138,3 +138,23 @@ def test_bad_resources_are_refused_naming_the_field(server_factory):
         r = v1(srv, "POST", "sweeps", spec_of(unique_name("bad"), "true", resources=resources))
         assert r.status_code == 400, (resources, r.text)
         assert field in r.text, (resources, r.text)
+
+
+def test_a_trial_that_says_nothing_keeps_the_gpus_to_itself(server_factory, agents, gpu_box):
+    """A sweep without `resources` on a GPU agent: its trial sees every GPU (no
+    CUDA_VISIBLE_DEVICES with detected GPUs) and nothing is packed next to it."""
+    srv = server_factory()
+    env, script, state, go = gpu_box
+    agents("gpu", srv, "--slots", "3", env=env)
+    legacy = create_sweep(srv, spec_of(unique_name("plain"), f'"{PY}" "{script}" "{state}" "{go}"'))["id"]
+    wait_for(lambda: len(started(state)) == 1, 30, "the plain trial to start")
+    assert started(state)[0]["cuda"] is None
+    packed = create_sweep(srv, spec_of(unique_name("packed"), f'"{PY}" "{script}" "{state}" "{go}"',
+                                       resources={"gpus": 0.25}))["id"]
+    time.sleep(2.5)
+    assert len(started(state)) == 1 and get_trials(srv, packed) == []
+    go.touch()
+    for sid in (legacy, packed):
+        s = wait_sweep(srv, sid, timeout=60)
+        assert s["state"] == "completed", s
+    assert sorted(r["cuda"] or "" for r in started(state)) == ["", "0"]

@@ -72,15 +72,14 @@ fn skipped(name: &str) -> bool {
     name.starts_with('.') || name.ends_with(".tmp")
 }
 
-/// Every file under `dir` (relative, `/`-separated) with its size and mtime.
-fn scan(dir: &Path) -> BTreeMap<String, Seen> {
+/// Every file under `dir` (relative, `/`-separated) with its size and mtime. An error when a
+/// directory cannot be read: a file missing from a partial scan must not look deleted.
+fn scan(dir: &Path) -> std::io::Result<BTreeMap<String, Seen>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((path, rel)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&path) else {
-            continue;
-        };
-        for entry in entries.flatten() {
+        for entry in std::fs::read_dir(&path)? {
+            let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if skipped(&name) {
                 continue;
@@ -90,9 +89,12 @@ fn scan(dir: &Path) -> BTreeMap<String, Seen> {
             } else {
                 format!("{rel}/{name}")
             };
-            // Symlinks are not followed: a checkpoint is the trial's own files.
-            let Ok(meta) = entry.path().symlink_metadata() else {
-                continue;
+            // Symlinks are not followed: a checkpoint is the trial's own files. A file removed
+            // since the listing is simply not there.
+            let meta = match entry.path().symlink_metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
             };
             if meta.is_dir() {
                 stack.push((entry.path(), rel));
@@ -108,7 +110,7 @@ fn scan(dir: &Path) -> BTreeMap<String, Seen> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 fn digest_of(path: &Path) -> std::io::Result<[u8; 32]> {
@@ -233,7 +235,7 @@ impl Mirror {
 
     /// Uploads what changed since the last sync and deletes what is gone.
     pub(crate) async fn sync(&mut self) -> anyhow::Result<SyncStats> {
-        let now = scan(&self.dir);
+        let now = scan(&self.dir).with_context(|| format!("cannot read {}", self.dir.display()))?;
         let mut stats = SyncStats::default();
         for (rel, seen) in &now {
             if self.synced.get(rel).is_some_and(|s| &s.seen == seen) {
@@ -307,7 +309,7 @@ impl Mirror {
     pub(crate) async fn run(mut self, interval: Duration, mut last: oneshot::Receiver<()>) -> Self {
         let look = (interval / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
         let quiet = (interval / 4).min(Duration::from_secs(2));
-        let mut previous = scan(&self.dir);
+        let mut previous = scan(&self.dir).unwrap_or_default();
         let mut changed_at = Instant::now();
         let mut dirty_since: Option<Instant> = None;
         loop {
@@ -315,7 +317,7 @@ impl Mirror {
                 _ = &mut last => break,
                 _ = tokio::time::sleep(look) => {}
             }
-            let now = scan(&self.dir);
+            let Ok(now) = scan(&self.dir) else { continue };
             if now != previous {
                 changed_at = Instant::now();
                 previous = now.clone();
@@ -357,10 +359,12 @@ mod tests {
         std::fs::write(dir.join(".model.pt.partial"), b"half").unwrap();
         std::fs::write(dir.join("opt/state.bin"), b"12345").unwrap();
         std::fs::write(dir.join("opt/.hidden/x"), b"1").unwrap();
-        let seen = scan(&dir);
+        let seen = scan(&dir).unwrap();
         let names: Vec<(&str, u64)> = seen.iter().map(|(k, v)| (k.as_str(), v.size)).collect();
         assert_eq!(names, vec![("model.pt", 3), ("opt/state.bin", 5)]);
         std::fs::remove_dir_all(&dir).unwrap();
+        // A missing directory is an error, not "everything was deleted".
+        assert!(scan(&dir).is_err());
     }
 
     #[test]

@@ -35,11 +35,13 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// Trials run at once.
     pub slots: u32,
-    /// The GPUs. A sweep with `resources` gets trials packed onto them by memory; otherwise
-    /// slot `i` gets `gpus[i % len]` as `CUDA_VISIBLE_DEVICES` (not set when there are none).
+    /// The GPUs. A sweep with `resources` gets trials packed onto them by memory.
     pub gpus: Vec<Gpu>,
     /// MiB each trial's CUDA context takes on a GPU, on top of its `gpu_memory_gb`.
     pub gpu_overhead_mib: u64,
+    /// For sweeps without `resources`: slot `i` gets `gpus[i % len]` (the GPUs were named with
+    /// `--gpus`); otherwise such a trial sees every GPU. Either way it holds what it may use.
+    pub gpus_by_slot: bool,
     /// The pool whose sweeps it serves.
     pub pool: String,
     /// A label for people.
@@ -108,12 +110,13 @@ fn parse_nvidia_smi(text: &str) -> Vec<Gpu> {
 fn out_of_gpu_memory(stderr_tail: &str) -> bool {
     const SIGNS: &[&str] = &[
         "CUDA out of memory",
-        "OutOfMemoryError",
+        "torch.OutOfMemoryError",
+        "torch.cuda.OutOfMemoryError",
         "CUDA_ERROR_OUT_OF_MEMORY",
         "cudaErrorMemoryAllocation",
         "CUBLAS_STATUS_ALLOC_FAILED",
         "RESOURCE_EXHAUSTED: Out of memory",
-        "ResourceExhaustedError",
+        "ResourceExhaustedError: OOM",
     ];
     SIGNS.iter().any(|s| stderr_tail.contains(s))
 }
@@ -121,8 +124,8 @@ fn out_of_gpu_memory(stderr_tail: &str) -> bool {
 /// A setup command's outcome, once it has run (its failure as the text to report).
 type SetupOutcome = tokio::sync::OnceCell<Result<(), String>>;
 
-/// The setup commands this agent has run, by their text: each runs once however many trials
-/// wait for it. A success is also remembered on disk (an agent restarted on the same machine
+/// The setup commands this agent has run, by their text and environment: each runs once
+/// however many trials wait for it. A success is also remembered on disk (an agent restarted on the same machine
 /// does not run it again); a failure makes the agent take no more trials.
 #[derive(Clone, Default)]
 struct Setups {
@@ -139,7 +142,7 @@ impl Setups {
         command: &str,
         env: &BTreeMap<String, String>,
     ) -> Result<(), String> {
-        let key = hex::encode(&Sha256::digest(command.as_bytes())[..8]);
+        let key = setup_key(command, env);
         let cell = self.runs.lock().await.entry(key.clone()).or_default().clone();
         let outcome = cell
             .get_or_init(|| run_setup(work_dir.join("setup"), key, command.to_owned(), env.clone()))
@@ -150,6 +153,30 @@ impl Setups {
         }
         outcome
     }
+}
+
+/// Kills a process group when dropped, unless disarmed.
+struct KillGroup(Option<Pid>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// What identifies a setup: its command and the environment it runs with.
+fn setup_key(command: &str, env: &BTreeMap<String, String>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(command.as_bytes());
+    for (k, v) in env {
+        hasher.update(b"\0");
+        hasher.update(k.as_bytes());
+        hasher.update(b"=");
+        hasher.update(v.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..8])
 }
 
 /// Runs a setup command through `sh -c`, its output in `dir/<key>.log`; `dir/<key>.ok` records
@@ -171,7 +198,7 @@ async fn run_setup(
         std::fs::create_dir_all(&dir)?;
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
-        tokio::process::Command::new("sh")
+        let mut child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(&command)
             .envs(&env)
@@ -181,8 +208,13 @@ async fn run_setup(
             .stderr(err)
             .process_group(0)
             .kill_on_drop(true)
-            .status()
-            .await
+            .spawn()?;
+        // Given up half way (the waiting trial was stopped): everything it started goes too,
+        // not only `sh`. Once it has ended, what it left running (a mount, say) stays.
+        let mut group = KillGroup(child.id().map(|id| Pid::from_raw(id as i32)));
+        let status = child.wait().await;
+        group.0 = None;
+        status
     };
     match run.await {
         Ok(status) if status.success() => {
@@ -286,6 +318,14 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             .build()?,
         base: config.server.trim_end_matches('/').to_owned(),
         token: config.token.clone(),
+    };
+    // Checkpoints may be gigabytes: no limit on a whole transfer, only on a silent connection.
+    let transfers = Client {
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(120))
+            .build()?,
+        ..client.clone()
     };
     std::fs::create_dir_all(&config.work_dir)
         .with_context(|| format!("cannot create work dir {}", config.work_dir.display()))?;
@@ -424,10 +464,24 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
                     }
                     Some(shares.iter().map(|g| g.id.as_str()).collect::<Vec<_>>().join(","))
                 }
-                None => (!config.gpus.is_empty()).then(|| config.gpus[slot % config.gpus.len()].id.clone()),
+                // A trial that does not say what it needs may use all of the GPUs it sees:
+                // nothing is packed next to it.
+                None if config.gpus.is_empty() => None,
+                None if config.gpus_by_slot => {
+                    let i = slot % config.gpus.len();
+                    held.push((i, std::mem::take(&mut gpu_free[i])));
+                    Some(config.gpus[i].id.clone())
+                }
+                None => {
+                    for (i, free_mib) in gpu_free.iter_mut().enumerate() {
+                        held.push((i, std::mem::take(free_mib)));
+                    }
+                    None
+                }
             };
             let task = TrialTask {
                 client: client.clone(),
+                transfers: transfers.clone(),
                 config: config.clone(),
                 lease,
                 gpu,
@@ -480,6 +534,8 @@ enum Ending {
 
 struct TrialTask {
     client: Client,
+    /// For checkpoint transfers (no whole-request timeout).
+    transfers: Client,
     config: AgentConfig,
     lease: LeaseBody,
     /// Its `CUDA_VISIBLE_DEVICES`.
@@ -656,12 +712,18 @@ impl TrialTask {
         };
         // The last sync: inside the preemption window when the agent is stopping.
         let _ = last_sync.send(());
-        if let Some(syncer) = syncer {
+        if let Some(mut syncer) = syncer {
             let limit = match ending {
                 Ending::AgentShutdown => Duration::from_secs(20),
                 _ => Duration::from_secs(300),
             };
-            if tokio::time::timeout(limit, syncer).await.is_err() {
+            if self
+                .heartbeating(tokio::time::timeout(limit, &mut syncer))
+                .await
+                .is_err()
+            {
+                // Stopped here: it must not go on once the directory is removed below.
+                syncer.abort();
                 tracing::warn!(trial = %self.label(), "the last checkpoint sync did not finish in {limit:?}");
             }
         }
@@ -709,8 +771,9 @@ impl TrialTask {
                 }
             };
             if let Err(reason) = outcome {
-                let key = hex::encode(&Sha256::digest(command.as_bytes())[..8]);
-                let log = work_dir.join("setup").join(format!("{key}.log"));
+                let log = work_dir
+                    .join("setup")
+                    .join(format!("{}.log", setup_key(&command, &env)));
                 self.upload(&log, "logs/setup.txt").await;
                 return Err(reason);
             }
@@ -743,26 +806,46 @@ impl TrialTask {
             );
             return Ok((None, dir));
         };
-        let mut mirror = checkpoint::Mirror::new(self.client.clone(), root.clone(), dir.clone());
+        let mut mirror = checkpoint::Mirror::new(self.transfers.clone(), root.clone(), dir.clone());
         if self.lease.trial.attempts > 1 {
-            let restored = mirror.restore().await;
-            match restored {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(trial = %self.label(), files = n, "checkpoint restored");
-                    cmd.env("SPOTSWEEP_RESUME", "1");
+            // Starting over would overwrite the daemon's checkpoint with step 0 at the first
+            // sync: retry, then give the attempt up rather than lose the work.
+            let mut tries = 0u32;
+            let restored = loop {
+                match self.heartbeating(mirror.restore()).await {
+                    Ok(n) => break n,
+                    Err(e) if tries < 2 => {
+                        tries += 1;
+                        tracing::warn!(trial = %self.label(), error = %format!("{e:#}"), "cannot restore the checkpoint; retrying");
+                        tokio::time::sleep(backoff(tries)).await;
+                        let _ = std::fs::remove_dir_all(&dir);
+                        std::fs::create_dir_all(&dir)?;
+                        mirror = checkpoint::Mirror::new(self.transfers.clone(), root.clone(), dir.clone());
+                    }
+                    Err(e) => return Err(e.context("cannot restore the trial's checkpoint (3 tries)")),
                 }
-                Err(e) => {
-                    // Not resuming is safe (the trial starts over); failing would cost more.
-                    tracing::warn!(trial = %self.label(), error = %format!("{e:#}"),
-                        "cannot restore the checkpoint; the trial starts from scratch");
-                    let _ = std::fs::remove_dir_all(&dir);
-                    std::fs::create_dir_all(&dir)?;
-                    mirror = checkpoint::Mirror::new(self.client.clone(), root, dir.clone());
-                }
+            };
+            if restored > 0 {
+                tracing::info!(trial = %self.label(), files = restored, "checkpoint restored");
+                cmd.env("SPOTSWEEP_RESUME", "1");
             }
         }
         Ok((Some(mirror), dir))
+    }
+
+    /// Runs `work` while keeping the lease alive (a checkpoint to restore or sync may take
+    /// longer than the lease lives).
+    async fn heartbeating<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        let interval = Duration::from_millis(self.lease.heartbeat_interval_ms.max(500) as u64);
+        let mut beat = tokio::time::interval(interval);
+        beat.tick().await;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = beat.tick() => { let _ = self.heartbeat().await; }
+            }
+        }
     }
 
     /// `Some(true)` to go on, `Some(false)` when told to stop, `None` when the daemon is away
@@ -942,5 +1025,6 @@ mod tests {
             "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying"
         ));
         assert!(!out_of_gpu_memory("ValueError: bad learning rate"));
+        assert!(!out_of_gpu_memory("java.lang.OutOfMemoryError: Java heap space"));
     }
 }

@@ -86,8 +86,8 @@ struct AgentArgs {
     #[arg(long, default_value_t = 1)]
     slots: u32,
     /// GPU ids, e.g. 0,1, or `none` [default: what nvidia-smi lists, with the memory not in use].
-    /// Sweeps with `resources` are packed onto them by memory; other trials get
-    /// CUDA_VISIBLE_DEVICES=gpus[slot % n].
+    /// Sweeps with `resources` are packed onto them by memory; with ids given, other trials get
+    /// CUDA_VISIBLE_DEVICES=gpus[slot % n], else they see every GPU.
     #[arg(long, value_delimiter = ',')]
     gpus: Vec<String>,
     /// GB (GiB) of memory trials may use on each GPU [default: from nvidia-smi].
@@ -96,6 +96,10 @@ struct AgentArgs {
     /// GB each trial's CUDA context takes on a GPU, added to the sweep's gpu_memory_gb.
     #[arg(long, default_value_t = 0.5)]
     gpu_overhead_gb: f64,
+    /// `I/N`: this is agent I of N on the machine (the local pool): it takes its share of the
+    /// GPUs (every Nth, or a part of one GPU's memory when there are fewer GPUs than agents).
+    #[arg(long, hide = true, value_parser = parse_share)]
+    gpu_share: Option<(u32, u32)>,
     /// The pool whose sweeps it serves.
     #[arg(long, default_value = "local")]
     pool: String,
@@ -301,6 +305,38 @@ fn agent_gpus(ids: &[String], memory_gb: Option<f64>) -> Vec<spotsweep_agent::Gp
     gpus
 }
 
+fn parse_share(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("'{text}' is not I/N with I < N, as in 0/4");
+    let (i, n) = text.split_once('/').ok_or_else(bad)?;
+    let (i, n): (u32, u32) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    if i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// Agent `index` of `of` on one machine: every `of`th GPU, or, with fewer GPUs than agents, one
+/// GPU with its memory split between the agents that share it.
+fn share_gpus(gpus: Vec<spotsweep_agent::Gpu>, index: u32, of: u32) -> Vec<spotsweep_agent::Gpu> {
+    let count = gpus.len() as u32;
+    if of <= 1 || count == 0 {
+        return gpus;
+    }
+    if count >= of {
+        return gpus
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| *k as u32 % of == index)
+            .map(|(_, g)| g)
+            .collect();
+    }
+    let mine = index % count;
+    let sharers = (0..of).filter(|j| j % count == mine).count() as u64;
+    let mut gpu = gpus[mine as usize].clone();
+    gpu.memory_mib = gpu.memory_mib.map(|m| m / sharers);
+    vec![gpu]
+}
+
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     init_logging(LogFormat::Text, "info");
     if args.exit_with_parent {
@@ -321,7 +357,10 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("--gpu-memory-gb must be a number of GB above 0, not {gb}");
     }
-    let gpus = agent_gpus(&args.gpus, args.gpu_memory_gb);
+    let mut gpus = agent_gpus(&args.gpus, args.gpu_memory_gb);
+    if let Some((index, of)) = args.gpu_share {
+        gpus = share_gpus(gpus, index, of);
+    }
     if !gpus.is_empty() {
         let listed: Vec<String> = gpus
             .iter()
@@ -336,6 +375,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         server: args.server,
         token: args.token,
         slots: args.slots.max(1),
+        gpus_by_slot: !args.gpus.is_empty(),
         gpus,
         gpu_overhead_mib: (args.gpu_overhead_gb.max(0.0) * 1024.0).round() as u64,
         pool: args.pool,
@@ -624,5 +664,37 @@ fn main() -> anyhow::Result<()> {
             let completed = runtime.block_on(run_notebook(args))?;
             std::process::exit(if completed { 0 } else { 1 });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpus(n: usize) -> Vec<spotsweep_agent::Gpu> {
+        (0..n)
+            .map(|i| spotsweep_agent::Gpu {
+                id: i.to_string(),
+                memory_mib: Some(40_960),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn local_agents_share_the_gpus_without_overlap() {
+        let ids =
+            |v: Vec<spotsweep_agent::Gpu>| v.into_iter().map(|g| (g.id, g.memory_mib)).collect::<Vec<_>>();
+        // More GPUs than agents: every other GPU each.
+        assert_eq!(
+            ids(share_gpus(gpus(4), 1, 2)),
+            [("1".into(), Some(40_960)), ("3".into(), Some(40_960))]
+        );
+        // Fewer: agents 0 and 2 split GPU 0, agent 1 has GPU 1 to itself.
+        assert_eq!(ids(share_gpus(gpus(2), 0, 3)), [("0".into(), Some(20_480))]);
+        assert_eq!(ids(share_gpus(gpus(2), 2, 3)), [("0".into(), Some(20_480))]);
+        assert_eq!(ids(share_gpus(gpus(2), 1, 3)), [("1".into(), Some(40_960))]);
+        assert!(share_gpus(Vec::new(), 0, 4).is_empty());
+        assert_eq!(parse_share("1/4"), Ok((1, 4)));
+        assert!(parse_share("4/4").is_err() && parse_share("x").is_err());
     }
 }

@@ -281,7 +281,15 @@ async fn vm_request(state: &AuthState, vm: VmScope, req: Request, next: Next) ->
             }
         }
         // Artifacts: /api/2.0/mlflow-artifacts/artifacts/<experiment>/<run>/artifacts/...
-        (_, ["api", "2.0", "mlflow-artifacts", "artifacts", _, run, ..]) => {
+        (_, ["api", "2.0", "mlflow-artifacts", "artifacts", _, _, ..]) => {
+            // The handler sees the path decoded: so must this check (an encoded `/` in the
+            // experiment segment would otherwise shift the run segment).
+            let decoded = percent_encoding::percent_decode_str(&path).decode_utf8_lossy();
+            let run = decoded
+                .trim_start_matches('/')
+                .split('/')
+                .nth(5)
+                .unwrap_or_default();
             if !owns_run(state, &vm, run).await {
                 return deny("another run's artifacts");
             }

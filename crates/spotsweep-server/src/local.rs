@@ -92,6 +92,10 @@ fn spawn_agent(pool: &LocalPool, i: u32) -> std::io::Result<Child> {
         .arg("--work-dir")
         .arg(pool.work_dir.join(format!("agent-{i}")))
         .arg("--exit-with-parent")
+        // The machine's GPUs are split between the agents, so that they never pack trials onto
+        // the same memory.
+        .arg("--gpu-share")
+        .arg(format!("{i}/{}", pool.agents))
         .kill_on_drop(true);
     // Agents under the daemon only speak up for problems, unless asked otherwise.
     if std::env::var_os("SPOTSWEEP_LOG").is_none() {

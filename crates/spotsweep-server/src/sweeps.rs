@@ -329,36 +329,48 @@ pub async fn lease_trials(
     let mut req: LeaseRequestBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("invalid lease request: {e}")))?;
     // A VM's agent leases its own pool's trials, under its own name.
-    let vm_pool = match vm {
-        Some(axum::Extension(crate::auth::VmPrincipal(scope))) => {
-            if !req.agent_id.starts_with(&format!("{}-", scope.name)) {
-                return Err(ApiError::forbidden(format!(
-                    "agent_id must start with '{}-': this token belongs to VM {}",
-                    scope.name, scope.name
-                )));
+    let vm_pool =
+        match vm {
+            Some(axum::Extension(crate::auth::VmPrincipal(scope))) => {
+                if !req.agent_id.starts_with(&format!("{}-", scope.name)) {
+                    return Err(ApiError::forbidden(format!(
+                        "agent_id must start with '{}-': this token belongs to VM {}",
+                        scope.name, scope.name
+                    )));
+                }
+                req.agent_name = Some(scope.name.clone());
+                req.pool = Some(scope.pool.clone());
+                let blocked = s
+                    .budget_blocked
+                    .lock()
+                    .map(|b| b.contains(&scope.pool))
+                    .unwrap_or(false);
+                // A VM being drained (its setup failed) takes no more trials, even from a restarted
+                // agent.
+                let draining =
+                    s.fleet.list_vms(Some(&scope.pool), false).await?.iter().any(|v| {
+                        v.name == scope.name && !matches!(v.state, VmState::Booting | VmState::Ready)
+                    });
+                if blocked || draining {
+                    // The pool's budget allows no new trial, or the VM is on its way out: nothing to
+                    // lease (after a pause, so that the agent does not spin).
+                    tokio::time::sleep(Duration::from_millis(req.wait_ms.min(5_000))).await;
+                    return Ok(Json(LeaseResponse { leases: Vec::new() }));
+                }
+                Some(scope.pool)
             }
-            req.agent_name = Some(scope.name.clone());
-            req.pool = Some(scope.pool.clone());
-            let blocked = s
-                .budget_blocked
-                .lock()
-                .map(|b| b.contains(&scope.pool))
-                .unwrap_or(false);
-            if blocked {
-                // The pool's budget allows no new trial: nothing to lease (after a pause, so that
-                // the agent does not spin).
-                tokio::time::sleep(Duration::from_millis(req.wait_ms.min(5_000))).await;
-                return Ok(Json(LeaseResponse { leases: Vec::new() }));
-            }
-            Some(scope.pool)
-        }
-        None => None,
-    };
+            None => None,
+        };
     if req.agent_id.trim().is_empty() || req.agent_id.len() > 200 {
         return Err(ApiError::invalid("agent_id must be 1 to 200 characters"));
     }
     if !(1..=256).contains(&req.slots) {
         return Err(ApiError::invalid("slots must be between 1 and 256"));
+    }
+    if req.gpu_overhead_mib.is_some_and(|m| m > 65_536) {
+        return Err(ApiError::invalid(
+            "gpu_overhead_mib must be at most 65536 (64 GiB)",
+        ));
     }
     if req.gpus.len() > 64 {
         return Err(ApiError::invalid("gpus: at most 64 GPUs per agent"));

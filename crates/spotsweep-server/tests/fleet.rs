@@ -478,6 +478,18 @@ async fn a_vms_token_reaches_its_agents_work_and_nothing_else() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // Its own run id further down another run's path, behind an encoded `/`: refused.
+    let sneaky =
+        format!("/api/2.0/mlflow-artifacts/artifacts/{exp}%2F{other_run}%2Fartifacts/{run_id}/x.txt");
+    let r = call(reqwest::Method::PUT, &sneaky)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let own = format!("/api/2.0/mlflow-artifacts/artifacts/{exp}/{run_id}/artifacts/x.txt");
+    let r = call(reqwest::Method::PUT, &own).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     // Once the VM is gone, its token is dead and its trial is requeued.
     let r = server
         .post(&format!("/api/v1/sweeps/{sweep}/cancel"), json!({}))

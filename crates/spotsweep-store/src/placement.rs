@@ -21,8 +21,8 @@ pub(crate) fn place(
         .iter()
         .enumerate()
         .filter_map(|(i, g)| {
-            let need = resources.memory_mib(g.memory_mib, overhead_mib, ooms);
-            (need > 0 && g.free_mib >= need).then(|| (g.free_mib - need, i, need))
+            let need = resources.memory_mib(g.memory_mib, overhead_mib, ooms)?;
+            (g.free_mib >= need).then(|| (g.free_mib - need, i, need))
         })
         .collect();
     if fits.len() < count {
@@ -127,5 +127,18 @@ mod tests {
         assert_eq!(need(2), 4 * 8704);
         assert_eq!(need(3), 40 * 1024);
         assert_eq!(need(40), 40 * 1024);
+    }
+
+    #[test]
+    fn a_trial_bigger_than_a_gpu_never_goes_there() {
+        let mut gpus = vec![gpu("0", 24), gpu("1", 40)];
+        let p = place(&res(None, Some(30.0)), &mut gpus, 512, 0).unwrap();
+        assert_eq!(p[0].id, "1");
+        assert_eq!(place(&res(None, Some(30.0)), &mut gpus, 512, 0), None);
+        assert_eq!(place(&res(None, Some(30.0)), &mut [gpu("0", 24)], 512, 5), None);
+        assert_eq!(
+            place(&res(None, Some(8.0)), &mut [gpu("0", 24)], u64::MAX, 0),
+            None
+        );
     }
 }

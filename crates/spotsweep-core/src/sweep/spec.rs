@@ -352,15 +352,16 @@ impl Resources {
 
     /// MiB a trial reserves on each of its GPUs, for a GPU with `capacity_mib` to share, a CUDA
     /// context of `overhead_mib` per process, after `ooms` out-of-memory exits (each one doubles
-    /// it); at most the whole GPU.
-    pub fn memory_mib(&self, capacity_mib: u64, overhead_mib: u64, ooms: u32) -> u64 {
+    /// it, up to the whole GPU). `None` when the GPU is too small for the trial at all.
+    pub fn memory_mib(&self, capacity_mib: u64, overhead_mib: u64, ooms: u32) -> Option<u64> {
         let base = match (self.gpus, self.gpu_memory_gb) {
-            (_, Some(gb)) => (gb * 1024.0).ceil() as u64 + overhead_mib,
+            (_, Some(gb)) => ((gb * 1024.0).ceil() as u64).saturating_add(overhead_mib),
             // Rounded down so that four quarters fill a GPU exactly.
             (Some(g), None) if g < 1.0 => (g * capacity_mib as f64).floor() as u64,
             _ => capacity_mib,
         };
-        base.saturating_mul(1u64 << ooms.min(32)).min(capacity_mib)
+        (base > 0 && base <= capacity_mib)
+            .then(|| base.saturating_mul(1u64 << ooms.min(32)).min(capacity_mib))
     }
 
     fn validate(&self) -> Result<(), SpecError> {

@@ -785,9 +785,11 @@ impl Queue {
         let mut reason = update.reason.clone();
         if matches!(outcome, Outcome::SetupFailed(_)) {
             // A setup that fails everywhere would burn machine after machine: pause the sweep
-            // once it failed on three (on the local pool, all agents share one machine).
+            // once it failed on three (by agent name: a restarted agent is the same machine; on
+            // the local pool, all agents share one machine).
             let (machines,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(DISTINCT l.agent_id) FROM leases l JOIN trials t ON t.id = l.trial_id \
+                "SELECT COUNT(DISTINCT COALESCE(a.name, l.agent_id)) FROM leases l \
+                 JOIN trials t ON t.id = l.trial_id LEFT JOIN agents a ON a.id = l.agent_id \
                  WHERE t.sweep_id = ? AND l.outcome = 'setup_failed'",
             )
             .bind(trial.sweep_id)
