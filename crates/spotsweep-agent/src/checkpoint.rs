@@ -136,6 +136,13 @@ impl Mirror {
         }
     }
 
+    /// Empties the directory (and forgets what was synced), as after a failed restore.
+    pub(crate) fn clear(&mut self) -> std::io::Result<()> {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.synced.clear();
+        std::fs::create_dir_all(&self.dir)
+    }
+
     fn url(&self, rel: &str) -> String {
         artifact_url(&format!("{}/{PREFIX}/{rel}", self.root))
     }

@@ -344,22 +344,16 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     let setups = Setups::default();
     tokio::pin!(shutdown);
     loop {
-        if setups.failed.load(Ordering::SeqCst) {
-            // A setup failed here: no more trials. Let the running ones finish, then stop, so
-            // that a supervisor (the daemon's local pool, systemd) may start a fresh agent.
-            if running == 0 {
-                anyhow::bail!(
-                    "a setup command failed on this machine, so this agent takes no more trials \
-                     (its output is in the trial's logs/setup.txt)"
-                );
-            }
-            tokio::select! {
-                _ = &mut shutdown => break,
-                Some(freed) = done_rx.recv() => { freed.give_back(&mut free, &mut gpu_free); running -= 1; }
-            }
-            continue;
+        // After a failed setup: no more trials. The running ones finish, then the agent stops,
+        // so that a supervisor (the daemon's local pool, systemd) may start a fresh one.
+        let setup_failed = setups.failed.load(Ordering::SeqCst);
+        if setup_failed && running == 0 {
+            anyhow::bail!(
+                "a setup command failed on this machine, so this agent takes no more trials \
+                 (its output is in the trial's logs/setup.txt)"
+            );
         }
-        if free.is_empty() {
+        if setup_failed || free.is_empty() {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(freed) = done_rx.recv() => { freed.give_back(&mut free, &mut gpu_free); running -= 1; }
@@ -457,8 +451,9 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
                 Some(shares) => {
                     for share in shares {
                         if let Some(i) = config.gpus.iter().position(|g| g.id == share.id) {
-                            gpu_free[i] = gpu_free[i].saturating_sub(share.memory_mib);
-                            held.push((i, share.memory_mib));
+                            let taken = share.memory_mib.min(gpu_free[i]);
+                            gpu_free[i] -= taken;
+                            held.push((i, taken));
                             shared |= config.gpus[i].memory_mib.is_some_and(|m| share.memory_mib < m);
                         }
                     }
@@ -692,7 +687,7 @@ impl TrialTask {
         let syncer = mirror.map(|m| tokio::spawn(m.run(self.config.checkpoint_interval, last_sync_rx)));
         let mut child = cmd.spawn().context("cannot start the trial's command")?;
         let pgid = child.id().map(|id| Pid::from_raw(id as i32));
-        let interval = Duration::from_millis(self.lease.heartbeat_interval_ms.max(500) as u64);
+        let interval = self.heartbeat_interval();
         let mut beat = tokio::time::interval(interval);
         beat.tick().await;
         let ending = loop {
@@ -751,7 +746,7 @@ impl TrialTask {
     /// (its output becomes the run's `logs/setup.txt`).
     async fn setup(&mut self) -> Result<Option<&'static str>, String> {
         for command in self.lease.setup.clone() {
-            let interval = Duration::from_millis(self.lease.heartbeat_interval_ms.max(500) as u64);
+            let interval = self.heartbeat_interval();
             let mut beat = tokio::time::interval(interval);
             beat.tick().await;
             let setups = self.setups.clone();
@@ -806,7 +801,7 @@ impl TrialTask {
             );
             return Ok((None, dir));
         };
-        let mut mirror = checkpoint::Mirror::new(self.transfers.clone(), root.clone(), dir.clone());
+        let mut mirror = checkpoint::Mirror::new(self.transfers.clone(), root, dir.clone());
         if self.lease.trial.attempts > 1 {
             // Starting over would overwrite the daemon's checkpoint with step 0 at the first
             // sync: retry, then give the attempt up rather than lose the work.
@@ -818,9 +813,7 @@ impl TrialTask {
                         tries += 1;
                         tracing::warn!(trial = %self.label(), error = %format!("{e:#}"), "cannot restore the checkpoint; retrying");
                         tokio::time::sleep(backoff(tries)).await;
-                        let _ = std::fs::remove_dir_all(&dir);
-                        std::fs::create_dir_all(&dir)?;
-                        mirror = checkpoint::Mirror::new(self.transfers.clone(), root.clone(), dir.clone());
+                        mirror.clear()?;
                     }
                     Err(e) => return Err(e.context("cannot restore the trial's checkpoint (3 tries)")),
                 }
@@ -833,10 +826,14 @@ impl TrialTask {
         Ok((Some(mirror), dir))
     }
 
+    fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.lease.heartbeat_interval_ms.max(500) as u64)
+    }
+
     /// Runs `work` while keeping the lease alive (a checkpoint to restore or sync may take
     /// longer than the lease lives).
     async fn heartbeating<T>(&self, work: impl std::future::Future<Output = T>) -> T {
-        let interval = Duration::from_millis(self.lease.heartbeat_interval_ms.max(500) as u64);
+        let interval = self.heartbeat_interval();
         let mut beat = tokio::time::interval(interval);
         beat.tick().await;
         tokio::pin!(work);

@@ -936,22 +936,22 @@ impl Queue {
                 .min_by_key(|c| (c.running, c.sweep.id));
             let Some(candidate) = pick else { break };
             let spec = self.spec_of(tx, candidate.sweep.id).await?;
+            // A retried trial goes first; its out-of-memory exits say how much it needs.
+            let waiting: Option<(i64, i64)> = match candidate.next_waiting {
+                Some(number) => Some(
+                    sqlx::query_as("SELECT id, ooms FROM trials WHERE sweep_id = ? AND number = ?")
+                        .bind(candidate.sweep.id)
+                        .bind(number)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(map_err)?,
+                ),
+                None => None,
+            };
             let placement = match &spec.resources {
                 None => None,
                 Some(resources) => {
-                    let ooms = match candidate.next_waiting {
-                        Some(number) => {
-                            let (ooms,): (i64,) =
-                                sqlx::query_as("SELECT ooms FROM trials WHERE sweep_id = ? AND number = ?")
-                                    .bind(candidate.sweep.id)
-                                    .bind(number)
-                                    .fetch_one(&mut *tx)
-                                    .await
-                                    .map_err(map_err)?;
-                            ooms.clamp(0, 32) as u32
-                        }
-                        None => 0,
-                    };
+                    let ooms = waiting.map_or(0, |(_, ooms)| ooms.clamp(0, 32) as u32);
                     match place(resources, &mut gpus, request.gpu_overhead_mib, ooms) {
                         Some(shares) => Some(shares),
                         None => {
@@ -972,14 +972,7 @@ impl Queue {
                 expires_at: now_ms() + request.ttl_ms,
             };
             let sweep = &candidate.sweep;
-            if let Some(number) = candidate.next_waiting {
-                let (trial_id,): (i64,) =
-                    sqlx::query_as("SELECT id FROM trials WHERE sweep_id = ? AND number = ?")
-                        .bind(sweep.id)
-                        .bind(number)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
+            if let Some((trial_id, _)) = waiting {
                 let mut trial = self.lease_waiting(tx, trial_id, &lease).await?;
                 set_lease_gpus(tx, &lease_id, gpus_json.as_deref()).await?;
                 trial.gpus = placement;
