@@ -170,7 +170,7 @@ async fn store_body(repo: &ArtifactRepo, segments: &[&str], body: Body) -> Mlflo
         .store
         .put_multipart(&location)
         .await
-        .map_err(|e| MlflowError::internal(&e))?;
+        .map_err(|e| MlflowError::storage(&e))?;
     let mut writer = WriteMultipart::new(upload);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
@@ -181,7 +181,7 @@ async fn store_body(repo: &ArtifactRepo, segments: &[&str], body: Body) -> Mlflo
                 // bucket bills the parts of an unfinished upload until someone aborts it.
                 if let Err(e) = writer.wait_for_capacity(4).await {
                     let _ = writer.abort().await;
-                    return Err(MlflowError::internal(&e));
+                    return Err(MlflowError::storage(&e));
                 }
                 writer.put(bytes);
             }
@@ -191,7 +191,7 @@ async fn store_body(repo: &ArtifactRepo, segments: &[&str], body: Body) -> Mlflo
             }
         }
     }
-    writer.finish().await.map_err(|e| MlflowError::internal(&e))?;
+    writer.finish().await.map_err(|e| MlflowError::storage(&e))?;
     Ok(())
 }
 

@@ -79,6 +79,27 @@ impl MlflowError {
         ))
     }
 
+    /// For a failed write to artifact storage: `503 TEMPORARILY_UNAVAILABLE` naming the cause
+    /// when the disk is full (the client retries, and the write succeeds once space is
+    /// freed), else `500 INTERNAL_ERROR`.
+    pub fn storage(cause: &(dyn std::error::Error + 'static)) -> Self {
+        let mut source = Some(cause);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::StorageFull
+            {
+                return Self {
+                    error_code: ErrorCode::TemporarilyUnavailable,
+                    message: "the disk holding the artifacts is full, so the file was not stored; free some \
+                              space and retry"
+                        .into(),
+                };
+            }
+            source = e.source();
+        }
+        Self::internal(&cause)
+    }
+
     /// `500 INTERNAL_ERROR`, after logging the cause.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -101,6 +122,18 @@ impl From<StoreError> for MlflowError {
             StoreError::Busy => Self {
                 error_code: ErrorCode::TemporarilyUnavailable,
                 message: "the tracking database is busy; retry shortly".into(),
+            },
+            // 503, not 507: the MLflow client retries a 503 with back-off, so a training script
+            // rides out a full disk that someone clears instead of crashing. Logged once by
+            // the store.
+            full @ StoreError::Full => Self {
+                error_code: ErrorCode::TemporarilyUnavailable,
+                message: full.to_string(),
+            },
+            // Logged where it was caught.
+            panicked @ StoreError::Panicked(_) => Self {
+                error_code: ErrorCode::InternalError,
+                message: panicked.to_string(),
             },
             other => Self::internal(&other),
         }

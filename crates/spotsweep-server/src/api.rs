@@ -79,6 +79,18 @@ impl From<StoreError> for ApiError {
                 code: "busy",
                 message: "the database is busy; retry shortly".into(),
             },
+            // Logged once by the store, when it starts and when it ends.
+            full @ StoreError::Full => Self {
+                status: StatusCode::INSUFFICIENT_STORAGE,
+                code: "disk_full",
+                message: full.to_string(),
+            },
+            // Logged where it was caught.
+            panicked @ StoreError::Panicked(_) => Self {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "internal",
+                message: panicked.to_string(),
+            },
             other => {
                 tracing::error!(error = %other, "internal error");
                 Self {

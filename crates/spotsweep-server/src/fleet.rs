@@ -155,8 +155,13 @@ impl PoolManager {
     /// Runs ticks until `stop` changes.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         loop {
-            if let Err(e) = self.tick().await {
-                tracing::warn!(pool = %self.name, error = %e, "fleet tick failed; trying again next tick");
+            let name = self.name.clone();
+            match crate::caught("a fleet tick", self.tick()).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(pool = %name, error = %e, "fleet tick failed; trying again next tick")
+                }
+                None => tracing::error!(pool = %name, "the fleet tick panicked; trying again next tick"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.timing.tick) => {}

@@ -86,7 +86,43 @@ pub fn router(state: AppState, mlflow: MlflowState) -> Router {
             },
             auth::require_token,
         ))
+        // Inside the trace layer, so that a panic is logged in the request's span.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// Runs one round of a background task, catching a panic: it is logged with `what` and the
+/// round answers `None`, so that the loop goes on to its next round instead of dying silently.
+pub(crate) async fn caught<T>(what: &str, round: impl Future<Output = T>) -> Option<T> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(round).catch_unwind().await {
+        Ok(done) => Some(done),
+        Err(panic) => {
+            tracing::error!(panic = %panic_message(panic.as_ref()), "a bug while {what}; carrying on");
+            None
+        }
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// The answer to a request whose handler panicked: logged inside the request's span (method
+/// and path), answered once as a 500 in both error envelopes; the next request is unaffected.
+fn panic_response(panic: Box<dyn std::any::Any + Send>) -> axum::response::Response {
+    tracing::error!(panic = %panic_message(panic.as_ref()), "a handler panicked; answered 500");
+    let body = serde_json::json!({
+        "error_code": "INTERNAL_ERROR",
+        "code": "internal",
+        "message": "internal error: a bug in the daemon (see its log); nothing of this request was written",
+    });
+    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
 }
 
 /// Database upkeep off the request path: a WAL checkpoint four times a second, so that writes
@@ -98,11 +134,11 @@ async fn checkpoint_loop(store: Arc<SqliteStore>, mut stop: tokio::sync::watch::
     for n in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = store.checkpoint().await {
+                if let Some(Err(e)) = caught("checkpointing the WAL", store.checkpoint()).await {
                     tracing::debug!(error = %e, "background checkpoint failed; will retry");
                 }
                 if n % 40 == 39
-                    && let Err(e) = store.optimize().await
+                    && let Some(Err(e)) = caught("refreshing planner statistics", store.optimize()).await
                 {
                     tracing::debug!(error = %e, "refreshing planner statistics failed; will retry");
                 }

@@ -611,13 +611,18 @@ pub async fn expire_leases_loop(s: AppState, mut shutdown: tokio::sync::watch::R
             _ = s.signals.leases.notified() => continue,
             _ = shutdown.changed() => return,
         }
-        match s.sweeps.expire_leases(spotsweep_store::now_ms()).await {
-            Ok(0) => {}
-            Ok(n) => {
+        let expired = crate::caught(
+            "expiring leases",
+            s.sweeps.expire_leases(spotsweep_store::now_ms()),
+        )
+        .await;
+        match expired {
+            Some(Ok(0)) | None => {}
+            Some(Ok(n)) => {
                 tracing::info!(expired = n, "leases expired; their trials are requeued or failed");
                 s.signals.work.notify_waiters();
             }
-            Err(e) => tracing::warn!(error = %e, "expiring leases failed; will retry"),
+            Some(Err(e)) => tracing::warn!(error = %e, "expiring leases failed; will retry"),
         }
     }
 }

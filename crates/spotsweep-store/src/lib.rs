@@ -48,6 +48,17 @@ pub enum StoreError {
     /// The database refuses to open (e.g. written by a newer spotsweep).
     #[error("{0}")]
     Incompatible(String),
+    /// The disk (or the database's size limit) is full: nothing was written. Writes succeed
+    /// again by themselves once space is freed.
+    #[error(
+        "the disk holding the database is full, so nothing was written; free some space and writes resume \
+         by themselves"
+    )]
+    Full,
+    /// The request hit a bug (a panic, caught): nothing it did was committed, and later requests
+    /// are unaffected.
+    #[error("internal error while {0}; nothing was written")]
+    Panicked(String),
     /// Anything else (I/O, corruption, a bug).
     #[error("database error: {0}")]
     Internal(#[from] sqlx::Error),

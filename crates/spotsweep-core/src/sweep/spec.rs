@@ -587,6 +587,13 @@ fn validate_parameter(
             if low > high {
                 return Err(err(field("low"), format!("must be <= high ({low} > {high})")));
             }
+            // Samplers work on the width and on values half a step outside the bounds.
+            if !(high - low).is_finite() {
+                return Err(err(
+                    field("high"),
+                    format!("- low must be a finite number; [{low}, {high}] is wider than a float can hold"),
+                ));
+            }
             if *log && *low <= 0.0 {
                 return Err(err(field("low"), "must be > 0 when log is true"));
             }
@@ -597,11 +604,35 @@ fn validate_parameter(
                 if *log {
                     return Err(err(field("step"), "cannot be combined with log: true"));
                 }
+                if !((high + step / 2.0) - (low - step / 2.0)).is_finite() {
+                    return Err(err(
+                        field("step"),
+                        "is too large for a float next to these bounds",
+                    ));
+                }
+                if (high - low) / step > MAX_EXACT_INT as f64 {
+                    return Err(err(
+                        field("step"),
+                        format!("is too small: the range would have more than 2^53 steps ({MAX_EXACT_INT})"),
+                    ));
+                }
             }
         }
         Distribution::Int {
             low, high, log, step, ..
         } => {
+            // Samplers compute in floats: beyond 2^53 integers are not exact there, and the
+            // width of the range must fit an i64.
+            for (name, value) in [("low", low), ("high", high)] {
+                if value.unsigned_abs() > MAX_EXACT_INT as u64 {
+                    return Err(err(
+                        field(name),
+                        format!(
+                            "must be between -2^53 and 2^53 ({MAX_EXACT_INT}), the integers a float holds exactly"
+                        ),
+                    ));
+                }
+            }
             if low > high {
                 return Err(err(field("low"), format!("must be <= high ({low} > {high})")));
             }
@@ -609,8 +640,11 @@ fn validate_parameter(
                 return Err(err(field("low"), "must be >= 1 when log is true"));
             }
             if let Some(step) = step {
-                if *step < 1 {
-                    return Err(err(field("step"), "must be a positive integer"));
+                if *step < 1 || *step > MAX_EXACT_INT {
+                    return Err(err(
+                        field("step"),
+                        format!("must be a positive integer up to 2^53 ({MAX_EXACT_INT})"),
+                    ));
                 }
                 if *log && *step != 1 {
                     return Err(err(field("step"), "cannot be combined with log: true"));
@@ -621,8 +655,10 @@ fn validate_parameter(
             if choices.is_empty() {
                 return Err(err(field("choices"), "must list at least one choice"));
             }
-            for (i, c) in choices.iter().enumerate() {
-                if choices[..i].contains(c) {
+            // A set, not a scan of the choices before each: a spec may list 100,000 of them.
+            let mut seen = std::collections::HashSet::with_capacity(choices.len());
+            for c in choices {
+                if !seen.insert(choice_key(c)) {
                     return Err(err(field("choices"), format!("lists {c} twice")));
                 }
                 if matches!(c, ParamValue::Float(x) if !x.is_finite()) {
@@ -668,6 +704,20 @@ fn validate_parameter(
     Ok(())
 }
 
+/// The largest integer magnitude a parameter may have: every integer up to 2^53 is exact in an
+/// `f64`, which samplers compute in.
+pub const MAX_EXACT_INT: i64 = 1 << 53;
+
+/// What makes two choices equal (as `ParamValue`'s `==` does: `0.0 == -0.0`), hashable.
+fn choice_key(c: &ParamValue) -> (u8, u64, &str) {
+    match c {
+        ParamValue::Bool(b) => (0, u64::from(*b), ""),
+        ParamValue::Int(i) => (1, *i as u64, ""),
+        ParamValue::Float(x) => (2, if *x == 0.0 { 0 } else { x.to_bits() }, ""),
+        ParamValue::Str(s) => (3, 0, s),
+    }
+}
+
 /// Whether parameter `from` is conditional, directly or through others, on parameter `target`.
 fn depends_on(
     all: &IndexMap<String, Distribution>,
@@ -693,8 +743,10 @@ pub fn grid_values(name: &str, dist: &Distribution) -> Result<Vec<ParamValue>, S
     match dist {
         Distribution::Categorical { choices, .. } => Ok(choices.clone()),
         Distribution::Int { low, high, step, .. } => {
-            let step = step.unwrap_or(1);
-            let count = ((high - low) / step) as u64 + 1;
+            let step = step.unwrap_or(1).max(1);
+            let count = (high.saturating_sub(*low) / step)
+                .unsigned_abs()
+                .saturating_add(1);
             if count > MAX_GRID_VALUES {
                 return Err(err(
                     format!("parameters.{name}"),
@@ -711,7 +763,8 @@ pub fn grid_values(name: &str, dist: &Distribution) -> Result<Vec<ParamValue>, S
             step: Some(step),
             ..
         } => {
-            let count = ((high - low) / step + 1e-9).floor() as u64 + 1;
+            // `as u64` saturates (and maps NaN to 0): an unvalidated range cannot overflow here.
+            let count = (((high - low) / step + 1e-9).floor() as u64).saturating_add(1);
             if count > MAX_GRID_VALUES {
                 return Err(err(
                     format!("parameters.{name}.step"),
@@ -732,11 +785,18 @@ pub fn grid_values(name: &str, dist: &Distribution) -> Result<Vec<ParamValue>, S
 /// `low + k * step` for the `k` nearest to `x`, rounded to the step's decimals so that
 /// `0.1 + 2 * 0.1` is written `0.3`, not `0.30000000000000004`.
 pub fn quantize(x: f64, low: f64, step: f64) -> f64 {
-    let k = ((x - low) / step).round();
+    let k = ((x - low) / step).round().max(0.0);
     let raw = low + k * step;
     let decimals = decimals_of(step).max(decimals_of(low));
     let scale = 10f64.powi(decimals as i32);
-    (raw * scale).round() / scale
+    let rounded = (raw * scale).round() / scale;
+    // Near the top of the float range the scaled value overflows, and a `low` with more
+    // decimals than 15 rounds below itself: keep the unrounded value then.
+    if rounded.is_finite() && rounded >= low {
+        rounded
+    } else {
+        raw
+    }
 }
 
 fn decimals_of(x: f64) -> u32 {

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::{SqliteStore, map_err, now_ms};
+use super::{SqliteStore, commit, map_err, now_ms};
 use crate::{FleetStore, LeaseCost, NewVm, PoolDemand, Result, StoreError, Vm, VmState, VmUpdate};
 
 type VmRow = (
@@ -80,7 +80,7 @@ impl FleetStore for SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(id)
     }
 
@@ -98,7 +98,7 @@ impl FleetStore for SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(secret)
     }
 
@@ -222,7 +222,7 @@ impl FleetStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         vm_of(row)
     }
 
@@ -264,7 +264,7 @@ impl FleetStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         vm_of(row)
     }
 

@@ -340,7 +340,12 @@ async fn in_transaction<T>(
         .map_err(map_err)?;
     let done = work(&mut *conn).await;
     let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    sqlx::query(end).execute(&mut *conn).await.map_err(map_err)?;
+    if let Err(e) = sqlx::query(end).execute(&mut *conn).await {
+        // A failed COMMIT (a full disk) may leave the transaction open: end it here; an
+        // error means SQLite already had.
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        return Err(map_err(e));
+    }
     done
 }
 

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::metric_blocks::{self, LooseBlocks};
 use super::tracking::run_key_for_write;
-use super::{RunKeys, map_err};
+use super::{RunKeys, abandon, catch_panic, map_err, note_written};
 use crate::{Metric, Result, StoreError};
 
 /// Most jobs committed together.
@@ -86,11 +86,12 @@ async fn run(writer: SqlitePool, keys: RunKeys, loose: LooseBlocks, mut rx: mpsc
             .iter()
             .flat_map(|(k, j)| j.metrics.iter().map(move |m| (*k, m)))
             .collect();
-        let together = metric_blocks::commit(&mut conn, &loose, &rows).await;
+        let together = catch_panic("writing metrics", metric_blocks::commit(&mut conn, &loose, &rows)).await;
         drop(rows);
         let mut merges = Vec::new();
         match together {
             Ok(due) => {
+                note_written();
                 merges = due;
                 for (_, job) in ready {
                     let _ = job.done.send(Ok(()));
@@ -99,19 +100,30 @@ async fn run(writer: SqlitePool, keys: RunKeys, loose: LooseBlocks, mut rx: mpsc
             // A group failed as a whole: commit each job on its own so that one bad job fails
             // alone.
             Err(_) => {
+                abandon(&mut conn).await;
                 for (key, job) in ready {
                     let rows: Vec<(i64, &Metric)> = job.metrics.iter().map(|m| (key, m)).collect();
-                    let result = metric_blocks::commit(&mut conn, &loose, &rows).await;
+                    let result =
+                        catch_panic("writing metrics", metric_blocks::commit(&mut conn, &loose, &rows)).await;
                     drop(rows);
-                    let result = result.map(|due| merges.extend(due));
-                    let _ = job.done.send(result);
+                    match &result {
+                        Ok(_) => note_written(),
+                        Err(_) => abandon(&mut conn).await,
+                    }
+                    let _ = job.done.send(result.map(|due| merges.extend(due)));
                 }
             }
         }
         // Merges only reorganise what is committed: they run after the writers have their
         // answers, before the next group.
         for (run, key) in merges {
-            if let Err(e) = metric_blocks::merge_alone(&mut conn, run, &key).await {
+            let merged = catch_panic(
+                "merging metric blocks",
+                metric_blocks::merge_alone(&mut conn, run, &key),
+            )
+            .await;
+            if let Err(e) = merged {
+                abandon(&mut conn).await;
                 tracing::debug!(error = %e, run, key, "merging metric blocks failed; the blocks stay as they are");
             }
         }

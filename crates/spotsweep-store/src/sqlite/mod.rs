@@ -19,6 +19,7 @@ mod tracking;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -123,6 +124,20 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             .test_before_acquire(false)
+            // A connection that comes back still inside a transaction (a commit and then its
+            // rollback failed, as on a full disk) is closed rather than reused: the next write
+            // gets a fresh connection, where SQLite has rolled the transaction back, instead of
+            // "cannot start a transaction within a transaction" for ever.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Connection;
+                    let clean = !conn.is_in_transaction();
+                    if !clean {
+                        tracing::warn!("the writer connection was left inside a transaction; reopening it");
+                    }
+                    Ok(clean)
+                })
+            })
             // Writes queue here for a while under load; past this the request answers 503.
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(connect.clone())
@@ -285,14 +300,81 @@ async fn refuse_newer_schema(pool: &SqlitePool) -> Result<()> {
 }
 
 /// Maps sqlx errors: lock contention and pool exhaustion become `Busy` (a 503 the client
-/// retries), everything else stays internal.
+/// retries), a full disk `Full`, everything else stays internal.
 pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::PoolTimedOut => StoreError::Busy,
         sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6" | "517" | "261")) => {
             StoreError::Busy
         }
+        // SQLITE_FULL: the unix VFS answers it for ENOSPC, and so does `max_page_count`.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("13") => {
+            note_full();
+            StoreError::Full
+        }
         _ => StoreError::Internal(e),
+    }
+}
+
+/// Whether the last write failed for want of space. A full disk fails every write until space
+/// is freed; this makes the log say so once when it starts and once when it ends, not once a
+/// request. Process-wide, as the disk is.
+static DISK_FULL: AtomicBool = AtomicBool::new(false);
+
+fn note_full() {
+    if !DISK_FULL.swap(true, Ordering::Relaxed) {
+        tracing::error!(
+            "the disk holding the database is full: writes are refused until space is freed, then resume by \
+             themselves (nothing acknowledged is lost)"
+        );
+    }
+}
+
+/// Called after each successful commit: ends a full-disk episode in the log.
+pub(crate) fn note_written() {
+    if DISK_FULL.load(Ordering::Relaxed) && DISK_FULL.swap(false, Ordering::Relaxed) {
+        tracing::info!("disk space is back: writes succeed again");
+    }
+}
+
+/// Commits a transaction, mapping its error.
+pub(crate) async fn commit(tx: sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<()> {
+    tx.commit().await.map_err(map_err)?;
+    note_written();
+    Ok(())
+}
+
+/// Ends whatever a raw (`BEGIN IMMEDIATE` as a statement) transaction on the writer left open
+/// after an error or a panic: rolls it back, and when even that fails, closes the connection
+/// when it is given back (SQLite rolls back what a closing connection had open), so that the
+/// next write never starts inside it.
+pub(crate) async fn abandon(conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>) {
+    // An error here usually means there was no transaction left to end (SQLite rolls some
+    // failures back by itself); only a connection still inside one is a problem.
+    let rolled_back = sqlx::query("ROLLBACK").execute(&mut **conn).await;
+    if let Err(e) = rolled_back
+        && !e.to_string().contains("no transaction is active")
+    {
+        tracing::warn!(error = %e, "cannot roll back on the writer connection; reopening it");
+        conn.close_on_drop();
+    }
+}
+
+/// Runs `work`, turning a panic into [`StoreError::Panicked`] (logged with `doing`), so that a
+/// bug in one request fails that request alone and leaves the writer task alive.
+pub(crate) async fn catch_panic<T>(doing: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(done) => done,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            tracing::error!(panic = %what, "a bug while {doing}: the write was rolled back");
+            Err(StoreError::Panicked(doing.to_owned()))
+        }
     }
 }
 

@@ -7,17 +7,20 @@
 //! holds their writes.
 //!
 //! When any job of a group fails, the group is rolled back and each job runs again in a
-//! transaction of its own, so that one bad job fails alone and leaves nothing half-written.
+//! transaction of its own, so that one bad job fails alone and leaves nothing half-written. A
+//! job that panics fails the same way (the panic is caught and logged): the task goes on, and
+//! the connection never stays inside the failed transaction (see `abandon`).
 //!
 //! Ownership: the store holds the only `Sender`; this task owns the `Receiver` and ends when the
 //! store is dropped. It borrows the writer connection from the writer pool per group, so it takes
 //! its turn with every other write.
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::pool::PoolConnection;
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::map_err;
 use super::sweeps::Queue;
+use super::{abandon, catch_panic, map_err, note_written};
 use crate::{LeaseRequest, LeasedTrial, Outcome, Result, StoreError, Trial};
 
 /// Most jobs committed together.
@@ -47,10 +50,16 @@ impl Answer {
 impl QueueJob {
     async fn run(&self, queue: &Queue, conn: &mut SqliteConnection) -> Answer {
         match self {
-            Self::Lease(request, _) => Answer::Leased(queue.lease(conn, request).await),
-            Self::Complete(lease_id, outcome, _) => {
-                Answer::Completed(Box::new(queue.complete(conn, lease_id, outcome.clone()).await))
+            Self::Lease(request, _) => {
+                Answer::Leased(catch_panic("leasing trials", queue.lease(conn, request)).await)
             }
+            Self::Complete(lease_id, outcome, _) => Answer::Completed(Box::new(
+                catch_panic(
+                    "completing a lease",
+                    queue.complete(conn, lease_id, outcome.clone()),
+                )
+                .await,
+            )),
         }
     }
 
@@ -152,42 +161,52 @@ async fn run(writer: SqlitePool, queue: Queue, mut rx: mpsc::Receiver<QueueJob>)
 
 /// Runs every job in one transaction and commits it; `Err` (rolled back) when any job or the
 /// commit failed.
-async fn run_group(queue: &Queue, conn: &mut SqliteConnection, jobs: &[QueueJob]) -> Result<Vec<Answer>, ()> {
+async fn run_group(
+    queue: &Queue,
+    conn: &mut PoolConnection<Sqlite>,
+    jobs: &[QueueJob],
+) -> Result<Vec<Answer>, ()> {
     sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
+        .execute(&mut **conn)
         .await
-        .map_err(|_| ())?;
+        .map_err(|e| drop(map_err(e)))?;
     let mut answers = Vec::with_capacity(jobs.len());
     for job in jobs {
         let answer = job.run(queue, conn).await;
         if answer.is_err() {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            abandon(conn).await;
             return Err(());
         }
         answers.push(answer);
     }
-    if sqlx::query("COMMIT").execute(&mut *conn).await.is_err() {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    if let Err(e) = sqlx::query("COMMIT").execute(&mut **conn).await {
+        drop(map_err(e));
+        abandon(conn).await;
         return Err(());
     }
+    note_written();
     Ok(answers)
 }
 
 /// Runs one job in a transaction of its own: committed when it succeeded, rolled back otherwise.
-async fn run_alone(queue: &Queue, conn: &mut SqliteConnection, job: &QueueJob) -> Answer {
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+async fn run_alone(queue: &Queue, conn: &mut PoolConnection<Sqlite>, job: &QueueJob) -> Answer {
+    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut **conn).await {
         return job.error(map_err(e));
     }
     let answer = job.run(queue, conn).await;
-    let end = if answer.is_err() { "ROLLBACK" } else { "COMMIT" };
-    let ended = sqlx::query(end).execute(&mut *conn).await;
-    if answer.is_err() || ended.is_err() {
+    if answer.is_err() {
+        abandon(conn).await;
         queue.forget_histories();
+        return answer;
     }
-    match ended {
-        Ok(_) => answer,
+    match sqlx::query("COMMIT").execute(&mut **conn).await {
+        Ok(_) => {
+            note_written();
+            answer
+        }
         Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            abandon(conn).await;
+            queue.forget_histories();
             job.error(map_err(e))
         }
     }

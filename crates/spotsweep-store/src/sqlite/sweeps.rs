@@ -20,7 +20,7 @@ use sqlx::SqliteConnection;
 
 use super::metric_blocks;
 use super::tracking::insert_experiment;
-use super::{SqliteStore, map_err, now_ms, queue_writer};
+use super::{SqliteStore, commit, map_err, now_ms, queue_writer};
 use crate::placement::place;
 use crate::{
     HeartbeatAction, LeaseRequest, LeasedTrial, NewExperiment, Outcome, Result, StoreError, Sweep,
@@ -385,7 +385,16 @@ impl Queue {
             .await
             .map_err(map_err)?
             .ok_or_else(|| StoreError::NotFound(format!("no sweep with id {sweep_id}")))?;
-        let spec = Arc::new(parse_spec(&text)?);
+        let spec = parse_spec(&text)?;
+        // Validation has grown stricter over time: a spec stored by an older daemon that no
+        // longer validates could make a sampler fail; such a sweep is paused (see `lease`).
+        if let Err(e) = spec.validate() {
+            return Err(StoreError::Invalid(format!(
+                "sweep {sweep_id}'s stored spec is no longer valid ({e}); it is paused: cancel it and submit \
+                 a corrected spec"
+            )));
+        }
+        let spec = Arc::new(spec);
         if let Ok(mut m) = self.specs.lock() {
             m.insert(sweep_id, spec.clone());
         }
@@ -935,7 +944,19 @@ impl Queue {
                 })
                 .min_by_key(|c| (c.running, c.sweep.id));
             let Some(candidate) = pick else { break };
-            let spec = self.spec_of(tx, candidate.sweep.id).await?;
+            let spec = match self.spec_of(tx, candidate.sweep.id).await {
+                Ok(spec) => spec,
+                Err(StoreError::Invalid(reason)) => {
+                    sqlx::query("UPDATE sweeps SET state = 'paused' WHERE id = ? AND state = 'running'")
+                        .bind(candidate.sweep.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    tracing::warn!(sweep = candidate.sweep.id, %reason, "sweep paused");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             // A retried trial goes first; its out-of-memory exits say how much it needs.
             let waiting: Option<(i64, i64)> = match candidate.next_waiting {
                 Some(number) => Some(
@@ -1180,7 +1201,7 @@ impl SweepStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(map_err)?;
-        let committed = tx.commit().await.map_err(map_err);
+        let committed = commit(tx).await;
         // Cancelling changes trials outside the queue's own writes.
         self.queue.forget_history(id);
         committed?;
@@ -1269,7 +1290,7 @@ impl SweepStore for SqliteStore {
                 ));
             }
         }
-        let committed = tx.commit().await.map_err(map_err);
+        let committed = commit(tx).await;
         // Cancelling changes trials outside the queue's own writes.
         self.queue.forget_history(id);
         committed?;
@@ -1317,9 +1338,9 @@ impl SweepStore for SqliteStore {
             .queue
             .insert_trial(&mut tx, &sweep, created, &params, None)
             .await?;
-        if let Err(e) = tx.commit().await {
+        if let Err(e) = commit(tx).await {
             self.queue.forget_history(sweep_id);
-            return Err(map_err(e));
+            return Err(e);
         }
         Ok(trial)
     }
@@ -1341,7 +1362,7 @@ impl SweepStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -1438,7 +1459,7 @@ impl SweepStore for SqliteStore {
                     .end_lease(&mut tx, lease_id, "expired", trial, &Outcome::Failed(reason))
                     .await?;
             }
-            tx.commit().await.map_err(map_err)
+            commit(tx).await
         }
         .await;
         if ended.is_err() {

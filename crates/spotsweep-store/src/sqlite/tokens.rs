@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::{SqliteStore, map_err, now_ms};
+use super::{SqliteStore, commit, map_err, now_ms};
 use crate::{ApiToken, Result, StoreError, TokenStore};
 
 #[async_trait]
@@ -22,7 +22,7 @@ impl TokenStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(token)
     }
 
@@ -50,7 +50,7 @@ impl TokenStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("no live token with id '{id}'")));
         }
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::metric_blocks::{self, Point};
 use super::search::{experiment_search_sql, run_search_sql};
-use super::{RunKeys, SqliteStore, map_err, now_ms};
+use super::{RunKeys, SqliteStore, commit, map_err, now_ms};
 use crate::{
     Batch, DatasetInput, DatasetSummary, Experiment, ExperimentQuery, KeyValue, LifecycleStage, Metric,
     NewExperiment, NewRun, Page, Result, Run, RunInfo, RunQuery, RunStatus, RunUpdate, StoreError,
@@ -472,7 +472,7 @@ impl TrackingStore for SqliteStore {
     async fn create_experiment(&self, new: NewExperiment) -> Result<i64> {
         let mut tx = self.begin_write().await?;
         let id = insert_experiment(&mut tx, new).await?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(id)
     }
 
@@ -524,7 +524,7 @@ impl TrackingStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -550,7 +550,7 @@ impl TrackingStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -574,7 +574,7 @@ impl TrackingStore for SqliteStore {
         .await
         .map_err(map_err)?;
         touch_experiment(&mut tx, experiment_id).await?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -593,7 +593,7 @@ impl TrackingStore for SqliteStore {
             )));
         }
         touch_experiment(&mut tx, experiment_id).await?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -620,7 +620,7 @@ impl TrackingStore for SqliteStore {
     async fn create_run(&self, new: NewRun) -> Result<Run> {
         let mut tx = self.begin_write().await?;
         let (_, artifact_uri) = insert_run(&mut tx, &new).await?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         let mut tags = new.tags;
         tags.sort_by(|a, b| a.key.cmp(&b.key));
         tags.dedup_by(|b, a| {
@@ -705,7 +705,7 @@ impl TrackingStore for SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(row.into_info().1)
     }
 
@@ -723,7 +723,7 @@ impl TrackingStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("Run with id={run_id} not found")));
         }
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -743,7 +743,7 @@ impl TrackingStore for SqliteStore {
             metric_blocks::append(&mut tx, &self.loose_blocks, &rows).await?;
         }
         upsert_tags(&mut tx, key, &batch.tags, true).await?;
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -761,7 +761,7 @@ impl TrackingStore for SqliteStore {
                 "No tag with name: {key} in run with id {run_id}"
             )));
         }
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -794,7 +794,7 @@ impl TrackingStore for SqliteStore {
             .await
             .map_err(map_err)?;
         }
-        tx.commit().await.map_err(map_err)?;
+        commit(tx).await?;
         Ok(())
     }
 

@@ -1,0 +1,185 @@
+"""Hardening (spotsweep only): no request, fault or full disk leaves the daemon broken.
+
+- Specs whose ranges overflow a sampler are refused, and every route keeps working after them.
+- A full disk answers 507 (spotsweep's API) or 503 (MLflow's, which the client retries) naming
+  the cause, is logged once, and writes resume by themselves once space is freed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = [pytest.mark.spotsweep_only, pytest.mark.needs_process]
+
+FULL_LOG = "the disk holding the database is full"
+
+
+def v1(srv, method, path, body=None, **kw):
+    kw.setdefault("timeout", 30)
+    if body is not None:
+        kw["json"] = body
+    return srv.request(method, f"{srv.url}/api/v1/{path.lstrip('/')}", **kw)
+
+
+def spec(parameters, **over):
+    s = {
+        "name": f"edge-{uuid.uuid4().hex[:8]}",
+        "command": "true {args}",
+        "parameters": parameters,
+        "objective": {"metric": "loss"},
+        "max_trials": 4,
+    }
+    s.update(over)
+    return s
+
+
+OVERFLOWING = [
+    ({"x": {"type": "float", "low": -1e308, "high": 1e308}}, "parameters.x.high", {}),
+    ({"x": {"type": "int", "low": -(2**63), "high": 2**63 - 1}}, "parameters.x.low", {}),
+    ({"x": {"type": "int", "low": -(2**63), "high": 2**63 - 1}}, "parameters.x.low", {"sampler": {"type": "grid"}}),
+    ({"x": {"type": "float", "low": -1e308, "high": 1e308, "step": 1e-300}}, "parameters.x", {"sampler": {"type": "grid"}}),
+    ({"x": {"type": "float", "low": 0, "high": 1e300, "step": 1e-300}}, "parameters.x.step", {}),
+    ({"x": {"type": "int", "low": 0, "high": 10, "step": 2**63 - 1}}, "parameters.x.step", {"sampler": {"type": "tpe"}}),
+]
+
+
+def every_write_works(srv, tag):
+    """Experiments, runs, metrics, tokens, sweeps and leases all answer as usual."""
+    r = srv.post("experiments/create", json={"name": f"after-{tag}-{uuid.uuid4().hex[:6]}"})
+    assert r.status_code == 200, r.text
+    exp = r.json()["experiment_id"]
+    r = srv.post("runs/create", json={"experiment_id": exp, "start_time": 1})
+    assert r.status_code == 200, r.text
+    run = r.json()["run"]["info"]["run_id"]
+    r = srv.post("runs/log-metric", json={"run_id": run, "key": "m", "value": 1.0, "timestamp": 1, "step": 0})
+    assert r.status_code == 200, r.text
+    r = v1(srv, "POST", "tokens", {"name": f"after-{tag}"})
+    assert r.status_code == 201, r.text
+    good = v1(srv, "POST", "sweeps", spec({"x": {"type": "float", "low": 0, "high": 1}}))
+    assert good.status_code == 201, good.text
+    r = v1(srv, "POST", "leases", {"agent_id": f"a-{tag}", "slots": 1, "sweep_id": good.json()["id"]})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["leases"]) == 1
+    assert srv.get("/health").status_code == 200
+
+
+def test_overflowing_specs_are_refused_and_every_route_still_works(server_factory):
+    srv = server_factory(extra_args=["--local-agents", "1"])
+    for parameters, field, over in OVERFLOWING:
+        r = v1(srv, "POST", "sweeps", spec(parameters, **over))
+        assert r.status_code == 400, (parameters, r.text)
+        assert field in r.json()["message"], (field, r.json())
+    # A generic lease (what local agents send) and every other write still work; nothing in
+    # the log says a request panicked.
+    every_write_works(srv, "specs")
+    time.sleep(1.0)
+    assert "panicked" not in srv.logs(2000), srv.logs(200)
+
+
+# --------------------------------------------------------------------------------------
+# a full disk
+# --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_tmpfs(tmp_path: Path, size: str):
+    """A tmpfs of `size` mounted on a fresh folder (needs root, as in CI)."""
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(path: Path, leave_bytes: int):
+    """Writes a filler file so that about `leave_bytes` stay free on path's filesystem."""
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    filler = path / "filler"
+    with open(filler, "wb") as f:
+        remaining = max(free - leave_bytes, 0)
+        chunk = b"\0" * (1 << 20)
+        while remaining > 0:
+            n = min(remaining, len(chunk))
+            with contextlib.suppress(OSError):
+                f.write(chunk[:n])
+            remaining -= n
+    return filler
+
+
+def test_a_full_disk_is_refused_cleanly_and_writes_resume_once_space_is_freed(server_factory, tmp_path):
+    with small_tmpfs(tmp_path, "24m") as disk:
+        srv = server_factory(data_dir=disk / "data")
+        r = srv.post("experiments/create", json={"name": "disk"})
+        assert r.status_code == 200, r.text
+        exp = r.json()["experiment_id"]
+        run = srv.post("runs/create", json={"experiment_id": exp, "start_time": 1}).json()["run"]["info"]["run_id"]
+        filler = fill(disk, leave_bytes=256 << 10)
+
+        # Write until the disk refuses: big batches of metrics and params.
+        statuses = []
+        refused = None
+        for i in range(400):
+            batch = {
+                "run_id": run,
+                "metrics": [
+                    {"key": f"k{i}_{j}", "value": float(j), "timestamp": 1, "step": j} for j in range(200)
+                ],
+                "tags": [{"key": f"t{i}", "value": "x" * 4000}],
+            }
+            r = srv.post("runs/log-batch", json=batch)
+            statuses.append(r.status_code)
+            if r.status_code != 200:
+                refused = r
+                break
+        assert refused is not None, f"the disk never filled: {statuses[-5:]}"
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        assert "full" in refused.json()["message"], refused.text
+
+        # spotsweep's own API says 507 with the cause; the daemon is still healthy.
+        r = v1(srv, "POST", "tokens", {"name": "on-a-full-disk"})
+        assert r.status_code == 507, r.text
+        assert r.json()["code"] == "disk_full" and "free some space" in r.json()["message"]
+        for _ in range(20):
+            assert srv.post("runs/set-tag", json={"run_id": run, "key": "big", "value": "y" * 6000}).status_code != 200
+        assert srv.get("/health").status_code == 200
+        # Reads still work.
+        assert srv.get("runs/get", params={"run_id": run}).status_code == 200
+
+        # Free the space: writes succeed again, without a restart.
+        filler.unlink()
+        deadline = time.monotonic() + 10
+        while True:
+            r = v1(srv, "POST", "tokens", {"name": "after-the-disk-was-freed"})
+            if r.status_code == 201 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 201, r.text
+        every_write_works(srv, "disk")
+        r = srv.post("runs/log-batch", json={"run_id": run, "metrics": [{"key": "after", "value": 2.0, "timestamp": 1, "step": 0}]})
+        assert r.status_code == 200, r.text
+        assert srv.get("runs/get", params={"run_id": run}).json()["run"]["data"]["metrics"]
+
+        # The log says it once when it started (not once a request), and once when it ended.
+        logs = srv.logs(5000)
+        assert logs.count(FULL_LOG) == 1, logs
+        assert logs.count("disk space is back") == 1, logs
+        srv.stop()
