@@ -31,7 +31,8 @@ mod checkpoint;
 pub struct AgentConfig {
     /// The daemon's base URL, e.g. `http://127.0.0.1:5000`.
     pub server: String,
-    /// A bearer token (also handed to trials as `MLFLOW_TRACKING_TOKEN`).
+    /// A bearer token (trials get their own, from the lease; only a daemon without auth hands
+    /// none, and then trials get this one).
     pub token: Option<String>,
     /// Trials run at once.
     pub slots: u32,
@@ -203,6 +204,8 @@ async fn run_setup(
             .arg(&command)
             .envs(&env)
             .env("SPOTSWEEP_SETUP", "1")
+            // The agent's token stays with the agent.
+            .env_remove("SPOTSWEEP_TOKEN")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -658,7 +661,10 @@ impl TrialTask {
             .env("SPOTSWEEP_SEED", l.trial.seed.to_string())
             .env("SPOTSWEEP_LEASE_ID", &l.lease_id)
             .envs(&l.env);
-        if let Some(token) = &self.client.token {
+        // The trial gets its own token (its run, its experiment, its lease), never the agent's:
+        // a daemon without auth sends none, and then the agent's is all there is.
+        cmd.env_remove("SPOTSWEEP_TOKEN");
+        if let Some(token) = l.trial_token.as_ref().or(self.client.token.as_ref()) {
             cmd.env("MLFLOW_TRACKING_TOKEN", token);
         }
         if let Some(gpu) = &self.gpu {

@@ -20,6 +20,21 @@ pub struct ApiErrorBody {
 pub struct CreateTokenRequest {
     /// A label for the token (who or what uses it), 1 to 100 characters.
     pub name: String,
+    /// Seconds until the token stops working (1 to 315,360,000, ten years); absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 315_360_000)]
+    pub expires_in: Option<i64>,
+}
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRole {
+    /// The whole API; it may create and revoke user tokens.
+    User,
+    /// The token written to `admin.token` at first start: a user's rights, and it cannot be
+    /// revoked through the API (`spotsweep token reset-admin` replaces it, offline).
+    Admin,
 }
 
 /// A token as listed: never its secret.
@@ -29,8 +44,13 @@ pub struct TokenInfo {
     pub id: String,
     /// The label given at creation.
     pub name: String,
+    /// What it may do.
+    pub role: TokenRole,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// When it stops working, milliseconds since the Unix epoch; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
 }
 
 /// A newly created token: the only time its secret is shown.
@@ -40,11 +60,16 @@ pub struct CreatedToken {
     pub id: String,
     /// The label given at creation.
     pub name: String,
+    /// What it may do (always `user`: the admin token is made at first start only).
+    pub role: TokenRole,
     /// The secret, to send as `Authorization: Bearer <token>` (or `MLFLOW_TRACKING_TOKEN`).
     /// Only its hash is stored: it cannot be shown again.
     pub token: String,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// When it stops working, milliseconds since the Unix epoch; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
 }
 
 /// `GET /api/v1/tokens`
@@ -280,6 +305,10 @@ pub struct LeaseBody {
     pub artifact_uri: String,
     /// The objective metric the trial should log.
     pub objective_metric: String,
+    /// The trial's own token, to hand it as `MLFLOW_TRACKING_TOKEN`: good for its run, its
+    /// experiment (reads) and this lease only, until the lease ends. Absent without auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial_token: Option<String>,
     /// For a sweep with `resources`: the GPUs given to the trial (its `CUDA_VISIBLE_DEVICES`;
     /// empty for none). Absent: the agent hands its GPUs to its slots in turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]

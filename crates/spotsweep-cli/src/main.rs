@@ -47,6 +47,20 @@ enum Command {
     Notebook(NotebookArgs),
     /// Print the OpenAPI document of /api/v1.
     Openapi,
+    /// Manage tokens offline.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// With the daemon stopped: revoke the admin token and write a new one to
+    /// <data-dir>/admin.token (mode 0600). Other tokens keep working.
+    ResetAdmin {
+        /// The daemon's data dir.
+        #[arg(long, env = "SPOTSWEEP_DATA_DIR", default_value = "spotsweep-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -642,6 +656,14 @@ fn main() -> anyhow::Result<()> {
             print!("{}", spotsweep_server::api::openapi_json());
             Ok(())
         }
+        Command::Token(TokenCommand::ResetAdmin { data_dir }) => runtime.block_on(async {
+            let path = spotsweep_server::reset_admin_token(&data_dir).await?;
+            eprintln!(
+                "the admin token was replaced: the new one is in {} (the old one no longer works)",
+                path.display()
+            );
+            Ok(())
+        }),
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Agent(args) => runtime.block_on(agent(args)),
         Command::Submit(args) => runtime.block_on(async {

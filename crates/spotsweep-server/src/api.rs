@@ -1,6 +1,7 @@
 //! The daemon's own `/api/v1` routes (tokens for now), documented with utoipa.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -9,7 +10,7 @@ use spotsweep_api::{
     ApiErrorBody, CostReport, CreateTokenRequest, CreatedToken, PoolCost, PoolInfo, PoolList, SweepCost,
     TokenInfo, TokenList, TrialCost, VmInfo,
 };
-use spotsweep_store::StoreError;
+use spotsweep_store::{NewToken, StoreError, TokenRole};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -116,7 +117,17 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Creates an API token. Its secret is in this response only.
+/// Longest `expires_in`: ten years.
+const MAX_EXPIRES_IN_S: i64 = 315_360_000;
+
+fn role_on_wire(role: TokenRole) -> spotsweep_api::TokenRole {
+    match role {
+        TokenRole::User => spotsweep_api::TokenRole::User,
+        TokenRole::Admin => spotsweep_api::TokenRole::Admin,
+    }
+}
+
+/// Creates a user API token. Its secret is in this response only.
 #[utoipa::path(
     post,
     path = "/api/v1/tokens",
@@ -124,37 +135,60 @@ impl IntoResponse for ApiError {
     request_body = CreateTokenRequest,
     responses(
         (status = 201, description = "The token, with its secret", body = CreatedToken),
-        (status = 400, description = "Invalid name", body = ApiErrorBody),
+        (status = 400, description = "Invalid name or expiry", body = ApiErrorBody),
         (status = 401, description = "No valid bearer token"),
+        (status = 403, description = "A trial's or an agent's token", body = ApiErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn create_token(
     State(s): State<AppState>,
-    body: Result<Json<CreateTokenRequest>, axum::extract::rejection::JsonRejection>,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let Json(req) = body.map_err(|e| {
+    // Any content type: `curl -d '{"name": "ci"}'` sends a form type and means JSON.
+    let req: CreateTokenRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid(format!(
-            "invalid body: {}; expected {{\"name\": \"...\"}}",
-            e.body_text()
+            "invalid body: {e}; expected {{\"name\": \"...\", \"expires_in\": seconds (optional)}}"
         ))
     })?;
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::invalid("name must be 1 to 100 characters"));
     }
+    let expires_at = match req.expires_in {
+        None => None,
+        Some(seconds) if (1..=MAX_EXPIRES_IN_S).contains(&seconds) => {
+            Some(spotsweep_store::now_ms() + seconds * 1000)
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "expires_in must be between 1 and {MAX_EXPIRES_IN_S} seconds (ten years), or absent for a token \
+                 that does not expire"
+            )));
+        }
+    };
     let secret = new_secret();
     let hash = hash_token(&secret);
-    let record = s.tokens.create_token(name, &hash).await?;
-    s.auth.add(hash);
+    let record = s
+        .tokens
+        .create_token(NewToken {
+            name,
+            hash: &hash,
+            role: TokenRole::User,
+            expires_at,
+        })
+        .await?;
+    s.auth.add(hash, record.clone());
     tracing::info!(id = %record.id, name = %record.name, "token created");
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {
             id: record.id,
             name: record.name,
+            role: role_on_wire(record.role),
             token: secret,
             created_at: record.created_at,
+            expires_at: record.expires_at,
         }),
     ))
 }
@@ -176,13 +210,16 @@ pub async fn list_tokens(State(s): State<AppState>) -> Result<Json<TokenList>, A
         .map(|t| TokenInfo {
             id: t.id,
             name: t.name,
+            role: role_on_wire(t.role),
             created_at: t.created_at,
+            expires_at: t.expires_at,
         })
         .collect();
     Ok(Json(TokenList { tokens }))
 }
 
-/// Revokes a token: it is refused from the next request on.
+/// Revokes a user token: it is refused from the next request on. The admin token cannot be
+/// revoked here.
 #[utoipa::path(
     delete,
     path = "/api/v1/tokens/{id}",
@@ -190,14 +227,24 @@ pub async fn list_tokens(State(s): State<AppState>) -> Result<Json<TokenList>, A
     params(("id" = String, Path, description = "The token's id")),
     responses(
         (status = 204, description = "Revoked"),
+        (status = 403, description = "The admin token, or a token with more rights than the caller's", body = ApiErrorBody),
         (status = 404, description = "No live token with that id", body = ApiErrorBody),
         (status = 401, description = "No valid bearer token"),
     ),
     security(("bearer" = []))
 )]
 pub async fn revoke_token(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    // The admin token has the most rights: no API token may revoke it, itself included (a lost
+    // admin token is replaced offline). Users may revoke users: the same rights as their own.
+    let target = s.tokens.get_token(&id).await?;
+    if target.role == TokenRole::Admin {
+        return Err(ApiError::forbidden(
+            "the admin token cannot be revoked through the API; to replace it, stop the daemon and run \
+             `spotsweep token reset-admin --data-dir DIR`",
+        ));
+    }
     s.tokens.revoke_token(&id).await?;
-    s.auth.replace(s.tokens.live_token_hashes().await?);
+    s.auth.remove(&id);
     tracing::info!(%id, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

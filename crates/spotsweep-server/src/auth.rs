@@ -1,53 +1,77 @@
 //! Bearer tokens. Secrets are random 256-bit values shown once; the database keeps only their
-//! SHA-256, and the daemon keeps the set of live hashes in memory so that checking a request
-//! costs one hash and one set lookup, not a database read. Only this daemon creates and revokes
-//! tokens, so the in-memory set is updated in the same place as the database.
+//! SHA-256, and the daemon keeps the live tokens in memory so that checking a request costs one
+//! hash and one map lookup, not a database read. Only this daemon creates and revokes tokens,
+//! so the in-memory set is updated in the same place as the database.
 //!
-//! A VM of a gce pool gets a token of its own (in its instance metadata) that is good for its
-//! agent's work only: the agent binary, leases of its pool's trials under its own name,
-//! heartbeats and completions of those leases, and the MLflow runs of the trials it holds. It
-//! dies with the VM.
+//! Four kinds, least privilege first:
+//! - a **trial's** token (`sstr_`), handed to each leased trial as `MLFLOW_TRACKING_TOKEN`: its
+//!   own run (reads and writes, artifacts included), its sweep's experiment (reads) and its own
+//!   lease. It dies with the lease.
+//! - an **agent's** token: a VM of a gce pool (in its instance metadata) or a local agent (in
+//!   its environment): the agent binary, leases of its pool's trials under its own name,
+//!   heartbeats and completions of those leases, and the MLflow runs of the trials it holds.
+//! - a **user** API token: the whole API; it may create, list and revoke user tokens.
+//! - the **admin** token (`admin.token`, written at first start): a user's rights, and it cannot
+//!   be revoked through the API, only replaced offline with `spotsweep token reset-admin`.
+//!
+//! API tokens may expire (`expires_in`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
-use spotsweep_store::{StoreError, TokenStore};
+use spotsweep_store::{ApiToken, NewToken, StoreError, TokenRole, TokenStore};
 
 /// Checks bearer tokens against the live set.
 #[derive(Debug)]
 pub struct Auth {
     /// False with `--no-auth` (loopback only): every request passes.
     pub enabled: bool,
-    /// SHA-256 (hex) of every live token.
-    live: RwLock<HashSet<String>>,
-    /// SHA-256 (hex) of every live VM's token, and what it may do.
-    vms: RwLock<HashMap<String, VmScope>>,
+    /// Every live API token's record, by the SHA-256 (hex) of its secret.
+    live: RwLock<HashMap<String, ApiToken>>,
+    /// Every live agent token (VMs and local agents), by hash, and what it may do.
+    agents: RwLock<HashMap<String, VmScope>>,
+    /// Every open lease's trial token, by hash, and what it may do.
+    trials: RwLock<HashMap<String, TrialScope>>,
 }
 
-/// What a VM's token is good for: the work of the agent named after the VM, in its pool.
+/// What an agent's token is good for: the work of the agent named after the VM (or the local
+/// agent), in its pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmScope {
-    /// The VM's name, which its agent registers under.
+    /// The VM's (or local agent's) name, which its agent registers under.
     pub name: String,
     /// Its pool.
     pub pool: String,
 }
 
+/// What a trial's token is good for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrialScope {
+    /// The lease the trial runs under.
+    pub lease_id: String,
+    /// Its MLflow run.
+    pub run_id: String,
+    /// Its sweep's experiment.
+    pub experiment_id: String,
+}
+
 /// What a live token may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
-    /// Everything (an API token).
-    Full,
-    /// A VM's agent work only.
+    /// An API token (user or admin).
+    Api(ApiToken),
+    /// An agent's work only.
     Vm(VmScope),
+    /// One trial's run, experiment and lease only.
+    Trial(TrialScope),
 }
 
 /// The VM a request comes from, for the handlers that narrow what it may do.
@@ -57,10 +81,25 @@ pub struct VmPrincipal(pub VmScope);
 /// A VM's token, derived from the daemon's secret and the VM's record, so that it can be made
 /// again after a restart (an insert sent again must carry the same token).
 pub fn vm_token(daemon_secret: &str, vm_id: i64, request_id: &str) -> String {
-    let digest =
-        Sha256::digest(format!("spotsweep-vm-token\n{daemon_secret}\n{vm_id}\n{request_id}").as_bytes());
+    derived(
+        "ssvm_",
+        &format!("spotsweep-vm-token\n{daemon_secret}\n{vm_id}\n{request_id}"),
+    )
+}
+
+/// A trial's token, derived from the daemon's secret and the lease, so that a restarted daemon
+/// knows the tokens of the trials still running.
+pub fn trial_token(daemon_secret: &str, lease_id: &str) -> String {
+    derived(
+        "sstr_",
+        &format!("spotsweep-trial-token\n{daemon_secret}\n{lease_id}"),
+    )
+}
+
+fn derived(prefix: &str, input: &str) -> String {
+    let digest = Sha256::digest(input.as_bytes());
     format!(
-        "ssvm_{}",
+        "{prefix}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
     )
 }
@@ -80,60 +119,79 @@ pub fn new_secret() -> String {
 }
 
 impl Auth {
-    /// Loads the live token hashes.
+    /// Loads the live API tokens.
     pub async fn load(store: &dyn TokenStore, enabled: bool) -> Result<Self, StoreError> {
-        let live = store.live_token_hashes().await?.into_iter().collect();
+        let live = store.live_tokens().await?.into_iter().collect();
         Ok(Self {
             enabled,
             live: RwLock::new(live),
-            vms: RwLock::new(HashMap::new()),
+            agents: RwLock::new(HashMap::new()),
+            trials: RwLock::new(HashMap::new()),
         })
     }
 
-    /// Whether `token` is live.
-    pub fn accepts(&self, token: &str) -> bool {
-        let hash = hash_token(token);
-        self.live.read().map(|set| set.contains(&hash)).unwrap_or(false)
-    }
-
-    /// Records a newly created token.
-    pub fn add(&self, hash: String) {
-        if let Ok(mut set) = self.live.write() {
-            set.insert(hash);
+    /// Records a newly created API token.
+    pub fn add(&self, hash: String, token: ApiToken) {
+        if let Ok(mut live) = self.live.write() {
+            live.insert(hash, token);
         }
     }
 
-    /// Replaces the live set (after a revocation).
-    pub fn replace(&self, hashes: Vec<String>) {
-        if let Ok(mut set) = self.live.write() {
-            *set = hashes.into_iter().collect();
+    /// Forgets a revoked API token.
+    pub fn remove(&self, id: &str) {
+        if let Ok(mut live) = self.live.write() {
+            live.retain(|_, t| t.id != id);
         }
     }
 
-    /// Records a live VM's token hash.
+    /// Records a live agent's token hash.
     pub fn add_vm(&self, hash: String, scope: VmScope) {
-        if let Ok(mut m) = self.vms.write() {
+        if let Ok(mut m) = self.agents.write() {
             m.insert(hash, scope);
         }
     }
 
-    /// Forgets a VM's token (the VM ended).
+    /// Forgets an agent's token (the VM ended).
     pub fn remove_vm(&self, hash: &str) {
-        if let Ok(mut m) = self.vms.write() {
+        if let Ok(mut m) = self.agents.write() {
             m.remove(hash);
         }
     }
 
-    /// What `token` may do (one hash, then the live sets); `None` when it is not live.
-    pub fn access(&self, token: &str) -> Option<Access> {
-        let hash = hash_token(token);
-        if self.live.read().is_ok_and(|set| set.contains(&hash)) {
-            return Some(Access::Full);
+    /// Records an open lease's trial token.
+    pub fn add_trial(&self, token: &str, scope: TrialScope) {
+        if let Ok(mut m) = self.trials.write() {
+            m.insert(hash_token(token), scope);
         }
-        self.vms.read().ok()?.get(&hash).cloned().map(Access::Vm)
     }
 
-    /// Whether any token exists yet.
+    /// Forgets the trial tokens of leases that are no longer open.
+    pub fn retain_trials(&self, open: impl Fn(&str) -> bool) {
+        if let Ok(mut m) = self.trials.write() {
+            m.retain(|_, scope| open(&scope.lease_id));
+        }
+    }
+
+    /// What `token` may do (one hash, then the live maps); `None` when it is unknown, revoked
+    /// or expired.
+    pub fn access(&self, token: &str) -> Option<Access> {
+        let hash = hash_token(token);
+        if let Some(api) = self.live.read().ok()?.get(&hash) {
+            let expired = api.expires_at.is_some_and(|at| at <= spotsweep_store::now_ms());
+            return (!expired).then(|| Access::Api(api.clone()));
+        }
+        if let Some(trial) = self.trials.read().ok()?.get(&hash) {
+            return Some(Access::Trial(trial.clone()));
+        }
+        self.agents.read().ok()?.get(&hash).cloned().map(Access::Vm)
+    }
+
+    /// Whether `token` is a live API token.
+    pub fn accepts(&self, token: &str) -> bool {
+        matches!(self.access(token), Some(Access::Api(_)))
+    }
+
+    /// Whether any API token exists yet.
     pub fn is_empty(&self) -> bool {
         self.live.read().map(|s| s.is_empty()).unwrap_or(true)
     }
@@ -148,13 +206,32 @@ pub async fn bootstrap_admin_token(store: &dyn TokenStore, auth: &Auth, path: &P
     let secret = new_secret();
     let hash = hash_token(&secret);
     write_private(path, &format!("{secret}\n"))?;
-    store.create_token("admin", &hash).await?;
-    auth.add(hash);
+    let token = store
+        .create_token(NewToken {
+            name: "admin",
+            hash: &hash,
+            role: TokenRole::Admin,
+            expires_at: None,
+        })
+        .await?;
+    auth.add(hash, token);
     Ok(true)
 }
 
+/// `spotsweep token reset-admin`: with the daemon stopped, revokes the admin token and writes a
+/// new one to `path` (mode 0600).
+pub async fn reset_admin_token(store: &dyn TokenStore, path: &Path) -> anyhow::Result<()> {
+    let secret = new_secret();
+    // The file first: if writing it fails, the old token still works.
+    let tmp = path.with_extension("token.new");
+    write_private(&tmp, &format!("{secret}\n"))?;
+    store.reset_admin_token(&hash_token(&secret)).await?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 #[cfg(unix)]
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("token.tmp");
@@ -170,7 +247,7 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
@@ -199,11 +276,14 @@ pub async fn require_token(State(state): State<AuthState>, req: Request, next: N
         return next.run(req).await;
     }
     let message = match bearer(&req).map(|t| auth.access(t)) {
-        Some(Some(Access::Full)) => return next.run(req).await,
-        Some(Some(Access::Vm(vm))) => return vm_request(&state, vm, req, next).await,
+        Some(Some(Access::Api(_))) => return next.run(req).await,
+        Some(Some(Access::Vm(vm))) => return scoped_request(&state, Scoped::Vm(vm), req, next).await,
+        Some(Some(Access::Trial(trial))) => {
+            return scoped_request(&state, Scoped::Trial(trial), req, next).await;
+        }
         Some(None) => {
-            "The bearer token is not valid (unknown or revoked). Use the token in <data-dir>/admin.token \
-                    or create one with POST /api/v1/tokens."
+            "The bearer token is not valid (unknown, revoked or expired). Use the token in \
+             <data-dir>/admin.token or create one with POST /api/v1/tokens."
         }
         None => {
             "Authentication required: send 'Authorization: Bearer <token>' (for the MLflow client, set \
@@ -223,8 +303,8 @@ fn forbidden(message: String) -> Response {
     (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
 }
 
-/// The MLflow write and read routes a VM's agent and its trials use, all naming a run.
-const VM_MLFLOW_ROUTES: &[&str] = &[
+/// The MLflow write and read routes an agent and a trial use, all naming a run.
+const RUN_ROUTES: &[&str] = &[
     "/api/2.0/mlflow/runs/log-batch",
     "/api/2.0/mlflow/runs/log-metric",
     "/api/2.0/mlflow/runs/log-parameter",
@@ -232,56 +312,116 @@ const VM_MLFLOW_ROUTES: &[&str] = &[
     "/api/2.0/mlflow/runs/delete-tag",
     "/api/2.0/mlflow/runs/update",
     "/api/2.0/mlflow/runs/log-inputs",
+    "/api/2.0/mlflow/runs/outputs",
     "/api/2.0/mlflow/runs/get",
     "/api/2.0/mlflow/metrics/get-history",
+    "/api/2.0/mlflow/artifacts/list",
 ];
 
-/// A request with a VM's token: only the agent's work, on its own trials.
-async fn vm_request(state: &AuthState, vm: VmScope, req: Request, next: Next) -> Response {
+/// A token narrower than an API token: an agent's or a trial's.
+enum Scoped {
+    Vm(VmScope),
+    Trial(TrialScope),
+}
+
+impl Scoped {
+    /// What the token is, for refusals.
+    fn describe(&self) -> String {
+        match self {
+            Self::Vm(vm) => format!(
+                "this token belongs to agent {} of pool {}: it can lease, heartbeat and report that pool's \
+                 trials and write to their runs",
+                vm.name, vm.pool
+            ),
+            Self::Trial(t) => format!(
+                "this token belongs to the trial of lease {}: it can write to run {}, read experiment {} and \
+                 heartbeat or complete its lease",
+                t.lease_id, t.run_id, t.experiment_id
+            ),
+        }
+    }
+
+    async fn owns_run(&self, state: &AuthState, run: &str) -> bool {
+        match self {
+            Self::Vm(vm) => state.fleet.agent_runs_trial(&vm.name, run).await.unwrap_or(false),
+            Self::Trial(t) => t.run_id == run,
+        }
+    }
+
+    async fn owns_lease(&self, state: &AuthState, lease: &str) -> bool {
+        match self {
+            Self::Vm(vm) => matches!(state.fleet.lease_agent_name(lease).await, Ok(Some(n)) if n == vm.name),
+            Self::Trial(t) => t.lease_id == lease,
+        }
+    }
+}
+
+/// The value of `key` in a query string, percent-decoded.
+fn query_value(req: &Request, key: &str) -> Option<String> {
+    req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    })
+}
+
+/// A request with an agent's or a trial's token: only their work, on their own runs.
+async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let deny = |what: &str| {
-        forbidden(format!(
-            "this token belongs to VM {} of pool {}: it can lease, heartbeat and report that pool's trials and \
-             write to their runs, not {what}",
-            vm.name, vm.pool
-        ))
-    };
+    let deny = |what: &str| forbidden(format!("{}, not {what}", who.describe()));
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let mut req = req;
-    match (method.as_str(), segments.as_slice()) {
-        ("GET", ["api", "v1", "agent", "binary"])
-        | ("POST", ["api", "v1", "leases"])
-        | ("GET", ["api", "2.0", "mlflow", "experiments", "get"]) => {}
-        ("POST", ["api", "v1", "leases", lease, "heartbeat" | "complete"]) => {
-            match state.fleet.lease_agent_name(lease).await {
-                Ok(Some(name)) if name == vm.name => {}
-                Ok(_) => return deny("another agent's lease"),
-                Err(e) => return forbidden(format!("cannot check the lease: {e}")),
+    match (&who, method.as_str(), segments.as_slice()) {
+        (Scoped::Vm(_), "GET", ["api", "v1", "agent", "binary"])
+        | (Scoped::Vm(_), "POST", ["api", "v1", "leases"])
+        | (Scoped::Vm(_), "GET", ["api", "2.0", "mlflow", "experiments", "get"]) => {}
+        (Scoped::Trial(t), "GET", ["api", "2.0", "mlflow", "experiments", "get"]) => {
+            if query_value(&req, "experiment_id").as_deref() != Some(t.experiment_id.as_str()) {
+                return deny("another experiment");
+            }
+        }
+        // Found by name: allowed when the answer is its own experiment.
+        (Scoped::Trial(t), "GET", ["api", "2.0", "mlflow", "experiments", "get-by-name"]) => {
+            let experiment = t.experiment_id.clone();
+            let response = next.run(req).await;
+            if !response.status().is_success() {
+                return response;
+            }
+            let (parts, body) = response.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+                return deny("an experiment too large to check");
+            };
+            let found = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/experiment/experiment_id")
+                        .and_then(|id| id.as_str())
+                        .map(str::to_owned)
+                });
+            if found.as_deref() != Some(experiment.as_str()) {
+                return deny("another experiment");
+            }
+            return Response::from_parts(parts, axum::body::Body::from(bytes));
+        }
+        (_, "POST", ["api", "v1", "leases", lease, "heartbeat" | "complete"]) => {
+            if !who.owns_lease(state, lease).await {
+                return deny("another agent's lease");
             }
         }
         // A listing: ?path=<experiment>/<run>/artifacts/...
-        ("GET", ["api", "2.0", "mlflow-artifacts", "artifacts"]) => {
-            let listed = req.uri().query().and_then(|q| {
-                q.split('&')
-                    .filter_map(|kv| kv.split_once('='))
-                    .find(|(k, _)| *k == "path")
-                    .map(|(_, v)| {
-                        percent_encoding::percent_decode_str(v)
-                            .decode_utf8_lossy()
-                            .into_owned()
-                    })
-            });
+        (_, "GET", ["api", "2.0", "mlflow-artifacts", "artifacts"]) => {
+            let listed = query_value(&req, "path");
             let run = listed
                 .as_deref()
                 .and_then(|p| p.trim_start_matches('/').split('/').nth(1).map(str::to_owned));
             match run {
-                Some(run) if owns_run(state, &vm, &run).await => {}
-                _ => return deny("a listing outside its trials' runs"),
+                Some(run) if who.owns_run(state, &run).await => {}
+                _ => return deny("a listing outside its runs"),
             }
         }
         // Artifacts: /api/2.0/mlflow-artifacts/artifacts/<experiment>/<run>/artifacts/...
-        (_, ["api", "2.0", "mlflow-artifacts", "artifacts", _, _, ..]) => {
+        (_, _, ["api", "2.0", "mlflow-artifacts", "artifacts", _, _, ..]) => {
             // The handler sees the path decoded: so must this check (an encoded `/` in the
             // experiment segment would otherwise shift the run segment).
             let decoded = percent_encoding::percent_decode_str(&path).decode_utf8_lossy();
@@ -290,18 +430,13 @@ async fn vm_request(state: &AuthState, vm: VmScope, req: Request, next: Next) ->
                 .split('/')
                 .nth(5)
                 .unwrap_or_default();
-            if !owns_run(state, &vm, run).await {
+            if !who.owns_run(state, run).await {
                 return deny("another run's artifacts");
             }
         }
-        _ if VM_MLFLOW_ROUTES.contains(&path.as_str()) => {
-            let run = if method == axum::http::Method::GET {
-                req.uri().query().and_then(|q| {
-                    q.split('&')
-                        .filter_map(|kv| kv.split_once('='))
-                        .find(|(k, _)| *k == "run_id" || *k == "run_uuid")
-                        .map(|(_, v)| v.to_string())
-                })
+        _ if RUN_ROUTES.contains(&path.as_str()) => {
+            let run = if method == Method::GET {
+                query_value(&req, "run_id").or_else(|| query_value(&req, "run_uuid"))
             } else {
                 let (parts, body) = req.into_parts();
                 let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
@@ -319,18 +454,16 @@ async fn vm_request(state: &AuthState, vm: VmScope, req: Request, next: Next) ->
                 run
             };
             match run {
-                Some(run) if owns_run(state, &vm, &run).await => {}
-                _ => return deny("a run of a trial it does not hold"),
+                Some(run) if who.owns_run(state, &run).await => {}
+                _ => return deny("a run it does not hold"),
             }
         }
         _ => return deny(&format!("{method} {path}")),
     }
-    req.extensions_mut().insert(VmPrincipal(vm));
+    if let Scoped::Vm(vm) = who {
+        req.extensions_mut().insert(VmPrincipal(vm));
+    }
     next.run(req).await
-}
-
-async fn owns_run(state: &AuthState, vm: &VmScope, run: &str) -> bool {
-    state.fleet.agent_runs_trial(&vm.name, run).await.unwrap_or(false)
 }
 
 #[cfg(test)]

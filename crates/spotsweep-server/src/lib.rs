@@ -51,6 +51,8 @@ pub struct AppState {
     pub agent_binary: Arc<std::path::PathBuf>,
     /// Pools whose budget allows no new lease (set by the fleet).
     pub budget_blocked: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The daemon's secret, from which VM and trial tokens are derived.
+    pub daemon_secret: Arc<String>,
 }
 
 async fn not_found() -> impl IntoResponse {
@@ -148,19 +150,92 @@ async fn checkpoint_loop(store: Arc<SqliteStore>, mut stop: tokio::sync::watch::
     }
 }
 
-/// The token local agents use: the admin token when its file is still there, else a new one.
-async fn local_agent_token(state: &AppState, admin_token_path: &std::path::Path) -> anyhow::Result<String> {
-    if let Ok(text) = std::fs::read_to_string(admin_token_path) {
-        let token = text.trim().to_owned();
-        if state.auth.accepts(&token) {
-            return Ok(token);
+/// The tokens of the local agents, one each: an agent's scope (its pool's leases under its own
+/// name, its trials' runs), never an API token. Fresh at every start: the agents start with the
+/// daemon.
+fn local_agent_tokens(state: &AppState, agents: u32) -> Vec<String> {
+    (0..agents)
+        .map(|i| {
+            let token = auth::new_secret();
+            state.auth.add_vm(
+                auth::hash_token(&token),
+                auth::VmScope {
+                    name: local::agent_name(i),
+                    pool: "local".into(),
+                },
+            );
+            token
+        })
+        .collect()
+}
+
+/// An exclusive lock on a data dir (`<data-dir>/spotsweep.lock`), held while a daemon or an
+/// offline command uses it: two daemons on one database would each believe they own its leases
+/// and VMs. The operating system releases it when the process ends, even on `kill -9`.
+pub struct DataDirLock(#[allow(dead_code)] std::fs::File);
+
+impl DataDirLock {
+    /// Takes the lock, or says who holds it.
+    pub fn acquire(data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let path = data_dir.join("spotsweep.lock");
+        let file = open_private(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self(file)),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another spotsweep daemon (or command) is using {}: stop it first (it holds {})",
+                data_dir.display(),
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
         }
     }
-    let secret = auth::new_secret();
-    let hash = auth::hash_token(&secret);
-    state.tokens.create_token("local-agents", &hash).await?;
-    state.auth.add(hash);
-    Ok(secret)
+}
+
+/// Opens (creating) a file readable by its owner only.
+fn open_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Makes the database files readable by their owner only (they hold every run and the token
+/// hashes); SQLite creates them with the process's umask.
+fn restrict_database_files(database: &std::path::Path) {
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mut path = database.as_os_str().to_owned();
+        path.push(suffix);
+        if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = ?path, error = %e, "cannot make a database file private");
+        }
+    }
+}
+
+/// `spotsweep token reset-admin`: with no daemon on `data_dir`, revokes the admin token and
+/// writes a new one to `<data-dir>/admin.token`. Returns that path.
+pub async fn reset_admin_token(data_dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let _lock = DataDirLock::acquire(data_dir)?;
+    let database = data_dir.join("spotsweep.db");
+    anyhow::ensure!(
+        database.exists(),
+        "no spotsweep database in {} (is it the daemon's --data-dir?)",
+        data_dir.display()
+    );
+    let store = SqliteStore::open(&SqliteOptions::new(&database))
+        .await
+        .with_context(|| format!("cannot open database {}", database.display()))?;
+    let path = data_dir.join("admin.token");
+    let done = auth::reset_admin_token(&store, &path).await;
+    store.close().await;
+    done?;
+    Ok(path)
 }
 
 /// Starts a manager per Compute Engine pool; their tasks end when `stop` changes.
@@ -217,11 +292,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let _lock = DataDirLock::acquire(&config.data_dir)?;
     let store = Arc::new(
         SqliteStore::open(&SqliteOptions::new(config.database_path()))
             .await
             .with_context(|| format!("cannot open database {}", config.database_path().display()))?,
     );
+    restrict_database_files(&config.database_path());
     let auth = Arc::new(Auth::load(store.as_ref(), !config.no_auth).await?);
     let token_path = config.admin_token_path();
     if auth::bootstrap_admin_token(store.as_ref(), &auth, &token_path).await? {
@@ -243,6 +320,7 @@ pub async fn run(
         fleet: store.clone(),
         pools: Arc::new(config.pools.clone()),
         budget_blocked: Arc::default(),
+        daemon_secret: Arc::new(store.daemon_secret().await?),
         agent_binary: Arc::new(match &config.agent_binary {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find the spotsweep executable")?,
@@ -259,16 +337,17 @@ pub async fn run(
     let url = format!("http://{addr}");
     // The CLI on this machine finds the daemon here.
     std::fs::write(config.data_dir.join("server.url"), format!("{url}\n"))?;
+    // Trials that ran through a restart keep their tokens.
+    sweeps::sync_trial_tokens(&state).await?;
     let local = if config.local_agents > 0 {
-        let token = if state.auth.enabled {
-            Some(local_agent_token(&state, &token_path).await?)
-        } else {
-            None
-        };
+        let tokens = state
+            .auth
+            .enabled
+            .then(|| local_agent_tokens(&state, config.local_agents));
         Some(local::Supervisor::start(local::LocalPool {
             agents: config.local_agents,
             server: url.clone(),
-            token,
+            tokens,
             work_dir: config.data_dir.join("agents"),
             exe: std::env::current_exe().context("cannot find the spotsweep executable for local agents")?,
         }))

@@ -15,8 +15,8 @@ pub struct LocalPool {
     pub agents: u32,
     /// The daemon's URL as the agents reach it.
     pub server: String,
-    /// The token they use; `None` with `--no-auth`.
-    pub token: Option<String>,
+    /// Their tokens, one per agent (an agent's scope); `None` with `--no-auth`.
+    pub tokens: Option<Vec<String>>,
     /// Their work directories go under here.
     pub work_dir: PathBuf,
     /// The `spotsweep` executable.
@@ -78,6 +78,11 @@ impl Supervisor {
     }
 }
 
+/// The name local agent `i` registers under (its token is scoped to it).
+pub fn agent_name(i: u32) -> String {
+    format!("local-{i}")
+}
+
 fn spawn_agent(pool: &LocalPool, i: u32) -> std::io::Result<Child> {
     let mut cmd = Command::new(&pool.exe);
     cmd.arg("agent")
@@ -88,7 +93,7 @@ fn spawn_agent(pool: &LocalPool, i: u32) -> std::io::Result<Child> {
         .arg("--pool")
         .arg("local")
         .arg("--name")
-        .arg(format!("local-{i}"))
+        .arg(agent_name(i))
         .arg("--work-dir")
         .arg(pool.work_dir.join(format!("agent-{i}")))
         .arg("--exit-with-parent")
@@ -102,7 +107,7 @@ fn spawn_agent(pool: &LocalPool, i: u32) -> std::io::Result<Child> {
         cmd.env("SPOTSWEEP_LOG", "warn");
     }
     // The token travels in the environment, not on the command line that `ps` shows.
-    match &pool.token {
+    match pool.tokens.as_ref().and_then(|t| t.get(i as usize)) {
         Some(t) => cmd.env("SPOTSWEEP_TOKEN", t),
         None => cmd.env_remove("SPOTSWEEP_TOKEN"),
     };

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 
 use crate::AppState;
 use crate::api::ApiError;
+use crate::auth::{TrialScope, trial_token};
 
 /// Default lease time to live: an agent that misses heartbeats this long loses the trial.
 pub const DEFAULT_LEASE_TTL_MS: i64 = 60_000;
@@ -118,6 +119,43 @@ fn sweep_body(s: &Sweep) -> SweepBody {
     }
 }
 
+/// The trial's own token for a lease, recorded as live until the lease ends.
+fn issue_trial_token(s: &AppState, l: &LeasedTrial) -> String {
+    let token = trial_token(&s.daemon_secret, &l.lease_id);
+    s.auth.add_trial(
+        &token,
+        TrialScope {
+            lease_id: l.lease_id.clone(),
+            run_id: l.trial.run_id.clone(),
+            experiment_id: l.trial.experiment_id.to_string(),
+        },
+    );
+    token
+}
+
+/// Makes the trial tokens of the open leases live (at start: trials that ran through a restart
+/// keep their tokens) and forgets those of leases that ended.
+pub async fn sync_trial_tokens(s: &AppState) -> Result<(), spotsweep_store::StoreError> {
+    if !s.auth.enabled {
+        return Ok(());
+    }
+    let open = s.fleet.open_lease_runs().await?;
+    let ids: std::collections::HashSet<&str> = open.iter().map(|(lease, _, _)| lease.as_str()).collect();
+    s.auth.retain_trials(|lease| ids.contains(lease));
+    for (lease_id, run_id, experiment_id) in &open {
+        let token = trial_token(&s.daemon_secret, lease_id);
+        s.auth.add_trial(
+            &token,
+            TrialScope {
+                lease_id: lease_id.clone(),
+                run_id: run_id.clone(),
+                experiment_id: experiment_id.to_string(),
+            },
+        );
+    }
+    Ok(())
+}
+
 fn lease_body(l: &LeasedTrial, ttl_ms: i64, pool_setup: Option<&str>) -> LeaseBody {
     let number = l.trial.number as u64;
     let spec = &l.spec;
@@ -140,6 +178,7 @@ fn lease_body(l: &LeasedTrial, ttl_ms: i64, pool_setup: Option<&str>) -> LeaseBo
         env: spec.env.clone(),
         artifact_uri: l.trial.artifact_uri.clone(),
         objective_metric: spec.objective.metric.clone(),
+        trial_token: None,
         setup: pool_setup
             .into_iter()
             .chain(spec.setup.as_deref())
@@ -441,7 +480,9 @@ pub async fn lease_trials(
                     .iter()
                     .map(|l| {
                         let pool_setup = s.pools.get(&l.spec.pool).and_then(|p| p.setup());
-                        lease_body(l, ttl_ms, pool_setup)
+                        let mut body = lease_body(l, ttl_ms, pool_setup);
+                        body.trial_token = s.auth.enabled.then(|| issue_trial_token(&s, l));
+                        body
                     })
                     .collect(),
             }));
@@ -554,6 +595,7 @@ pub async fn complete_trial(
         None
     };
     let trial = s.sweeps.complete_trial(&id, outcome).await?;
+    s.auth.retain_trials(|lease| lease != id);
     if let Some(agent) = agent {
         drain_bad_vm(&s, &agent, &reason_of(&trial)).await?;
     }
@@ -621,6 +663,9 @@ pub async fn expire_leases_loop(s: AppState, mut shutdown: tokio::sync::watch::R
             Some(Ok(n)) => {
                 tracing::info!(expired = n, "leases expired; their trials are requeued or failed");
                 s.signals.work.notify_waiters();
+                if let Err(e) = sync_trial_tokens(&s).await {
+                    tracing::warn!(error = %e, "cannot forget the tokens of expired leases; will retry");
+                }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "expiring leases failed; will retry"),
         }

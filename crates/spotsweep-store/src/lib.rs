@@ -166,6 +166,9 @@ pub trait FleetStore: Send + Sync + 'static {
     async fn agent_runs_trial(&self, agent_name: &str, run_uuid: &str) -> Result<bool>;
     /// The open leases of the agents of this name (a VM's agent).
     async fn open_leases_of_agent(&self, agent_name: &str) -> Result<Vec<String>>;
+    /// Every open lease with its trial's MLflow run id and experiment id, for the per-trial
+    /// tokens.
+    async fn open_lease_runs(&self) -> Result<Vec<(String, String, i64)>>;
     /// What each lease on a fleet VM cost (on one pool's VMs, of one sweep, or all).
     async fn lease_costs(&self, pool: Option<&str>, sweep_id: Option<i64>) -> Result<Vec<LeaseCost>>;
     /// The work for a pool's VMs.
@@ -183,11 +186,16 @@ pub trait FleetStore: Send + Sync + 'static {
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
     /// Stores a new token's hash and returns its record.
-    async fn create_token(&self, name: &str, token_hash: &str) -> Result<ApiToken>;
-    /// Every token that is not revoked.
+    async fn create_token(&self, new: NewToken<'_>) -> Result<ApiToken>;
+    /// Every live token (neither revoked nor expired), oldest first.
     async fn list_tokens(&self) -> Result<Vec<ApiToken>>;
+    /// A live token's record; `NotFound` if it does not exist, is revoked or expired.
+    async fn get_token(&self, id: &str) -> Result<ApiToken>;
     /// Revokes a token; `NotFound` if it does not exist or is already revoked.
     async fn revoke_token(&self, id: &str) -> Result<()>;
-    /// The hashes of every live token (loaded once at start to check requests from memory).
-    async fn live_token_hashes(&self) -> Result<Vec<String>>;
+    /// Every live token with its hash (loaded at start to check requests from memory).
+    async fn live_tokens(&self) -> Result<Vec<(String, ApiToken)>>;
+    /// Revokes every admin token and stores `token_hash` as the new one, in one transaction
+    /// (`spotsweep token reset-admin`, with the daemon stopped).
+    async fn reset_admin_token(&self, token_hash: &str) -> Result<ApiToken>;
 }

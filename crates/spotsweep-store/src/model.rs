@@ -291,8 +291,54 @@ pub struct ApiToken {
     pub id: String,
     /// A label chosen by whoever created it.
     pub name: String,
+    /// What it may do.
+    pub role: TokenRole,
     /// Milliseconds since the epoch.
     pub created_at: i64,
+    /// When it stops working, ms since the epoch; `None`: never.
+    pub expires_at: Option<i64>,
+}
+
+/// A token to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewToken<'a> {
+    /// Its label.
+    pub name: &'a str,
+    /// The SHA-256 (hex) of its secret.
+    pub hash: &'a str,
+    /// What it may do.
+    pub role: TokenRole,
+    /// When it stops working, ms since the epoch.
+    pub expires_at: Option<i64>,
+}
+
+/// What an API token may do. Ordered by rights: a token never touches one above its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TokenRole {
+    /// The whole API, tokens included, except revoking the admin token.
+    User,
+    /// The token written to `admin.token` at first start: everything a user may do, and it
+    /// cannot be revoked through the API (`spotsweep token reset-admin` replaces it).
+    Admin,
+}
+
+impl TokenRole {
+    /// The name stored and shown on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Parses a stored or requested role; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "user" => Some(Self::User),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
 }
 
 /// A dataset used by runs of an experiment (the UI's dataset dropdown).

@@ -127,6 +127,16 @@ impl FleetStore for SqliteStore {
         Ok(row.is_some())
     }
 
+    async fn open_lease_runs(&self) -> Result<Vec<(String, String, i64)>> {
+        sqlx::query_as(
+            "SELECT l.id, r.run_uuid, r.experiment_id FROM leases l JOIN trials t ON t.id = l.trial_id \
+             JOIN runs r ON r.id = t.run_id WHERE l.ended_at IS NULL",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)
+    }
+
     async fn open_leases_of_agent(&self, agent_name: &str) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT l.id FROM leases l JOIN agents a ON a.id = l.agent_id WHERE l.ended_at IS NULL AND a.name = ?",

@@ -19,7 +19,7 @@ mod tracking;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -316,13 +316,19 @@ pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// Whether the last write failed for want of space. A full disk fails every write until space
-/// is freed; this makes the log say so once when it starts and once when it ends, not once a
-/// request. Process-wide, as the disk is.
-static DISK_FULL: AtomicBool = AtomicBool::new(false);
+/// Whether the log has said that the disk is full and not yet that it is back. A full disk
+/// fails writes until space is freed; the log says so once when it starts and once when it
+/// ends, not once a request. Process-wide, as the disk is.
+static DISK_FULL_LOGGED: AtomicBool = AtomicBool::new(false);
+/// When a write last failed for want of space (ms since the epoch).
+static LAST_REFUSAL_MS: AtomicI64 = AtomicI64::new(0);
+/// On a nearly full disk small writes still fit between refusals: the disk counts as back
+/// only when a write succeeds this long after the last refusal.
+const DISK_BACK_AFTER_MS: i64 = 2_000;
 
 fn note_full() {
-    if !DISK_FULL.swap(true, Ordering::Relaxed) {
+    LAST_REFUSAL_MS.store(now_ms(), Ordering::Relaxed);
+    if !DISK_FULL_LOGGED.swap(true, Ordering::Relaxed) {
         tracing::error!(
             "the disk holding the database is full: writes are refused until space is freed, then resume by \
              themselves (nothing acknowledged is lost)"
@@ -332,7 +338,10 @@ fn note_full() {
 
 /// Called after each successful commit: ends a full-disk episode in the log.
 pub(crate) fn note_written() {
-    if DISK_FULL.load(Ordering::Relaxed) && DISK_FULL.swap(false, Ordering::Relaxed) {
+    if DISK_FULL_LOGGED.load(Ordering::Relaxed)
+        && now_ms() - LAST_REFUSAL_MS.load(Ordering::Relaxed) >= DISK_BACK_AFTER_MS
+        && DISK_FULL_LOGGED.swap(false, Ordering::Relaxed)
+    {
         tracing::info!("disk space is back: writes succeed again");
     }
 }
