@@ -325,10 +325,14 @@ pub async fn list_run_artifacts(
     Query(q): Query<RunArtifactsQuery>,
 ) -> MlflowResult<Json<Value>> {
     let run = s.store.get_run(q.run.id()?).await?;
-    let root_uri = run.info.artifact_uri.clone();
-    let rel = q.path.unwrap_or_default();
-    let rel_segments = safe_segments(&rel)?;
-    // Only runs whose artifacts go through this proxy can be listed here.
+    list_under(&s, &run.info.artifact_uri, q.path.as_deref().unwrap_or_default()).await
+}
+
+/// One level of the artifacts under `root_uri` (a run's or a logged model's root) at `rel`,
+/// paths relative to the root: `{"root_uri": ..., "files": [...]}`. A root outside this
+/// server's proxy lists as just its `root_uri`, as the reference does.
+pub(crate) async fn list_under(s: &MlflowState, root_uri: &str, rel: &str) -> MlflowResult<Json<Value>> {
+    let rel_segments = safe_segments(rel)?;
     let Some(root) = root_uri.strip_prefix("mlflow-artifacts:") else {
         return Ok(Json(json!({ "root_uri": root_uri })));
     };
@@ -345,20 +349,36 @@ pub async fn list_run_artifacts(
     Ok(Json(Value::Object(out)))
 }
 
-/// The segments of a run's artifact root inside the proxy's store, or a 400 for runs whose
-/// artifacts live elsewhere (an explicit `artifact_location` the client writes to directly).
-async fn run_root(s: &MlflowState, run_id: &str) -> MlflowResult<Vec<String>> {
-    let run = s.store.get_run(run_id).await?;
-    let Some(root) = run.info.artifact_uri.strip_prefix("mlflow-artifacts:") else {
+/// Streams the file at `rel` under `root_uri` (a run's, a logged model's or a model version's
+/// root), which must be behind this server's proxy.
+pub(crate) async fn download_under(s: &MlflowState, root_uri: &str, rel: &str) -> MlflowResult<Response> {
+    let mut path = proxied_root(root_uri)?.join("/");
+    if safe_segments(rel)?.is_empty() {
+        return Err(MlflowError::invalid("An artifact path is required"));
+    }
+    path.push('/');
+    path.push_str(rel);
+    download(s, &path).await
+}
+
+/// The segments of an artifact root inside the proxy's store, or a 400 for roots that live
+/// elsewhere (an explicit `artifact_location` the client writes to directly).
+fn proxied_root(root_uri: &str) -> MlflowResult<Vec<String>> {
+    let Some(root) = root_uri.strip_prefix("mlflow-artifacts:") else {
         return Err(MlflowError::invalid(format!(
-            "The artifacts of run {run_id} are at {}, not behind this server's proxy",
-            run.info.artifact_uri
+            "The artifacts at {root_uri} are not behind this server's proxy"
         )));
     };
     Ok(safe_segments(root.trim_start_matches('/'))?
         .into_iter()
         .map(str::to_owned)
         .collect())
+}
+
+/// The segments of a run's artifact root inside the proxy's store.
+async fn run_root(s: &MlflowState, run_id: &str) -> MlflowResult<Vec<String>> {
+    let run = s.store.get_run(run_id).await?;
+    proxied_root(&run.info.artifact_uri)
 }
 
 /// `?run_id=&path=` (or `run_uuid`) of the UI's artifact routes.
@@ -372,12 +392,8 @@ pub struct RunArtifactQuery {
 /// `GET /get-artifact?run_id=&path=`: the UI's artifact viewer.
 pub async fn get_run_artifact(State(s): State<MlflowState>, Query(q): Query<RunArtifactQuery>) -> Response {
     let result = async {
-        let mut path = run_root(&s, q.run.id()?).await?.join("/");
-        let rel = q.path.as_deref().unwrap_or("");
-        safe_segments(rel)?;
-        path.push('/');
-        path.push_str(rel);
-        download(&s, &path).await
+        let run = s.store.get_run(q.run.id()?).await?;
+        download_under(&s, &run.info.artifact_uri, q.path.as_deref().unwrap_or("")).await
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)

@@ -8,6 +8,7 @@
 pub mod artifacts;
 pub mod error;
 pub mod extract;
+pub mod models;
 mod names;
 pub mod tracking;
 pub mod validation;
@@ -17,8 +18,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
-use spotsweep_store::TrackingStore;
+use axum::routing::{delete, get, patch, post};
+use spotsweep_store::{ModelStore, TrackingStore};
 
 pub use artifacts::ArtifactRepo;
 pub use error::{ErrorCode, MlflowError};
@@ -28,6 +29,8 @@ pub use error::{ErrorCode, MlflowError};
 pub struct MlflowState {
     /// Experiments, runs and metrics.
     pub store: Arc<dyn TrackingStore>,
+    /// Logged models (MLflow 3).
+    pub models: Arc<dyn ModelStore>,
     /// Where artifact bytes live (local disk or a bucket).
     pub artifacts: Arc<ArtifactRepo>,
     /// The artifact root new experiments get (`mlflow-artifacts:`, so the client uploads
@@ -37,9 +40,10 @@ pub struct MlflowState {
 
 impl MlflowState {
     /// State with the proxy's artifact root, as `mlflow server --serve-artifacts` has it.
-    pub fn new(store: Arc<dyn TrackingStore>, artifacts: Arc<ArtifactRepo>) -> Self {
+    pub fn new<S: TrackingStore + ModelStore>(store: Arc<S>, artifacts: Arc<ArtifactRepo>) -> Self {
         Self {
-            store,
+            store: store.clone(),
+            models: store,
             artifacts,
             default_artifact_root: "mlflow-artifacts:".into(),
         }
@@ -80,7 +84,28 @@ fn tracking_routes() -> Router<MlflowState> {
             get(get_history_bulk_interval),
         )
         .route("/artifacts/list", get(artifacts::list_run_artifacts))
-        .route("/logged-models/search", post(search_logged_models))
+        .route("/runs/outputs", post(models::log_outputs))
+        .route("/logged-models", post(models::create_logged_model))
+        .route("/logged-models/search", post(models::search_logged_models))
+        .route(
+            "/logged-models/{id}",
+            get(models::get_logged_model)
+                .patch(models::finalize_logged_model)
+                .delete(models::delete_logged_model),
+        )
+        .route(
+            "/logged-models/{id}/params",
+            post(models::log_logged_model_params),
+        )
+        .route("/logged-models/{id}/tags", patch(models::set_logged_model_tags))
+        .route(
+            "/logged-models/{id}/tags/{key}",
+            delete(models::delete_logged_model_tag),
+        )
+        .route(
+            "/logged-models/{id}/artifacts/directories",
+            get(models::list_logged_model_artifacts),
+        )
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
 }
 
@@ -100,7 +125,11 @@ pub fn router(state: MlflowState) -> Router {
     let ui_only = Router::new()
         .route("/metrics/get-history-bulk", get(tracking::get_history_bulk))
         .route("/experiments/search-datasets", post(tracking::search_datasets))
-        .route("/upload-artifact", post(artifacts::upload_run_artifact));
+        .route("/upload-artifact", post(artifacts::upload_run_artifact))
+        .route(
+            "/logged-models/{id}/artifacts/files",
+            get(models::get_logged_model_artifact),
+        );
     Router::new()
         .nest("/api/2.0/mlflow", tracking_routes())
         .nest("/ajax-api/2.0/mlflow", tracking_routes().merge(ui_only))

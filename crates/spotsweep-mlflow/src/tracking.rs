@@ -72,11 +72,11 @@ impl<T: serde::Serialize> serde::Serialize for Paged<T> {
 }
 
 /// Page tokens are opaque to clients: base64 of `{"offset": N}`, like the reference's.
-fn encode_page_token(offset: u64) -> String {
+pub(crate) fn encode_page_token(offset: u64) -> String {
     base64::engine::general_purpose::STANDARD.encode(json!({ "offset": offset }).to_string())
 }
 
-fn decode_page_token(token: Option<&str>) -> MlflowResult<u64> {
+pub(crate) fn decode_page_token(token: Option<&str>) -> MlflowResult<u64> {
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Ok(0);
     };
@@ -408,8 +408,10 @@ fn uuid_hex() -> String {
 
 /// Gets a run (deleted runs too).
 pub async fn get_run(State(s): State<MlflowState>, Mlflow(req): Mlflow<RunRef>) -> JsonResult {
-    let run = s.store.get_run(req.id()?).await?;
-    Ok(Json(json!({ "run": RunJson::from(&run) })))
+    let id = req.id()?;
+    let run = s.store.get_run(id).await?;
+    let models = s.models.run_models(id).await?;
+    Ok(Json(json!({ "run": RunJson::from(&run).with_models(models) })))
 }
 
 /// `runs/update`
@@ -496,6 +498,7 @@ pub struct LogMetric {
 /// Logs one metric point.
 pub async fn log_metric(State(s): State<MlflowState>, Mlflow(req): Mlflow<LogMetric>) -> JsonResult {
     let run_id = req.run.id()?.to_owned();
+    let for_models = crate::models::model_metric_rows(&run_id, std::slice::from_ref(&req.metric));
     let metric = metric_in(req.metric)?;
     s.store
         .log_batch(
@@ -506,6 +509,7 @@ pub async fn log_metric(State(s): State<MlflowState>, Mlflow(req): Mlflow<LogMet
             },
         )
         .await?;
+    s.models.log_model_metrics(for_models).await?;
     empty()
 }
 
@@ -615,6 +619,7 @@ pub async fn log_batch(State(s): State<MlflowState>, Mlflow(req): Mlflow<LogBatc
             nm + np + nt
         )));
     }
+    let for_models = crate::models::model_metric_rows(&run_id, &req.metrics);
     let metrics = req
         .metrics
         .into_iter()
@@ -653,6 +658,8 @@ pub async fn log_batch(State(s): State<MlflowState>, Mlflow(req): Mlflow<LogBatc
             },
         )
         .await?;
+    // The points that name a model are also the model's (MLflow 3 shows them with it).
+    s.models.log_model_metrics(for_models).await?;
     empty()
 }
 
@@ -663,6 +670,9 @@ pub struct LogInputs {
     run: RunRef,
     #[serde(default)]
     datasets: Vec<DatasetInputJson>,
+    /// Models the run consumed (MLflow 3).
+    #[serde(default)]
+    models: Vec<crate::models::RunModelJson>,
 }
 
 /// Records a run's dataset inputs.
@@ -690,7 +700,15 @@ pub async fn log_inputs(State(s): State<MlflowState>, Mlflow(req): Mlflow<LogInp
                 .collect(),
         });
     }
-    s.store.log_inputs(&run_id, inputs).await?;
+    let models = crate::models::run_models(req.models, -1)?;
+    if !inputs.is_empty() || models.is_empty() {
+        s.store.log_inputs(&run_id, inputs).await?;
+    }
+    if !models.is_empty() {
+        s.models
+            .add_run_models(&run_id, spotsweep_store::ModelDirection::Input, models)
+            .await?;
+    }
     empty()
 }
 
@@ -917,11 +935,6 @@ pub async fn search_datasets(
         })
         .collect();
     Ok(Json(json!({ "dataset_summaries": items })))
-}
-
-/// `logged-models/search`: the 3.x client probes it; this server tracks no logged models.
-pub async fn search_logged_models() -> JsonResult {
-    empty()
 }
 
 /// `/api/3.0/mlflow/server-info`: what the 3.x artifact client asks before uploads.

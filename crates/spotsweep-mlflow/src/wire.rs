@@ -42,9 +42,18 @@ pub struct MetricIn {
     /// The step (default 0).
     #[serde(default, deserialize_with = "lenient_i64")]
     pub step: Option<i64>,
+    /// The logged model the point is about (MLflow 3); the point is also stored with it.
+    #[serde(default)]
+    pub model_id: Option<String>,
+    /// The dataset the value was computed on (kept with the model's copy).
+    #[serde(default)]
+    pub dataset_name: Option<String>,
+    /// That dataset's digest.
+    #[serde(default)]
+    pub dataset_digest: Option<String>,
 }
 
-fn serialize_metric_value<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_metric_value<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
     if value.is_nan() {
         s.serialize_str("NaN")
     } else if value.is_infinite() {
@@ -231,11 +240,34 @@ pub struct RunInputsJson {
     /// Dataset inputs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dataset_inputs: Vec<DatasetInputJson>,
+    /// Logged models the run consumed (MLflow 3).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub model_inputs: Vec<ModelInputJson>,
 }
 
-/// An empty message (`outputs` of a run: logged models, not tracked here).
+/// A logged model a run consumed.
 #[derive(Debug, Clone, Serialize)]
-pub struct Empty {}
+pub struct ModelInputJson {
+    /// The model.
+    pub model_id: String,
+}
+
+/// A logged model a run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelOutputJson {
+    /// The model.
+    pub model_id: String,
+    /// The step it was logged at.
+    pub step: i64,
+}
+
+/// A run's outputs.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutputsJson {
+    /// Logged models the run produced (MLflow 3).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub model_outputs: Vec<ModelOutputJson>,
+}
 
 /// A run.
 #[derive(Debug, Clone, Serialize)]
@@ -246,8 +278,25 @@ pub struct RunJson {
     pub data: RunDataJson,
     /// Inputs.
     pub inputs: RunInputsJson,
-    /// Outputs (always empty).
-    pub outputs: Empty,
+    /// Outputs.
+    pub outputs: RunOutputsJson,
+}
+
+impl RunJson {
+    /// With the models the run consumed and produced (MLflow 3), which `runs/get` shows.
+    pub fn with_models(mut self, models: spotsweep_store::RunModels) -> Self {
+        self.inputs.model_inputs = models
+            .inputs
+            .into_iter()
+            .map(|model_id| ModelInputJson { model_id })
+            .collect();
+        self.outputs.model_outputs = models
+            .outputs
+            .into_iter()
+            .map(|(model_id, step)| ModelOutputJson { model_id, step })
+            .collect();
+        self
+    }
 }
 
 impl From<&Run> for RunJson {
@@ -261,8 +310,11 @@ impl From<&Run> for RunJson {
             },
             inputs: RunInputsJson {
                 dataset_inputs: r.inputs.iter().map(Into::into).collect(),
+                model_inputs: Vec::new(),
             },
-            outputs: Empty {},
+            outputs: RunOutputsJson {
+                model_outputs: Vec::new(),
+            },
         }
     }
 }

@@ -265,6 +265,8 @@ pub struct AuthState {
     pub auth: Arc<Auth>,
     /// Leases and runs by agent.
     pub fleet: Arc<dyn spotsweep_store::FleetStore>,
+    /// Logged models, to check which run logged one.
+    pub models: Arc<dyn spotsweep_store::ModelStore>,
 }
 
 /// Middleware: every route except `/health` and `/version` needs a live bearer token. The
@@ -348,6 +350,22 @@ impl Scoped {
         }
     }
 
+    /// Whether the logged model was logged by one of its runs.
+    async fn owns_model(&self, state: &AuthState, model_id: &str) -> bool {
+        match state.models.get_logged_model(model_id, true).await {
+            Ok(model) => self.owns_run(state, &model.source_run_id).await,
+            Err(_) => false,
+        }
+    }
+
+    /// Whether `experiment` is a trial's own (agents read any experiment).
+    fn reads_experiment(&self, experiment: &str) -> bool {
+        match self {
+            Self::Vm(_) => true,
+            Self::Trial(t) => t.experiment_id == experiment,
+        }
+    }
+
     async fn owns_lease(&self, state: &AuthState, lease: &str) -> bool {
         match self {
             Self::Vm(vm) => matches!(state.fleet.lease_agent_name(lease).await, Ok(Some(n)) if n == vm.name),
@@ -420,20 +438,69 @@ async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next
                 _ => return deny("a listing outside its runs"),
             }
         }
-        // Artifacts: /api/2.0/mlflow-artifacts/artifacts/<experiment>/<run>/artifacts/...
+        // Artifacts: /api/2.0/mlflow-artifacts/artifacts/<experiment>/<run>/artifacts/..., or a
+        // logged model's: <experiment>/models/<model>/artifacts/...
         (_, _, ["api", "2.0", "mlflow-artifacts", "artifacts", _, _, ..]) => {
             // The handler sees the path decoded: so must this check (an encoded `/` in the
             // experiment segment would otherwise shift the run segment).
             let decoded = percent_encoding::percent_decode_str(&path).decode_utf8_lossy();
-            let run = decoded
-                .trim_start_matches('/')
-                .split('/')
-                .nth(5)
-                .unwrap_or_default();
-            if !who.owns_run(state, run).await {
+            let parts: Vec<&str> = decoded.trim_start_matches('/').split('/').collect();
+            let allowed = match parts.get(5..7) {
+                Some(["models", model]) => who.owns_model(state, model).await,
+                _ => {
+                    who.owns_run(state, parts.get(5).copied().unwrap_or_default())
+                        .await
+                }
+            };
+            if !allowed {
                 return deny("another run's artifacts");
             }
         }
+        // MLflow 3's logged models: a run creates its own and works on them.
+        (_, "POST", ["api", "2.0", "mlflow", "logged-models"]) => {
+            let (parts, body) = req.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+                return deny("a request body over 64 MiB");
+            };
+            let value = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+            let field = |name: &str| match value.get(name) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                _ => String::new(),
+            };
+            if !who.reads_experiment(&field("experiment_id"))
+                || !who.owns_run(state, &field("source_run_id")).await
+            {
+                return deny("a model of a run it does not hold");
+            }
+            req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        }
+        (_, "POST", ["api", "2.0", "mlflow", "logged-models", "search"]) => {
+            let (parts, body) = req.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+                return deny("a request body over 64 MiB");
+            };
+            let value = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+            let ids = value
+                .get("experiment_ids")
+                .and_then(|v| v.as_array())
+                .cloned()
+                .unwrap_or_default();
+            if ids.is_empty()
+                || !ids
+                    .iter()
+                    .all(|id| id.as_str().is_some_and(|id| who.reads_experiment(id)))
+            {
+                return deny("models of another experiment");
+            }
+            req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        }
+        (_, _, ["api", "2.0", "mlflow", "logged-models", model, ..]) => {
+            if !who.owns_model(state, model).await {
+                return deny("a model of a run it does not hold");
+            }
+        }
+        (_, "GET", ["api", "3.0", "mlflow", "server-info"]) => {}
         _ if RUN_ROUTES.contains(&path.as_str()) => {
             let run = if method == Method::GET {
                 query_value(&req, "run_id").or_else(|| query_value(&req, "run_uuid"))

@@ -66,6 +66,7 @@ async fn not_found() -> impl IntoResponse {
 
 /// Every route of the daemon, behind the token check.
 pub fn router(state: AppState, mlflow: MlflowState) -> Router {
+    let models = mlflow.models.clone();
     let (api, _) = api::router().split_for_parts();
     let openapi = api::openapi_json();
     Router::new()
@@ -85,6 +86,7 @@ pub fn router(state: AppState, mlflow: MlflowState) -> Router {
             auth::AuthState {
                 auth: state.auth.clone(),
                 fleet: state.fleet.clone(),
+                models,
             },
             auth::require_token,
         ))

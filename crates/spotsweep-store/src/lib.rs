@@ -67,6 +67,46 @@ pub enum StoreError {
 /// Shorthand for this crate's results.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// MLflow 3's logged models, and the models a run consumed or produced.
+#[async_trait]
+pub trait ModelStore: Send + Sync + 'static {
+    /// Creates a PENDING model in an active experiment; `NotFound` for an unknown experiment,
+    /// `Invalid` for a deleted one.
+    async fn create_logged_model(&self, new: NewLoggedModel) -> Result<LoggedModel>;
+    /// A model with its params, tags and metric rows; `NotFound` when unknown, or deleted and
+    /// `allow_deleted` is false.
+    async fn get_logged_model(&self, model_id: &str, allow_deleted: bool) -> Result<LoggedModel>;
+    /// Soft-deletes a model.
+    async fn delete_logged_model(&self, model_id: &str, now: i64) -> Result<()>;
+    /// Sets a model's status (finalize), returning it.
+    async fn set_logged_model_status(
+        &self,
+        model_id: &str,
+        status: LoggedModelStatus,
+        now: i64,
+    ) -> Result<LoggedModel>;
+    /// Adds params (a key logged again keeps its first value, as for runs).
+    async fn log_logged_model_params(&self, model_id: &str, params: Vec<KeyValue>) -> Result<()>;
+    /// Sets tags (last value wins).
+    async fn set_logged_model_tags(&self, model_id: &str, tags: Vec<KeyValue>) -> Result<()>;
+    /// Deletes a tag; `NotFound` when the model or the tag does not exist.
+    async fn delete_logged_model_tag(&self, model_id: &str, key: &str) -> Result<()>;
+    /// One page of models and whether more follow.
+    async fn search_logged_models(&self, query: LoggedModelQuery) -> Result<(Vec<LoggedModel>, bool)>;
+    /// Stores metric rows logged with a model id (identical rows once); `NotFound` when a
+    /// model does not exist.
+    async fn log_model_metrics(&self, rows: Vec<(String, ModelMetric)>) -> Result<()>;
+    /// Records models a run consumed or produced (each once).
+    async fn add_run_models(
+        &self,
+        run_id: &str,
+        direction: ModelDirection,
+        models: Vec<(String, i64)>,
+    ) -> Result<()>;
+    /// A run's model inputs and outputs.
+    async fn run_models(&self, run_id: &str) -> Result<RunModels>;
+}
+
 /// Experiments, runs, params, metrics, tags and dataset inputs: what the MLflow protocol needs.
 #[async_trait]
 pub trait TrackingStore: Send + Sync + 'static {

@@ -803,3 +803,172 @@ pub struct PoolDemand {
     /// Running trials.
     pub running: u64,
 }
+
+/// A logged model's status (MLflow 3's `LoggedModelStatus`, by its wire number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoggedModelStatus {
+    /// 0: not given.
+    Unspecified,
+    /// 1: created, files being uploaded.
+    Pending,
+    /// 2: files uploaded.
+    Ready,
+    /// 3: saving the files failed.
+    UploadFailed,
+}
+
+impl LoggedModelStatus {
+    /// The wire number.
+    pub fn number(self) -> i64 {
+        match self {
+            Self::Unspecified => 0,
+            Self::Pending => 1,
+            Self::Ready => 2,
+            Self::UploadFailed => 3,
+        }
+    }
+
+    /// From the wire number; anything unknown is unspecified, as the reference stores it.
+    pub fn from_number(n: i64) -> Self {
+        match n {
+            1 => Self::Pending,
+            2 => Self::Ready,
+            3 => Self::UploadFailed,
+            _ => Self::Unspecified,
+        }
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "LOGGED_MODEL_STATUS_UNSPECIFIED",
+            Self::Pending => "LOGGED_MODEL_PENDING",
+            Self::Ready => "LOGGED_MODEL_READY",
+            Self::UploadFailed => "LOGGED_MODEL_UPLOAD_FAILED",
+        }
+    }
+
+    /// From a wire name (`LOGGED_MODEL_READY`, or the short `READY`) or number; `None` otherwise.
+    pub fn parse(text: &str) -> Option<Self> {
+        let upper = text.trim().to_ascii_uppercase();
+        let short = upper.strip_prefix("LOGGED_MODEL_").unwrap_or(&upper);
+        Some(match short {
+            "STATUS_UNSPECIFIED" | "UNSPECIFIED" | "0" => Self::Unspecified,
+            "PENDING" | "1" => Self::Pending,
+            "READY" | "2" => Self::Ready,
+            "UPLOAD_FAILED" | "FAILED" | "3" => Self::UploadFailed,
+            _ => return None,
+        })
+    }
+}
+
+/// A metric row logged with a model id: every row is kept, not only the latest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelMetric {
+    /// The metric key.
+    pub key: String,
+    /// Its value (NaN allowed).
+    pub value: f64,
+    /// Milliseconds since the epoch.
+    pub timestamp: i64,
+    /// The step.
+    pub step: i64,
+    /// The run that logged it ('' for none).
+    pub run_id: String,
+    /// The dataset it was computed on, when given.
+    pub dataset_name: Option<String>,
+    /// That dataset's digest, when given.
+    pub dataset_digest: Option<String>,
+}
+
+/// A logged model (MLflow 3): its files live under `artifact_uri`, its own root.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedModel {
+    /// `m-` and 32 hex digits.
+    pub model_id: String,
+    /// Its experiment.
+    pub experiment_id: i64,
+    /// Its name (e.g. `model`).
+    pub name: String,
+    /// A free-form type ('' for none).
+    pub model_type: String,
+    /// The run that logged it ('' for none).
+    pub source_run_id: String,
+    /// Where its files are.
+    pub status: LoggedModelStatus,
+    /// `<experiment artifact location>/models/<model_id>/artifacts`.
+    pub artifact_uri: String,
+    /// Deleted models are hidden.
+    pub lifecycle_stage: LifecycleStage,
+    /// Milliseconds since the epoch.
+    pub creation_timestamp_ms: i64,
+    /// Milliseconds since the epoch.
+    pub last_updated_timestamp_ms: i64,
+    /// Params, in the order they were logged.
+    pub params: Vec<KeyValue>,
+    /// Tags, by key.
+    pub tags: Vec<KeyValue>,
+    /// Every metric row logged with this model.
+    pub metrics: Vec<ModelMetric>,
+}
+
+/// A logged model to create.
+#[derive(Debug, Clone)]
+pub struct NewLoggedModel {
+    /// Its experiment (must be active).
+    pub experiment_id: i64,
+    /// Its name.
+    pub name: String,
+    /// A free-form type.
+    pub model_type: String,
+    /// The run that logs it ('' for none).
+    pub source_run_id: String,
+    /// Its first params.
+    pub params: Vec<KeyValue>,
+    /// Its first tags.
+    pub tags: Vec<KeyValue>,
+    /// Creation time, ms since the epoch.
+    pub now: i64,
+}
+
+/// One sort key of a logged-models search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelOrderBy {
+    /// What to sort on.
+    pub key: spotsweep_core::search::ModelOrderKey,
+    /// Ascending or descending; models without the key sort last either way.
+    pub ascending: bool,
+}
+
+/// A logged-models search.
+#[derive(Debug, Clone)]
+pub struct LoggedModelQuery {
+    /// The experiments to search (active models only).
+    pub experiment_ids: Vec<i64>,
+    /// `AND`-ed clauses.
+    pub filter: Vec<spotsweep_core::search::ModelPredicate>,
+    /// Sort keys; then `creation_timestamp_ms DESC, model_id ASC`.
+    pub order_by: Vec<ModelOrderBy>,
+    /// Models to skip.
+    pub offset: u64,
+    /// Models to return.
+    pub limit: u32,
+}
+
+/// Whether a run consumed a model or produced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelDirection {
+    /// `runs/log-inputs` `models`.
+    Input,
+    /// `runs/outputs`.
+    Output,
+}
+
+/// A run's model inputs and outputs, as `runs/get` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunModels {
+    /// Model ids the run consumed.
+    pub inputs: Vec<String>,
+    /// Model ids the run produced, with the step.
+    pub outputs: Vec<(String, i64)>,
+}

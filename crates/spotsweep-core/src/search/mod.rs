@@ -9,7 +9,10 @@
 
 mod parse;
 
-pub use parse::{parse_experiment_filter, parse_experiment_order_by, parse_run_filter, parse_run_order_by};
+pub use parse::{
+    parse_experiment_filter, parse_experiment_order_by, parse_model_filter, parse_model_order_by,
+    parse_run_filter, parse_run_order_by,
+};
 
 /// A filter or `order_by` string the grammar rejects. The message is meant for the person who
 /// wrote it and is sent back verbatim in a `400 INVALID_PARAMETER_VALUE`.
@@ -248,4 +251,101 @@ pub struct ExperimentOrderBy {
     pub key: ExperimentAttribute,
     /// `ASC` (the default) or `DESC`.
     pub ascending: bool,
+}
+
+/// Logged-model attributes that can be filtered and sorted on (MLflow 3's `logged-models/search`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelAttribute {
+    /// `name`
+    Name,
+    /// `model_id`
+    ModelId,
+    /// `model_type`
+    ModelType,
+    /// `status`, compared by name (`READY`, `LOGGED_MODEL_READY`, ...).
+    Status,
+    /// `source_run_id`
+    SourceRunId,
+    /// `creation_time` (also `creation_timestamp`, `creation_timestamp_ms`), milliseconds.
+    CreationTime,
+    /// `last_updated_timestamp` (also `last_updated_timestamp_ms`), milliseconds.
+    LastUpdatedTime,
+}
+
+impl ModelAttribute {
+    /// Whether the attribute is numeric (milliseconds) rather than a string.
+    pub fn is_numeric(self) -> bool {
+        matches!(self, Self::CreationTime | Self::LastUpdatedTime)
+    }
+}
+
+/// One `AND`-ed clause of a logged-models filter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelPredicate {
+    /// `metrics.key op number`: true when any of the model's rows of that metric compares true.
+    Metric {
+        /// The metric key.
+        key: String,
+        /// The comparison.
+        op: NumOp,
+        /// The right-hand side.
+        value: f64,
+    },
+    /// `params.key ...`
+    Param {
+        /// The param key.
+        key: String,
+        /// The condition.
+        cond: StringCondition,
+    },
+    /// `tags.key ...`
+    Tag {
+        /// The tag key.
+        key: String,
+        /// The condition.
+        cond: StringCondition,
+    },
+    /// `<string attribute> op 'value'`
+    AttributeString {
+        /// A string attribute.
+        attr: ModelAttribute,
+        /// The comparison.
+        op: StrOp,
+        /// The right-hand side.
+        value: String,
+    },
+    /// `<string attribute> [NOT] IN ('a', 'b')`
+    AttributeIn {
+        /// A string attribute.
+        attr: ModelAttribute,
+        /// `NOT IN` when true.
+        negated: bool,
+        /// The listed values.
+        values: Vec<String>,
+    },
+    /// `<time attribute> op number` (milliseconds).
+    AttributeNumber {
+        /// `CreationTime` or `LastUpdatedTime`.
+        attr: ModelAttribute,
+        /// The comparison.
+        op: NumOp,
+        /// The right-hand side.
+        value: i64,
+    },
+}
+
+/// What a logged-models `order_by` entry sorts on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ModelOrderKey {
+    /// An attribute.
+    Attribute(ModelAttribute),
+    /// A metric's latest row (by timestamp, then step), of one dataset when one is named.
+    Metric {
+        /// The metric key.
+        key: String,
+        /// Only rows of this dataset name.
+        dataset_name: Option<String>,
+        /// Only rows of this dataset digest.
+        dataset_digest: Option<String>,
+    },
 }

@@ -37,8 +37,9 @@
 //! `f"run_id IN {tuple(ids)}"` writes `('a',)` for one id.
 
 use super::{
-    DatasetField, ExperimentAttribute, ExperimentOrderBy, ExperimentPredicate, NumOp, RunAttribute,
-    RunOrderBy, RunOrderKey, RunPredicate, SearchError, StrOp, StringCondition,
+    DatasetField, ExperimentAttribute, ExperimentOrderBy, ExperimentPredicate, ModelAttribute, ModelOrderKey,
+    ModelPredicate, NumOp, RunAttribute, RunOrderBy, RunOrderKey, RunPredicate, SearchError, StrOp,
+    StringCondition,
 };
 
 /// Parses a `runs/search` filter into its `AND`-ed clauses; an empty or blank filter has none.
@@ -956,6 +957,7 @@ enum Entity {
 enum EntityScope {
     Runs,
     Experiments,
+    LoggedModels,
 }
 
 /// Resolves the entity name, case-sensitively as the reference does; a bare name is an attribute.
@@ -973,6 +975,13 @@ fn resolve_entity(ident: &Ident<'_>, scope: EntityScope) -> Result<Entity, Searc
     };
     match (scope, entity) {
         (EntityScope::Runs, Some(entity)) => Ok(entity),
+        (EntityScope::LoggedModels, Some(entity)) if entity != Entity::Dataset => Ok(entity),
+        (EntityScope::LoggedModels, _) => Err(err(format!(
+            "Invalid entity type '{}' in '{}'. Expected one of ['attributes', 'metrics', 'params', 'tags'] \
+             (entity names are case-sensitive)",
+            shown(name),
+            shown(ident.text),
+        ))),
         (EntityScope::Experiments, Some(entity @ (Entity::Attribute | Entity::Tag))) => Ok(entity),
         (EntityScope::Runs, None) => Err(err(format!(
             "Invalid entity type '{}' in '{}'. Valid values are ['metric', 'parameter', 'tag', \
@@ -1304,5 +1313,186 @@ mod tests {
     fn positions_count_characters_not_bytes() {
         let message = lex("tags.é = 'x' ; 1").unwrap_err().0;
         assert!(message.contains("character 14"), "{message}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logged models (MLflow 3)
+
+/// The logged-model attribute names accepted in filters and `order_by`.
+const MODEL_ATTRIBUTE_KEYS: &str = "['name', 'model_id', 'model_type', 'status', 'source_run_id', \
+     'creation_time', 'creation_timestamp', 'last_updated_timestamp']";
+
+/// A logged-model attribute by any of its names.
+fn model_attribute(key: &str) -> Option<ModelAttribute> {
+    Some(match key {
+        "name" => ModelAttribute::Name,
+        "model_id" => ModelAttribute::ModelId,
+        "model_type" => ModelAttribute::ModelType,
+        "status" => ModelAttribute::Status,
+        "source_run_id" => ModelAttribute::SourceRunId,
+        "creation_time" | "creation_timestamp" | "creation_timestamp_ms" => ModelAttribute::CreationTime,
+        "last_updated_timestamp" | "last_updated_timestamp_ms" => ModelAttribute::LastUpdatedTime,
+        _ => return None,
+    })
+}
+
+/// Parses a `logged-models/search` filter: `metrics.`, `params.`, `tags.` and attributes
+/// (bare or `attributes.`), joined by `AND`.
+///
+/// # Errors
+///
+/// A [`SearchError`] naming the offending token.
+pub fn parse_model_filter(filter: &str) -> Result<Vec<ModelPredicate>, SearchError> {
+    parse_clauses(filter, model_predicate)
+}
+
+/// Parses a logged-models `order_by` field name: an attribute or `metrics.<key>` (the dataset,
+/// when given, narrows the metric's rows).
+///
+/// # Errors
+///
+/// A [`SearchError`] for an unknown attribute or an entity other than metrics.
+pub fn parse_model_order_by(
+    field_name: &str,
+    dataset_name: Option<&str>,
+    dataset_digest: Option<&str>,
+) -> Result<ModelOrderKey, SearchError> {
+    let (ident, _) = parse_order_entry(field_name)?;
+    match resolve_entity(&ident, EntityScope::LoggedModels)? {
+        Entity::Attribute => model_attribute(&ident.key)
+            .map(ModelOrderKey::Attribute)
+            .ok_or_else(|| err(format!("Invalid order by field name: {}", shown(&ident.key)))),
+        Entity::Metric => Ok(ModelOrderKey::Metric {
+            key: ident.key,
+            dataset_name: dataset_name.filter(|d| !d.is_empty()).map(str::to_owned),
+            dataset_digest: dataset_digest.filter(|d| !d.is_empty()).map(str::to_owned),
+        }),
+        _ => Err(err(format!(
+            "Invalid order by field name: {}. Only metrics are supported as an entity",
+            shown(field_name)
+        ))),
+    }
+}
+
+/// What a clause means in a logged-models filter.
+fn model_predicate(clause: Clause<'_>) -> Result<ModelPredicate, SearchError> {
+    let key = &clause.ident.key;
+    Ok(match resolve_entity(&clause.ident, EntityScope::LoggedModels)? {
+        Entity::Metric => {
+            let what = format!("metric '{}'", shown(key));
+            ModelPredicate::Metric {
+                op: clause.num_op(&what)?,
+                value: clause.metric_value()?,
+                key: key.clone(),
+            }
+        }
+        Entity::Param => ModelPredicate::Param {
+            cond: key_value_condition(&clause, "parameter")?,
+            key: key.clone(),
+        },
+        Entity::Tag => ModelPredicate::Tag {
+            cond: key_value_condition(&clause, "tag")?,
+            key: key.clone(),
+        },
+        Entity::Attribute | Entity::Dataset => {
+            let attr = model_attribute(key).ok_or_else(|| invalid_attribute(key, MODEL_ATTRIBUTE_KEYS))?;
+            let what = format!("attribute '{key}'");
+            if attr.is_numeric() {
+                ModelPredicate::AttributeNumber {
+                    attr,
+                    op: clause.num_op(&what)?,
+                    value: clause.millis(key)?,
+                }
+            } else if let Some(negated) = list_negation(clause.cmp) {
+                ModelPredicate::AttributeIn {
+                    attr,
+                    negated,
+                    values: clause.string_list(&what)?,
+                }
+            } else if matches!(clause.value, Value::List(_)) {
+                return Err(list_needs_in(&clause));
+            } else {
+                ModelPredicate::AttributeString {
+                    attr,
+                    op: clause.str_op(&what, LIST_COMPARATORS)?,
+                    value: clause.quoted_string(&what, "my-model")?,
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod model_tests {
+    use super::*;
+
+    #[test]
+    fn logged_model_filters_parse_into_typed_clauses() {
+        let parsed = parse_model_filter(
+            "name = 'model' AND metrics.rmse < 0.5 AND params.alpha = '0.1' AND tags.`a b` != 'x' \
+             AND creation_time > 5 AND model_id IN ('m-1', 'm-2') AND attributes.status = 'READY'",
+        )
+        .unwrap();
+        assert_eq!(parsed.len(), 7);
+        assert_eq!(
+            parsed[0],
+            ModelPredicate::AttributeString {
+                attr: ModelAttribute::Name,
+                op: StrOp::Eq,
+                value: "model".into()
+            }
+        );
+        assert!(matches!(parsed[1], ModelPredicate::Metric { op: NumOp::Lt, .. }));
+        assert!(
+            matches!(&parsed[5], ModelPredicate::AttributeIn { negated: false, values, .. } if values.len() == 2)
+        );
+        assert!(
+            parse_model_filter("name = 'a' OR name = 'b'")
+                .unwrap_err()
+                .0
+                .contains("OR")
+        );
+        assert!(
+            parse_model_filter("foo.x = 'a'")
+                .unwrap_err()
+                .0
+                .contains("Invalid entity type")
+        );
+        assert!(
+            parse_model_filter("bogus = 'a'")
+                .unwrap_err()
+                .0
+                .contains("Invalid attribute key")
+        );
+        assert!(parse_model_filter("datasets.name = 'a'").is_err());
+    }
+
+    #[test]
+    fn logged_model_order_keys_are_attributes_or_metrics() {
+        assert_eq!(
+            parse_model_order_by("creation_time", None, None).unwrap(),
+            ModelOrderKey::Attribute(ModelAttribute::CreationTime)
+        );
+        assert_eq!(
+            parse_model_order_by("metrics.rmse", Some("train"), Some("")).unwrap(),
+            ModelOrderKey::Metric {
+                key: "rmse".into(),
+                dataset_name: Some("train".into()),
+                dataset_digest: None
+            }
+        );
+        assert!(
+            parse_model_order_by("bogus", None, None)
+                .unwrap_err()
+                .0
+                .contains("bogus")
+        );
+        assert!(
+            parse_model_order_by("params.x", None, None)
+                .unwrap_err()
+                .0
+                .contains("Only metrics")
+        );
     }
 }

@@ -10,6 +10,7 @@
 mod fleet;
 mod metric_blocks;
 mod metrics_writer;
+mod models;
 mod queue_writer;
 mod search;
 mod sweeps;
@@ -131,6 +132,12 @@ impl SqliteStore {
             .after_release(|conn, _| {
                 Box::pin(async move {
                     use sqlx::Connection;
+                    if conn.is_in_transaction() {
+                        // A transaction dropped on an error path has sent its rollback to the
+                        // connection's thread but it may not have run yet: a ping queues behind
+                        // it, so after it the depth is what the rollback left.
+                        let _ = conn.ping().await;
+                    }
                     let clean = !conn.is_in_transaction();
                     if !clean {
                         tracing::warn!("the writer connection was left inside a transaction; reopening it");

@@ -12,7 +12,7 @@ use spotsweep_core::search::{
 use super::tracking::{json_ids, json_strings};
 use crate::{ExperimentQuery, RunQuery, ViewType};
 
-fn num_op(op: NumOp) -> &'static str {
+pub(crate) fn num_op(op: NumOp) -> &'static str {
     match op {
         NumOp::Eq => " = ",
         NumOp::Ne => " != ",
@@ -25,7 +25,7 @@ fn num_op(op: NumOp) -> &'static str {
 
 /// Pushes `<column> op ?` for a string comparison. `LIKE` is case-sensitive on our connections
 /// (`PRAGMA case_sensitive_like`); `ILIKE` lowers both sides.
-fn push_str_cmp(qb: &mut QueryBuilder<Sqlite>, column: &str, op: StrOp, value: &str) {
+pub(crate) fn push_str_cmp(qb: &mut QueryBuilder<Sqlite>, column: &str, op: StrOp, value: &str) {
     match op {
         StrOp::Eq => qb.push(column).push(" = ").push_bind(value.to_owned()),
         StrOp::Ne => qb.push(column).push(" != ").push_bind(value.to_owned()),
@@ -62,7 +62,12 @@ fn dataset_column(field: DatasetField) -> &'static str {
 /// `[NOT] EXISTS (SELECT 1 FROM <rows> AND x.key = ? AND <cond>)` for a key-value table (run
 /// params and tags, experiment tags); `rows` names the table as `x` and ties it to the outer row.
 /// A comparison needs the key to exist, so `!=` never matches an entity without it.
-fn push_kv_condition(qb: &mut QueryBuilder<Sqlite>, rows: &str, key: &str, cond: &StringCondition) {
+pub(crate) fn push_kv_condition(
+    qb: &mut QueryBuilder<Sqlite>,
+    rows: &str,
+    key: &str,
+    cond: &StringCondition,
+) {
     let negate = matches!(cond, StringCondition::IsNull);
     qb.push(if negate {
         "NOT EXISTS (SELECT 1 FROM "

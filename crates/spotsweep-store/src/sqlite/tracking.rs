@@ -53,7 +53,7 @@ impl RunRow {
 pub(super) struct ExperimentRow {
     pub(super) experiment_id: i64,
     name: String,
-    artifact_location: String,
+    pub(super) artifact_location: String,
     pub(super) lifecycle_stage: String,
     creation_time: i64,
     last_update_time: i64,
