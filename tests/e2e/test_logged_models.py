@@ -319,6 +319,12 @@ with mlflow.start_run():
     mlflow.log_metric("loss", 0.25)
     info = mlflow.sklearn.log_model(LinearRegression().fit(x, y), name="model",
                                     pip_requirements=["scikit-learn", "numpy"])
+@mlflow.trace(name="predict")
+def predict(v):
+    return v * 2
+
+predict(21)
+mlflow.flush_trace_async_logging()
 headers = {"Authorization": "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]}
 uri = os.environ["MLFLOW_TRACKING_URI"]
 other = requests.get(uri + "/api/2.0/mlflow/logged-models/" + other_model, headers=headers, timeout=30)
@@ -328,7 +334,7 @@ print("RESULT " + json.dumps({"model_id": info.model_id, "other_status": other.s
 
 @pytest.mark.spotsweep_only
 @pytest.mark.needs_process
-def test_a_trial_logs_its_model_with_its_own_token(server_factory, tmp_path, monkeypatch):
+def test_a_trial_logs_its_model_and_a_trace_with_its_own_token(server_factory, tmp_path, monkeypatch):
     srv = server_factory(extra_args=["--local-agents", "1"])
     headers = srv.headers()
     exp = srv.post("experiments/create", json={"name": f"elsewhere-{uuid.uuid4().hex[:6]}"}).json()["experiment_id"]
@@ -365,3 +371,6 @@ def test_a_trial_logs_its_model_with_its_own_token(server_factory, tmp_path, mon
     mlflow.set_tracking_uri(srv.url)
     loaded = mlflow.sklearn.load_model(f"models:/{result['model_id']}")
     np.testing.assert_allclose(loaded.predict(_probe_input()), _expected_predictions(), atol=1e-9)
+    # Its trace, with its spans, went into the sweep's experiment.
+    (trace,) = mlflow.search_traces(locations=[trial["experiment_id"]], return_type="list")
+    assert [s.name for s in trace.data.spans] == ["predict"] and trace.data.spans[0].outputs == 42

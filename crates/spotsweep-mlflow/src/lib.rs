@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod models;
 mod names;
+pub mod traces;
 pub mod tracking;
 pub mod validation;
 pub mod wire;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, patch, post};
-use spotsweep_store::{ModelStore, TrackingStore};
+use spotsweep_store::{ModelStore, TraceStore, TrackingStore};
 
 pub use artifacts::ArtifactRepo;
 pub use error::{ErrorCode, MlflowError};
@@ -31,6 +32,8 @@ pub struct MlflowState {
     pub store: Arc<dyn TrackingStore>,
     /// Logged models (MLflow 3).
     pub models: Arc<dyn ModelStore>,
+    /// Traces (MLflow 3).
+    pub traces: Arc<dyn TraceStore>,
     /// Where artifact bytes live (local disk or a bucket).
     pub artifacts: Arc<ArtifactRepo>,
     /// The artifact root new experiments get (`mlflow-artifacts:`, so the client uploads
@@ -40,10 +43,14 @@ pub struct MlflowState {
 
 impl MlflowState {
     /// State with the proxy's artifact root, as `mlflow server --serve-artifacts` has it.
-    pub fn new<S: TrackingStore + ModelStore>(store: Arc<S>, artifacts: Arc<ArtifactRepo>) -> Self {
+    pub fn new<S: TrackingStore + ModelStore + TraceStore>(
+        store: Arc<S>,
+        artifacts: Arc<ArtifactRepo>,
+    ) -> Self {
         Self {
             store: store.clone(),
-            models: store,
+            models: store.clone(),
+            traces: store,
             artifacts,
             default_artifact_root: "mlflow-artifacts:".into(),
         }
@@ -84,6 +91,13 @@ fn tracking_routes() -> Router<MlflowState> {
             get(get_history_bulk_interval),
         )
         .route("/artifacts/list", get(artifacts::list_run_artifacts))
+        .route("/traces", get(traces::search_traces_v2))
+        .route("/traces/{id}/info", get(traces::get_trace_v2))
+        .route(
+            "/traces/{id}/tags",
+            patch(traces::set_trace_tag).delete(traces::delete_trace_tag),
+        )
+        .route("/traces/delete-traces", post(traces::delete_traces))
         .route("/runs/outputs", post(models::log_outputs))
         .route("/logged-models", post(models::create_logged_model))
         .route("/logged-models/search", post(models::search_logged_models))
@@ -106,6 +120,20 @@ fn tracking_routes() -> Router<MlflowState> {
             "/logged-models/{id}/artifacts/directories",
             get(models::list_logged_model_artifacts),
         )
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+}
+
+/// The 3.0 endpoints, relative to `/api/3.0/mlflow` (and `/ajax-api/3.0/mlflow`): traces and
+/// what the 3.x artifact client asks before uploads.
+fn v3_routes() -> Router<MlflowState> {
+    use traces::*;
+    Router::new()
+        .route("/server-info", get(tracking::server_info))
+        .route("/traces", post(start_trace))
+        .route("/traces/search", post(search_traces_v3))
+        .route("/traces/delete-traces", post(delete_traces))
+        .route("/traces/{id}", get(get_trace_v3))
+        .route("/traces/{id}/tags", patch(set_trace_tag).delete(delete_trace_tag))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
 }
 
@@ -135,8 +163,15 @@ pub fn router(state: MlflowState) -> Router {
         .nest("/ajax-api/2.0/mlflow", tracking_routes().merge(ui_only))
         .nest("/api/2.0/mlflow-artifacts", artifact_routes())
         .nest("/ajax-api/2.0/mlflow-artifacts", artifact_routes())
-        .route("/api/3.0/mlflow/server-info", get(tracking::server_info))
-        .route("/ajax-api/3.0/mlflow/server-info", get(tracking::server_info))
+        .nest("/api/3.0/mlflow", v3_routes())
+        .nest(
+            "/ajax-api/3.0/mlflow",
+            v3_routes().route("/get-trace-artifact", get(traces::get_trace_artifact)),
+        )
+        .route(
+            "/ajax-api/2.0/mlflow/get-trace-artifact",
+            get(traces::get_trace_artifact),
+        )
         .route("/get-artifact", get(artifacts::get_run_artifact))
         .with_state(state)
 }

@@ -267,6 +267,8 @@ pub struct AuthState {
     pub fleet: Arc<dyn spotsweep_store::FleetStore>,
     /// Logged models, to check which run logged one.
     pub models: Arc<dyn spotsweep_store::ModelStore>,
+    /// Traces, to check which experiment one is in.
+    pub traces: Arc<dyn spotsweep_store::TraceStore>,
 }
 
 /// Middleware: every route except `/health` and `/version` needs a live bearer token. The
@@ -355,6 +357,14 @@ impl Scoped {
         match state.models.get_logged_model(model_id, true).await {
             Ok(model) => self.owns_run(state, &model.source_run_id).await,
             Err(_) => false,
+        }
+    }
+
+    /// Whether the trace is in its own experiment (a trial's; agents write no traces).
+    async fn owns_trace(&self, state: &AuthState, trace_id: &str) -> bool {
+        match (self, state.traces.get_trace(trace_id).await) {
+            (Self::Trial(t), Ok(trace)) => trace.experiment_id.to_string() == t.experiment_id,
+            _ => false,
         }
     }
 
@@ -447,6 +457,7 @@ async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next
             let parts: Vec<&str> = decoded.trim_start_matches('/').split('/').collect();
             let allowed = match parts.get(5..7) {
                 Some(["models", model]) => who.owns_model(state, model).await,
+                Some(["traces", trace]) => who.owns_trace(state, trace).await,
                 _ => {
                     who.owns_run(state, parts.get(5).copied().unwrap_or_default())
                         .await
@@ -501,6 +512,26 @@ async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next
             }
         }
         (_, "GET", ["api", "3.0", "mlflow", "server-info"]) => {}
+        // A trace of its own experiment (`@mlflow.trace` in training code).
+        (Scoped::Trial(_), "POST", ["api", "3.0", "mlflow", "traces"]) => {
+            let (parts, body) = req.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+                return deny("a request body over 64 MiB");
+            };
+            let value = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+            let experiment = value
+                .pointer("/trace/trace_info/trace_location/mlflow_experiment/experiment_id")
+                .and_then(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .or_else(|| v.as_i64().map(|n| n.to_string()))
+                })
+                .unwrap_or_default();
+            if !who.reads_experiment(&experiment) {
+                return deny("a trace in another experiment");
+            }
+            req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        }
         _ if RUN_ROUTES.contains(&path.as_str()) => {
             let run = if method == Method::GET {
                 query_value(&req, "run_id").or_else(|| query_value(&req, "run_uuid"))

@@ -66,7 +66,7 @@ async fn not_found() -> impl IntoResponse {
 
 /// Every route of the daemon, behind the token check.
 pub fn router(state: AppState, mlflow: MlflowState) -> Router {
-    let models = mlflow.models.clone();
+    let (models, traces) = (mlflow.models.clone(), mlflow.traces.clone());
     let (api, _) = api::router().split_for_parts();
     let openapi = api::openapi_json();
     Router::new()
@@ -87,6 +87,7 @@ pub fn router(state: AppState, mlflow: MlflowState) -> Router {
                 auth: state.auth.clone(),
                 fleet: state.fleet.clone(),
                 models,
+                traces,
             },
             auth::require_token,
         ))

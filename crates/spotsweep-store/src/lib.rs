@@ -107,6 +107,25 @@ pub trait ModelStore: Send + Sync + 'static {
     async fn run_models(&self, run_id: &str) -> Result<RunModels>;
 }
 
+/// MLflow 3's traces: their records and tags (the spans are an artifact).
+#[async_trait]
+pub trait TraceStore: Send + Sync + 'static {
+    /// Creates or replaces a trace's record (the client sends it again when the trace ends),
+    /// adding the tag `mlflow.artifactLocation` (where the client puts the spans); `NotFound`
+    /// for an unknown experiment, `Invalid` for a deleted one.
+    async fn upsert_trace(&self, info: TraceInfo) -> Result<TraceInfo>;
+    /// A trace's record; `NotFound` when unknown.
+    async fn get_trace(&self, trace_id: &str) -> Result<TraceInfo>;
+    /// One page of traces and whether more follow.
+    async fn search_traces(&self, query: TraceQuery) -> Result<(Vec<TraceInfo>, bool)>;
+    /// Sets a tag; `NotFound` for an unknown trace.
+    async fn set_trace_tag(&self, trace_id: &str, key: &str, value: &str) -> Result<()>;
+    /// Deletes a tag; `NotFound` for an unknown trace or tag.
+    async fn delete_trace_tag(&self, trace_id: &str, key: &str) -> Result<()>;
+    /// Deletes traces of an experiment; returns how many.
+    async fn delete_traces(&self, experiment_id: i64, which: TraceDeletion) -> Result<u64>;
+}
+
 /// Experiments, runs, params, metrics, tags and dataset inputs: what the MLflow protocol needs.
 #[async_trait]
 pub trait TrackingStore: Send + Sync + 'static {

@@ -972,3 +972,58 @@ pub struct RunModels {
     /// Model ids the run produced, with the step.
     pub outputs: Vec<(String, i64)>,
 }
+
+/// A trace's record (MLflow 3): what search needs. Its spans are a `traces.json` artifact under
+/// `<experiment artifact location>/traces/<trace_id>/artifacts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceInfo {
+    /// `tr-` and 32 hex digits, chosen by the client.
+    pub trace_id: String,
+    /// Its experiment.
+    pub experiment_id: i64,
+    /// The client's own id for the request, when it gave one.
+    pub client_request_id: Option<String>,
+    /// When the request came, ms since the epoch.
+    pub request_time_ms: i64,
+    /// How long it ran, ms; `None` while in progress.
+    pub execution_duration_ms: Option<i64>,
+    /// `OK`, `ERROR`, `IN_PROGRESS` or `STATE_UNSPECIFIED`.
+    pub state: String,
+    /// The start of the request, for lists.
+    pub request_preview: Option<String>,
+    /// The start of the response, for lists.
+    pub response_preview: Option<String>,
+    /// Trace metadata, by key.
+    pub metadata: Vec<KeyValue>,
+    /// Tags, by key.
+    pub tags: Vec<KeyValue>,
+}
+
+/// A traces search.
+#[derive(Debug, Clone)]
+pub struct TraceQuery {
+    /// The experiments to search.
+    pub experiment_ids: Vec<i64>,
+    /// `AND`-ed clauses.
+    pub filter: Vec<spotsweep_core::search::TracePredicate>,
+    /// Sort keys; then `request time DESC, trace_id ASC`.
+    pub order_by: Vec<spotsweep_core::search::TraceOrderBy>,
+    /// Traces to skip.
+    pub offset: u64,
+    /// Traces to return.
+    pub limit: u32,
+}
+
+/// Which traces of an experiment to delete.
+#[derive(Debug, Clone)]
+pub enum TraceDeletion {
+    /// These ids.
+    Ids(Vec<String>),
+    /// Those whose request came at or before this time (ms), oldest first, at most `max`.
+    OlderThan {
+        /// The time, ms since the epoch.
+        max_timestamp_ms: i64,
+        /// At most this many.
+        max: u32,
+    },
+}

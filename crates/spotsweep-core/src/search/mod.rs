@@ -11,7 +11,7 @@ mod parse;
 
 pub use parse::{
     parse_experiment_filter, parse_experiment_order_by, parse_model_filter, parse_model_order_by,
-    parse_run_filter, parse_run_order_by,
+    parse_run_filter, parse_run_order_by, parse_trace_filter, parse_trace_order_by,
 };
 
 /// A filter or `order_by` string the grammar rejects. The message is meant for the person who
@@ -348,4 +348,89 @@ pub enum ModelOrderKey {
         /// Only rows of this dataset digest.
         dataset_digest: Option<String>,
     },
+}
+
+/// Trace attributes that can be filtered and sorted on (MLflow 3's `traces/search`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TraceAttribute {
+    /// `request_id` (also `trace_id`).
+    TraceId,
+    /// `client_request_id`
+    ClientRequestId,
+    /// `status` (also `state`): `OK`, `ERROR`, `IN_PROGRESS`, `STATE_UNSPECIFIED`.
+    Status,
+    /// `name`: the tag `mlflow.traceName`.
+    Name,
+    /// `run_id`: the metadata `mlflow.sourceRun`.
+    RunId,
+    /// `experiment_id` (sorting only).
+    ExperimentId,
+    /// `timestamp_ms` (also `timestamp`): the request time, milliseconds.
+    Timestamp,
+    /// `execution_time_ms` (also `execution_time`), milliseconds.
+    ExecutionTime,
+    /// `end_time_ms` (also `end_time`): request time plus execution time, milliseconds.
+    EndTime,
+}
+
+impl TraceAttribute {
+    /// Whether the attribute is numeric (milliseconds) rather than a string.
+    pub fn is_numeric(self) -> bool {
+        matches!(self, Self::Timestamp | Self::ExecutionTime | Self::EndTime)
+    }
+}
+
+/// One `AND`-ed clause of a traces filter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TracePredicate {
+    /// `tags.key ...`
+    Tag {
+        /// The tag key.
+        key: String,
+        /// The condition.
+        cond: StringCondition,
+    },
+    /// `metadata.key ...` (also `request_metadata.`)
+    Metadata {
+        /// The metadata key.
+        key: String,
+        /// The condition.
+        cond: StringCondition,
+    },
+    /// `<string attribute> op 'value'`
+    AttributeString {
+        /// A string attribute.
+        attr: TraceAttribute,
+        /// The comparison.
+        op: StrOp,
+        /// The right-hand side.
+        value: String,
+    },
+    /// `<string attribute> [NOT] IN ('a', 'b')`
+    AttributeIn {
+        /// A string attribute.
+        attr: TraceAttribute,
+        /// `NOT IN` when true.
+        negated: bool,
+        /// The listed values.
+        values: Vec<String>,
+    },
+    /// `<time attribute> op number` (milliseconds).
+    AttributeNumber {
+        /// A numeric attribute.
+        attr: TraceAttribute,
+        /// The comparison.
+        op: NumOp,
+        /// The right-hand side.
+        value: i64,
+    },
+}
+
+/// One traces `order_by` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceOrderBy {
+    /// The attribute.
+    pub attr: TraceAttribute,
+    /// `ASC` (the default) or `DESC`.
+    pub ascending: bool,
 }

@@ -39,7 +39,7 @@
 use super::{
     DatasetField, ExperimentAttribute, ExperimentOrderBy, ExperimentPredicate, ModelAttribute, ModelOrderKey,
     ModelPredicate, NumOp, RunAttribute, RunOrderBy, RunOrderKey, RunPredicate, SearchError, StrOp,
-    StringCondition,
+    StringCondition, TraceAttribute, TraceOrderBy, TracePredicate,
 };
 
 /// Parses a `runs/search` filter into its `AND`-ed clauses; an empty or blank filter has none.
@@ -1421,6 +1421,153 @@ fn model_predicate(clause: Clause<'_>) -> Result<ModelPredicate, SearchError> {
             }
         }
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traces (MLflow 3)
+
+/// The trace attribute names accepted in filters and `order_by`.
+const TRACE_ATTRIBUTE_KEYS: &str = "['request_id', 'trace_id', 'client_request_id', 'status', 'name', \
+     'run_id', 'experiment_id', 'timestamp_ms', 'execution_time_ms', 'end_time_ms']";
+
+/// What a traces identifier names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TraceEntity {
+    Attribute,
+    Tag,
+    Metadata,
+}
+
+fn trace_entity(ident: &Ident<'_>) -> Result<TraceEntity, SearchError> {
+    match ident.entity.as_deref() {
+        None | Some("attribute" | "attributes" | "attr" | "trace") => Ok(TraceEntity::Attribute),
+        Some("tag" | "tags") => Ok(TraceEntity::Tag),
+        Some("metadata" | "request_metadata") => Ok(TraceEntity::Metadata),
+        Some(other) => Err(err(format!(
+            "Invalid entity type '{}' in '{}'. Valid values are ['attribute', 'trace', 'tag', 'metadata']",
+            shown(other),
+            shown(ident.text),
+        ))),
+    }
+}
+
+/// A trace attribute by any of its names.
+fn trace_attribute(key: &str) -> Option<TraceAttribute> {
+    Some(match key {
+        "request_id" | "trace_id" => TraceAttribute::TraceId,
+        "client_request_id" => TraceAttribute::ClientRequestId,
+        "status" | "state" => TraceAttribute::Status,
+        "name" => TraceAttribute::Name,
+        "run_id" => TraceAttribute::RunId,
+        "experiment_id" => TraceAttribute::ExperimentId,
+        "timestamp_ms" | "timestamp" => TraceAttribute::Timestamp,
+        "execution_time_ms" | "execution_time" => TraceAttribute::ExecutionTime,
+        "end_time_ms" | "end_time" => TraceAttribute::EndTime,
+        _ => return None,
+    })
+}
+
+/// Parses a `traces/search` filter: attributes (bare, `attribute.` or `trace.`), `tags.` and
+/// `metadata.`, joined by `AND`.
+///
+/// # Errors
+///
+/// A [`SearchError`] naming the offending token.
+pub fn parse_trace_filter(filter: &str) -> Result<Vec<TracePredicate>, SearchError> {
+    parse_clauses(filter, |clause| {
+        let key = &clause.ident.key;
+        Ok(match trace_entity(&clause.ident)? {
+            TraceEntity::Tag => TracePredicate::Tag {
+                cond: key_value_condition(&clause, "tag")?,
+                key: key.clone(),
+            },
+            TraceEntity::Metadata => TracePredicate::Metadata {
+                cond: key_value_condition(&clause, "metadata")?,
+                key: key.clone(),
+            },
+            TraceEntity::Attribute => {
+                let attr = trace_attribute(key)
+                    .filter(|a| *a != TraceAttribute::ExperimentId)
+                    .ok_or_else(|| invalid_attribute(key, TRACE_ATTRIBUTE_KEYS))?;
+                let what = format!("attribute '{key}'");
+                if attr.is_numeric() {
+                    TracePredicate::AttributeNumber {
+                        attr,
+                        op: clause.num_op(&what)?,
+                        value: clause.millis(key)?,
+                    }
+                } else if let Some(negated) = list_negation(clause.cmp) {
+                    TracePredicate::AttributeIn {
+                        attr,
+                        negated,
+                        values: clause.string_list(&what)?,
+                    }
+                } else if matches!(clause.value, Value::List(_)) {
+                    return Err(list_needs_in(&clause));
+                } else {
+                    TracePredicate::AttributeString {
+                        attr,
+                        op: clause.str_op(&what, LIST_COMPARATORS)?,
+                        value: clause.quoted_string(&what, "OK")?,
+                    }
+                }
+            }
+        })
+    })
+}
+
+/// Parses a traces `order_by` entry, e.g. `timestamp_ms DESC`.
+///
+/// # Errors
+///
+/// A [`SearchError`] for anything but an attribute.
+pub fn parse_trace_order_by(entry: &str) -> Result<TraceOrderBy, SearchError> {
+    let (ident, ascending) = parse_order_entry(entry)?;
+    let attr = match trace_entity(&ident)? {
+        TraceEntity::Attribute => trace_attribute(&ident.key),
+        _ => None,
+    }
+    .ok_or_else(|| invalid_attribute(&ident.key, TRACE_ATTRIBUTE_KEYS))?;
+    Ok(TraceOrderBy { attr, ascending })
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::*;
+
+    #[test]
+    fn trace_filters_parse_into_typed_clauses() {
+        let parsed = parse_trace_filter(
+            "status = 'OK' AND trace.name = 'add' AND tags.`mlflow.traceName` = 'f' AND \
+             metadata.`mlflow.sourceRun` = 'r1' AND timestamp_ms > 0 AND execution_time_ms >= 0",
+        )
+        .unwrap();
+        assert_eq!(parsed.len(), 6);
+        assert_eq!(
+            parsed[1],
+            TracePredicate::AttributeString {
+                attr: TraceAttribute::Name,
+                op: StrOp::Eq,
+                value: "add".into()
+            }
+        );
+        assert!(matches!(&parsed[3], TracePredicate::Metadata { key, .. } if key == "mlflow.sourceRun"));
+        assert!(
+            parse_trace_filter("bogus = 'x'")
+                .unwrap_err()
+                .0
+                .contains("Invalid attribute key")
+        );
+        assert!(parse_trace_filter("status = 'OK' OR status = 'ERROR'").is_err());
+        assert_eq!(
+            parse_trace_order_by("timestamp_ms DESC").unwrap(),
+            TraceOrderBy {
+                attr: TraceAttribute::Timestamp,
+                ascending: false
+            }
+        );
+        assert!(parse_trace_order_by("tags.x").is_err());
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod queue_writer;
 mod search;
 mod sweeps;
 mod tokens;
+mod traces;
 mod tracking;
 
 use std::collections::HashMap;
