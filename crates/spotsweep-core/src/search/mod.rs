@@ -1,4 +1,5 @@
-//! The MLflow search grammar for `runs/search` and `experiments/search`, as typed predicates.
+//! The MLflow search grammar for `runs/search`, `experiments/search` and the model registry's
+//! searches, as typed predicates.
 //!
 //! The parser ([`parse_run_filter`] and friends) turns the user's filter and `order_by` strings
 //! into these types; the store translates them into SQL with bound parameters. Nothing here is
@@ -9,6 +10,12 @@
 
 mod parse;
 
+pub use parse::registry::{
+    ModelVersionAttribute, ModelVersionOrderBy, ModelVersionOrderKey, ModelVersionPredicate,
+    RegisteredModelOrderBy, RegisteredModelOrderKey, RegisteredModelPredicate, RegistryFilter,
+    parse_model_version_filter, parse_model_version_order_by, parse_registered_model_filter,
+    parse_registered_model_order_by,
+};
 pub use parse::{
     parse_experiment_filter, parse_experiment_order_by, parse_model_filter, parse_model_order_by,
     parse_run_filter, parse_run_order_by, parse_trace_filter, parse_trace_order_by,

@@ -36,6 +36,8 @@
 //! The parts of an identifier must touch; a trailing comma in a list is allowed because Python's
 //! `f"run_id IN {tuple(ids)}"` writes `('a',)` for one id.
 
+pub(super) mod registry;
+
 use super::{
     DatasetField, ExperimentAttribute, ExperimentOrderBy, ExperimentPredicate, ModelAttribute, ModelOrderKey,
     ModelPredicate, NumOp, RunAttribute, RunOrderBy, RunOrderKey, RunPredicate, SearchError, StrOp,
