@@ -258,3 +258,76 @@ pub trait TokenStore: Send + Sync + 'static {
     /// (`spotsweep token reset-admin`, with the daemon stopped).
     async fn reset_admin_token(&self, token_hash: &str) -> Result<ApiToken>;
 }
+
+/// The MLflow model registry: registered models, their versions, tags, aliases and stages.
+/// Names and versions are addressed as the protocol does (by name and version number); a
+/// deleted version is invisible to every call but keeps its number from being reused.
+#[async_trait]
+pub trait RegistryStore: Send + Sync + 'static {
+    /// Creates a registered model; `AlreadyExists` when the name is taken.
+    async fn create_registered_model(&self, new: NewRegisteredModel) -> Result<RegisteredModel>;
+    /// One registered model with its latest versions, tags and aliases.
+    async fn get_registered_model(&self, name: &str) -> Result<RegisteredModel>;
+    /// Replaces a registered model's description (`None` clears it).
+    async fn update_registered_model(
+        &self,
+        name: &str,
+        description: Option<String>,
+    ) -> Result<RegisteredModel>;
+    /// Renames a registered model; its versions, tags and aliases follow.
+    async fn rename_registered_model(&self, name: &str, new_name: &str) -> Result<RegisteredModel>;
+    /// Deletes a registered model with everything it has; the name may be registered again.
+    async fn delete_registered_model(&self, name: &str) -> Result<()>;
+    /// Registered models matching a filter, ordered and paged.
+    async fn search_registered_models(&self, query: &RegisteredModelQuery) -> Result<Page<RegisteredModel>>;
+    /// Sets (inserts or overwrites) a registered model's tag.
+    async fn set_registered_model_tag(&self, name: &str, key: &str, value: &str) -> Result<()>;
+    /// Deletes a registered model's tag; a missing key is not an error.
+    async fn delete_registered_model_tag(&self, name: &str, key: &str) -> Result<()>;
+    /// Points an alias at a live version (moving it if it pointed elsewhere).
+    async fn set_alias(&self, name: &str, alias: &str, version: i64) -> Result<()>;
+    /// Removes an alias; a missing alias is not an error.
+    async fn delete_alias(&self, name: &str, alias: &str) -> Result<()>;
+    /// The live version a reference means, with its aliases: `NotFound` for an unknown model or
+    /// a reference that names no version, `Invalid` for an unknown alias (as the reference).
+    async fn resolve_version(
+        &self,
+        name: &str,
+        reference: &spotsweep_core::registry::VersionRef,
+    ) -> Result<ModelVersion>;
+    /// The highest live version in each of `stages` (every stage when empty) that has one, by
+    /// version number, with their aliases.
+    async fn latest_versions(
+        &self,
+        name: &str,
+        stages: &[spotsweep_core::registry::Stage],
+    ) -> Result<Vec<ModelVersion>>;
+    /// Creates the next version of a registered model from a source that the caller parsed.
+    /// The source must lie inside the run or logged model the request names
+    /// ([`spotsweep_core::registry::check_source`]); its storage location is resolved here.
+    async fn create_model_version(&self, new: NewModelVersion) -> Result<ModelVersion>;
+    /// Replaces a version's description (`None` clears it).
+    async fn update_model_version(
+        &self,
+        name: &str,
+        version: i64,
+        description: Option<String>,
+    ) -> Result<ModelVersion>;
+    /// Moves a version to a stage, optionally archiving the other versions in that stage (the
+    /// caller checks that the stage allows it).
+    async fn transition_model_version_stage(
+        &self,
+        name: &str,
+        version: i64,
+        stage: spotsweep_core::registry::Stage,
+        archive_existing_versions: bool,
+    ) -> Result<ModelVersion>;
+    /// Deletes a version: it disappears with its tags and aliases, and its number stays taken.
+    async fn delete_model_version(&self, name: &str, version: i64) -> Result<()>;
+    /// Live versions matching a filter, ordered and paged (without their aliases).
+    async fn search_model_versions(&self, query: &ModelVersionQuery) -> Result<Page<ModelVersion>>;
+    /// Sets (inserts or overwrites) a version's tag.
+    async fn set_model_version_tag(&self, name: &str, version: i64, key: &str, value: &str) -> Result<()>;
+    /// Deletes a version's tag; a missing key is not an error.
+    async fn delete_model_version_tag(&self, name: &str, version: i64, key: &str) -> Result<()>;
+}

@@ -2,6 +2,10 @@
 
 use spotsweep_core::search::{ExperimentOrderBy, ExperimentPredicate, RunOrderBy, RunPredicate};
 
+mod registry;
+
+pub use registry::*;
+
 /// Whether an experiment or run is visible (`active`) or soft-deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LifecycleStage {

@@ -12,6 +12,7 @@ mod metric_blocks;
 mod metrics_writer;
 mod models;
 mod queue_writer;
+mod registry;
 mod search;
 mod sweeps;
 mod tokens;

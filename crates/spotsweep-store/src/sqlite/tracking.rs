@@ -893,7 +893,7 @@ pub fn sample_rows(n: usize, max: usize) -> Vec<usize> {
 }
 
 /// Queries fetch `limit + 1` rows: the extra row only says whether another page exists.
-fn page<T>(mut rows: Vec<T>, limit: u32, offset: u64) -> (Vec<T>, Option<u64>) {
+pub(super) fn page<T>(mut rows: Vec<T>, limit: u32, offset: u64) -> (Vec<T>, Option<u64>) {
     if rows.len() > limit as usize {
         rows.truncate(limit as usize);
         (rows, Some(offset + u64::from(limit)))
