@@ -203,7 +203,7 @@ pub async fn download_artifact(State(s): State<MlflowState>, UrlPath(path): UrlP
     }
 }
 
-async fn download(s: &MlflowState, path: &str) -> MlflowResult<Response> {
+pub(crate) async fn download(s: &MlflowState, path: &str) -> MlflowResult<Response> {
     let segments = safe_segments(path)?;
     if segments.is_empty() {
         return Err(MlflowError::not_found("No artifact path given"));

@@ -1,6 +1,7 @@
 //! The MLflow tracking protocol as the MLflow 3.x Python client uses it: wire types, request
-//! parsing, validation, and the axum routes for `/api/2.0/mlflow`, its `/ajax-api` twin, the
-//! artifact proxy (`/api/2.0/mlflow-artifacts`) and `/api/3.0/mlflow/server-info`.
+//! parsing, validation, and the axum routes for `/api/2.0/mlflow` (tracking and the model
+//! registry), its `/ajax-api` twin, the artifact proxy (`/api/2.0/mlflow-artifacts`) and
+//! `/api/3.0/mlflow/server-info`.
 //!
 //! Depends on the store (through its traits) and on the core's search grammar; must not know
 //! about authentication, sweeps or the daemon's own `/api/v1` (the server wraps these routes).
@@ -10,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod models;
 mod names;
+pub mod registry;
 pub mod traces;
 pub mod tracking;
 pub mod validation;
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, patch, post};
-use spotsweep_store::{ModelStore, TraceStore, TrackingStore};
+use spotsweep_store::{ModelStore, RegistryStore, TraceStore, TrackingStore};
 
 pub use artifacts::ArtifactRepo;
 pub use error::{ErrorCode, MlflowError};
@@ -34,6 +36,8 @@ pub struct MlflowState {
     pub models: Arc<dyn ModelStore>,
     /// Traces (MLflow 3).
     pub traces: Arc<dyn TraceStore>,
+    /// Registered models and their versions.
+    pub registry: Arc<dyn RegistryStore>,
     /// Where artifact bytes live (local disk or a bucket).
     pub artifacts: Arc<ArtifactRepo>,
     /// The artifact root new experiments get (`mlflow-artifacts:`, so the client uploads
@@ -43,13 +47,14 @@ pub struct MlflowState {
 
 impl MlflowState {
     /// State with the proxy's artifact root, as `mlflow server --serve-artifacts` has it.
-    pub fn new<S: TrackingStore + ModelStore + TraceStore>(
+    pub fn new<S: TrackingStore + ModelStore + TraceStore + RegistryStore>(
         store: Arc<S>,
         artifacts: Arc<ArtifactRepo>,
     ) -> Self {
         Self {
             store: store.clone(),
             models: store.clone(),
+            registry: store.clone(),
             traces: store,
             artifacts,
             default_artifact_root: "mlflow-artifacts:".into(),
@@ -120,6 +125,7 @@ fn tracking_routes() -> Router<MlflowState> {
             "/logged-models/{id}/artifacts/directories",
             get(models::list_logged_model_artifacts),
         )
+        .merge(registry_routes())
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
 }
 
@@ -135,6 +141,46 @@ fn v3_routes() -> Router<MlflowState> {
         .route("/traces/{id}", get(get_trace_v3))
         .route("/traces/{id}/tags", patch(set_trace_tag).delete(delete_trace_tag))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+}
+
+/// The model registry's endpoints, relative to `/api/2.0/mlflow` (and `/ajax-api/2.0/mlflow`).
+fn registry_routes() -> Router<MlflowState> {
+    use registry::*;
+    Router::new()
+        .route("/registered-models/create", post(create_registered_model))
+        .route("/registered-models/get", get(get_registered_model))
+        .route("/registered-models/update", patch(update_registered_model))
+        .route("/registered-models/rename", post(rename_registered_model))
+        .route("/registered-models/delete", delete(delete_registered_model))
+        .route("/registered-models/search", get(search_registered_models))
+        .route(
+            "/registered-models/get-latest-versions",
+            get(get_latest_versions).post(get_latest_versions),
+        )
+        .route("/registered-models/set-tag", post(set_registered_model_tag))
+        .route(
+            "/registered-models/delete-tag",
+            delete(delete_registered_model_tag),
+        )
+        .route(
+            "/registered-models/alias",
+            post(set_alias).delete(delete_alias).get(get_version_by_alias),
+        )
+        .route("/model-versions/create", post(create_model_version))
+        .route("/model-versions/get", get(get_model_version))
+        .route("/model-versions/update", patch(update_model_version))
+        .route(
+            "/model-versions/transition-stage",
+            post(transition_model_version_stage),
+        )
+        .route("/model-versions/delete", delete(delete_model_version))
+        .route("/model-versions/search", get(search_model_versions))
+        .route(
+            "/model-versions/get-download-uri",
+            get(get_model_version_download_uri),
+        )
+        .route("/model-versions/set-tag", post(set_model_version_tag))
+        .route("/model-versions/delete-tag", delete(delete_model_version_tag))
 }
 
 /// The artifact proxy, relative to `/api/2.0/mlflow-artifacts`. Bodies stream: no size limit.
@@ -173,5 +219,9 @@ pub fn router(state: MlflowState) -> Router {
             get(traces::get_trace_artifact),
         )
         .route("/get-artifact", get(artifacts::get_run_artifact))
+        .route(
+            "/model-versions/get-artifact",
+            get(registry::get_model_version_artifact),
+        )
         .with_state(state)
 }

@@ -21,7 +21,7 @@ use crate::wire::*;
 
 type JsonResult = MlflowResult<Json<Value>>;
 
-fn required<'a>(value: &'a Option<String>, field: &str) -> MlflowResult<&'a str> {
+pub(crate) fn required<'a>(value: &'a Option<String>, field: &str) -> MlflowResult<&'a str> {
     value
         .as_deref()
         .filter(|v| !v.is_empty())
@@ -35,7 +35,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn empty() -> JsonResult {
+pub(crate) fn empty() -> JsonResult {
     Ok(Json(json!({})))
 }
 
@@ -48,7 +48,7 @@ pub struct Paged<T> {
 }
 
 impl<T> Paged<T> {
-    fn new(field: &'static str, items: Vec<T>, next_offset: Option<u64>) -> Self {
+    pub(crate) fn new(field: &'static str, items: Vec<T>, next_offset: Option<u64>) -> Self {
         Self {
             field,
             items,
