@@ -181,20 +181,26 @@ fn tag_clause(clause: &Clause<'_>) -> Result<(String, StrOp, String), SearchErro
     Ok((clause.ident.key.clone(), op, value))
 }
 
-/// A string attribute clause; `lists` says whether `IN` / `NOT IN` are allowed. Returns the
-/// comparison, or the list with its negation.
-fn string_clause(
-    clause: &Clause<'_>,
-    lists: bool,
-    valid: &str,
-) -> Result<Result<(StrOp, String), (bool, Vec<String>)>, SearchError> {
+/// What a string attribute clause compares with.
+enum StringClause {
+    /// `op 'value'`
+    Compare(StrOp, String),
+    /// `[NOT] IN (...)`
+    List { negated: bool, values: Vec<String> },
+}
+
+/// A string attribute clause; `lists` says whether `IN` / `NOT IN` are allowed.
+fn string_clause(clause: &Clause<'_>, lists: bool, valid: &str) -> Result<StringClause, SearchError> {
     let key = &clause.ident.key;
     let what = format!("attribute '{}'", shown(key));
     if let Some(negated) = list_negation(clause.cmp) {
         if !lists {
             return Err(clause.invalid_comparator(&what, valid));
         }
-        return Ok(Err((negated, clause.string_list(&what)?)));
+        return Ok(StringClause::List {
+            negated,
+            values: clause.string_list(&what)?,
+        });
     }
     if matches!(clause.value, Value::List(_)) {
         return Err(err(format!(
@@ -204,7 +210,10 @@ fn string_clause(
         )));
     }
     let op = clause.str_op(&what, valid)?;
-    Ok(Ok((op, clause.quoted_string(&what, "my-value")?)))
+    Ok(StringClause::Compare(
+        op,
+        clause.quoted_string(&what, "my-value")?,
+    ))
 }
 
 /// What a clause means in a registered-models filter.
@@ -220,8 +229,8 @@ fn registered_model_predicate(clause: Clause<'_>) -> Result<RegisteredModelPredi
         )));
     }
     Ok(match string_clause(&clause, true, NAME_COMPARATORS)? {
-        Ok((op, value)) => RegisteredModelPredicate::Name { op, value },
-        Err((negated, values)) => RegisteredModelPredicate::NameIn { negated, values },
+        StringClause::Compare(op, value) => RegisteredModelPredicate::Name { op, value },
+        StringClause::List { negated, values } => RegisteredModelPredicate::NameIn { negated, values },
     })
 }
 
@@ -267,8 +276,8 @@ fn model_version_predicate(clause: Clause<'_>) -> Result<ModelVersionPredicate, 
         }
     };
     Ok(match string_clause(&clause, lists, valid)? {
-        Ok((op, value)) => ModelVersionPredicate::Attribute { attr, op, value },
-        Err((negated, values)) => ModelVersionPredicate::AttributeIn {
+        StringClause::Compare(op, value) => ModelVersionPredicate::Attribute { attr, op, value },
+        StringClause::List { negated, values } => ModelVersionPredicate::AttributeIn {
             attr,
             negated,
             values,
