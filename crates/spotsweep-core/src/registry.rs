@@ -547,6 +547,32 @@ pub fn check_source(
     }
 }
 
+/// Checks a version registered from another version (`models:/name/...`): a `run_id` or
+/// `model_id` the request gives must be the referenced version's, so that a copy cannot claim
+/// another lineage than its original. Absent ones are inherited by the caller.
+///
+/// # Errors
+///
+/// A [`RuleError`] when either differs.
+pub fn check_inherited_lineage(
+    source: &str,
+    requested_run_id: Option<&str>,
+    requested_model_id: Option<&str>,
+    referenced_run_id: &str,
+    referenced_model_id: Option<&str>,
+) -> Result<(), RuleError> {
+    let differs = |requested: Option<&str>, referenced: &str| requested.is_some_and(|r| r != referenced);
+    if differs(requested_run_id, referenced_run_id)
+        || differs(requested_model_id, referenced_model_id.unwrap_or(""))
+    {
+        return Err(invalid_source(
+            source,
+            "The run_id and model_id request parameters must match the referenced model version.",
+        ));
+    }
+    Ok(())
+}
+
 /// The `source` stored for a version registered from another version: the reference resolved
 /// to a number, so that a later move of the alias or stage does not change what was registered.
 pub fn registered_version_uri(name: &str, version: i64) -> String {
@@ -701,6 +727,16 @@ mod tests {
         ] {
             assert!(parse_source(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_copied_version_keeps_its_originals_lineage() {
+        let check = |run, model| check_inherited_lineage("models:/reg/1", run, model, "r1", Some("m-1"));
+        assert!(check(None, None).is_ok());
+        assert!(check(Some("r1"), Some("m-1")).is_ok());
+        assert!(check(Some("r2"), None).is_err());
+        assert!(check(None, Some("m-2")).is_err());
+        assert!(check_inherited_lineage("models:/reg/1", Some("r1"), None, "", None).is_err());
     }
 
     #[test]

@@ -268,6 +268,13 @@ async fn sources_resolve_to_where_the_files_are() {
     assert_eq!(copy.source, "models:/reg/3");
     assert_eq!(copy.storage_location, lm_root);
     assert_eq!(copy.run_id, "r1");
+    // A copy cannot claim another run than its original's.
+    assert!(matches!(
+        store
+            .create_model_version(new_version("other", "models:/reg/3", Some("r9"), None))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
     assert!(matches!(
         store
             .create_model_version(new_version("other", "models:/nope/1", None, None))

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use spotsweep_core::registry::{
-    ModelSource, SourceContext, Stage, VersionRef, VersionStatus, check_source, registered_version_uri,
+    ModelSource, SourceContext, Stage, VersionRef, VersionStatus, check_inherited_lineage, check_source,
+    registered_version_uri,
 };
 use spotsweep_core::search::{
     ModelVersionAttribute, ModelVersionOrderKey, ModelVersionPredicate, RegisteredModelOrderKey,
@@ -532,6 +533,14 @@ async fn resolve_source(conn: &mut SqliteConnection, new: &NewModelVersion) -> R
     if let ModelSource::RegisteredVersion { name, version } = &new.parsed_source {
         let referenced_model = model_row(conn, name).await?;
         let referenced = resolve_row(conn, &referenced_model, version).await?;
+        check_inherited_lineage(
+            &new.source,
+            run_id.as_deref(),
+            model_id.as_deref(),
+            &referenced.run_id,
+            referenced.model_id.as_deref(),
+        )
+        .map_err(|e| StoreError::Invalid(e.0))?;
         source = registered_version_uri(&referenced_model.name, referenced.version);
         storage_location = referenced.storage_location;
         run_id = run_id.or(Some(referenced.run_id).filter(|r| !r.is_empty()));
