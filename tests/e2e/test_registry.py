@@ -3,11 +3,9 @@
 Registered models, versions, aliases, tags, stages, search (with the prompt clause the client
 always appends), deletion and its error codes, get-download-uri and the UI's file route.
 
-These tests register models from plain run artifacts (`runs:/` sources, and the
-`mlflow-artifacts:` location `mlflow.register_model` resolves a run's model files to), so they do
-not depend on logged models. The registry tests that register a logged model
-(`models:/m-...` sources, `mlflow.register_model` of a 3.x `log_model`) live with the logged-model
-tests.
+Most tests register models from plain run artifacts (`runs:/` sources, and the
+`mlflow-artifacts:` location `mlflow.register_model` resolves a run's model files to); one
+registers an MLflow 3 logged model (`models:/m-...` sources).
 """
 
 import os
@@ -59,6 +57,11 @@ def _log_model_files(artifact_path="model"):
         local = os.path.join(d, artifact_path)
         mlflow.sklearn.save_model(_fitted_model(), local, pip_requirements=PIP_REQS)
         mlflow.log_artifacts(local, artifact_path=artifact_path)
+
+
+def _log_sklearn_model(name="model"):
+    """Inside an active run: log a fitted LinearRegression as an MLflow 3 logged model."""
+    return mlflow.sklearn.log_model(_fitted_model(), name=name, pip_requirements=PIP_REQS)
 
 
 def _error_code(fn, *args, **kwargs):
@@ -179,6 +182,99 @@ def test_model_registry_flow_from_run_artifacts(client, unique):
     again = client.create_model_version(new_name, f"runs:/{run_id}/model", run_id=run_id)
     assert again.version == "1"
     client.delete_registered_model(new_name)
+
+
+def test_model_registry_flow_from_a_logged_model(client, unique):
+    """The 3.x path: `log_model` makes a logged model, `register_model(runs:/...)` finds it, and
+    the versions point at its artifact root."""
+    mlflow.set_experiment(unique("registry"))
+    name = unique("reg")
+    with mlflow.start_run() as run:
+        run_id = run.info.run_id
+        info = _log_sklearn_model("model")
+    lm = mlflow.get_logged_model(info.model_id)
+
+    mv1 = mlflow.register_model(f"runs:/{run_id}/model", name)
+    assert (mv1.name, mv1.version) == (name, "1")
+    assert mv1.status == "READY"
+    assert mv1.run_id == run_id
+    assert mv1.source == info.model_uri  # runs:/ is resolved to the logged model
+    mv2 = mlflow.register_model(info.model_uri, name)  # the name exists already: tolerated
+    assert mv2.version == "2"
+    assert mv2.run_id == run_id
+    assert mv2.current_stage == "None"
+
+    client.set_registered_model_alias(name, "champion", "1")
+    by_alias = client.get_model_version_by_alias(name, "champion")
+    assert by_alias.version == "1"
+    assert by_alias.aliases == ["champion"]
+    assert client.get_registered_model(name).aliases == {"champion": "1"}
+
+    expected = _expected_predictions()
+    for uri in (f"models:/{name}/1", f"models:/{name}@champion", f"models:/{name}/2"):
+        model = mlflow.pyfunc.load_model(uri)
+        np.testing.assert_allclose(model.predict(_probe_input()), expected, rtol=1e-12)
+
+    assert client.get_model_version_download_uri(name, "1") == lm.artifact_location
+
+    client.set_model_version_tag(name, "1", "validated", "yes")
+    client.set_model_version_tag(name, "1", "tmp", "x")
+    client.delete_model_version_tag(name, "1", "tmp")
+    assert client.get_model_version(name, "1").tags == {"validated": "yes"}
+    client.set_registered_model_tag(name, "team", "ml")
+    client.set_registered_model_tag(name, "tmp", "x")
+    client.delete_registered_model_tag(name, "tmp")
+    assert client.get_registered_model(name).tags == {"team": "ml"}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still served
+        staged = client.transition_model_version_stage(name, "2", "Staging")
+        latest = client.get_latest_versions(name, stages=["Staging"])
+    assert staged.current_stage == "Staging"
+    assert [(v.version, v.current_stage) for v in latest] == [("2", "Staging")]
+
+    client.update_model_version(name, "2", description="second version")
+    client.update_registered_model(name, description="a linear model")
+    new_name = name + "-renamed"
+    client.rename_registered_model(name, new_name)
+    assert _error_code(client.get_registered_model, name) == "RESOURCE_DOES_NOT_EXIST"
+    rm = client.get_registered_model(new_name)
+    assert rm.description == "a linear model"
+    assert rm.tags == {"team": "ml"}
+    assert rm.aliases == {"champion": "1"}
+    v2 = client.get_model_version(new_name, "2")
+    assert (v2.name, v2.description, v2.current_stage) == (new_name, "second version", "Staging")
+
+    found = client.search_registered_models(filter_string=f"name = '{new_name}'")
+    assert [m.name for m in found] == [new_name]
+    found = client.search_registered_models(filter_string=f"name LIKE '{name}%'")
+    assert [m.name for m in found] == [new_name]
+    assert client.search_registered_models(filter_string="tags.team = 'nobody-has-this'") == []
+    versions = client.search_model_versions(
+        f"name = '{new_name}'", order_by=["version_number DESC"]
+    )
+    assert [v.version for v in versions] == ["2", "1"]
+    versions = client.search_model_versions(f"name = '{new_name}' AND version_number >= 2")
+    assert [v.version for v in versions] == ["2"]
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    assert sorted(v.version for v in versions) == ["1", "2"]
+
+    # Deleting a version; the number is not reused.
+    client.delete_model_version(new_name, "2")
+    assert _error_code(client.get_model_version, new_name, "2") == "RESOURCE_DOES_NOT_EXIST"
+    assert [v.version for v in client.search_model_versions(f"name = '{new_name}'")] == ["1"]
+    mv3 = client.create_model_version(
+        new_name, info.model_uri, run_id=run_id, model_id=info.model_id
+    )
+    assert mv3.version == "3"
+
+    # Creating an existing name through the client API is an error.
+    assert _error_code(client.create_registered_model, new_name) == "RESOURCE_ALREADY_EXISTS"
+
+    client.delete_registered_model(new_name)
+    assert _error_code(client.get_registered_model, new_name) == "RESOURCE_DOES_NOT_EXIST"
+    assert _error_code(client.get_model_version, new_name, "1") == "RESOURCE_DOES_NOT_EXIST"
+    assert client.search_registered_models(filter_string=f"name = '{new_name}'") == []
 
 
 def test_registry_errors(client, unique, fast_errors):
