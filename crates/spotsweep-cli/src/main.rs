@@ -80,6 +80,9 @@ struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "SPOTSWEEP_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// MLflow's web UI at /: `off`, or the path of a built UI [default: the installed mlflow package's].
+    #[arg(long, env = "SPOTSWEEP_MLFLOW_UI")]
+    mlflow_ui: Option<String>,
     /// Accept requests without a token (only allowed on a loopback address).
     #[arg(long, env = "SPOTSWEEP_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
     no_auth: Option<bool>,
@@ -285,6 +288,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         log_format: args.log_format,
         no_auth: args.no_auth,
         local_agents: args.local_agents,
+        mlflow_ui: args.mlflow_ui,
     };
     let config = Config::load(args.config.as_deref(), overrides)?;
     init_logging(config.log_format, "info");
@@ -607,6 +611,8 @@ async fn run_spec(
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         data_dir: Some(data_dir.to_path_buf()),
         local_agents: Some(agents.unwrap_or(parallelism).max(1)),
+        // The all-in-one run prints its result; no browser needs the UI.
+        mlflow_ui: Some("off".into()),
         ..Overrides::default()
     };
     let config = Config::load(None, overrides)?;

@@ -9,11 +9,13 @@
 pub mod artifacts;
 pub mod error;
 pub mod extract;
+pub mod graphql;
 pub mod models;
 mod names;
 pub mod registry;
 pub mod traces;
 pub mod tracking;
+pub mod ui;
 pub mod validation;
 pub mod wire;
 
@@ -203,7 +205,8 @@ pub fn router(state: MlflowState) -> Router {
         .route(
             "/logged-models/{id}/artifacts/files",
             get(models::get_logged_model_artifact),
-        );
+        )
+        .route("/gateway-proxy", get(ui::gateway_proxy).post(ui::gateway_proxy));
     Router::new()
         .nest("/api/2.0/mlflow", tracking_routes())
         .nest("/ajax-api/2.0/mlflow", tracking_routes().merge(ui_only))
@@ -212,8 +215,15 @@ pub fn router(state: MlflowState) -> Router {
         .nest("/api/3.0/mlflow", v3_routes())
         .nest(
             "/ajax-api/3.0/mlflow",
-            v3_routes().route("/get-trace-artifact", get(traces::get_trace_artifact)),
+            v3_routes()
+                .route("/get-trace-artifact", get(traces::get_trace_artifact))
+                .route("/assistant/config", get(ui::assistant_config))
+                .route("/assistant/providers", get(ui::assistant_providers))
+                .route("/traces/metrics", post(ui::trace_metrics))
+                .route("/datasets/search", post(ui::evaluation_datasets))
+                .route("/ui-telemetry", get(ui::ui_telemetry).post(ui::ui_telemetry)),
         )
+        .route("/graphql", get(graphql::graphql).post(graphql::graphql))
         .route(
             "/ajax-api/2.0/mlflow/get-trace-artifact",
             get(traces::get_trace_artifact),

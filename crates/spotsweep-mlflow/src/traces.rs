@@ -114,7 +114,9 @@ pub fn format_timestamp(ms: i64) -> String {
 /// Milliseconds of a protobuf Duration in JSON (`0.033s`, `2s`).
 pub fn parse_duration(text: &str) -> Option<i64> {
     let seconds: f64 = text.trim().strip_suffix('s')?.parse().ok()?;
-    (0.0..1e12).contains(&seconds).then(|| (seconds * 1000.0).round() as i64)
+    (0.0..1e12)
+        .contains(&seconds)
+        .then(|| (seconds * 1000.0).round() as i64)
 }
 
 /// A protobuf Duration in JSON: `0.033s`, or `2s` for whole seconds.

@@ -186,6 +186,17 @@ impl Auth {
         self.agents.read().ok()?.get(&hash).cloned().map(Access::Vm)
     }
 
+    /// The live (unexpired) API token with this id.
+    pub fn api_token(&self, id: &str) -> Option<ApiToken> {
+        let now = spotsweep_store::now_ms();
+        self.live
+            .read()
+            .ok()?
+            .values()
+            .find(|t| t.id == id && t.expires_at.is_none_or(|at| at > now))
+            .cloned()
+    }
+
     /// Whether `token` is a live API token.
     pub fn accepts(&self, token: &str) -> bool {
         matches!(self.access(token), Some(Access::Api(_)))
@@ -251,10 +262,91 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> 
     std::fs::write(path, contents)
 }
 
-fn bearer(req: &Request) -> Option<&str> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+/// The bearer token of a request, if it sends one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The name of the browser session cookie.
+pub const SESSION_COOKIE: &str = "spotsweep_session";
+
+/// HMAC-SHA256 (RFC 2104) of `message` under `key`.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut block = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// A session cookie's value: the API token it stands for and when it ends, signed with the
+/// daemon's secret (so it survives a restart and cannot be forged or extended).
+pub fn session_cookie(daemon_secret: &str, token_id: &str, expires_at: i64) -> String {
+    let payload = format!("{token_id}.{expires_at}");
+    let mac = hmac_sha256(
+        daemon_secret.as_bytes(),
+        format!("spotsweep-session\n{payload}").as_bytes(),
+    );
+    format!("{payload}.{}", hex::encode(mac))
+}
+
+/// The live API token a request's session cookie stands for: signed by this daemon, not expired,
+/// and its token still live.
+pub fn session_token(auth: &Auth, daemon_secret: &str, headers: &axum::http::HeaderMap) -> Option<ApiToken> {
+    let value = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value)?;
+    let (payload, mac) = value.rsplit_once('.')?;
+    let (token_id, expires_at) = payload.split_once('.')?;
+    let expires_at: i64 = expires_at.parse().ok()?;
+    let expected = hmac_sha256(
+        daemon_secret.as_bytes(),
+        format!("spotsweep-session\n{payload}").as_bytes(),
+    );
+    let given = hex::decode(mac).ok()?;
+    // Constant time: a forger learns nothing from how long the comparison took.
+    let equal = given.len() == expected.len()
+        && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if !equal || expires_at <= spotsweep_store::now_ms() {
+        return None;
+    }
+    auth.api_token(token_id)
+}
+
+/// Whether a request comes from a page of this daemon: its `Origin` names this host, or, when a
+/// browser sends no `Origin`, `Sec-Fetch-Site` says same-origin. Cookie-authenticated requests
+/// that change state must (the cookie's SameSite=Strict is the first line, this the second).
+fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        Some(origin) => {
+            let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+            origin_host.is_some() && origin_host == host
+        }
+        None => headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == "same-origin" || v == "none"),
+    }
 }
 
 /// What the token check needs: the live tokens, and the fleet's records to check what a VM's
@@ -269,6 +361,8 @@ pub struct AuthState {
     pub models: Arc<dyn spotsweep_store::ModelStore>,
     /// Traces, to check which experiment one is in.
     pub traces: Arc<dyn spotsweep_store::TraceStore>,
+    /// The daemon's secret, which signs browser sessions.
+    pub daemon_secret: Arc<String>,
 }
 
 /// Middleware: every route except `/health` and `/version` needs a live bearer token. The
@@ -276,10 +370,23 @@ pub struct AuthState {
 pub async fn require_token(State(state): State<AuthState>, req: Request, next: Next) -> Response {
     let auth = &state.auth;
     let path = req.uri().path();
-    if !auth.enabled || path == "/health" || path == "/version" {
+    if !auth.enabled || path == "/health" || path == "/version" || crate::ui::is_public(path) {
         return next.run(req).await;
     }
-    let message = match bearer(&req).map(|t| auth.access(t)) {
+    // A browser signed in with a cookie: the same rights as the token it stands for, and state
+    // changes only from this daemon's own pages.
+    if bearer(req.headers()).is_none() && session_token(auth, &state.daemon_secret, req.headers()).is_some() {
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        if !safe && !same_origin(req.headers()) {
+            return forbidden(
+                "cross-site request refused: a request that changes something must come from this daemon's \
+                 own pages (its Origin does not match)"
+                    .into(),
+            );
+        }
+        return next.run(req).await;
+    }
+    let message = match bearer(req.headers()).map(|t| auth.access(t)) {
         Some(Some(Access::Api(_))) => return next.run(req).await,
         Some(Some(Access::Vm(vm))) => return scoped_request(&state, Scoped::Vm(vm), req, next).await,
         Some(Some(Access::Trial(trial))) => {

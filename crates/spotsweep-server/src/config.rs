@@ -53,6 +53,9 @@ pub struct Config {
     pub fleet: crate::fleet::FleetTiming,
     /// The executable VMs run as their agent (default: this daemon's own).
     pub agent_binary: Option<PathBuf>,
+    /// MLflow's web UI: `off`, the path of a built UI, or `None` to find the installed `mlflow`
+    /// package's.
+    pub mlflow_ui: Option<String>,
 }
 
 /// The TOML file's shape: every field optional.
@@ -69,6 +72,7 @@ struct FileConfig {
     pools: Option<toml::Table>,
     fleet: Option<FleetFile>,
     agent_binary: Option<PathBuf>,
+    mlflow_ui: Option<String>,
 }
 
 /// `[fleet]`: timings, for tests and simulations mostly.
@@ -95,6 +99,8 @@ pub struct Overrides {
     pub no_auth: Option<bool>,
     /// `--local-agents` / `SPOTSWEEP_LOCAL_AGENTS`
     pub local_agents: Option<u32>,
+    /// `--mlflow-ui` / `SPOTSWEEP_MLFLOW_UI`
+    pub mlflow_ui: Option<String>,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -166,6 +172,7 @@ impl Config {
                 _ => Default::default(),
             },
             agent_binary: from_file.agent_binary,
+            mlflow_ui: overrides.mlflow_ui.or(from_file.mlflow_ui),
             fleet: fleet_timing(from_file.fleet.unwrap_or_default())
                 .map_err(|m| ConfigError::Parse(file.map(Path::to_owned).unwrap_or_default(), m))?,
         };

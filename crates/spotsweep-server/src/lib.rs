@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod local;
 pub mod pools;
 pub mod sweeps;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,8 +52,13 @@ pub struct AppState {
     pub agent_binary: Arc<std::path::PathBuf>,
     /// Pools whose budget allows no new lease (set by the fleet).
     pub budget_blocked: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
-    /// The daemon's secret, from which VM and trial tokens are derived.
+    /// The daemon's secret, from which VM and trial tokens are derived and browser sessions
+    /// signed.
     pub daemon_secret: Arc<String>,
+    /// MLflow's web UI, where it was found.
+    pub mlflow_ui: Arc<ui::MlflowUi>,
+    /// Whether session cookies are marked Secure (the daemon is reached over HTTPS).
+    pub secure_cookies: bool,
 }
 
 async fn not_found() -> impl IntoResponse {
@@ -80,6 +86,7 @@ pub fn router(state: AppState, mlflow: MlflowState) -> Router {
             }),
         )
         .merge(api.with_state(state.clone()))
+        .merge(ui::router().with_state(state.clone()))
         .merge(spotsweep_mlflow::router(mlflow))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -88,6 +95,7 @@ pub fn router(state: AppState, mlflow: MlflowState) -> Router {
                 fleet: state.fleet.clone(),
                 models,
                 traces,
+                daemon_secret: state.daemon_secret.clone(),
             },
             auth::require_token,
         ))
@@ -324,11 +332,22 @@ pub async fn run(
         pools: Arc::new(config.pools.clone()),
         budget_blocked: Arc::default(),
         daemon_secret: Arc::new(store.daemon_secret().await?),
+        mlflow_ui: Arc::new(ui::locate(config.mlflow_ui.as_deref()).await),
+        secure_cookies: config
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://")),
         agent_binary: Arc::new(match &config.agent_binary {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find the spotsweep executable")?,
         }),
     };
+    match state.mlflow_ui.as_ref() {
+        ui::MlflowUi::Found(path) => tracing::info!(path = %path.display(), "serving MLflow's web UI at /"),
+        ui::MlflowUi::Missing(why) => {
+            tracing::info!(%why, "MLflow's web UI is not served (pip install mlflow, or --mlflow-ui PATH)")
+        }
+    }
     let mlflow = MlflowState::new(store.clone(), artifacts);
     let app = router(state.clone(), mlflow);
     // Background loops stop when this is notified, after the server has drained.

@@ -47,6 +47,7 @@ impl TestServer {
             pools: Default::default(),
             fleet: Default::default(),
             agent_binary: None,
+            mlflow_ui: Some("off".into()),
         };
         let mut config = config;
         change(&mut config);

@@ -1177,7 +1177,12 @@ impl SweepStore for SqliteStore {
                         name: name.clone(),
                         artifact_location: None,
                         artifact_root: SWEEP_ARTIFACT_ROOT.into(),
-                        tags: vec![],
+                        // A sweep trains models: MLflow's UI opens such an experiment on its
+                        // training-runs views (runs table, charts) rather than guessing.
+                        tags: vec![crate::KeyValue {
+                            key: "mlflow.experimentKind".into(),
+                            value: "custom_model_development".into(),
+                        }],
                         now,
                     },
                 )
