@@ -318,7 +318,8 @@ y = x @ np.array([1.5, -2.0]) + 3.0
 with mlflow.start_run():
     mlflow.log_metric("loss", 0.25)
     info = mlflow.sklearn.log_model(LinearRegression().fit(x, y), name="model",
-                                    pip_requirements=["scikit-learn", "numpy"])
+                                    pip_requirements=["scikit-learn", "numpy"],
+                                    registered_model_name=sys.argv[2])
 @mlflow.trace(name="predict")
 def predict(v):
     return v * 2
@@ -328,22 +329,26 @@ mlflow.flush_trace_async_logging()
 headers = {"Authorization": "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]}
 uri = os.environ["MLFLOW_TRACKING_URI"]
 other = requests.get(uri + "/api/2.0/mlflow/logged-models/" + other_model, headers=headers, timeout=30)
-print("RESULT " + json.dumps({"model_id": info.model_id, "other_status": other.status_code}), flush=True)
+steal = requests.post(uri + "/api/2.0/mlflow/model-versions/create", headers=headers, timeout=30,
+                      json={"name": sys.argv[2], "source": "models:/" + other_model, "model_id": other_model})
+print("RESULT " + json.dumps({"model_id": info.model_id, "other_status": other.status_code,
+                              "steal_status": steal.status_code}), flush=True)
 '''
 
 
 @pytest.mark.spotsweep_only
 @pytest.mark.needs_process
-def test_a_trial_logs_its_model_and_a_trace_with_its_own_token(server_factory, tmp_path, monkeypatch):
+def test_a_trial_logs_registers_and_traces_with_its_own_token(server_factory, tmp_path, monkeypatch):
     srv = server_factory(extra_args=["--local-agents", "1"])
     headers = srv.headers()
     exp = srv.post("experiments/create", json={"name": f"elsewhere-{uuid.uuid4().hex[:6]}"}).json()["experiment_id"]
     foreign = srv.post("logged-models", json={"experiment_id": exp, "name": "foreign"}).json()["model"]["info"]
     script = tmp_path / "train.py"
     script.write_text(TRIAL_WITH_MODEL)
+    registered = f"trained-{uuid.uuid4().hex[:6]}"
     spec = {
         "name": f"with-model-{uuid.uuid4().hex[:6]}",
-        "command": f'"{sys.executable}" "{script}" {foreign["model_id"]} # {{x}}',
+        "command": f'"{sys.executable}" "{script}" {foreign["model_id"]} {registered} # {{x}}',
         "parameters": {"x": {"type": "float", "low": 0, "high": 1}},
         "objective": {"metric": "loss"},
         "max_trials": 1,
@@ -362,8 +367,8 @@ def test_a_trial_logs_its_model_and_a_trace_with_its_own_token(server_factory, t
     assert trial["state"] == "completed", trial
     stdout = srv.get(f"/api/2.0/mlflow-artifacts/artifacts/{trial['experiment_id']}/{trial['run_id']}/artifacts/logs/stdout.txt").text
     result = json.loads(stdout.split("RESULT ", 1)[1].splitlines()[0])
-    # Its token could not read another run's model; its own is READY and loads.
-    assert result["other_status"] == 403
+    # Its token could neither read another run's model nor register it; its own is READY and loads.
+    assert result["other_status"] == 403 and result["steal_status"] == 403
     model = srv.get(f"logged-models/{result['model_id']}").json()["model"]["info"]
     assert model["status"] == "LOGGED_MODEL_READY" and model["source_run_id"] == trial["run_id"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.url)
@@ -371,6 +376,11 @@ def test_a_trial_logs_its_model_and_a_trace_with_its_own_token(server_factory, t
     mlflow.set_tracking_uri(srv.url)
     loaded = mlflow.sklearn.load_model(f"models:/{result['model_id']}")
     np.testing.assert_allclose(loaded.predict(_probe_input()), _expected_predictions(), atol=1e-9)
+    # It registered its model: version 1 of the name it gave, from its own run, loads.
+    version = srv.get("model-versions/get", params={"name": registered, "version": "1"}).json()["model_version"]
+    assert version["run_id"] == trial["run_id"] and version["status"] == "READY"
+    by_name = mlflow.sklearn.load_model(f"models:/{registered}/1")
+    np.testing.assert_allclose(by_name.predict(_probe_input()), _expected_predictions(), atol=1e-9)
     # Its trace, with its spans, went into the sweep's experiment.
     (trace,) = mlflow.search_traces(locations=[trial["experiment_id"]], return_type="list")
     assert [s.name for s in trace.data.spans] == ["predict"] and trace.data.spans[0].outputs == 42

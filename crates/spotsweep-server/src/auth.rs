@@ -619,6 +619,34 @@ async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next
             }
         }
         (_, "GET", ["api", "3.0", "mlflow", "server-info"]) => {}
+        // The registry, for a training script that registers what it trained
+        // (`log_model(..., registered_model_name=...)`, `mlflow.register_model`): its reads, a
+        // new name, and versions of its own run's models.
+        (Scoped::Trial(_), "GET", ["api", "2.0", "mlflow", "registered-models" | "model-versions", ..])
+        | (Scoped::Trial(_), "POST", ["api", "2.0", "mlflow", "registered-models", "create"]) => {}
+        (Scoped::Trial(_), "POST", ["api", "2.0", "mlflow", "model-versions", "create"]) => {
+            let (parts, body) = req.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+                return deny("a request body over 64 MiB");
+            };
+            let value = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+            let text = |name: &str| {
+                value
+                    .get(name)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            // Every run and model it names is its own, and it names one at least.
+            let (run, model) = (text("run_id"), text("model_id"));
+            let own = !(run.is_empty() && model.is_empty())
+                && (run.is_empty() || who.owns_run(state, &run).await)
+                && (model.is_empty() || who.owns_model(state, &model).await);
+            if !own {
+                return deny("a model version of a run it does not hold");
+            }
+            req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        }
         // A trace of its own experiment (`@mlflow.trace` in training code).
         (Scoped::Trial(_), "POST", ["api", "3.0", "mlflow", "traces"]) => {
             let (parts, body) = req.into_parts();
