@@ -328,15 +328,19 @@ fn trace_query(
     })
 }
 
-fn page(field: &str, items: Vec<Value>, next: Option<u64>) -> Json<Value> {
+/// One page of a search, each trace written by `render` (v2 or v3), `{}` when empty.
+async fn search_page(s: &MlflowState, query: TraceQuery, render: fn(&TraceInfo) -> Value) -> JsonResult {
+    let offset = query.offset;
+    let (traces, more) = s.traces.search_traces(query).await?;
     let mut out = Map::new();
-    if !items.is_empty() {
-        out.insert(field.into(), Value::Array(items));
+    if !traces.is_empty() {
+        out.insert("traces".into(), traces.iter().map(render).collect());
     }
-    if let Some(offset) = next {
-        out.insert("next_page_token".into(), json!(encode_page_token(offset)));
+    if more {
+        let next = offset + traces.len() as u64;
+        out.insert("next_page_token".into(), json!(encode_page_token(next)));
     }
-    Json(Value::Object(out))
+    Ok(Json(Value::Object(out)))
 }
 
 /// Searches traces of experiments (v3: the client's `search_traces` and the UI's Traces tab).
@@ -365,10 +369,7 @@ pub async fn search_traces_v3(
         &req.order_by,
         req.page_token.as_deref(),
     )?;
-    let offset = query.offset;
-    let (traces, more) = s.traces.search_traces(query).await?;
-    let next = more.then(|| offset + traces.len() as u64);
-    Ok(page("traces", traces.iter().map(info_v3).collect(), next))
+    search_page(&s, query, info_v3).await
 }
 
 /// `GET /api/2.0/mlflow/traces?experiment_ids=...`
@@ -401,10 +402,7 @@ pub async fn search_traces_v2(
         &req.order_by,
         req.page_token.as_deref(),
     )?;
-    let offset = query.offset;
-    let (traces, more) = s.traces.search_traces(query).await?;
-    let next = more.then(|| offset + traces.len() as u64);
-    Ok(page("traces", traces.iter().map(info_v2).collect(), next))
+    search_page(&s, query, info_v2).await
 }
 
 /// `PATCH` / `DELETE .../traces/{id}/tags`

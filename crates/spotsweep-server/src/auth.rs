@@ -500,6 +500,16 @@ fn query_value(req: &Request, key: &str) -> Option<String> {
     })
 }
 
+/// Reads a request's JSON body (for a rule that depends on it) and gives back the request with
+/// the same bytes for the handler; `None` for a body over 64 MiB. A body that is not JSON reads
+/// as `null`, which no rule accepts.
+async fn json_body(req: Request) -> Option<(Request, serde_json::Value)> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 20).await.ok()?;
+    let value = serde_json::from_slice(&bytes).unwrap_or_default();
+    Some((Request::from_parts(parts, axum::body::Body::from(bytes)), value))
+}
+
 /// A request with an agent's or a trial's token: only their work, on their own runs.
 async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next) -> Response {
     let method = req.method().clone();
@@ -576,11 +586,10 @@ async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next
         }
         // MLflow 3's logged models: a run creates its own and works on them.
         (_, "POST", ["api", "2.0", "mlflow", "logged-models"]) => {
-            let (parts, body) = req.into_parts();
-            let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+            let Some((body, value)) = json_body(req).await else {
                 return deny("a request body over 64 MiB");
             };
-            let value = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+            req = body;
             let field = |name: &str| match value.get(name) {
                 Some(serde_json::Value::String(s)) => s.clone(),
                 Some(serde_json::Value::Number(n)) => n.to_string(),
@@ -591,14 +600,12 @@ async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next
             {
                 return deny("a model of a run it does not hold");
             }
-            req = Request::from_parts(parts, axum::body::Body::from(bytes));
         }
         (_, "POST", ["api", "2.0", "mlflow", "logged-models", "search"]) => {
-            let (parts, body) = req.into_parts();
-            let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+            let Some((body, value)) = json_body(req).await else {
                 return deny("a request body over 64 MiB");
             };
-            let value = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+            req = body;
             let ids = value
                 .get("experiment_ids")
                 .and_then(|v| v.as_array())
@@ -611,7 +618,6 @@ async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next
             {
                 return deny("models of another experiment");
             }
-            req = Request::from_parts(parts, axum::body::Body::from(bytes));
         }
         (_, _, ["api", "2.0", "mlflow", "logged-models", model, ..]) => {
             if !who.owns_model(state, model).await {
@@ -625,11 +631,10 @@ async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next
         (Scoped::Trial(_), "GET", ["api", "2.0", "mlflow", "registered-models" | "model-versions", ..])
         | (Scoped::Trial(_), "POST", ["api", "2.0", "mlflow", "registered-models", "create"]) => {}
         (Scoped::Trial(_), "POST", ["api", "2.0", "mlflow", "model-versions", "create"]) => {
-            let (parts, body) = req.into_parts();
-            let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+            let Some((body, value)) = json_body(req).await else {
                 return deny("a request body over 64 MiB");
             };
-            let value = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+            req = body;
             let text = |name: &str| {
                 value
                     .get(name)
@@ -645,15 +650,13 @@ async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next
             if !own {
                 return deny("a model version of a run it does not hold");
             }
-            req = Request::from_parts(parts, axum::body::Body::from(bytes));
         }
         // A trace of its own experiment (`@mlflow.trace` in training code).
         (Scoped::Trial(_), "POST", ["api", "3.0", "mlflow", "traces"]) => {
-            let (parts, body) = req.into_parts();
-            let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+            let Some((body, value)) = json_body(req).await else {
                 return deny("a request body over 64 MiB");
             };
-            let value = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+            req = body;
             let experiment = value
                 .pointer("/trace/trace_info/trace_location/mlflow_experiment/experiment_id")
                 .and_then(|v| {
@@ -665,26 +668,20 @@ async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next
             if !who.reads_experiment(&experiment) {
                 return deny("a trace in another experiment");
             }
-            req = Request::from_parts(parts, axum::body::Body::from(bytes));
         }
         _ if RUN_ROUTES.contains(&path.as_str()) => {
             let run = if method == Method::GET {
                 query_value(&req, "run_id").or_else(|| query_value(&req, "run_uuid"))
             } else {
-                let (parts, body) = req.into_parts();
-                let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+                let Some((body, value)) = json_body(req).await else {
                     return deny("a request body over 64 MiB");
                 };
-                let run = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|v| {
-                        v.get("run_id")
-                            .or_else(|| v.get("run_uuid"))
-                            .and_then(|r| r.as_str())
-                            .map(str::to_string)
-                    });
-                req = Request::from_parts(parts, axum::body::Body::from(bytes));
-                run
+                req = body;
+                value
+                    .get("run_id")
+                    .or_else(|| value.get("run_uuid"))
+                    .and_then(|r| r.as_str())
+                    .map(str::to_string)
             };
             match run {
                 Some(run) if who.owns_run(state, &run).await => {}
