@@ -79,6 +79,29 @@ def test_tokens_may_expire(server_factory):
         assert "expires_in" in r.json()["message"]
 
 
+def test_a_token_that_expires_makes_none_that_outlives_it(server_factory):
+    srv = server_factory()
+    short = v1(srv, "POST", "tokens", {"name": "short", "expires_in": 60}).json()
+    for body in ({"name": "forever"}, {"name": "longer", "expires_in": 3600}):
+        made = v1(srv, "POST", "tokens", body, token=short["token"]).json()
+        assert made["expires_at"] == short["expires_at"], made
+    shorter = v1(srv, "POST", "tokens", {"name": "shorter", "expires_in": 10}, token=short["token"]).json()
+    assert shorter["expires_at"] < short["expires_at"]
+
+
+def test_without_tokens_another_site_cannot_post(server_factory):
+    srv = server_factory(auth=False)
+    body = {"name": f"csrf-{uuid.uuid4().hex[:6]}"}
+    for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        r = requests.post(srv.api("experiments/create"), json=body, headers=headers, timeout=10)
+        assert r.status_code == 403, (headers, r.text)
+    # The CLI and the MLflow client send no Origin; a page of the daemon itself sends its own.
+    assert requests.post(srv.api("experiments/create"), json=body, timeout=10).status_code == 200
+    body["name"] += "-2"
+    same = {"Origin": srv.url}
+    assert requests.post(srv.api("experiments/create"), json=body, headers=same, timeout=10).status_code == 200
+
+
 def test_token_creation_takes_json_without_a_content_type(server_factory):
     srv = server_factory()
     r = requests.post(
@@ -169,6 +192,8 @@ seen = {
     "list_tokens": call("GET", "/api/v1/tokens"),
     "create_token": call("POST", "/api/v1/tokens", {"name": "escalate"}),
     "list_sweeps": call("GET", "/api/v1/sweeps"),
+    "complete_own_lease": call("POST", "/api/v1/leases/%s/complete" % os.environ["SPOTSWEEP_LEASE_ID"],
+                               {"outcome": "preempted"}),
 }
 with open(sys.argv[1], "w") as f:
     json.dump(seen, f)
@@ -216,6 +241,7 @@ def test_each_trial_gets_a_token_for_its_own_run_only(server_factory, tmp_path):
         "list_tokens": 403,
         "create_token": 403,
         "list_sweeps": 403,
+        "complete_own_lease": 403,
     }, seen
     # The lease has ended: so has the token.
     r = requests.get(srv.api("runs/get"), params={"run_id": other_run},

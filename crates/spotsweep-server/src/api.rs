@@ -143,6 +143,7 @@ fn role_on_wire(role: TokenRole) -> spotsweep_api::TokenRole {
 )]
 pub async fn create_token(
     State(s): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     // Any content type: `curl -d '{"name": "ci"}'` sends a form type and means JSON.
@@ -166,6 +167,11 @@ pub async fn create_token(
                  that does not expire"
             )));
         }
+    };
+    // A token that expires makes none that outlives it.
+    let expires_at = match caller.and_then(|c| c.0.0.expires_at) {
+        Some(limit) => Some(expires_at.map_or(limit, |at| at.min(limit))),
+        None => expires_at,
     };
     let secret = new_secret();
     let hash = hash_token(&secret);

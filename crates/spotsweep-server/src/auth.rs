@@ -61,6 +61,9 @@ pub struct TrialScope {
     pub run_id: String,
     /// Its sweep's experiment.
     pub experiment_id: String,
+    /// When the token was made live (ms since the epoch): a sync that read the open leases
+    /// before that keeps it.
+    pub issued_at: i64,
 }
 
 /// What a live token may do.
@@ -169,6 +172,14 @@ impl Auth {
     pub fn retain_trials(&self, open: impl Fn(&str) -> bool) {
         if let Ok(mut m) = self.trials.write() {
             m.retain(|_, scope| open(&scope.lease_id));
+        }
+    }
+
+    /// Keeps the trial tokens of the open leases read at `read_at`, and those made live since
+    /// (their leases were committed after the read).
+    pub fn retain_trials_open_at(&self, open: &std::collections::HashSet<&str>, read_at: i64) {
+        if let Ok(mut m) = self.trials.write() {
+            m.retain(|_, scope| scope.issued_at >= read_at || open.contains(scope.lease_id.as_str()));
         }
     }
 
@@ -332,6 +343,28 @@ pub fn session_token(auth: &Auth, daemon_secret: &str, headers: &axum::http::Hea
     auth.api_token(token_id)
 }
 
+/// The API token a request was authenticated with (bearer or browser session), for handlers
+/// that bound what it may do (a token never makes one that outlives it).
+#[derive(Debug, Clone)]
+pub struct Caller(pub ApiToken);
+
+fn cross_site_refused() -> Response {
+    forbidden(
+        "cross-site request refused: a request that changes something must come from this daemon's own pages \
+         (its Origin does not match)"
+            .into(),
+    )
+}
+
+/// Whether a browser says the request comes from another site: an `Origin` that is not this
+/// host, or `Sec-Fetch-Site: cross-site`/`same-site`. Requests that say nothing (not from a
+/// browser) are not.
+fn from_another_site(headers: &axum::http::HeaderMap) -> bool {
+    let origin = headers.get(header::ORIGIN).is_some();
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    (origin || fetch_site.is_some_and(|v| v == "cross-site" || v == "same-site")) && !same_origin(headers)
+}
+
 /// Whether a request comes from a page of this daemon: its `Origin` names this host, or, when a
 /// browser sends no `Origin`, `Sec-Fetch-Site` says same-origin. Cookie-authenticated requests
 /// that change state must (the cookie's SameSite=Strict is the first line, this the second).
@@ -371,23 +404,34 @@ pub async fn require_token(State(state): State<AuthState>, req: Request, next: N
     let auth = &state.auth;
     let path = req.uri().path();
     if !auth.enabled || path == "/health" || path == "/version" || crate::ui::is_public(path) {
+        // Without tokens, a page of another site in the user's browser could still post here
+        // (a `no-cors` fetch needs no preflight): browsers say where such a request comes from,
+        // the CLI and the MLflow client say nothing.
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        if !safe && bearer(req.headers()).is_none() && from_another_site(req.headers()) {
+            return cross_site_refused();
+        }
         return next.run(req).await;
     }
     // A browser signed in with a cookie: the same rights as the token it stands for, and state
     // changes only from this daemon's own pages.
-    if bearer(req.headers()).is_none() && session_token(auth, &state.daemon_secret, req.headers()).is_some() {
+    if bearer(req.headers()).is_none()
+        && let Some(token) = session_token(auth, &state.daemon_secret, req.headers())
+    {
         let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         if !safe && !same_origin(req.headers()) {
-            return forbidden(
-                "cross-site request refused: a request that changes something must come from this daemon's \
-                 own pages (its Origin does not match)"
-                    .into(),
-            );
+            return cross_site_refused();
         }
+        let mut req = req;
+        req.extensions_mut().insert(Caller(token));
         return next.run(req).await;
     }
     let message = match bearer(req.headers()).map(|t| auth.access(t)) {
-        Some(Some(Access::Api(_))) => return next.run(req).await,
+        Some(Some(Access::Api(token))) => {
+            let mut req = req;
+            req.extensions_mut().insert(Caller(token));
+            return next.run(req).await;
+        }
         Some(Some(Access::Vm(vm))) => return scoped_request(&state, Scoped::Vm(vm), req, next).await,
         Some(Some(Access::Trial(trial))) => {
             return scoped_request(&state, Scoped::Trial(trial), req, next).await;
@@ -549,7 +593,10 @@ async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next
             }
             return Response::from_parts(parts, axum::body::Body::from(bytes));
         }
-        (_, "POST", ["api", "v1", "leases", lease, "heartbeat" | "complete"]) => {
+        // An agent reports its trials; a trial may only keep its own lease alive (completing it,
+        // as preempted or setup-failed, is the agent's word, not the trial's).
+        (Scoped::Vm(_), "POST", ["api", "v1", "leases", lease, "heartbeat" | "complete"])
+        | (Scoped::Trial(_), "POST", ["api", "v1", "leases", lease, "heartbeat"]) => {
             if !who.owns_lease(state, lease).await {
                 return deny("another agent's lease");
             }

@@ -495,6 +495,9 @@ impl PoolManager {
         self.auth
             .remove_vm(&hash_token(&vm_token(&self.daemon_secret, vm.id, &vm.request_id)));
         let leases = self.store.open_leases_of_agent(&vm.name).await?;
+        // Its trials' tokens end with their leases.
+        self.auth
+            .retain_trials(|lease| !leases.iter().any(|l| l == lease));
         for lease in &leases {
             match self.sweeps.complete_trial(lease, Outcome::Preempted).await {
                 Ok(t) => {

@@ -128,6 +128,7 @@ fn issue_trial_token(s: &AppState, l: &LeasedTrial) -> String {
             lease_id: l.lease_id.clone(),
             run_id: l.trial.run_id.clone(),
             experiment_id: l.trial.experiment_id.to_string(),
+            issued_at: spotsweep_store::now_ms(),
         },
     );
     token
@@ -139,9 +140,12 @@ pub async fn sync_trial_tokens(s: &AppState) -> Result<(), spotsweep_store::Stor
     if !s.auth.enabled {
         return Ok(());
     }
+    // A lease committed while this reads has its token added meanwhile: keep those (a snapshot
+    // older than a token says nothing about it).
+    let read_at = spotsweep_store::now_ms();
     let open = s.fleet.open_lease_runs().await?;
     let ids: std::collections::HashSet<&str> = open.iter().map(|(lease, _, _)| lease.as_str()).collect();
-    s.auth.retain_trials(|lease| ids.contains(lease));
+    s.auth.retain_trials_open_at(&ids, read_at);
     for (lease_id, run_id, experiment_id) in &open {
         let token = trial_token(&s.daemon_secret, lease_id);
         s.auth.add_trial(
@@ -150,6 +154,7 @@ pub async fn sync_trial_tokens(s: &AppState) -> Result<(), spotsweep_store::Stor
                 lease_id: lease_id.clone(),
                 run_id: run_id.clone(),
                 experiment_id: experiment_id.to_string(),
+                issued_at: read_at,
             },
         );
     }
@@ -663,11 +668,12 @@ pub async fn expire_leases_loop(s: AppState, mut shutdown: tokio::sync::watch::R
             Some(Ok(n)) => {
                 tracing::info!(expired = n, "leases expired; their trials are requeued or failed");
                 s.signals.work.notify_waiters();
-                if let Err(e) = sync_trial_tokens(&s).await {
-                    tracing::warn!(error = %e, "cannot forget the tokens of expired leases; will retry");
-                }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "expiring leases failed; will retry"),
+        }
+        // Each round: the tokens of leases that ended, however they ended, stop working.
+        if let Some(Err(e)) = crate::caught("forgetting ended leases' tokens", sync_trial_tokens(&s)).await {
+            tracing::warn!(error = %e, "cannot forget the tokens of ended leases; will retry");
         }
     }
 }

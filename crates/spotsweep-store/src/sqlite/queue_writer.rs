@@ -175,6 +175,8 @@ async fn run_group(
         let answer = job.run(queue, conn).await;
         if answer.is_err() {
             abandon(conn).await;
+            // The cached histories may hold the group's rolled-back trials.
+            queue.forget_histories();
             return Err(());
         }
         answers.push(answer);
@@ -182,6 +184,7 @@ async fn run_group(
     if let Err(e) = sqlx::query("COMMIT").execute(&mut **conn).await {
         drop(map_err(e));
         abandon(conn).await;
+        queue.forget_histories();
         return Err(());
     }
     note_written();
