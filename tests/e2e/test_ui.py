@@ -142,7 +142,7 @@ def called(visit, path):
 def test_experiments_list(page, sweep_ui):
     visit = page.goto("/#/experiments")
     assert_clean(visit)
-    page.page.get_by_text(sweep_ui["sweep"]).first.wait_for(timeout=15000)
+    page.page.get_by_text(sweep_ui["sweep"]).first.wait_for(timeout=30000)
 
 
 def test_runs_table_shows_params_and_metrics(page, sweep_ui):
@@ -158,7 +158,7 @@ def test_runs_table_shows_params_and_metrics(page, sweep_ui):
     page.wait_all_answered()
     assert not page.visit.failed and not page.visit.page_errors
     headers = page.page.locator("[role=columnheader]")
-    headers.filter(has_text="loss").first.wait_for(timeout=15000)
+    headers.filter(has_text="loss").first.wait_for(timeout=30000)
     names = " ".join(headers.all_inner_texts())
     for column in ("x", "lr", "loss", "accuracy"):
         assert re.search(rf"\b{column}\b", names), (column, names)
@@ -173,9 +173,9 @@ def test_run_page_charts_its_metric(page, sweep_ui):
     assert called(visit, "/graphql")
     history = called(visit, "/ajax-api/2.0/mlflow/metrics/get-history-bulk-interval")
     assert history and all(r.status == 200 for r in history)
-    page.page.get_by_text("loss", exact=True).first.wait_for(timeout=15000)
+    page.page.get_by_text("loss", exact=True).first.wait_for(timeout=30000)
     # A chart was drawn (plotly draws SVG paths for the line).
-    page.page.locator(".js-plotly-plot, svg.main-svg").first.wait_for(timeout=15000)
+    page.page.locator(".js-plotly-plot, svg.main-svg").first.wait_for(timeout=30000)
 
 
 def test_artifacts_tab_shows_the_logged_image(page, sweep_ui):
@@ -185,7 +185,7 @@ def test_artifacts_tab_shows_the_logged_image(page, sweep_ui):
     got = [r for r in visit.requests if r.path == "/get-artifact"]
     assert got and got[-1].status == 200
     image = page.page.locator("img[src^='blob:']").first
-    image.wait_for(timeout=15000)
+    image.wait_for(timeout=30000)
     assert image.evaluate("img => img.naturalWidth") == 64
 
 
@@ -194,7 +194,7 @@ def test_compare_runs_view(page, sweep_ui):
     query = f"runs={json.dumps(runs[:2])}&experiments={json.dumps([sweep_ui['exp_id']])}"
     visit = page.goto(f"/#/compare-runs?{query}")
     assert_clean(visit)
-    page.page.get_by_text("loss").first.wait_for(timeout=15000)
+    page.page.get_by_text("loss").first.wait_for(timeout=30000)
 
 
 def test_traces_tab(page, sweep_ui):
@@ -202,17 +202,17 @@ def test_traces_tab(page, sweep_ui):
     assert_clean(visit)
     assert called(visit, "/ajax-api/3.0/mlflow/traces/search")
     # The trace's row: its input and output.
-    page.page.get_by_text('{"x": 21}').first.wait_for(timeout=15000)
-    page.page.get_by_text("42", exact=True).first.wait_for(timeout=15000)
+    page.page.get_by_text('{"x": 21}').first.wait_for(timeout=30000)
+    page.page.get_by_text("42", exact=True).first.wait_for(timeout=30000)
 
 
 def test_registered_model_page(page, sweep_ui):
     visit = page.goto(f"/#/models/{sweep_ui['model']}")
     assert_clean(visit)
     assert called(visit, "/ajax-api/2.0/mlflow/registered-models/get")
-    page.page.get_by_text("the sweep's best trial").first.wait_for(timeout=15000)
-    page.page.get_by_text("Version 1").first.wait_for(timeout=15000)
-    page.page.get_by_text("champion").first.wait_for(timeout=15000)
+    page.page.get_by_text("the sweep's best trial").first.wait_for(timeout=30000)
+    page.page.get_by_text("Version 1").first.wait_for(timeout=30000)
+    page.page.get_by_text("champion").first.wait_for(timeout=30000)
 
 
 # --------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_sign_in_flow(browser, sweep_ui):
         p.page.wait_for_url(srv.url + "/**")
         visit = p.goto("/#/experiments")
         assert_clean(visit)
-        p.page.get_by_text(sweep_ui["sweep"]).first.wait_for(timeout=15000)
+        p.page.get_by_text(sweep_ui["sweep"]).first.wait_for(timeout=30000)
         p.screenshot(SCREENSHOTS / "test_sign_in_flow.png")
         cookies = {c["name"]: c for c in p.context.cookies()}
         session = cookies["spotsweep_session"]
