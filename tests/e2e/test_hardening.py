@@ -192,3 +192,35 @@ def test_a_full_disk_is_refused_cleanly_and_writes_resume_once_space_is_freed(se
         assert logs.count(FULL_LOG) == 1, logs
         assert logs.count("disk space is back") == 1, logs
         srv.stop()
+
+
+def test_searches_take_hundreds_of_clauses_and_order_keys(server_factory):
+    srv = server_factory()
+    exp = srv.post("experiments/create", json={"name": f"wide-{uuid.uuid4().hex[:6]}"}).json()["experiment_id"]
+    runs = []
+    for n in range(3):
+        run = srv.post("runs/create", json={"experiment_id": exp, "start_time": 1 + n}).json()["run"]["info"]["run_id"]
+        batch = {
+            "run_id": run,
+            "metrics": [{"key": f"m{i}", "value": float(n), "timestamp": 1, "step": 0} for i in range(80)],
+            "params": [{"key": f"p{i}", "value": "v"} for i in range(80)],
+            "tags": [{"key": f"t{i}", "value": str(n)} for i in range(80)],
+        }
+        assert srv.post("runs/log-batch", json=batch).status_code == 200
+        runs.append(run)
+    clauses = (
+        [f"metrics.m{i} >= 0" for i in range(80)]
+        + [f"params.p{i} = 'v'" for i in range(80)]
+        + [f"tags.t{i} != 'x'" for i in range(80)]
+    )
+    r = srv.post("runs/search", json={"experiment_ids": [exp], "filter": " AND ".join(clauses)})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["runs"]) == 3
+    r = srv.post("runs/search", json={"experiment_ids": [exp], "filter": " AND ".join(clauses + ["metrics.m79 < 2"])})
+    assert r.status_code == 200, r.text
+    assert {x["info"]["run_id"] for x in r.json()["runs"]} == set(runs[:2])
+    # A hundred sort keys: the first decides (m0 descending: the last run first).
+    order = [f"metrics.m{i} DESC" for i in range(80)] + [f"params.p{i}" for i in range(20)] + ["tags.t79 ASC"]
+    r = srv.post("runs/search", json={"experiment_ids": [exp], "order_by": order})
+    assert r.status_code == 200, r.text
+    assert [x["info"]["run_id"] for x in r.json()["runs"]] == runs[::-1]

@@ -192,31 +192,63 @@ fn push_join_condition(qb: &mut QueryBuilder<Sqlite>, a: &str, predicate: &RunPr
     }
 }
 
+/// The table and key a sort key reads its value from; `None` for a run attribute.
+fn sort_table(key: &RunOrderKey) -> Option<(&'static str, &String)> {
+    match key {
+        RunOrderKey::Metric(k) => Some(("latest_metrics", k)),
+        RunOrderKey::Param(k) => Some(("params", k)),
+        RunOrderKey::Tag(k) => Some(("tags", k)),
+        RunOrderKey::Attribute(_) => None,
+    }
+}
+
+/// Sort keys joined to the runs table; the rest are subqueries (SQLite joins at most 64 tables).
+const MAX_JOINED_SORT_KEYS: usize = 24;
+/// Conditions joined to the runs table; the rest are `EXISTS` subqueries.
+const MAX_JOINED_CONDITIONS: usize = 32;
+
 /// The whole runs search: filter, order (missing keys last in both directions, NaN after
 /// numbers), the implicit `start_time DESC, run_uuid ASC` tie-breakers, and `limit + 1` rows.
 pub(super) fn run_search_sql(query: &RunQuery, columns: &str) -> QueryBuilder<Sqlite> {
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
     qb.push(columns).push(" FROM runs r");
+    // SQLite joins at most 64 tables: the first sort keys and conditions are joins (fast), any
+    // beyond the budget become correlated subqueries (the same meaning), so that a search takes
+    // as many clauses and keys as a client sends.
+    let joined_sorts: Vec<bool> = query
+        .order_by
+        .iter()
+        .scan(0usize, |n, o| {
+            let join = sort_table(&o.key).is_some() && *n < MAX_JOINED_SORT_KEYS;
+            *n += usize::from(join);
+            Some(join)
+        })
+        .collect();
     // One LEFT JOIN per sort key on a non-attribute: aliases are o0, o1, ... (generated, not
     // user text).
     for (i, order) in query.order_by.iter().enumerate() {
-        let (table, key) = match &order.key {
-            RunOrderKey::Metric(k) => ("latest_metrics", k),
-            RunOrderKey::Param(k) => ("params", k),
-            RunOrderKey::Tag(k) => ("tags", k),
-            RunOrderKey::Attribute(_) => continue,
-        };
-        qb.push(format!(
-            " LEFT JOIN {table} o{i} ON o{i}.run_id = r.id AND o{i}.key = "
-        ))
-        .push_bind(key.clone());
+        if let (true, Some((table, key))) = (joined_sorts[i], sort_table(&order.key)) {
+            qb.push(format!(
+                " LEFT JOIN {table} o{i} ON o{i}.run_id = r.id AND o{i}.key = "
+            ))
+            .push_bind(key.clone());
+        }
     }
     // Conditions that need a key to exist become inner joins (each key is unique per run, so a
     // join never duplicates a run). Unlike a correlated EXISTS, a join lets SQLite start from
     // the most selective index, e.g. params_by_key for `params.opt = 'adam'`, instead of
     // probing every run of the experiment.
+    let joined_filters: Vec<bool> = query
+        .filter
+        .iter()
+        .scan(0usize, |n, p| {
+            let join = joinable(p).is_some() && *n < MAX_JOINED_CONDITIONS;
+            *n += usize::from(join);
+            Some(join)
+        })
+        .collect();
     for (i, predicate) in query.filter.iter().enumerate() {
-        if let Some(table) = joinable(predicate) {
+        if let (true, Some(table)) = (joined_filters[i], joinable(predicate)) {
             qb.push(format!(" JOIN {table} f{i} ON f{i}.run_id = r.id AND "));
             push_join_condition(&mut qb, &format!("f{i}"), predicate);
         }
@@ -240,21 +272,44 @@ pub(super) fn run_search_sql(query: &RunQuery, columns: &str) -> QueryBuilder<Sq
         }
         ViewType::All => {}
     }
-    for predicate in query.filter.iter().filter(|p| joinable(p).is_none()) {
+    for (_, predicate) in query
+        .filter
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !joined_filters[*i])
+    {
         qb.push(" AND ");
         push_run_predicate(&mut qb, predicate);
     }
     qb.push(" ORDER BY ");
     for (i, order) in query.order_by.iter().enumerate() {
         let dir = if order.ascending { " ASC" } else { " DESC" };
-        match &order.key {
-            RunOrderKey::Metric(_) => {
+        match (&order.key, sort_table(&order.key)) {
+            (_, Some((table, key))) if !joined_sorts[i] => {
+                // Past the join budget: the same value, looked up per run.
+                let value = |qb: &mut QueryBuilder<Sqlite>, column: &str| {
+                    qb.push(format!(
+                        "(SELECT x.{column} FROM {table} x WHERE x.run_id = r.id AND x.key = "
+                    ))
+                    .push_bind(key.clone())
+                    .push(")");
+                };
+                value(&mut qb, "value");
+                qb.push(" IS NULL, ");
+                if table == "latest_metrics" {
+                    value(&mut qb, "is_nan");
+                    qb.push(", ");
+                }
+                value(&mut qb, "value");
+                qb.push(format!("{dir}, "));
+            }
+            (RunOrderKey::Metric(_), _) => {
                 qb.push(format!("o{i}.value IS NULL, o{i}.is_nan, o{i}.value{dir}, "));
             }
-            RunOrderKey::Param(_) | RunOrderKey::Tag(_) => {
+            (RunOrderKey::Param(_) | RunOrderKey::Tag(_), _) => {
                 qb.push(format!("o{i}.value IS NULL, o{i}.value{dir}, "));
             }
-            RunOrderKey::Attribute(attr) => {
+            (RunOrderKey::Attribute(attr), _) => {
                 let col = run_attr_column(*attr);
                 qb.push(format!("{col} IS NULL, {col}{dir}, "));
             }
