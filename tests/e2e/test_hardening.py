@@ -224,3 +224,15 @@ def test_searches_take_hundreds_of_clauses_and_order_keys(server_factory):
     r = srv.post("runs/search", json={"experiment_ids": [exp], "order_by": order})
     assert r.status_code == 200, r.text
     assert [x["info"]["run_id"] for x in r.json()["runs"]] == runs[::-1]
+
+
+def test_an_artifact_name_too_long_for_the_disk_is_a_400(server_factory):
+    srv = server_factory()
+    exp = srv.post("experiments/create", json={"name": f"long-{uuid.uuid4().hex[:6]}"}).json()["experiment_id"]
+    run = srv.post("runs/create", json={"experiment_id": exp, "start_time": 1}).json()["run"]["info"]["run_id"]
+    base = f"/api/2.0/mlflow-artifacts/artifacts/{exp}/{run}/artifacts"
+    r = srv.request("PUT", f"{base}/{'a' * 300}.txt", data=b"x")
+    assert r.status_code == 400, r.text
+    assert "longer than 255 bytes" in r.json()["message"]
+    assert srv.request("PUT", f"{base}/{'a' * 200}.txt", data=b"x").status_code == 200
+    assert srv.get("/health").status_code == 200

@@ -144,8 +144,21 @@ pub fn safe_segments(path: &str) -> MlflowResult<Vec<&str>> {
     if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
         return Err(invalid());
     }
+    // File systems refuse names over 255 bytes; the store writes each segment encoded.
+    if let Some(long) = segments
+        .iter()
+        .find(|s| object_store::path::PathPart::from(**s).as_ref().len() > MAX_SEGMENT_BYTES)
+    {
+        return Err(MlflowError::invalid(format!(
+            "Invalid path: the name '{}...' is longer than {MAX_SEGMENT_BYTES} bytes (as stored); shorten it",
+            long.chars().take(40).collect::<String>()
+        )));
+    }
     Ok(segments)
 }
+
+/// The longest file or directory name an artifact path may have, as stored.
+const MAX_SEGMENT_BYTES: usize = 255;
 
 /// `PUT /api/2.0/mlflow-artifacts/artifacts/<path>`: streams the body into the store.
 /// The object appears only when the upload completes (a temporary file is renamed, or the
