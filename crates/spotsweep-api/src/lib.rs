@@ -24,6 +24,20 @@ pub struct CreateTokenRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 315_360_000)]
     pub expires_in: Option<i64>,
+    /// `write` (default: everything) or `read` (every page and every read; anything that
+    /// changes state is refused with a 403, creating tokens included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<TokenScope>,
+}
+
+/// Whether a token may change anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    /// Every page and every read; refused (403) on anything that changes state.
+    Read,
+    /// Everything its role allows.
+    Write,
 }
 
 /// What an API token may do.
@@ -46,6 +60,8 @@ pub struct TokenInfo {
     pub name: String,
     /// What it may do.
     pub role: TokenRole,
+    /// Whether it may change anything.
+    pub scope: TokenScope,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at: i64,
     /// When it stops working, milliseconds since the Unix epoch; absent: never.
@@ -62,6 +78,8 @@ pub struct CreatedToken {
     pub name: String,
     /// What it may do (always `user`: the admin token is made at first start only).
     pub role: TokenRole,
+    /// Whether it may change anything.
+    pub scope: TokenScope,
     /// The secret, to send as `Authorization: Bearer <token>` (or `MLFLOW_TRACKING_TOKEN`).
     /// Only its hash is stored: it cannot be shown again.
     pub token: String,
@@ -144,9 +162,13 @@ pub struct SweepBody {
     pub finished_at: Option<i64>,
     /// Milliseconds from creation to the end (or to now).
     pub elapsed_ms: i64,
-    /// The stored spec (seed included).
+    /// What its trials have cost on fleet VMs so far, in USD (0 on the local pool).
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// The stored spec (seed included); absent in the list (`GET /api/v1/sweeps/{id}` has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
-    pub spec: serde_json::Value,
+    pub spec: Option<serde_json::Value>,
 }
 
 /// `GET /api/v1/sweeps`
@@ -154,6 +176,9 @@ pub struct SweepBody {
 pub struct SweepList {
     /// Sweeps, newest first.
     pub sweeps: Vec<SweepBody>,
+    /// Pass as `page_token` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
 }
 
 /// A trial of a sweep.
@@ -392,6 +417,38 @@ pub struct PoolInfo {
     pub spent_usd: f64,
     /// Its VMs, live ones and ended ones, oldest first.
     pub vms: Vec<VmInfo>,
+    /// Zones backed off after a stockout, and until when.
+    #[serde(default)]
+    pub backoffs: Vec<ZoneBackoff>,
+    /// The agents that have leased its trials (local agents, VMs' agents), by name.
+    #[serde(default)]
+    pub agents: Vec<AgentInfo>,
+}
+
+/// A zone the fleet does not ask for VMs in for now (it had no capacity).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ZoneBackoff {
+    /// The zone.
+    pub zone: String,
+    /// Until when, ms since the Unix epoch.
+    pub until: i64,
+}
+
+/// An agent of a pool and its work.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentInfo {
+    /// Its name (a VM's name on a fleet pool).
+    pub name: String,
+    /// Trial slots it declared last.
+    pub slots: i64,
+    /// When it last asked for work (recorded at most once a minute), ms since the Unix epoch.
+    pub last_seen_at: i64,
+    /// Trials running on it now.
+    pub running: i64,
+    /// Attempts it ran.
+    pub attempts: i64,
+    /// Of those, lost to a preemption.
+    pub preemptions: i64,
 }
 
 /// A VM of a pool.
@@ -419,6 +476,12 @@ pub struct VmInfo {
     /// Why it failed or ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Trial attempts its agent ran.
+    #[serde(default)]
+    pub trials_run: i64,
+    /// Of those, lost to a preemption.
+    #[serde(default)]
+    pub preemptions: i64,
 }
 
 /// `GET /api/v1/cost`: what the fleet has cost, by pool, by sweep and (for one sweep) by trial.
@@ -471,4 +534,132 @@ pub struct TrialCost {
     pub lost_to_preemption_usd: f64,
     /// Attempts on fleet VMs.
     pub attempts: u32,
+}
+
+/// `GET /api/v1/me`: who the caller is and whether it may act.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MeBody {
+    /// The token's name (`anonymous` without auth).
+    pub name: String,
+    /// Its role.
+    pub role: TokenRole,
+    /// Whether it may change anything.
+    pub scope: TokenScope,
+    /// Whether the daemon checks tokens at all.
+    pub auth: bool,
+}
+
+/// `GET /api/v1/sweeps/{id}/table`: every trial of a sweep, compact, for the dashboard's table
+/// and plots.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TrialTable {
+    /// The sweep.
+    pub sweep_id: i64,
+    /// Parameter names in spec order: each row's `p` follows it.
+    pub params: Vec<String>,
+    /// Trials by number.
+    pub trials: Vec<TrialRow>,
+}
+
+/// A trial in the dashboard's table.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TrialRow {
+    /// Its number.
+    pub n: i64,
+    /// `queued`, `running`, `completed`, `failed`, `pruned`, `preempted` or `cancelled`.
+    pub state: String,
+    /// The objective value, once completed.
+    pub value: Option<f64>,
+    /// Parameter values in the table's `params` order; null where inactive.
+    #[schema(value_type = Vec<Object>)]
+    pub p: Vec<serde_json::Value>,
+    /// Times leased.
+    pub attempts: i64,
+    /// Attempts lost to a preemption.
+    pub preemptions: i64,
+    /// The agent (a VM's name on a fleet pool) of its latest attempt.
+    pub agent: Option<String>,
+    /// When its latest attempt started.
+    pub started_at: Option<i64>,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+    /// Its latest attempt's time so far, ms.
+    pub duration_ms: Option<i64>,
+    /// USD on fleet VMs, every attempt included.
+    pub cost_usd: f64,
+    /// Its MLflow run.
+    pub run_id: String,
+    /// The step at which a pruner stopped it.
+    pub pruned_step: Option<i64>,
+    /// Why it failed, was pruned or cancelled (at most 300 characters).
+    pub reason: Option<String>,
+}
+
+/// `GET /api/v1/sweeps/{id}/importance`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportanceBody {
+    /// How it was computed: `ped-anova`.
+    pub method: String,
+    /// Completed trials it was computed from.
+    pub trials: usize,
+    /// By importance, highest first, summing to 1 (empty with fewer than 2 trials).
+    pub importances: Vec<ParamImportance>,
+}
+
+/// One parameter's share of the objective's variation.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ParamImportance {
+    /// The parameter.
+    pub param: String,
+    /// Its share, 0 to 1.
+    pub importance: f64,
+}
+
+/// `GET /api/v1/sweeps/{id}/curves`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CurvesBody {
+    /// The objective metric.
+    pub metric: String,
+    /// One curve per trial shown.
+    pub curves: Vec<Curve>,
+}
+
+/// A trial's objective metric by step.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Curve {
+    /// The trial's number.
+    pub n: i64,
+    /// Its state.
+    pub state: String,
+    /// The step at which a pruner stopped it.
+    pub pruned_step: Option<i64>,
+    /// Steps, ascending.
+    pub steps: Vec<i64>,
+    /// The metric at each step.
+    pub values: Vec<f64>,
+}
+
+/// `GET /api/v1/sweeps/{id}/attempts`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AttemptList {
+    /// Every lease of the sweep's trials, oldest first.
+    pub attempts: Vec<AttemptBody>,
+}
+
+/// One lease of a trial.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AttemptBody {
+    /// The trial's number.
+    pub n: i64,
+    /// 1 for its first lease.
+    pub attempt: i64,
+    /// The agent (a VM's name on a fleet pool).
+    pub agent: String,
+    /// When it started.
+    pub started_at: i64,
+    /// When it ended; null while it runs.
+    pub ended_at: Option<i64>,
+    /// `succeeded`, `failed`, `preempted`, `pruned`, `cancelled`, `expired`, `out_of_memory` or
+    /// `setup_failed`; null while it runs.
+    pub outcome: Option<String>,
 }

@@ -6,6 +6,7 @@
 //! Must not depend on tokio, sqlx, HTTP or anything else that does I/O: everything here is a
 //! plain function of its inputs, so it can be property-tested and replayed.
 
+pub mod importance;
 pub mod optimize;
 pub mod registry;
 pub mod search;

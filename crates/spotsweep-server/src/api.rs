@@ -10,7 +10,7 @@ use spotsweep_api::{
     ApiErrorBody, CostReport, CreateTokenRequest, CreatedToken, PoolCost, PoolInfo, PoolList, SweepCost,
     TokenInfo, TokenList, TrialCost, VmInfo,
 };
-use spotsweep_store::{NewToken, StoreError, TokenRole};
+use spotsweep_store::{NewToken, StoreError, TokenRole, TokenScope};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -43,6 +43,17 @@ impl ApiError {
             status: StatusCode::FORBIDDEN,
             code: "forbidden",
             message: message.into(),
+        }
+    }
+
+    /// `500 internal`: a bug; the message is logged.
+    pub fn internal(message: impl Into<String>) -> Self {
+        let message = message.into();
+        tracing::error!(%message, "internal error");
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message,
         }
     }
 
@@ -127,6 +138,13 @@ fn role_on_wire(role: TokenRole) -> spotsweep_api::TokenRole {
     }
 }
 
+pub(crate) fn scope_on_wire(scope: TokenScope) -> spotsweep_api::TokenScope {
+    match scope {
+        TokenScope::Read => spotsweep_api::TokenScope::Read,
+        TokenScope::Write => spotsweep_api::TokenScope::Write,
+    }
+}
+
 /// Creates a user API token. Its secret is in this response only.
 #[utoipa::path(
     post,
@@ -149,7 +167,7 @@ pub async fn create_token(
     // Any content type: `curl -d '{"name": "ci"}'` sends a form type and means JSON.
     let req: CreateTokenRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid(format!(
-            "invalid body: {e}; expected {{\"name\": \"...\", \"expires_in\": seconds (optional)}}"
+            "invalid body: {e}; expected {{\"name\": \"...\", \"expires_in\": seconds (optional), \"scope\": \"read\" or \"write\" (optional)}}"
         ))
     })?;
     let name = req.name.trim();
@@ -173,6 +191,10 @@ pub async fn create_token(
         Some(limit) => Some(expires_at.map_or(limit, |at| at.min(limit))),
         None => expires_at,
     };
+    let scope = match req.scope {
+        Some(spotsweep_api::TokenScope::Read) => TokenScope::Read,
+        Some(spotsweep_api::TokenScope::Write) | None => TokenScope::Write,
+    };
     let secret = new_secret();
     let hash = hash_token(&secret);
     let record = s
@@ -181,6 +203,7 @@ pub async fn create_token(
             name,
             hash: &hash,
             role: TokenRole::User,
+            scope,
             expires_at,
         })
         .await?;
@@ -192,6 +215,7 @@ pub async fn create_token(
             id: record.id,
             name: record.name,
             role: role_on_wire(record.role),
+            scope: scope_on_wire(record.scope),
             token: secret,
             created_at: record.created_at,
             expires_at: record.expires_at,
@@ -217,6 +241,7 @@ pub async fn list_tokens(State(s): State<AppState>) -> Result<Json<TokenList>, A
             id: t.id,
             name: t.name,
             role: role_on_wire(t.role),
+            scope: scope_on_wire(t.scope),
             created_at: t.created_at,
             expires_at: t.expires_at,
         })
@@ -409,6 +434,17 @@ pub async fn list_pools(State(s): State<AppState>) -> Result<Json<PoolList>, Api
     for vm in s.fleet.list_vms(None, true).await? {
         by_pool.entry(vm.pool.clone()).or_default().push(vm);
     }
+    let mut agents: std::collections::BTreeMap<String, Vec<spotsweep_store::AgentSummary>> =
+        Default::default();
+    for a in s.sweeps.agent_summaries(None).await? {
+        agents.entry(a.pool.clone()).or_default().push(a);
+    }
+    let stats: std::collections::HashMap<String, (i64, i64)> = agents
+        .values()
+        .flatten()
+        .map(|a| (a.name.clone(), (a.attempts, a.preemptions)))
+        .collect();
+    let mut backoffs = s.zone_backoffs.lock().map(|b| b.clone()).unwrap_or_default();
     let mut pools = (*s.pools).clone();
     pools
         .entry("local".to_string())
@@ -418,9 +454,31 @@ pub async fn list_pools(State(s): State<AppState>) -> Result<Json<PoolList>, Api
         .map(|(name, pool)| {
             let vms = by_pool.remove(&name).unwrap_or_default();
             let spent_usd = vms.iter().map(|v| v.cost(now)).sum();
+            let backoffs = backoffs
+                .remove(&name)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, until)| *until > now)
+                .map(|(zone, until)| spotsweep_api::ZoneBackoff { zone, until })
+                .collect();
+            let agents = agents
+                .remove(&name)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| spotsweep_api::AgentInfo {
+                    name: a.name,
+                    slots: a.slots,
+                    last_seen_at: a.last_seen_at,
+                    running: a.running,
+                    attempts: a.attempts,
+                    preemptions: a.preemptions,
+                })
+                .collect();
             let vms = vms
                 .into_iter()
                 .map(|v| VmInfo {
+                    trials_run: stats.get(&v.name).map_or(0, |s| s.0),
+                    preemptions: stats.get(&v.name).map_or(0, |s| s.1),
                     billed_seconds: v.billed_seconds(now),
                     cost_usd: v.cost(now),
                     name: v.name,
@@ -445,6 +503,8 @@ pub async fn list_pools(State(s): State<AppState>) -> Result<Json<PoolList>, Api
                     budget_usd: None,
                     spent_usd,
                     vms,
+                    backoffs,
+                    agents,
                 },
                 Pool::Gce(g) => PoolInfo {
                     name,
@@ -458,6 +518,8 @@ pub async fn list_pools(State(s): State<AppState>) -> Result<Json<PoolList>, Api
                     budget_usd: g.budget_usd,
                     spent_usd,
                     vms,
+                    backoffs,
+                    agents,
                 },
             }
         })
@@ -482,6 +544,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_pools))
         .routes(routes!(agent_binary))
         .routes(routes!(cost))
+        .routes(routes!(crate::dashboard::me))
+        .routes(routes!(crate::dashboard::table))
+        .routes(routes!(crate::dashboard::importance))
+        .routes(routes!(crate::dashboard::curves))
+        .routes(routes!(crate::dashboard::attempts))
+        .routes(routes!(crate::events::events))
 }
 
 /// The OpenAPI document as committed in `openapi/openapi.json` (pretty JSON, trailing newline).

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
-use spotsweep_store::{ApiToken, NewToken, StoreError, TokenRole, TokenStore};
+use spotsweep_store::{ApiToken, NewToken, StoreError, TokenRole, TokenScope, TokenStore};
 
 /// Checks bearer tokens against the live set.
 #[derive(Debug)]
@@ -233,6 +233,7 @@ pub async fn bootstrap_admin_token(store: &dyn TokenStore, auth: &Auth, path: &P
             name: "admin",
             hash: &hash,
             role: TokenRole::Admin,
+            scope: TokenScope::Write,
             expires_at: None,
         })
         .await?;
@@ -422,12 +423,18 @@ pub async fn require_token(State(state): State<AuthState>, req: Request, next: N
         if !safe && !same_origin(req.headers()) {
             return cross_site_refused();
         }
+        if let Some(refusal) = read_only_refusal(&token, &req) {
+            return refusal;
+        }
         let mut req = req;
         req.extensions_mut().insert(Caller(token));
         return next.run(req).await;
     }
     let message = match bearer(req.headers()).map(|t| auth.access(t)) {
         Some(Some(Access::Api(token))) => {
+            if let Some(refusal) = read_only_refusal(&token, &req) {
+                return refusal;
+            }
             let mut req = req;
             req.extensions_mut().insert(Caller(token));
             return next.run(req).await;
@@ -451,6 +458,46 @@ pub async fn require_token(State(state): State<AuthState>, req: Request, next: N
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+/// The MLflow routes that take a POST only to carry a query: a read token may call them.
+const READ_ONLY_POSTS: &[&str] = &[
+    "mlflow/experiments/search",
+    "mlflow/experiments/search-datasets",
+    "mlflow/runs/search",
+    "mlflow/logged-models/search",
+    "mlflow/traces/search",
+    "mlflow/traces/metrics",
+    "mlflow/datasets/search",
+    "mlflow/registered-models/get-latest-versions",
+    "mlflow/ui-telemetry",
+];
+
+/// Whether a POST only reads: a search, the UI's GraphQL queries (the schema served here has no
+/// mutations), or signing out.
+fn reads_only(path: &str) -> bool {
+    if path == "/graphql" || path == "/signout" {
+        return true;
+    }
+    let rest = ["/api/2.0/", "/api/3.0/", "/ajax-api/2.0/", "/ajax-api/3.0/"]
+        .iter()
+        .find_map(|prefix| path.strip_prefix(prefix));
+    rest.is_some_and(|rest| READ_ONLY_POSTS.contains(&rest))
+}
+
+/// A read token's refusal of anything that changes state (`None`: the request may go on).
+fn read_only_refusal(token: &ApiToken, req: &Request) -> Option<Response> {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if token.scope != TokenScope::Read || safe || reads_only(req.uri().path()) {
+        return None;
+    }
+    Some(forbidden(format!(
+        "token '{}' is read-only (scope read): it can see every page and read everything, but not {} {}. \
+         Use a token with scope write (POST /api/v1/tokens with \"scope\": \"write\") to change anything.",
+        token.name,
+        req.method(),
+        req.uri().path()
+    )))
 }
 
 fn forbidden(message: String) -> Response {

@@ -88,6 +88,8 @@ pub struct PoolManager {
     timing: FleetTiming,
     /// Per zone: backed off until, and the stockouts in a row.
     backoff: HashMap<String, (Instant, u32)>,
+    /// The same deadlines as the fleet page shows them, shared with the API.
+    shown_backoffs: Arc<std::sync::Mutex<crate::ZoneBackoffs>>,
     last_reconcile: Option<Instant>,
 }
 
@@ -145,6 +147,7 @@ impl PoolManager {
             auth: state.auth.clone(),
             signals: state.signals.clone(),
             budget_blocked: state.budget_blocked.clone(),
+            shown_backoffs: state.zone_backoffs.clone(),
             public_url: public_url.to_string(),
             timing,
             backoff: HashMap::new(),
@@ -316,6 +319,14 @@ impl PoolManager {
         let jitter = base.mul_f64(rand::rng().random::<f64>() * 0.25);
         entry.0 = Instant::now() + base + jitter;
         tracing::warn!(pool = %self.name, zone, backoff = ?(base + jitter), "zone backed off");
+        if let Ok(mut shown) = self.shown_backoffs.lock() {
+            let until = spotsweep_store::now_ms() + (base + jitter).as_millis() as i64;
+            shown
+                .entry(self.name.clone())
+                .or_default()
+                .insert(zone.to_string(), until);
+        }
+        self.signals.changes.fleet();
     }
 
     /// Records a VM, then asks for it, moving from zone to zone on stockouts. False when no
@@ -336,6 +347,7 @@ impl PoolManager {
                     slots: self.cfg.slots_per_vm,
                 })
                 .await?;
+            self.signals.changes.fleet();
             tracing::info!(pool = %self.name, vm = %vm.name, zone, "requesting a Spot VM");
             if self.insert(&vm).await? {
                 return Ok(true);
@@ -408,6 +420,7 @@ impl PoolManager {
                     },
                 )
                 .await?;
+            self.signals.changes.fleet();
         }
         self.auth.add_vm(
             hash,
@@ -432,6 +445,7 @@ impl PoolManager {
                         },
                     )
                     .await?;
+                self.signals.changes.fleet();
                 Ok(true)
             }
             // Created by an insert whose answer was lost (the name is ours alone).
@@ -486,6 +500,7 @@ impl PoolManager {
                 },
             )
             .await?;
+        self.signals.changes.fleet();
         Ok(())
     }
 
@@ -521,6 +536,7 @@ impl PoolManager {
                 },
             )
             .await?;
+        self.signals.changes.fleet();
         Ok(())
     }
 
@@ -585,6 +601,7 @@ impl PoolManager {
                                     },
                                 )
                                 .await?;
+                            self.signals.changes.fleet();
                         }
                     }
                 }
@@ -653,6 +670,7 @@ impl PoolManager {
                         },
                     )
                     .await?;
+                self.signals.changes.fleet();
                 Ok(())
             }
             Err(ComputeError::NotFound(_)) => self.end(vm, VmState::Deleted, reason).await,

@@ -8,6 +8,8 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
+pub mod events;
 pub mod fleet;
 pub mod local;
 pub mod pools;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Sweeps, trials and leases.
     pub sweeps: Arc<dyn SweepStore>,
+    /// MLflow's records (the dashboard reads trials' metric histories).
+    pub tracking: Arc<dyn spotsweep_store::TrackingStore>,
     /// Wake-ups between handlers and background loops.
     pub signals: Arc<sweeps::Signals>,
     /// The fleet's records.
@@ -52,6 +56,8 @@ pub struct AppState {
     pub agent_binary: Arc<std::path::PathBuf>,
     /// Pools whose budget allows no new lease (set by the fleet).
     pub budget_blocked: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Zones backed off after a stockout: pool, then zone, then until when (ms since the epoch).
+    pub zone_backoffs: Arc<std::sync::Mutex<ZoneBackoffs>>,
     /// The daemon's secret, from which VM and trial tokens are derived and browser sessions
     /// signed.
     pub daemon_secret: Arc<String>,
@@ -60,6 +66,9 @@ pub struct AppState {
     /// Whether session cookies are marked Secure (the daemon is reached over HTTPS).
     pub secure_cookies: bool,
 }
+
+/// Zones backed off after a stockout: pool, then zone, then until when (ms since the epoch).
+pub type ZoneBackoffs = std::collections::HashMap<String, std::collections::BTreeMap<String, i64>>;
 
 async fn not_found() -> impl IntoResponse {
     spotsweep_mlflow::MlflowError {
@@ -85,8 +94,13 @@ pub fn router(state: AppState, mlflow: MlflowState) -> Router {
                 async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
             }),
         )
-        .merge(api.with_state(state.clone()))
+        // The dashboard reads whole tables: compressed for browsers that take it (fastest level;
+        // the event stream is never compressed, so that each event leaves at once).
+        .merge(api.with_state(state.clone()).layer(
+            tower_http::compression::CompressionLayer::new().quality(tower_http::CompressionLevel::Fastest),
+        ))
         .merge(ui::router().with_state(state.clone()))
+        .merge(dashboard::router().with_state(state.clone()))
         .merge(spotsweep_mlflow::router(mlflow))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -327,10 +341,12 @@ pub async fn run(
         tokens: store.clone(),
         auth,
         sweeps: store.clone(),
+        tracking: store.clone(),
         signals: Arc::default(),
         fleet: store.clone(),
         pools: Arc::new(config.pools.clone()),
         budget_blocked: Arc::default(),
+        zone_backoffs: Arc::default(),
         daemon_secret: Arc::new(store.daemon_secret().await?),
         mlflow_ui: Arc::new(ui::locate(config.mlflow_ui.as_deref()).await),
         secure_cookies: config
@@ -380,8 +396,11 @@ pub async fn run(
     tracing::info!(local_agents = config.local_agents, "listening on {url}");
     // On shutdown, local agents stop first (reporting their trials preempted while the server
     // still answers); then the server drains.
+    let signals = state.signals.clone();
     let shutdown = async move {
         shutdown.await;
+        // Live-update streams never end on their own: end them so that the server can drain.
+        signals.changes.close();
         if let Some(local) = local {
             tracing::info!("stopping local agents");
             local.stop().await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use spotsweep_api::{
     BestTrial, CompleteRequest, EnqueueTrialRequest, GpuShare, HeartbeatResponse, LeaseBody,
@@ -37,6 +37,8 @@ pub struct Signals {
     pub work: Notify,
     /// A lease was created: the expiry loop recomputes its next deadline.
     pub leases: Notify,
+    /// What changed, for the dashboard's live updates.
+    pub changes: crate::events::Changes,
     /// When each agent was last recorded in the database.
     agents_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
@@ -82,7 +84,7 @@ fn trial_body(t: &Trial) -> TrialBody {
     }
 }
 
-fn sweep_body(s: &Sweep) -> SweepBody {
+pub(crate) fn sweep_body(s: &Sweep) -> SweepBody {
     let c = |state| s.counts.get(state);
     SweepBody {
         id: s.id,
@@ -115,7 +117,8 @@ fn sweep_body(s: &Sweep) -> SweepBody {
         created_at: s.created_at,
         finished_at: s.finished_at,
         elapsed_ms: s.finished_at.unwrap_or_else(spotsweep_store::now_ms) - s.created_at,
-        spec: serde_json::to_value(&s.spec).unwrap_or_default(),
+        cost_usd: 0.0,
+        spec: Some(serde_json::to_value(&s.spec).unwrap_or_default()),
     }
 }
 
@@ -239,17 +242,83 @@ pub async fn create_sweep(
     let sweep = s.sweeps.create_sweep(spec, seed).await?;
     tracing::info!(id = sweep.id, name = %sweep.spec.name, "sweep created");
     s.signals.work.notify_waiters();
+    s.signals.changes.sweep(sweep.id);
     Ok((StatusCode::CREATED, Json(sweep_body(&sweep))))
 }
 
-/// Lists sweeps, newest first.
-#[utoipa::path(get, path = "/api/v1/sweeps", tag = "sweeps",
-    responses((status = 200, description = "Sweeps", body = SweepList)), security(("bearer" = [])))]
-pub async fn list_sweeps(State(s): State<AppState>) -> Result<Json<SweepList>, ApiError> {
-    let sweeps = s.sweeps.list_sweeps().await?;
+/// `GET /api/v1/sweeps` query.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct SweepListQuery {
+    /// Only sweeps in this state (`running`, `paused`, `completed`, `cancelled`).
+    pub state: Option<String>,
+    /// Only sweeps whose name contains this (case-insensitive).
+    pub name: Option<String>,
+    /// Sweeps per page, 1 to 1000 (default 100).
+    pub max_results: Option<u32>,
+    /// The previous page's `next_page_token`.
+    pub page_token: Option<String>,
+}
+
+/// Lists sweeps, newest first, a page at a time, with their progress, best trial and cost (the
+/// spec is left out: `GET /api/v1/sweeps/{id}` has it).
+#[utoipa::path(get, path = "/api/v1/sweeps", tag = "sweeps", params(SweepListQuery),
+    responses((status = 200, description = "Sweeps", body = SweepList),
+              (status = 400, description = "A bad filter or page token", body = spotsweep_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_sweeps(
+    State(s): State<AppState>,
+    Query(q): Query<SweepListQuery>,
+) -> Result<Json<SweepList>, ApiError> {
+    let state = match q.state.as_deref().filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => Some(SweepState::parse(v).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "state '{v}' is not a sweep state: use running, paused, completed or cancelled"
+            ))
+        })?),
+    };
+    let limit = q.max_results.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("max_results must be between 1 and 1000"));
+    }
+    let before_id = match q.page_token.as_deref().filter(|v| !v.is_empty()) {
+        None => None,
+        Some(t) => Some(t.parse::<i64>().map_err(|_| {
+            ApiError::invalid("page_token is not one this daemon gave: pass next_page_token as it came")
+        })?),
+    };
+    let query = spotsweep_store::SweepQuery {
+        state,
+        name_contains: q.name.filter(|n| !n.is_empty()),
+        before_id,
+        limit,
+    };
+    let (page, more) = s.sweeps.sweeps_page(&query).await?;
+    let costs = sweep_costs(&s).await?;
+    let sweeps = page
+        .iter()
+        .map(|sweep| {
+            let mut body = sweep_body(sweep);
+            body.spec = None;
+            body.cost_usd = costs.get(&sweep.id).copied().unwrap_or(0.0);
+            body
+        })
+        .collect();
     Ok(Json(SweepList {
-        sweeps: sweeps.iter().map(sweep_body).collect(),
+        sweeps,
+        next_page_token: more
+            .then(|| page.last().map(|last| last.id.to_string()))
+            .flatten(),
     }))
+}
+
+/// What each sweep's trials have cost on fleet VMs, in USD.
+pub(crate) async fn sweep_costs(s: &AppState) -> Result<std::collections::HashMap<i64, f64>, ApiError> {
+    let mut costs = std::collections::HashMap::new();
+    for lease in s.fleet.lease_costs(None, None).await? {
+        *costs.entry(lease.sweep_id).or_insert(0.0) += lease.usd;
+    }
+    Ok(costs)
 }
 
 /// One sweep: counts by state, best trial so far, elapsed time.
@@ -258,13 +327,22 @@ pub async fn list_sweeps(State(s): State<AppState>) -> Result<Json<SweepList>, A
     responses((status = 200, description = "The sweep", body = SweepBody), (status = 404, description = "No such sweep", body = spotsweep_api::ApiErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_sweep(State(s): State<AppState>, Path(id): Path<i64>) -> Result<Json<SweepBody>, ApiError> {
-    Ok(Json(sweep_body(&s.sweeps.get_sweep(id).await?)))
+    let mut body = sweep_body(&s.sweeps.get_sweep(id).await?);
+    body.cost_usd = s
+        .fleet
+        .lease_costs(None, Some(id))
+        .await?
+        .iter()
+        .map(|l| l.usd)
+        .sum();
+    Ok(Json(body))
 }
 
 async fn change_state(s: &AppState, id: i64, state: SweepState) -> Result<Json<SweepBody>, ApiError> {
     let sweep = s.sweeps.set_sweep_state(id, state).await?;
     tracing::info!(id, state = state.as_str(), "sweep state changed");
     s.signals.work.notify_waiters();
+    s.signals.changes.sweep(id);
     Ok(Json(sweep_body(&sweep)))
 }
 
@@ -356,6 +434,7 @@ pub async fn enqueue_trial(
         .collect();
     let trial = s.sweeps.enqueue_trial(id, params).await?;
     s.signals.work.notify_waiters();
+    s.signals.changes.sweep(id);
     Ok((StatusCode::CREATED, Json(trial_body(&trial))))
 }
 
@@ -451,6 +530,7 @@ pub async fn lease_trials(
                 req.slots,
             )
             .await?;
+        s.signals.changes.fleet();
     }
     let request = LeaseRequest {
         agent_id: req.agent_id.clone(),
@@ -480,6 +560,11 @@ pub async fn lease_trials(
         let leased = s.sweeps.lease_trials(&request).await?;
         if !leased.is_empty() {
             s.signals.leases.notify_one();
+            // The trials run now, on an agent the fleet page shows busier.
+            for l in &leased {
+                s.signals.changes.sweep(l.trial.sweep_id);
+            }
+            s.signals.changes.fleet();
             return Ok(Json(LeaseResponse {
                 leases: leased
                     .iter()
@@ -606,6 +691,8 @@ pub async fn complete_trial(
     }
     // The trial freed a slot of its sweep, or went back to the queue.
     s.signals.work.notify_waiters();
+    s.signals.changes.sweep(trial.sweep_id);
+    s.signals.changes.fleet();
     Ok(Json(trial_body(&trial)))
 }
 
@@ -668,6 +755,7 @@ pub async fn expire_leases_loop(s: AppState, mut shutdown: tokio::sync::watch::R
             Some(Ok(n)) => {
                 tracing::info!(expired = n, "leases expired; their trials are requeued or failed");
                 s.signals.work.notify_waiters();
+                s.signals.changes.any();
             }
             Some(Err(e)) => tracing::warn!(error = %e, "expiring leases failed; will retry"),
         }

@@ -97,13 +97,20 @@ pub fn router() -> Router<AppState> {
         .route("/ajax-api/2.0/mlflow/users/current", get(current_user))
 }
 
-/// Whether a path is served without any credential: the sign-in page and the UI's static files
-/// (the same files as in the public `mlflow` package), and `/`, whose handler decides itself.
+/// Whether a path is served without any credential: the sign-in page, the UI's static files
+/// (the same files as in the public `mlflow` package), the dashboard's files (the same in every
+/// copy of spotsweep; its data is behind the API's token check), and `/` and `/dashboard/`,
+/// whose handlers send a browser that is not signed in to the sign-in page.
 pub fn is_public(path: &str) -> bool {
-    path == "/" || path == "/signin" || path == "/favicon.ico" || path.starts_with("/static-files/")
+    path == "/"
+        || path == "/signin"
+        || path == "/favicon.ico"
+        || path.starts_with("/static-files/")
+        || path == "/dashboard"
+        || path.starts_with("/dashboard/")
 }
 
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
+pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title} - spotsweep</title>\
          <style>body{{font-family:system-ui,sans-serif;max-width:34rem;margin:4rem auto;padding:0 1rem;color:#222}}\
@@ -126,13 +133,14 @@ fn not_installed(why: &str) -> Response {
             "<p>spotsweep serves MLflow's own web UI from the <code>mlflow</code> Python package, and could not \
              find it: {}.</p><p>Install it where the daemon runs, then restart the daemon:</p>\
              <pre><code>pip install mlflow</code></pre><p>or point the daemon at a built UI with \
-             <code>spotsweep serve --mlflow-ui PATH</code>. The MLflow API works without it.</p>",
+             <code>spotsweep serve --mlflow-ui PATH</code>. The MLflow API works without it, and so does \
+             spotsweep's own <a href=\"/dashboard/\">sweep dashboard</a>.</p>",
             html_escape(why)
         ),
     )
 }
 
-fn html_escape(text: &str) -> String {
+pub(crate) fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -140,7 +148,7 @@ fn html_escape(text: &str) -> String {
 }
 
 /// Whether the request carries a live API token (bearer) or a valid session cookie.
-fn signed_in(s: &AppState, headers: &HeaderMap) -> bool {
+pub(crate) fn signed_in(s: &AppState, headers: &HeaderMap) -> bool {
     if !s.auth.enabled {
         return true;
     }
@@ -207,12 +215,22 @@ async fn static_file(State(s): State<AppState>, UrlPath(path): UrlPath<String>) 
     }
 }
 
-fn signin_form(message: Option<&str>) -> String {
+/// Where to go after signing in: a path of this daemon only (never another site).
+fn local_path(next: Option<&str>) -> &str {
+    match next {
+        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains(['\\', '\r', '\n']) => p,
+        _ => "/",
+    }
+}
+
+fn signin_form(message: Option<&str>, next: &str) -> String {
     let error = message.map_or(String::new(), |m| {
         format!("<p class=\"error\">{}</p>", html_escape(m))
     });
+    let next = html_escape(next);
     format!(
         "{error}<form method=\"post\" action=\"/signin\"><label for=\"token\">API token</label>\
+         <input type=\"hidden\" name=\"next\" value=\"{next}\">\
          <input type=\"password\" id=\"token\" name=\"token\" autocomplete=\"current-password\" autofocus required>\
          <button type=\"submit\">Sign in</button></form><p>The admin token is in \
          <code>&lt;data-dir&gt;/admin.token</code> on the daemon's machine; more tokens with \
@@ -220,8 +238,15 @@ fn signin_form(message: Option<&str>) -> String {
     )
 }
 
-async fn signin_page() -> Response {
-    page(StatusCode::OK, "Sign in to spotsweep", &signin_form(None))
+/// `/signin?next=/dashboard/`: where to go once signed in.
+#[derive(Deserialize)]
+pub struct Next {
+    next: Option<String>,
+}
+
+async fn signin_page(axum::extract::Query(q): axum::extract::Query<Next>) -> Response {
+    let next = local_path(q.next.as_deref());
+    page(StatusCode::OK, "Sign in to spotsweep", &signin_form(None, next))
 }
 
 /// The sign-in form.
@@ -229,14 +254,19 @@ async fn signin_page() -> Response {
 pub struct SignIn {
     #[serde(default)]
     token: String,
+    next: Option<String>,
 }
 
 async fn signin(State(s): State<AppState>, Form(form): Form<SignIn>) -> Response {
+    let next = local_path(form.next.as_deref());
     let Some(Access::Api(token)) = s.auth.access(form.token.trim()) else {
         return page(
             StatusCode::UNAUTHORIZED,
             "Sign in to spotsweep",
-            &signin_form(Some("That token is not valid (unknown, revoked or expired).")),
+            &signin_form(
+                Some("That token is not valid (unknown, revoked or expired)."),
+                next,
+            ),
         );
     };
     let now = spotsweep_store::now_ms();
@@ -250,7 +280,7 @@ async fn signin(State(s): State<AppState>, Form(form): Form<SignIn>) -> Response
         if s.secure_cookies { "; Secure" } else { "" }
     );
     tracing::info!(token = %token.name, "signed in from a browser");
-    let mut response = Redirect::to("/").into_response();
+    let mut response = Redirect::to(next).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }

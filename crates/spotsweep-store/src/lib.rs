@@ -188,6 +188,12 @@ pub trait SweepStore: Send + Sync + 'static {
     async fn get_sweep(&self, id: i64) -> Result<Sweep>;
     /// Every sweep, newest first.
     async fn list_sweeps(&self) -> Result<Vec<Sweep>>;
+    /// A page of sweeps, newest first, and whether more follow.
+    async fn sweeps_page(&self, query: &SweepQuery) -> Result<(Vec<Sweep>, bool)>;
+    /// Every lease of a sweep's trials, oldest first.
+    async fn sweep_attempts(&self, sweep_id: i64) -> Result<Vec<Attempt>>;
+    /// The agents of a pool (of every pool with `None`), by name, with their leases.
+    async fn agent_summaries(&self, pool: Option<&str>) -> Result<Vec<AgentSummary>>;
     /// Pauses, resumes or cancels a sweep. Cancelling cancels queued trials and asks running
     /// ones to stop; a finished sweep cannot change.
     async fn set_sweep_state(&self, id: i64, state: SweepState) -> Result<Sweep>;

@@ -297,6 +297,8 @@ pub struct ApiToken {
     pub name: String,
     /// What it may do.
     pub role: TokenRole,
+    /// Whether it may change anything.
+    pub scope: TokenScope,
     /// Milliseconds since the epoch.
     pub created_at: i64,
     /// When it stops working, ms since the epoch; `None`: never.
@@ -312,8 +314,38 @@ pub struct NewToken<'a> {
     pub hash: &'a str,
     /// What it may do.
     pub role: TokenRole,
+    /// Whether it may change anything.
+    pub scope: TokenScope,
     /// When it stops working, ms since the epoch.
     pub expires_at: Option<i64>,
+}
+
+/// Whether an API token may change state, or only look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenScope {
+    /// Every page and every read; refused (403) on anything that changes state.
+    Read,
+    /// Everything its role allows.
+    Write,
+}
+
+impl TokenScope {
+    /// The name stored and shown on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+        }
+    }
+
+    /// Parses a stored or requested scope; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "read" => Some(Self::Read),
+            "write" => Some(Self::Write),
+            _ => None,
+        }
+    }
 }
 
 /// What an API token may do. Ordered by rights: a token never touches one above its own.
@@ -531,6 +563,55 @@ pub struct Sweep {
     pub created_at: i64,
     /// When it completed or was cancelled.
     pub finished_at: Option<i64>,
+}
+
+/// Which sweeps a page of the list holds.
+#[derive(Debug, Clone, Default)]
+pub struct SweepQuery {
+    /// Only sweeps in this state.
+    pub state: Option<SweepState>,
+    /// Only sweeps whose name contains this (case-insensitive, taken literally).
+    pub name_contains: Option<String>,
+    /// Only sweeps older than this id (the previous page's last).
+    pub before_id: Option<i64>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// One lease of a trial: an attempt to run it on an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// The trial's number.
+    pub trial_number: i64,
+    /// 1 for the first lease.
+    pub attempt: i64,
+    /// The name of the agent that held it (a VM's name on a fleet pool).
+    pub agent_name: String,
+    /// When the lease started.
+    pub started_at: i64,
+    /// When it ended; `None` while it runs.
+    pub ended_at: Option<i64>,
+    /// How it ended: the agent's outcome, or `expired`; `None` while it runs.
+    pub outcome: Option<String>,
+}
+
+/// An agent (a VM's or a local one, by name) and the work it has done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSummary {
+    /// Its name (a VM's name on a fleet pool).
+    pub name: String,
+    /// Its pool.
+    pub pool: String,
+    /// Trial slots it declared last.
+    pub slots: i64,
+    /// When it was last recorded (ms since the epoch; recorded at most once a minute).
+    pub last_seen_at: i64,
+    /// Leases open now.
+    pub running: i64,
+    /// Leases it ever held.
+    pub attempts: i64,
+    /// Of those, lost to a preemption.
+    pub preemptions: i64,
 }
 
 /// What an agent asks for.

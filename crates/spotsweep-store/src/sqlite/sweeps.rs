@@ -23,8 +23,8 @@ use super::tracking::insert_experiment;
 use super::{SqliteStore, commit, map_err, now_ms, queue_writer};
 use crate::placement::place;
 use crate::{
-    HeartbeatAction, LeaseRequest, LeasedTrial, NewExperiment, Outcome, Result, StoreError, Sweep,
-    SweepState, SweepStore, Trial, TrialCounts, TrialState,
+    AgentSummary, Attempt, HeartbeatAction, LeaseRequest, LeasedTrial, NewExperiment, Outcome, Result,
+    StoreError, Sweep, SweepQuery, SweepState, SweepStore, Trial, TrialCounts, TrialState,
 };
 
 /// The artifact root of experiments created for sweeps: behind the daemon's artifact proxy.
@@ -1482,5 +1482,85 @@ impl SweepStore for SqliteStore {
                 .await
                 .map_err(map_err)?;
         Ok(next)
+    }
+
+    async fn sweeps_page(&self, query: &SweepQuery) -> Result<(Vec<Sweep>, bool)> {
+        // `instr` takes the name filter literally: no LIKE wildcards to escape.
+        let sql = format!(
+            "SELECT {SWEEP_COLUMNS} FROM sweeps \
+             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR instr(lower(name), lower(?2)) > 0) \
+               AND (?3 IS NULL OR id < ?3) \
+             ORDER BY id DESC LIMIT ?4"
+        );
+        let limit = query.limit.clamp(1, 1000);
+        let rows = sqlx::query_as::<_, SweepRow>(sqlx::AssertSqlSafe(sql))
+            .bind(query.state.map(SweepState::as_str))
+            .bind(query.name_contains.as_deref())
+            .bind(query.before_id)
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        let more = rows.len() > limit as usize;
+        let mut out = Vec::with_capacity(rows.len().min(limit as usize));
+        for row in rows.into_iter().take(limit as usize) {
+            out.push(self.load_sweep(row).await?);
+        }
+        Ok((out, more))
+    }
+
+    async fn sweep_attempts(&self, sweep_id: i64) -> Result<Vec<Attempt>> {
+        let rows: Vec<(i64, i64, Option<String>, String, i64, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT t.number, l.attempt, a.name, l.agent_id, l.created_at, l.ended_at, l.outcome \
+             FROM trials t JOIN leases l ON l.trial_id = t.id LEFT JOIN agents a ON a.id = l.agent_id \
+             WHERE t.sweep_id = ? ORDER BY l.created_at, t.number",
+        )
+        .bind(sweep_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(trial_number, attempt, name, agent_id, started_at, ended_at, outcome)| Attempt {
+                    trial_number,
+                    attempt,
+                    agent_name: name.unwrap_or(agent_id),
+                    started_at,
+                    ended_at,
+                    outcome,
+                },
+            )
+            .collect())
+    }
+
+    async fn agent_summaries(&self, pool: Option<&str>) -> Result<Vec<AgentSummary>> {
+        let rows: Vec<(String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT a.name, a.pool, \
+                    (SELECT slots FROM agents b WHERE b.name = a.name ORDER BY b.last_seen_at DESC LIMIT 1), \
+                    MAX(a.last_seen_at), \
+                    COALESCE(SUM(l.ended_at IS NULL AND l.id IS NOT NULL), 0), COUNT(l.id), \
+                    COALESCE(SUM(l.outcome = 'preempted'), 0) \
+             FROM agents a LEFT JOIN leases l ON l.agent_id = a.id \
+             WHERE ?1 IS NULL OR a.pool = ?1 GROUP BY a.name, a.pool ORDER BY a.name",
+        )
+        .bind(pool)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(name, pool, slots, last_seen_at, running, attempts, preemptions)| AgentSummary {
+                    name,
+                    pool,
+                    slots,
+                    last_seen_at,
+                    running,
+                    attempts,
+                    preemptions,
+                },
+            )
+            .collect())
     }
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::{SqliteStore, commit, map_err, now_ms};
-use crate::{ApiToken, NewToken, Result, StoreError, TokenRole, TokenStore};
+use crate::{ApiToken, NewToken, Result, StoreError, TokenRole, TokenScope, TokenStore};
 
 // The queries below select the columns of [`TokenRow`] from live tokens: neither revoked nor
 // expired (`?1` is now).
@@ -13,6 +13,7 @@ struct TokenRow {
     id: String,
     name: String,
     role: String,
+    scope: String,
     created_at: i64,
     expires_at: Option<i64>,
 }
@@ -24,10 +25,14 @@ impl TryFrom<TokenRow> for ApiToken {
         let role = TokenRole::parse(&row.role).ok_or_else(|| {
             StoreError::Incompatible(format!("token {} has an unknown role '{}'", row.id, row.role))
         })?;
+        let scope = TokenScope::parse(&row.scope).ok_or_else(|| {
+            StoreError::Incompatible(format!("token {} has an unknown scope '{}'", row.id, row.scope))
+        })?;
         Ok(Self {
             id: row.id,
             name: row.name,
             role,
+            scope,
             created_at: row.created_at,
             expires_at: row.expires_at,
         })
@@ -39,16 +44,18 @@ async fn insert(conn: &mut sqlx::SqliteConnection, new: NewToken<'_>) -> Result<
         id: uuid::Uuid::new_v4().simple().to_string(),
         name: new.name.to_owned(),
         role: new.role,
+        scope: new.scope,
         created_at: now_ms(),
         expires_at: new.expires_at,
     };
     sqlx::query(
-        "INSERT INTO api_tokens (id, name, token_hash, role, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO api_tokens (id, name, token_hash, role, scope, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&token.id)
     .bind(&token.name)
     .bind(new.hash)
     .bind(token.role.as_str())
+    .bind(token.scope.as_str())
     .bind(token.created_at)
     .bind(token.expires_at)
     .execute(&mut *conn)
@@ -68,7 +75,7 @@ impl TokenStore for SqliteStore {
 
     async fn list_tokens(&self) -> Result<Vec<ApiToken>> {
         let rows: Vec<TokenRow> = sqlx::query_as(
-            "SELECT id, name, role, created_at, expires_at FROM api_tokens \
+            "SELECT id, name, role, scope, created_at, expires_at FROM api_tokens \
              WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1) ORDER BY created_at, id",
         )
         .bind(now_ms())
@@ -80,7 +87,7 @@ impl TokenStore for SqliteStore {
 
     async fn get_token(&self, id: &str) -> Result<ApiToken> {
         let row: Option<TokenRow> = sqlx::query_as(
-            "SELECT id, name, role, created_at, expires_at FROM api_tokens \
+            "SELECT id, name, role, scope, created_at, expires_at FROM api_tokens \
              WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1) AND id = ?2",
         )
         .bind(now_ms())
@@ -115,7 +122,7 @@ impl TokenStore for SqliteStore {
             token: TokenRow,
         }
         let rows: Vec<Live> = sqlx::query_as(
-            "SELECT token_hash, id, name, role, created_at, expires_at FROM api_tokens \
+            "SELECT token_hash, id, name, role, scope, created_at, expires_at FROM api_tokens \
              WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1)",
         )
         .bind(now_ms())
@@ -140,6 +147,7 @@ impl TokenStore for SqliteStore {
                 name: "admin",
                 hash: token_hash,
                 role: TokenRole::Admin,
+                scope: TokenScope::Write,
                 expires_at: None,
             },
         )
