@@ -9,9 +9,10 @@ values go into an in-memory Optuna study (`create_trial` with matching distribut
 
 Tolerance: spotsweep follows Optuna's computation step by step (the same 10% quantile, grids,
 Scott's-rule kernels, prior and Pearson divergence), so the two differ only by floating-point
-rounding: at most 3e-16 on these trials (the worst of the 13 compared values). TOL is 1e-9:
-far above that rounding, and far below what any change of method moves; moving a single trial
-of the 120 to the neighbouring grid point changes importances by more than 1e-4.
+rounding: measured at most 1.7e-16 on these trials (Optuna 5.0.0, numpy 2.4.6). TOL is 1e-9,
+far above that rounding and far below the smallest real difference: moving any single trial's
+x by one grid step (10/49) changes some importance by at least 4.9e-5 on the 120 random trials
+and 6.6e-6 on the fixed history.
 """
 
 from __future__ import annotations
