@@ -83,7 +83,7 @@ def test_read_tokens_see_everything_and_change_nothing(server):
         r = v1(server, "GET", path, token=ro)
         assert r.status_code == 200, (path, r.status_code, r.text)
     me = v1(server, "GET", "me", token=ro).json()
-    assert me == {"name": "watcher", "role": "user", "scope": "read", "auth": True}
+    assert me == {"name": "watcher", "role": "user", "scope": "read", "auth": True, "mlflow_ui": me["mlflow_ui"]}
     h = server.headers(ro)
     r = requests.post(server.api("experiments/search"), json={"max_results": 10}, headers=h, timeout=30)
     assert r.status_code == 200, r.text
@@ -112,10 +112,11 @@ def test_read_tokens_see_everything_and_change_nothing(server):
 
 
 def test_me_for_write_tokens_and_without_auth(server, server_factory):
-    assert v1(server, "GET", "me").json() == {"name": "admin", "role": "admin", "scope": "write", "auth": True}
-    open_srv = server_factory(auth=False)
+    me = v1(server, "GET", "me").json()
+    assert me == {"name": "admin", "role": "admin", "scope": "write", "auth": True, "mlflow_ui": me["mlflow_ui"]}
+    open_srv = server_factory(auth=False, extra_args=["--mlflow-ui", "off"])
     r = requests.get(f"{open_srv.url}/api/v1/me", timeout=30)
-    assert r.json() == {"name": "anonymous", "role": "user", "scope": "write", "auth": False}
+    assert r.json() == {"name": "anonymous", "role": "user", "scope": "write", "auth": False, "mlflow_ui": False}
 
 
 def test_sweep_list_pages_filters_and_leaves_out_specs(server):
@@ -178,13 +179,18 @@ def test_table_attempts_and_curves_of_a_sweep(server):
     assert r.status_code == 200, r.text
     table = r.json()
     assert table["params"] == ["lr", "layers", "opt"]
-    rows = {t["n"]: t for t in table["trials"]}
+    cols = table["columns"]
+    assert cols["n"] == sorted(cols["n"]) and all(len(v) == len(cols["n"]) for k, v in cols.items() if k != "p")
+    assert len(cols["p"]) == 3 and all(len(col) == len(cols["n"]) for col in cols["p"])
+    rows = {n: {k: v[i] for k, v in cols.items() if k != "p"} | {"p": [col[i] for col in cols["p"]]}
+            for i, n in enumerate(cols["n"])}
     t0 = rows[first["trial"]["number"]]
     assert t0["state"] == "completed" and t0["value"] == 0.25
     assert t0["attempts"] == 2 and t0["preemptions"] == 1 and t0["agent"] == "vm-b"
-    assert t0["duration_ms"] is not None and t0["duration_ms"] >= 0
+    assert t0["finished_at"] >= t0["started_at"]
     params = first["trial"]["params"]
-    assert t0["p"] == [params["lr"], params["layers"], params["opt"]]
+    # Floats to 10 significant digits (the table's precision); ints and choices exactly.
+    assert t0["p"][0] == pytest.approx(params["lr"], rel=5e-10) and t0["p"][1:] == [params["layers"], params["opt"]]
     assert sorted(t["state"] for t in rows.values()) == ["completed"] * 3 + ["failed"]
     assert all(t["run_id"] for t in rows.values())
 
@@ -268,9 +274,9 @@ def test_api_answers_are_compressed_for_browsers(server):
                      timeout=30, stream=True)
     assert r.headers.get("content-encoding") == "gzip", r.headers
     raw = r.raw.read()
-    assert len(json.loads(gzip.decompress(raw))["trials"]) == 50
+    assert len(json.loads(gzip.decompress(raw))["columns"]["n"]) == 50
     plain = requests.get(f"{server.url}/api/v1/sweeps/{sweep['id']}/table", headers={**server.headers(), "Accept-Encoding": "identity"}, timeout=30)
-    assert "content-encoding" not in plain.headers and len(plain.json()["trials"]) == 50
+    assert "content-encoding" not in plain.headers and len(plain.json()["columns"]["n"]) == 50
 
 
 def test_dashboard_files_are_served_with_etags(server):

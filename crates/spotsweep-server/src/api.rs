@@ -57,6 +57,15 @@ impl ApiError {
         }
     }
 
+    /// Any status, with its stable code.
+    pub fn with_status(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
     /// `400 invalid_request`.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self {
@@ -289,6 +298,7 @@ pub async fn revoke_token(State(s): State<AppState>, Path(id): Path<String>) -> 
         (name = "sweeps", description = "Sweeps and their trials"),
         (name = "leases", description = "Agents and ask-and-tell workers lease, heartbeat and complete trials"),
         (name = "pools", description = "Where trials run: the local pool and Spot VM pools, their VMs and cost"),
+        (name = "code", description = "Code snapshots: a sweep's working directory, packed by the CLI, run by agents"),
     )
 )]
 struct ApiDoc;
@@ -544,6 +554,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_pools))
         .routes(routes!(agent_binary))
         .routes(routes!(cost))
+        .routes(routes!(
+            crate::code::get_code,
+            crate::code::head_code,
+            crate::code::put_code
+        ))
         .routes(routes!(crate::dashboard::me))
         .routes(routes!(crate::dashboard::table))
         .routes(routes!(crate::dashboard::importance))

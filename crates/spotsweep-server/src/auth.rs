@@ -9,7 +9,8 @@
 //!   lease. It dies with the lease.
 //! - an **agent's** token: a VM of a gce pool (in its instance metadata) or a local agent (in
 //!   its environment): the agent binary, leases of its pool's trials under its own name,
-//!   heartbeats and completions of those leases, and the MLflow runs of the trials it holds.
+//!   heartbeats and completions of those leases, the MLflow runs of the trials it holds, and
+//!   the code snapshots of its pool's sweeps.
 //! - a **user** API token: the whole API; it may create, list and revoke user tokens.
 //! - the **admin** token (`admin.token`, written at first start): a user's rights, and it cannot
 //!   be revoked through the API, only replaced offline with `spotsweep token reset-admin`.
@@ -610,6 +611,8 @@ async fn scoped_request(state: &AuthState, who: Scoped, req: Request, next: Next
     let mut req = req;
     match (&who, method.as_str(), segments.as_slice()) {
         (Scoped::Vm(_), "GET", ["api", "v1", "agent", "binary"])
+        // The code snapshots of its pool's sweeps (the handler checks which, by its pool).
+        | (Scoped::Vm(_), "GET", ["api", "v1", "code", _])
         | (Scoped::Vm(_), "POST", ["api", "v1", "leases"])
         | (Scoped::Vm(_), "GET", ["api", "2.0", "mlflow", "experiments", "get"]) => {}
         (Scoped::Trial(t), "GET", ["api", "2.0", "mlflow", "experiments", "get"]) => {

@@ -56,7 +56,13 @@ pub struct Config {
     /// MLflow's web UI: `off`, the path of a built UI, or `None` to find the installed `mlflow`
     /// package's.
     pub mlflow_ui: Option<String>,
+    /// The largest code snapshot the daemon takes, in bytes (`code_max_mb`, default 512 MiB).
+    pub code_max_bytes: u64,
 }
+
+/// Default `code_max_mb`: well above the CLI's 200 MiB packing limit, so that a snapshot the CLI
+/// packs is taken.
+pub const DEFAULT_CODE_MAX_MB: u64 = 512;
 
 /// The TOML file's shape: every field optional.
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +79,7 @@ struct FileConfig {
     fleet: Option<FleetFile>,
     agent_binary: Option<PathBuf>,
     mlflow_ui: Option<String>,
+    code_max_mb: Option<u64>,
 }
 
 /// `[fleet]`: timings, for tests and simulations mostly.
@@ -173,6 +180,10 @@ impl Config {
             },
             agent_binary: from_file.agent_binary,
             mlflow_ui: overrides.mlflow_ui.or(from_file.mlflow_ui),
+            code_max_bytes: from_file
+                .code_max_mb
+                .unwrap_or(DEFAULT_CODE_MAX_MB)
+                .saturating_mul(1 << 20),
             fleet: fleet_timing(from_file.fleet.unwrap_or_default())
                 .map_err(|m| ConfigError::Parse(file.map(Path::to_owned).unwrap_or_default(), m))?,
         };

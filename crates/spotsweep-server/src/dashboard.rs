@@ -17,10 +17,10 @@ use axum::routing::get;
 use axum::{Extension, Json};
 use sha2::{Digest, Sha256};
 use spotsweep_api::{
-    AttemptBody, AttemptList, Curve, CurvesBody, ImportanceBody, MeBody, ParamImportance, TrialRow,
+    AttemptBody, AttemptList, Curve, CurvesBody, ImportanceBody, MeBody, ParamImportance, TrialColumns,
     TrialTable,
 };
-use spotsweep_core::sweep::{Goal, ParamValue, Params};
+use spotsweep_core::sweep::{Goal, Params};
 use spotsweep_store::{TokenRole, TrialState};
 
 use crate::AppState;
@@ -186,6 +186,7 @@ pub async fn me(
     State(s): State<AppState>,
     caller: Option<Extension<Caller>>,
 ) -> Result<Json<MeBody>, ApiError> {
+    let mlflow_ui = matches!(s.mlflow_ui.as_ref(), crate::ui::MlflowUi::Found(_));
     match caller {
         Some(Extension(Caller(token))) => Ok(Json(MeBody {
             name: token.name,
@@ -195,12 +196,14 @@ pub async fn me(
             },
             scope: crate::api::scope_on_wire(token.scope),
             auth: true,
+            mlflow_ui,
         })),
         None if !s.auth.enabled => Ok(Json(MeBody {
             name: "anonymous".into(),
             role: spotsweep_api::TokenRole::User,
             scope: spotsweep_api::TokenScope::Write,
             auth: false,
+            mlflow_ui,
         })),
         None => Err(ApiError::forbidden(
             "this is an agent's or a trial's token: it has no user to show",
@@ -209,10 +212,10 @@ pub async fn me(
 }
 
 /// The longest failure reason the table carries (the trial's own page has all of it).
-const TABLE_REASON_CHARS: usize = 300;
+const TABLE_REASON_CHARS: u32 = 300;
 
-/// Every trial of a sweep as one compact table: state, objective, parameters (in spec order),
-/// attempts, preemptions, agent, duration, cost and run.
+/// Every trial of a sweep as one compact table, by column: state, objective, parameters (in
+/// spec order), attempts, preemptions, agent, times, cost and run.
 #[utoipa::path(
     get,
     path = "/api/v1/sweeps/{id}/table",
@@ -223,64 +226,59 @@ const TABLE_REASON_CHARS: usize = 300;
 )]
 pub async fn table(State(s): State<AppState>, Path(id): Path<i64>) -> Result<Json<TrialTable>, ApiError> {
     let sweep = s.sweeps.get_sweep(id).await?;
-    let trials = s.sweeps.list_trials(id).await?;
-    let attempts = s.sweeps.sweep_attempts(id).await?;
-    let mut preemptions: HashMap<i64, i64> = HashMap::new();
-    let mut agent: HashMap<i64, String> = HashMap::new();
-    for a in attempts {
-        if a.outcome.as_deref() == Some("preempted") {
-            *preemptions.entry(a.trial_number).or_default() += 1;
-        }
-        // Oldest first: the last one seen is the latest attempt's.
-        agent.insert(a.trial_number, a.agent_name);
-    }
+    let trials = s.sweeps.trial_summaries(id, TABLE_REASON_CHARS).await?;
     let mut cost: HashMap<i64, f64> = HashMap::new();
     for l in s.fleet.lease_costs(None, Some(id)).await? {
         *cost.entry(l.trial_number).or_default() += l.usd;
     }
     let names: Vec<String> = sweep.spec.parameters.keys().cloned().collect();
-    let now = spotsweep_store::now_ms();
-    let rows = trials
-        .into_iter()
-        .map(|t| TrialRow {
-            n: t.number,
-            state: t.state.as_str().into(),
-            value: t.value,
-            p: names
-                .iter()
-                .map(|name| t.params.get(name).map_or(serde_json::Value::Null, param_json))
-                .collect(),
-            attempts: t.attempt,
-            preemptions: preemptions.get(&t.number).copied().unwrap_or(0),
-            agent: agent.remove(&t.number),
-            started_at: t.started_at,
-            finished_at: t.finished_at,
-            duration_ms: t.started_at.map(|start| {
-                let end = match t.state {
-                    TrialState::Running => now,
-                    _ => t.finished_at.unwrap_or(now),
-                };
-                (end - start).max(0)
-            }),
-            cost_usd: cost.get(&t.number).copied().unwrap_or(0.0),
-            run_id: t.run_id,
-            pruned_step: t.pruned_step,
-            reason: t.reason.map(|r| r.chars().take(TABLE_REASON_CHARS).collect()),
-        })
-        .collect();
+    let n = trials.len();
+    let mut c = TrialColumns {
+        p: vec![Vec::with_capacity(n); names.len()],
+        ..TrialColumns::default()
+    };
+    for t in trials {
+        let params: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&t.params_json).unwrap_or_default();
+        for (column, name) in c.p.iter_mut().zip(&names) {
+            column.push(params.get(name).map_or(serde_json::Value::Null, shown_param));
+        }
+        c.n.push(t.number);
+        c.state.push(t.state.as_str().into());
+        c.value.push(t.value);
+        c.attempts.push(t.attempts);
+        c.preemptions.push(t.preemptions);
+        c.agent.push(t.agent);
+        c.started_at.push(t.started_at);
+        c.finished_at.push(t.finished_at);
+        // To the micro-dollar: an estimate from billed seconds, and a shorter number.
+        c.cost_usd
+            .push((cost.get(&t.number).copied().unwrap_or(0.0) * 1e6).round() / 1e6);
+        c.run_id.push(t.run_id);
+        c.pruned_step.push(t.pruned_step);
+        c.reason.push(t.reason);
+    }
     Ok(Json(TrialTable {
         sweep_id: id,
         params: names,
-        trials: rows,
+        columns: c,
     }))
 }
 
-fn param_json(v: &ParamValue) -> serde_json::Value {
-    match v {
-        ParamValue::Bool(b) => (*b).into(),
-        ParamValue::Int(i) => (*i).into(),
-        ParamValue::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into),
-        ParamValue::Str(s) => s.clone().into(),
+/// Significant digits of a float parameter in the table: more than any plot or cell shows, and
+/// about half the compressed size of a float's full 17 (10,000 trials of 8 float parameters then
+/// fit in 1 MB). The run's params and `GET /api/v1/sweeps/{id}/trials` have the exact values.
+const TABLE_DIGITS: usize = 10;
+
+/// A parameter's value as the table carries it: floats to [`TABLE_DIGITS`] significant digits.
+fn shown_param(value: &serde_json::Value) -> serde_json::Value {
+    match value.as_f64() {
+        Some(f) if value.is_f64() && f.is_finite() => format!("{f:.prec$e}", prec = TABLE_DIGITS - 1)
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| value.clone(), serde_json::Value::Number),
+        _ => value.clone(),
     }
 }
 
@@ -451,4 +449,32 @@ pub async fn attempts(State(s): State<AppState>, Path(id): Path<i64>) -> Result<
         })
         .collect();
     Ok(Json(AttemptList { attempts }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_floats_keep_ten_significant_digits_and_the_rest_as_is() {
+        let shown = |v: serde_json::Value| shown_param(&v);
+        assert_eq!(
+            shown(serde_json::json!(0.042079870754771534)),
+            serde_json::json!(0.04207987075)
+        );
+        assert_eq!(
+            shown(serde_json::json!(3.2369844984589042e-6)),
+            serde_json::json!(3.236984498e-6)
+        );
+        assert_eq!(shown(serde_json::json!(1e300)), serde_json::json!(1e300));
+        assert_eq!(shown(serde_json::json!(0.5)), serde_json::json!(0.5));
+        assert_eq!(shown(serde_json::json!(12)), serde_json::json!(12));
+        assert_eq!(shown(serde_json::json!("adam")), serde_json::json!("adam"));
+        assert_eq!(shown(serde_json::json!(true)), serde_json::json!(true));
+        // Rounding never moves a value by more than its 10th digit.
+        for f in [0.999_999_999_97_f64, 123_456.789_012_345, -7.000_000_000_4e-8] {
+            let g = shown(serde_json::json!(f)).as_f64().unwrap();
+            assert!(((g - f) / f).abs() <= 5e-10, "{f} -> {g}");
+        }
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod code;
 pub mod config;
 pub mod dashboard;
 pub mod events;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub mlflow_ui: Arc<ui::MlflowUi>,
     /// Whether session cookies are marked Secure (the daemon is reached over HTTPS).
     pub secure_cookies: bool,
+    /// Code snapshots (`<data-dir>/code`).
+    pub code: Arc<code::CodeStore>,
 }
 
 /// Zones backed off after a stockout: pool, then zone, then until when (ms since the epoch).
@@ -353,6 +356,10 @@ pub async fn run(
             .public_url
             .as_deref()
             .is_some_and(|u| u.starts_with("https://")),
+        code: Arc::new(
+            code::CodeStore::open(code::dir_in(&config.data_dir), config.code_max_bytes)
+                .with_context(|| format!("cannot open the code store in {}", config.data_dir.display()))?,
+        ),
         agent_binary: Arc::new(match &config.agent_binary {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find the spotsweep executable")?,

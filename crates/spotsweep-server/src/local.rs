@@ -96,6 +96,9 @@ fn spawn_agent(pool: &LocalPool, i: u32) -> std::io::Result<Child> {
         .arg(agent_name(i))
         .arg("--work-dir")
         .arg(pool.work_dir.join(format!("agent-{i}")))
+        // One code cache for the machine: a snapshot is downloaded once for all its agents.
+        .arg("--code-cache")
+        .arg(pool.work_dir.join("code"))
         .arg("--exit-with-parent")
         // The machine's GPUs are split between the agents, so that they never pack trials onto
         // the same memory.

@@ -192,6 +192,7 @@ fn lease_body(l: &LeasedTrial, ttl_ms: i64, pool_setup: Option<&str>) -> LeaseBo
             .chain(spec.setup.as_deref())
             .map(str::to_owned)
             .collect(),
+        code: spec.code.clone(),
         gpus: l.gpus.as_ref().map(|shares| {
             shares
                 .iter()
@@ -235,8 +236,19 @@ pub async fn create_sweep(
     State(s): State<AppState>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<SweepBody>), ApiError> {
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(&body)
+        && fields.contains_key("workdir")
+    {
+        return Err(ApiError::invalid(
+            "workdir: the spotsweep CLI packs a working directory (submit, run, notebook); over REST, upload its \
+             tar.gz with PUT /api/v1/code/sha256:<hex> and send code: \"sha256:<hex>\" instead",
+        ));
+    }
     let mut spec: SweepSpec = parse_spec(&body)?;
     spec.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Some(code) = &spec.code {
+        crate::code::check_exists(&s, code).await?;
+    }
     let seed = spec.sampler.seed.unwrap_or_else(rand::random);
     spec.sampler.seed = Some(seed);
     let sweep = s.sweeps.create_sweep(spec, seed).await?;

@@ -112,7 +112,7 @@ pub fn is_public(path: &str) -> bool {
 
 pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title} - spotsweep</title>\
+        "<!doctype html><html><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\"><title>{title} - spotsweep</title>\
          <style>body{{font-family:system-ui,sans-serif;max-width:34rem;margin:4rem auto;padding:0 1rem;color:#222}}\
          input[type=password]{{width:100%;padding:.5rem;font-size:1rem;box-sizing:border-box}}\
          button{{margin-top:.8rem;padding:.5rem 1.2rem;font-size:1rem}}code{{background:#f2f2f2;padding:.1rem .3rem}}\

@@ -190,6 +190,9 @@ pub trait SweepStore: Send + Sync + 'static {
     async fn list_sweeps(&self) -> Result<Vec<Sweep>>;
     /// A page of sweeps, newest first, and whether more follow.
     async fn sweeps_page(&self, query: &SweepQuery) -> Result<(Vec<Sweep>, bool)>;
+    /// A sweep's trials by number as the dashboard's table shows them (reasons cut to
+    /// `reason_chars` characters), in one query.
+    async fn trial_summaries(&self, sweep_id: i64, reason_chars: u32) -> Result<Vec<TrialSummary>>;
     /// Every lease of a sweep's trials, oldest first.
     async fn sweep_attempts(&self, sweep_id: i64) -> Result<Vec<Attempt>>;
     /// The agents of a pool (of every pool with `None`), by name, with their leases.

@@ -595,6 +595,35 @@ pub struct Attempt {
     pub outcome: Option<String>,
 }
 
+/// A trial as the dashboard's table shows it: read in one query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialSummary {
+    /// 0-based number within the sweep.
+    pub number: i64,
+    /// State.
+    pub state: TrialState,
+    /// The objective value, once completed.
+    pub value: Option<f64>,
+    /// Hyperparameters as stored (a JSON object).
+    pub params_json: String,
+    /// Times leased.
+    pub attempts: i64,
+    /// Attempts lost to a preemption.
+    pub preemptions: i64,
+    /// The agent (by name) of the latest attempt.
+    pub agent: Option<String>,
+    /// Its MLflow run.
+    pub run_id: String,
+    /// When its latest lease started.
+    pub started_at: Option<i64>,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+    /// The step at which a pruner stopped it.
+    pub pruned_step: Option<i64>,
+    /// Why it failed, was pruned or cancelled: its first `reason_chars` characters.
+    pub reason: Option<String>,
+}
+
 /// An agent (a VM's or a local one, by name) and the work it has done.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentSummary {

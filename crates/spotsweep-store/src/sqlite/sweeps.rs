@@ -24,7 +24,7 @@ use super::{SqliteStore, commit, map_err, now_ms, queue_writer};
 use crate::placement::place;
 use crate::{
     AgentSummary, Attempt, HeartbeatAction, LeaseRequest, LeasedTrial, NewExperiment, Outcome, Result,
-    StoreError, Sweep, SweepQuery, SweepState, SweepStore, Trial, TrialCounts, TrialState,
+    StoreError, Sweep, SweepQuery, SweepState, SweepStore, Trial, TrialCounts, TrialState, TrialSummary,
 };
 
 /// The artifact root of experiments created for sweeps: behind the daemon's artifact proxy.
@@ -1507,6 +1507,76 @@ impl SweepStore for SqliteStore {
             out.push(self.load_sweep(row).await?);
         }
         Ok((out, more))
+    }
+
+    async fn trial_summaries(&self, sweep_id: i64, reason_chars: u32) -> Result<Vec<TrialSummary>> {
+        // One query, the latest attempt's agent and the preemptions by correlated subqueries on
+        // `leases_by_trial`: a third of the time of reading the trials and their leases apart.
+        type Row = (
+            i64,
+            String,
+            Option<f64>,
+            String,
+            i64,
+            i64,
+            Option<String>,
+            String,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT t.number, t.state, t.value, t.params, t.attempt, \
+                    (SELECT COUNT(*) FROM leases l WHERE l.trial_id = t.id AND l.outcome = 'preempted'), \
+                    (SELECT COALESCE(a.name, l.agent_id) FROM leases l LEFT JOIN agents a ON a.id = l.agent_id \
+                      WHERE l.trial_id = t.id ORDER BY l.created_at DESC LIMIT 1), \
+                    r.run_uuid, t.started_at, t.finished_at, t.pruned_step, substr(t.reason, 1, ?2) \
+             FROM trials t JOIN runs r ON r.id = t.run_id WHERE t.sweep_id = ?1 ORDER BY t.number",
+        )
+        .bind(sweep_id)
+        .bind(i64::from(reason_chars))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter()
+            .map(
+                |(
+                    number,
+                    state,
+                    value,
+                    params_json,
+                    attempts,
+                    preemptions,
+                    agent,
+                    run_id,
+                    started_at,
+                    finished_at,
+                    pruned_step,
+                    reason,
+                )| {
+                    let state = TrialState::parse(&state).ok_or_else(|| {
+                        StoreError::Incompatible(format!(
+                            "trial {number} of sweep {sweep_id} has an unknown state '{state}'"
+                        ))
+                    })?;
+                    Ok(TrialSummary {
+                        number,
+                        state,
+                        value,
+                        params_json,
+                        attempts,
+                        preemptions,
+                        agent,
+                        run_id,
+                        started_at,
+                        finished_at,
+                        pruned_step,
+                        reason,
+                    })
+                },
+            )
+            .collect()
     }
 
     async fn sweep_attempts(&self, sweep_id: i64) -> Result<Vec<Attempt>> {
