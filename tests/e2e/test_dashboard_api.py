@@ -142,6 +142,11 @@ def test_sweep_list_pages_filters_and_leaves_out_specs(server):
     assert "spec" in v1(server, "GET", f"sweeps/{made[0]['id']}").json()
     # The name filter is literal: SQL wildcards match nothing.
     assert v1(server, "GET", "sweeps", params={"name": "%"}).json()["sweeps"] == []
+    # Malformed path and query values get the JSON error too (#18, point 8), not plain text.
+    for path in ["sweeps/abc", "sweeps/abc/table", "sweeps/1/curves?top=x", "sweeps?max_results=many"]:
+        r = v1(server, "GET", path)
+        assert r.status_code == 400 and r.headers["content-type"].startswith("application/json"), (path, r.text)
+        assert r.json()["code"] == "invalid_request" and r.json()["message"], r.text
     for bad in [{"state": "sleeping"}, {"max_results": 0}, {"max_results": 5000}, {"page_token": "abc"}]:
         r = v1(server, "GET", "sweeps", params=bad)
         assert r.status_code == 400, (bad, r.text)

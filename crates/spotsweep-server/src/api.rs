@@ -2,8 +2,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::Query;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use spotsweep_api::{
@@ -134,6 +133,45 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response()
+    }
+}
+
+/// `Path`, with a malformed value refused in `/api/v1`'s JSON error (400 naming the value), not
+/// axum's plain text.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(e) => Err(ApiError::invalid(e.body_text())),
+        }
+    }
+}
+
+/// `Query`, with a malformed query refused in `/api/v1`'s JSON error (400 naming the field).
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(e) => Err(ApiError::invalid(e.body_text())),
+        }
     }
 }
 
@@ -273,7 +311,7 @@ pub async fn list_tokens(State(s): State<AppState>) -> Result<Json<TokenList>, A
     ),
     security(("bearer" = []))
 )]
-pub async fn revoke_token(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn revoke_token(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
     // The admin token has the most rights: no API token may revoke it, itself included (a lost
     // admin token is replaced offline). Users may revoke users: the same rights as their own.
     let target = s.tokens.get_token(&id).await?;
@@ -367,7 +405,7 @@ pub struct CostQuery {
 )]
 pub async fn cost(
     State(s): State<AppState>,
-    Query(q): Query<CostQuery>,
+    ApiQuery(q): ApiQuery<CostQuery>,
 ) -> Result<Json<CostReport>, ApiError> {
     let now = spotsweep_store::now_ms();
     let mut pools: std::collections::BTreeMap<String, PoolCost> = Default::default();

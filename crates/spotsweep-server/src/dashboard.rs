@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -24,7 +24,7 @@ use spotsweep_core::sweep::{Goal, Params};
 use spotsweep_store::{TokenRole, TrialState};
 
 use crate::AppState;
-use crate::api::ApiError;
+use crate::api::{ApiError, ApiPath, ApiQuery};
 use crate::auth::Caller;
 
 mod assets {
@@ -136,7 +136,7 @@ async fn index(State(s): State<AppState>, headers: HeaderMap) -> Response {
     serve("index.html", &headers)
 }
 
-async fn file(Path(path): Path<String>, headers: HeaderMap) -> Response {
+async fn file(ApiPath(path): ApiPath<String>, headers: HeaderMap) -> Response {
     serve(&path, &headers)
 }
 
@@ -224,7 +224,7 @@ const TABLE_REASON_CHARS: u32 = 300;
     responses((status = 200, description = "The trials", body = TrialTable), (status = 404, description = "No such sweep", body = spotsweep_api::ApiErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn table(State(s): State<AppState>, Path(id): Path<i64>) -> Result<Json<TrialTable>, ApiError> {
+pub async fn table(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<TrialTable>, ApiError> {
     let sweep = s.sweeps.get_sweep(id).await?;
     let trials = s.sweeps.trial_summaries(id, TABLE_REASON_CHARS).await?;
     let mut cost: HashMap<i64, f64> = HashMap::new();
@@ -299,7 +299,7 @@ static IMPORTANCE_CACHE: LazyLock<Mutex<HashMap<i64, (i64, ImportanceBody)>>> =
 )]
 pub async fn importance(
     State(s): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<ImportanceBody>, ApiError> {
     let sweep = s.sweeps.get_sweep(id).await?;
     let completed = sweep.counts.get(TrialState::Completed);
@@ -367,8 +367,8 @@ const CURVE_POINTS: usize = 500;
 )]
 pub async fn curves(
     State(s): State<AppState>,
-    Path(id): Path<i64>,
-    Query(q): Query<CurvesQuery>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<CurvesQuery>,
 ) -> Result<Json<CurvesBody>, ApiError> {
     let top = q.top.unwrap_or(20);
     if !(1..=500).contains(&top) {
@@ -433,7 +433,7 @@ pub async fn curves(
     responses((status = 200, description = "Attempts", body = AttemptList), (status = 404, description = "No such sweep", body = spotsweep_api::ApiErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn attempts(State(s): State<AppState>, Path(id): Path<i64>) -> Result<Json<AttemptList>, ApiError> {
+pub async fn attempts(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<AttemptList>, ApiError> {
     s.sweeps.get_sweep(id).await?;
     let attempts = s
         .sweeps

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use spotsweep_api::{
     BestTrial, CompleteRequest, EnqueueTrialRequest, GpuShare, HeartbeatResponse, LeaseBody,
@@ -21,7 +21,7 @@ use spotsweep_store::{
 use tokio::sync::Notify;
 
 use crate::AppState;
-use crate::api::ApiError;
+use crate::api::{ApiError, ApiPath, ApiQuery};
 use crate::auth::{TrialScope, trial_token};
 
 /// Default lease time to live: an agent that misses heartbeats this long loses the trial.
@@ -279,7 +279,7 @@ pub struct SweepListQuery {
     security(("bearer" = [])))]
 pub async fn list_sweeps(
     State(s): State<AppState>,
-    Query(q): Query<SweepListQuery>,
+    ApiQuery(q): ApiQuery<SweepListQuery>,
 ) -> Result<Json<SweepList>, ApiError> {
     let state = match q.state.as_deref().filter(|v| !v.is_empty()) {
         None => None,
@@ -338,7 +338,7 @@ pub(crate) async fn sweep_costs(s: &AppState) -> Result<std::collections::HashMa
     params(("id" = i64, Path, description = "Sweep id")),
     responses((status = 200, description = "The sweep", body = SweepBody), (status = 404, description = "No such sweep", body = spotsweep_api::ApiErrorBody)),
     security(("bearer" = [])))]
-pub async fn get_sweep(State(s): State<AppState>, Path(id): Path<i64>) -> Result<Json<SweepBody>, ApiError> {
+pub async fn get_sweep(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<SweepBody>, ApiError> {
     let mut body = sweep_body(&s.sweeps.get_sweep(id).await?);
     body.cost_usd = s
         .fleet
@@ -365,7 +365,7 @@ async fn change_state(s: &AppState, id: i64, state: SweepState) -> Result<Json<S
     security(("bearer" = [])))]
 pub async fn pause_sweep(
     State(s): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<SweepBody>, ApiError> {
     change_state(&s, id, SweepState::Paused).await
 }
@@ -377,7 +377,7 @@ pub async fn pause_sweep(
     security(("bearer" = [])))]
 pub async fn resume_sweep(
     State(s): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<SweepBody>, ApiError> {
     change_state(&s, id, SweepState::Running).await
 }
@@ -389,7 +389,7 @@ pub async fn resume_sweep(
     security(("bearer" = [])))]
 pub async fn cancel_sweep(
     State(s): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<SweepBody>, ApiError> {
     change_state(&s, id, SweepState::Cancelled).await
 }
@@ -401,7 +401,7 @@ pub async fn cancel_sweep(
     security(("bearer" = [])))]
 pub async fn list_trials(
     State(s): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<TrialList>, ApiError> {
     s.sweeps.get_sweep(id).await?;
     let trials = s.sweeps.list_trials(id).await?;
@@ -418,7 +418,7 @@ pub async fn list_trials(
     security(("bearer" = [])))]
 pub async fn enqueue_trial(
     State(s): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<TrialBody>), ApiError> {
     let req: EnqueueTrialRequest =
@@ -613,7 +613,7 @@ pub struct HeartbeatRequest {
     security(("bearer" = [])))]
 pub async fn heartbeat(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Bytes,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let req: HeartbeatRequest = if body.is_empty() {
@@ -646,7 +646,7 @@ pub async fn heartbeat(
     security(("bearer" = [])))]
 pub async fn complete_trial(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Bytes,
 ) -> Result<Json<TrialBody>, ApiError> {
     let req: CompleteRequest =
