@@ -236,3 +236,18 @@ def test_an_artifact_name_too_long_for_the_disk_is_a_400(server_factory):
     assert "longer than 255 bytes" in r.json()["message"]
     assert srv.request("PUT", f"{base}/{'a' * 200}.txt", data=b"x").status_code == 200
     assert srv.get("/health").status_code == 200
+
+
+def test_another_agents_request_id_gets_nothing_of_its_leases(server):
+    sweep = v1(server, "POST", "sweeps", spec({"x": {"type": "float", "low": 0.0, "high": 1.0}}, max_trials=2))
+    assert sweep.status_code == 201, sweep.text
+    sid = sweep.json()["id"]
+    rid = uuid.uuid4().hex
+    mine = v1(server, "POST", "leases", {"agent_id": "agent-a", "slots": 1, "sweep_id": sid, "request_id": rid})
+    assert mine.status_code == 200 and len(mine.json()["leases"]) == 1, mine.text
+    theirs = v1(server, "POST", "leases", {"agent_id": "agent-b", "slots": 1, "sweep_id": sid, "request_id": rid})
+    assert theirs.status_code == 409, theirs.text
+    assert "another agent" in theirs.json()["message"] and mine.json()["leases"][0]["lease_id"] not in theirs.text
+    # The same agent retrying still gets its lease back.
+    again = v1(server, "POST", "leases", {"agent_id": "agent-a", "slots": 1, "sweep_id": sid, "request_id": rid})
+    assert [ls["lease_id"] for ls in again.json()["leases"]] == [ls["lease_id"] for ls in mine.json()["leases"]]

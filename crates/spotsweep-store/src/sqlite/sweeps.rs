@@ -881,13 +881,21 @@ impl Queue {
         request: &LeaseRequest,
     ) -> Result<Vec<LeasedTrial>> {
         if let Some(request_id) = &request.request_id {
-            let earlier: Option<(String,)> =
-                sqlx::query_as("SELECT response FROM lease_requests WHERE request_id = ?")
+            let earlier: Option<(String, String)> =
+                sqlx::query_as("SELECT response, agent_id FROM lease_requests WHERE request_id = ?")
                     .bind(request_id)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(map_err)?;
-            if let Some((response,)) = earlier {
+            if let Some((_, agent)) = &earlier
+                && *agent != request.agent_id
+            {
+                // Another agent's request id: its leases are not this agent's to see.
+                return Err(StoreError::Conflict(format!(
+                    "request_id '{request_id}' was used by another agent: use a fresh id for each new request"
+                )));
+            }
+            if let Some((response, _)) = earlier {
                 // A retried request: answer with the same leases, as they are now.
                 let lease_ids: Vec<String> = serde_json::from_str(&response).unwrap_or_default();
                 let mut out = Vec::new();
