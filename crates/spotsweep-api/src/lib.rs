@@ -19,6 +19,7 @@ pub struct ApiErrorBody {
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     /// A label for the token (who or what uses it), 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// Seconds until the token stops working (1 to 315,360,000, ten years); absent: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,7 +246,8 @@ pub struct EnqueueTrialRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequestBody {
-    /// A stable id the worker chose for itself.
+    /// A stable id the worker chose for itself (1 to 200 characters, not only spaces).
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub agent_id: String,
     /// A label for people (host name, slot layout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,6 +256,7 @@ pub struct LeaseRequestBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     /// Free slots: trials it can take now (1 to 256).
+    #[schema(minimum = 1, maximum = 256)]
     pub slots: u32,
     /// Only sweeps of this pool (default `local`); ignored when `sweep_id` is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -263,17 +266,21 @@ pub struct LeaseRequestBody {
     pub sweep_id: Option<i64>,
     /// Long poll: wait up to this long for work (0 to 30000 ms, default 0).
     #[serde(default)]
+    #[schema(maximum = 30000)]
     pub wait_ms: u64,
     /// Lease time to live without a heartbeat (5000 to 3600000 ms, default 60000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 5000, maximum = 3_600_000)]
     pub ttl_ms: Option<i64>,
     /// The agent's GPUs and their free memory: trials of sweeps that declare `resources` are
     /// leased only when they fit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 64)]
     pub gpus: Vec<GpuBody>,
     /// MiB of GPU memory each process's CUDA context takes, added to a trial's `gpu_memory_gb`
-    /// (default 512).
+    /// (default 512, at most 65536).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 65536)]
     pub gpu_overhead_mib: Option<u64>,
 }
 
