@@ -25,6 +25,7 @@ use spotsweep_api::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod checkpoint;
+mod code;
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -57,6 +58,11 @@ pub struct AgentConfig {
     /// At most this long between checkpoint syncs while a trial keeps writing its checkpoint
     /// directory (a quiet directory syncs sooner): the most work a lost machine can cost.
     pub checkpoint_interval: Duration,
+    /// Where code snapshots are kept, unpacked, once per machine (agents on one machine may
+    /// share it).
+    pub code_cache: PathBuf,
+    /// Unpacked snapshots beyond this many bytes are evicted, least recently used first.
+    pub code_cache_bytes: u64,
 }
 
 /// One of the agent's GPUs.
@@ -345,6 +351,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     let mut failures = 0u32;
     let mut request_id: Option<String> = None;
     let setups = Setups::default();
+    let codes = code::CodeCache::new(config.code_cache.clone(), config.code_cache_bytes);
     tokio::pin!(shutdown);
     loop {
         // After a failed setup: no more trials. The running ones finish, then the agent stops,
@@ -485,6 +492,8 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
                 gpu,
                 shared_gpu: shared,
                 setups: setups.clone(),
+                codes: codes.clone(),
+                code_dir: None,
                 stop: stop_rx.clone(),
             };
             let done = done_tx.clone();
@@ -542,6 +551,10 @@ struct TrialTask {
     /// "pack it less tightly", not "it is broken".
     shared_gpu: bool,
     setups: Setups,
+    /// The machine's code snapshots.
+    codes: code::CodeCache,
+    /// The trial's own copy of its code snapshot, once made: its working directory.
+    code_dir: Option<PathBuf>,
     stop: watch::Receiver<bool>,
 }
 
@@ -575,6 +588,40 @@ impl TrialTask {
                 })
                 .await;
                 return;
+            }
+        }
+        if let Some(id) = self.lease.code.clone() {
+            let dst = self.trial_dir().join("code");
+            let (codes, transfers) = (self.codes.clone(), self.transfers.clone());
+            let mut stop = self.stop.clone();
+            let checkout = self.heartbeating(codes.checkout(&transfers, &id, &dst));
+            let fetched = tokio::select! {
+                fetched = checkout => Some(fetched),
+                // The agent is stopping (a preemption): the trial goes back to the queue now,
+                // not when a long download ends.
+                _ = stop.changed() => None,
+            };
+            match fetched {
+                None => {
+                    self.report(CompleteRequest {
+                        outcome: "preempted".into(),
+                        value: None,
+                        reason: None,
+                    })
+                    .await;
+                    return;
+                }
+                Some(Ok(())) => self.code_dir = std::path::absolute(&dst).ok(),
+                Some(Err(reason)) => {
+                    tracing::error!(trial = %label, %reason, "no code for the trial");
+                    self.report(CompleteRequest {
+                        outcome: "failed".into(),
+                        value: None,
+                        reason: Some(reason),
+                    })
+                    .await;
+                    return;
+                }
             }
         }
         let outcome = match self.execute().await {
@@ -620,8 +667,29 @@ impl TrialTask {
                 reason: Some(format!("could not run the trial: {e:#}")),
             },
         };
+        // The trial's copy of its code goes with it (what it wrote there that matters, it
+        // logged as artifacts).
+        if let Some(dir) = self.code_dir.take() {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
         tracing::info!(trial = %label, outcome = %outcome.outcome, "trial ended");
         self.report(outcome).await;
+    }
+
+    /// Where the trial's logs (and its copy of the code) are.
+    fn trial_dir(&self) -> PathBuf {
+        self.config.work_dir.join(format!(
+            "sweep{}-trial{}-attempt{}",
+            self.lease.trial.sweep_id, self.lease.trial.number, self.lease.trial.attempts
+        ))
+    }
+
+    /// A path of the lease (a notebook's), relative to the trial's code when it has one.
+    fn in_code(&self, path: &str) -> PathBuf {
+        match &self.code_dir {
+            Some(dir) => dir.join(path),
+            None => PathBuf::from(path),
+        }
     }
 
     fn command(&self) -> anyhow::Result<tokio::process::Command> {
@@ -631,7 +699,8 @@ impl TrialTask {
             c.arg("-c").arg(command);
             c
         } else if let Some(nb) = &l.notebook {
-            if let Some(dir) = std::path::Path::new(&nb.output)
+            if let Some(dir) = self
+                .in_code(&nb.output)
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
             {
@@ -670,6 +739,15 @@ impl TrialTask {
         if let Some(gpu) = &self.gpu {
             cmd.env("CUDA_VISIBLE_DEVICES", gpu);
         }
+        // A trial with a code snapshot runs in its own copy of it.
+        match &self.code_dir {
+            Some(dir) => {
+                cmd.current_dir(dir).env("SPOTSWEEP_CODE_DIR", dir);
+            }
+            None => {
+                cmd.env_remove("SPOTSWEEP_CODE_DIR");
+            }
+        }
         // Its own process group, so that stopping it stops everything it started.
         cmd.process_group(0).stdin(Stdio::null()).kill_on_drop(true);
         Ok(cmd)
@@ -677,10 +755,7 @@ impl TrialTask {
 
     /// Runs the child to its end, heartbeating; returns how it ended and the tail of stderr.
     async fn execute(&mut self) -> anyhow::Result<(Ending, String)> {
-        let dir = self.config.work_dir.join(format!(
-            "sweep{}-trial{}-attempt{}",
-            self.lease.trial.sweep_id, self.lease.trial.number, self.lease.trial.attempts
-        ));
+        let dir = self.trial_dir();
         std::fs::create_dir_all(&dir)?;
         let stdout_path = dir.join("stdout.txt");
         let stderr_path = dir.join("stderr.txt");
@@ -732,7 +807,7 @@ impl TrialTask {
         self.upload(&stdout_path, "logs/stdout.txt").await;
         self.upload(&stderr_path, "logs/stderr.txt").await;
         if let Some(nb) = self.lease.notebook.clone() {
-            let out = PathBuf::from(&nb.output);
+            let out = self.in_code(&nb.output);
             let name = out
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -883,14 +958,17 @@ impl TrialTask {
         }
     }
 
-    /// Records the code version on the run: the git commit and dirty flag of the working
-    /// directory, or the notebook's sha256.
+    /// Records the code version on the run: its code snapshot, or else the git commit and
+    /// dirty flag of the working directory; and the notebook's sha256.
     async fn record_code_version(&self) {
         let mut tags = Vec::new();
         if let Some(nb) = &self.lease.notebook
-            && let Ok(bytes) = std::fs::read(&nb.input)
+            && let Ok(bytes) = std::fs::read(self.in_code(&nb.input))
         {
             tags.push(("spotsweep.notebook.sha256", hex::encode(Sha256::digest(&bytes))));
+        }
+        if let Some(code) = &self.lease.code {
+            tags.push(("spotsweep.code", code.clone()));
         }
         let git = |args: &[&str]| {
             std::process::Command::new("git")
@@ -898,7 +976,8 @@ impl TrialTask {
                 .stderr(Stdio::null())
                 .output()
         };
-        if let Ok(out) = git(&["rev-parse", "HEAD"])
+        if self.lease.code.is_none()
+            && let Ok(out) = git(&["rev-parse", "HEAD"])
             && out.status.success()
         {
             tags.push((

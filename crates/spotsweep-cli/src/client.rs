@@ -116,6 +116,40 @@ impl Daemon {
         Self::parse(self.request(reqwest::Method::GET, &path).send().await?).await
     }
 
+    /// Whether the daemon has the code snapshot `id` (`HEAD /api/v1/code/{id}`).
+    pub async fn has_code(&self, id: &str) -> anyhow::Result<bool> {
+        let r = self
+            .request(reqwest::Method::HEAD, &format!("/api/v1/code/{id}"))
+            .send()
+            .await?;
+        match r.status() {
+            s if s.is_success() => Ok(true),
+            reqwest::StatusCode::NOT_FOUND => Ok(false),
+            s => bail!("{s}: the daemon cannot say whether it has code snapshot {id}"),
+        }
+    }
+
+    /// Uploads a code snapshot (`size` bytes read from `file`), streamed.
+    pub async fn put_code(
+        &self,
+        id: &str,
+        file: std::fs::File,
+        size: u64,
+    ) -> anyhow::Result<spotsweep_api::CodeSnapshotBody> {
+        let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 1 << 20);
+        let r = self
+            .request(reqwest::Method::PUT, &format!("/api/v1/code/{id}"))
+            .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .with_context(|| format!("cannot upload code snapshot {id}"))?;
+        Self::parse(r)
+            .await
+            .with_context(|| format!("the daemon refused code snapshot {id}"))
+    }
+
     /// Whether `/health` answers.
     pub async fn healthy(&self) -> bool {
         matches!(self.http.get(format!("{}/health", self.url)).send().await, Ok(r) if r.status().is_success())

@@ -3,6 +3,7 @@
 //! purpose: it parses flags, sets up logging and calls into the library crates.
 
 mod client;
+mod code;
 mod notebook;
 
 use std::io::IsTerminal;
@@ -147,6 +148,13 @@ struct AgentArgs {
     /// SIGTERM (the trials are reported preempted inside the 30-second window).
     #[arg(long, env = "SPOTSWEEP_WATCH_PREEMPTION")]
     watch_preemption: bool,
+    /// Where code snapshots are kept, unpacked once per machine [default: <work-dir>/code].
+    /// Agents on one machine may share it.
+    #[arg(long, env = "SPOTSWEEP_CODE_CACHE")]
+    code_cache: Option<PathBuf>,
+    /// GB of unpacked code snapshots kept; beyond it the least recently used go.
+    #[arg(long, env = "SPOTSWEEP_CODE_CACHE_GB", default_value_t = 10.0)]
+    code_cache_gb: f64,
 }
 
 #[derive(Args)]
@@ -177,10 +185,22 @@ enum Output {
 
 #[derive(Args)]
 struct SubmitArgs {
-    /// The sweep spec (YAML or JSON).
+    /// The sweep spec (YAML or JSON). With `workdir: DIR` (relative to the spec file), DIR is
+    /// packed (the files git would see, and not those in .spotsweepignore) and uploaded once, and
+    /// each trial runs in its own copy of it.
     spec: PathBuf,
     #[command(flatten)]
     daemon: DaemonArgs,
+    #[command(flatten)]
+    code: CodeArgs,
+}
+
+#[derive(Args)]
+struct CodeArgs {
+    /// The most a spec's workdir may hold, in MiB (before compression): beyond it, the CLI
+    /// refuses to pack it and names its largest files.
+    #[arg(long, env = "SPOTSWEEP_CODE_LIMIT_MB", default_value_t = code::DEFAULT_LIMIT_MB)]
+    code_limit_mb: u64,
 }
 
 #[derive(Args)]
@@ -215,6 +235,8 @@ struct RunArgs {
     /// table or json (the final sweep).
     #[arg(long, value_enum, default_value_t)]
     output: Output,
+    #[command(flatten)]
+    code: CodeArgs,
 }
 
 #[derive(Args)]
@@ -246,6 +268,12 @@ struct NotebookArgs {
     /// table or json (the final sweep).
     #[arg(long, value_enum, default_value_t)]
     format: Output,
+    /// A directory to pack as the trials' code (each trial runs in its own copy of it); the
+    /// notebook must be inside it. The parameters file may say `workdir:` instead (relative to it).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    #[command(flatten)]
+    code: CodeArgs,
 }
 
 fn init_logging(format: LogFormat, default_filter: &str) {
@@ -398,6 +426,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         gpu_overhead_mib: (args.gpu_overhead_gb.max(0.0) * 1024.0).round() as u64,
         pool: args.pool,
         name,
+        code_cache: args.code_cache.unwrap_or_else(|| args.work_dir.join("code")),
+        code_cache_bytes: (args.code_cache_gb.max(0.0) * (1u64 << 30) as f64) as u64,
         work_dir: args.work_dir,
         grace: Duration::from_secs(args.grace_seconds),
         lease_ttl: args.lease_ttl_ms.map(Duration::from_millis),
@@ -579,7 +609,38 @@ fn print_result(s: &SweepBody, tracking_uri: &str, output: Output) -> anyhow::Re
 async fn run_all(args: RunArgs) -> anyhow::Result<bool> {
     init_logging(LogFormat::Text, "warn");
     let spec = read_spec(&args.spec)?;
-    run_spec(spec, args.agents, &args.data_dir, args.output).await
+    let snapshot = code::pack_workdir(&spec, spec_dir(&args.spec), args.code.code_limit_mb)?;
+    run_spec(spec, snapshot, args.agents, &args.data_dir, args.output).await
+}
+
+/// The directory a spec file's relative paths start from.
+fn spec_dir(spec: &std::path::Path) -> &std::path::Path {
+    spec.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+}
+
+/// With a `workdir`, the notebook's path becomes relative to it: trials run it in their copy.
+fn notebook_in_workdir(spec: &mut serde_json::Value, base: &std::path::Path) -> anyhow::Result<()> {
+    let Some(workdir) = spec.get("workdir").and_then(|w| w.as_str()) else {
+        return Ok(());
+    };
+    let dir = base.join(workdir);
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("workdir {}", dir.display()))?;
+    let input = spec["notebook"]["input"].as_str().unwrap_or_default().to_owned();
+    let found = std::path::Path::new(&input)
+        .canonicalize()
+        .with_context(|| format!("the notebook {input}"))?;
+    let inside = found.strip_prefix(&dir).map_err(|_| {
+        anyhow::anyhow!(
+            "the notebook {input} is not inside workdir {}: trials run in a copy of workdir, so it must be there",
+            dir.display()
+        )
+    })?;
+    spec["notebook"]["input"] = serde_json::Value::String(inside.display().to_string());
+    Ok(())
 }
 
 async fn run_notebook(args: NotebookArgs) -> anyhow::Result<bool> {
@@ -594,14 +655,23 @@ async fn run_notebook(args: NotebookArgs) -> anyhow::Result<bool> {
         goal: &args.goal,
         max_trials: args.max_trials,
     };
-    let spec = notebook::spec(&job, &text).with_context(|| format!("in {}", args.parameters.display()))?;
-    run_spec(spec, Some(args.jobs), &args.data_dir, args.format).await
+    let mut spec =
+        notebook::spec(&job, &text).with_context(|| format!("in {}", args.parameters.display()))?;
+    let mut base = spec_dir(&args.parameters).to_path_buf();
+    if let Some(dir) = &args.workdir {
+        spec["workdir"] = serde_json::Value::String(std::path::absolute(dir)?.display().to_string());
+        base = std::env::current_dir()?;
+    }
+    notebook_in_workdir(&mut spec, &base)?;
+    let snapshot = code::pack_workdir(&spec, &base, args.code.code_limit_mb)?;
+    run_spec(spec, snapshot, Some(args.jobs), &args.data_dir, args.format).await
 }
 
 /// Runs `spec` on an embedded daemon with local agents (the spec's parallelism by default),
 /// following it to its end; true when it completed.
 async fn run_spec(
-    spec: serde_json::Value,
+    mut spec: serde_json::Value,
+    snapshot: Option<code::Snapshot>,
     agents: Option<u32>,
     data_dir: &std::path::Path,
     output: Output,
@@ -637,6 +707,7 @@ async fn run_spec(
             .map(|t| t.trim().to_owned()),
     );
     let result = async {
+        code::attach(&daemon, &mut spec, snapshot).await?;
         let sweep = daemon.submit(&spec).await?;
         eprintln!("sweep {} '{}' submitted: {} trials, {} local agents", sweep.id, sweep.name, sweep.max_trials, parallelism.max(1));
         tokio::select! {
@@ -674,7 +745,10 @@ fn main() -> anyhow::Result<()> {
         Command::Agent(args) => runtime.block_on(agent(args)),
         Command::Submit(args) => runtime.block_on(async {
             let daemon = args.daemon.daemon()?;
-            let sweep = daemon.submit(&read_spec(&args.spec)?).await?;
+            let mut spec = read_spec(&args.spec)?;
+            let snapshot = code::pack_workdir(&spec, spec_dir(&args.spec), args.code.code_limit_mb)?;
+            code::attach(&daemon, &mut spec, snapshot).await?;
+            let sweep = daemon.submit(&spec).await?;
             println!("{}", sweep.id);
             Ok(())
         }),

@@ -454,3 +454,58 @@ async fn a_daemon_killed_in_the_middle_of_an_insert_leaves_no_orphan_and_no_doub
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_with_a_workdir_runs_on_spot_vms_that_each_download_its_code_once() {
+    let f = fleet(2, "").await;
+    // The training script exists only in the submitted directory.
+    let work = tempfile::tempdir().unwrap();
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/branin.py");
+    std::fs::copy(&example, work.path().join("train.py")).unwrap();
+    std::fs::write(work.path().join(".gitignore"), "data/\n").unwrap();
+    std::fs::create_dir(work.path().join("data")).unwrap();
+    std::fs::write(work.path().join("data").join("huge.bin"), vec![0u8; 1 << 20]).unwrap();
+    let spec = work.path().join("sweep.yaml");
+    std::fs::write(
+        &spec,
+        "name: coded\npool: gpu\nworkdir: .\nmax_trials: 8\nparallelism: 4\n\
+         command: python3 train.py --x1 {x1} --x2 {x2} --steps 3\n\
+         objective: {metric: loss}\nsampler: {type: random, seed: 5}\n\
+         parameters:\n  x1: {type: float, low: -5, high: 10}\n  x2: {type: float, low: 0, high: 15}\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_spotsweep"))
+        .arg("submit")
+        .arg(&spec)
+        .args(["--server", &f.daemon.url, "--token", &f.daemon.token])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("uploaded"), "{stderr}");
+    let sweep: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    until("the sweep to complete", Duration::from_secs(120), async || {
+        let s = f.daemon.get(&format!("/api/v1/sweeps/{sweep}")).await;
+        (s["state"] == "completed").then_some(())
+    })
+    .await;
+    let trials = f.daemon.get(&format!("/api/v1/sweeps/{sweep}/trials")).await;
+    let trials = trials["trials"].as_array().unwrap();
+    assert!(trials.iter().all(|t| t["state"] == "completed"), "{trials:#?}");
+    // Each VM fetched the snapshot (with its own token) once for all the trials it ran.
+    let mut per_vm: std::collections::BTreeMap<String, usize> = Default::default();
+    for t in trials {
+        let agent = t["agent_id"].as_str().unwrap();
+        *per_vm
+            .entry(agent.rsplit_once('-').unwrap().0.to_string())
+            .or_default() += 1;
+    }
+    assert!(per_vm.values().any(|&n| n >= 2), "{per_vm:?}");
+    for vm in per_vm.keys() {
+        let console = std::fs::read_to_string(f._dirs.0.path().join(vm).join("console.log")).unwrap();
+        let downloads = console.matches("code snapshot downloaded").count();
+        assert_eq!(downloads, 1, "{vm}: {console}");
+    }
+    drop(f.child);
+}

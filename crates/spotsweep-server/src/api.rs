@@ -311,7 +311,10 @@ pub async fn list_tokens(State(s): State<AppState>) -> Result<Json<TokenList>, A
     ),
     security(("bearer" = []))
 )]
-pub async fn revoke_token(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+pub async fn revoke_token(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
     // The admin token has the most rights: no API token may revoke it, itself included (a lost
     // admin token is replaced offline). Users may revoke users: the same rights as their own.
     let target = s.tokens.get_token(&id).await?;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::StreamExt;
@@ -22,7 +22,7 @@ use spotsweep_core::sweep::code_digest;
 use spotsweep_store::{SweepQuery, SweepState};
 
 use crate::AppState;
-use crate::api::ApiError;
+use crate::api::{ApiError, ApiPath};
 use crate::auth::VmPrincipal;
 
 /// The snapshots on disk.
@@ -201,7 +201,7 @@ async fn pool_uses(s: &AppState, pool: &str, id: &str) -> Result<bool, ApiError>
 )]
 pub async fn head_code(
     State(s): State<AppState>,
-    UrlPath(id): UrlPath<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let hex = digest(&id)?;
     let size = s
@@ -235,7 +235,7 @@ pub async fn head_code(
 pub async fn get_code(
     State(s): State<AppState>,
     vm: Option<axum::Extension<VmPrincipal>>,
-    UrlPath(id): UrlPath<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let hex = digest(&id)?;
     if let Some(axum::Extension(VmPrincipal(scope))) = &vm
@@ -289,7 +289,7 @@ pub async fn get_code(
 )]
 pub async fn put_code(
     State(s): State<AppState>,
-    UrlPath(id): UrlPath<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<CodeSnapshotBody>), ApiError> {

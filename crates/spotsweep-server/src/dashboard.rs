@@ -224,7 +224,10 @@ const TABLE_REASON_CHARS: u32 = 300;
     responses((status = 200, description = "The trials", body = TrialTable), (status = 404, description = "No such sweep", body = spotsweep_api::ApiErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn table(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<TrialTable>, ApiError> {
+pub async fn table(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<TrialTable>, ApiError> {
     let sweep = s.sweeps.get_sweep(id).await?;
     let trials = s.sweeps.trial_summaries(id, TABLE_REASON_CHARS).await?;
     let mut cost: HashMap<i64, f64> = HashMap::new();
@@ -433,7 +436,10 @@ pub async fn curves(
     responses((status = 200, description = "Attempts", body = AttemptList), (status = 404, description = "No such sweep", body = spotsweep_api::ApiErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn attempts(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<AttemptList>, ApiError> {
+pub async fn attempts(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<AttemptList>, ApiError> {
     s.sweeps.get_sweep(id).await?;
     let attempts = s
         .sweeps

@@ -98,10 +98,17 @@ pub fn router(state: AppState, mlflow: MlflowState) -> Router {
             }),
         )
         // The dashboard reads whole tables: compressed for browsers that take it (fastest level;
-        // the event stream is never compressed, so that each event leaves at once).
-        .merge(api.with_state(state.clone()).layer(
-            tower_http::compression::CompressionLayer::new().quality(tower_http::CompressionLevel::Fastest),
-        ))
+        // the event stream is never compressed, so that each event leaves at once; nor are code
+        // snapshots, which are gzip already).
+        .merge(api.with_state(state.clone()).layer({
+            use tower_http::compression::predicate::{NotForContentType, Predicate};
+            tower_http::compression::CompressionLayer::new()
+                .quality(tower_http::CompressionLevel::Fastest)
+                .compress_when(
+                    tower_http::compression::DefaultPredicate::new()
+                        .and(NotForContentType::const_new("application/gzip")),
+                )
+        }))
         .merge(ui::router().with_state(state.clone()))
         .merge(dashboard::router().with_state(state.clone()))
         .merge(spotsweep_mlflow::router(mlflow))

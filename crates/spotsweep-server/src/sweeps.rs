@@ -338,7 +338,10 @@ pub(crate) async fn sweep_costs(s: &AppState) -> Result<std::collections::HashMa
     params(("id" = i64, Path, description = "Sweep id")),
     responses((status = 200, description = "The sweep", body = SweepBody), (status = 404, description = "No such sweep", body = spotsweep_api::ApiErrorBody)),
     security(("bearer" = [])))]
-pub async fn get_sweep(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<SweepBody>, ApiError> {
+pub async fn get_sweep(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<SweepBody>, ApiError> {
     let mut body = sweep_body(&s.sweeps.get_sweep(id).await?);
     body.cost_usd = s
         .fleet

@@ -439,6 +439,21 @@ pub struct SweepSpec {
     /// dataset to local disk, say); a machine where it fails takes no more trials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup: Option<String>,
+    /// The code snapshot trials run in, `sha256:<hex>` of a tar.gz the daemon holds (the CLI
+    /// packs a spec's `workdir` into one and uploads it); each trial runs in its own copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// The hex digest of a code snapshot id (`sha256:` and 64 lowercase hex digits), `None` when
+/// `id` is not one.
+pub fn code_digest(id: &str) -> Option<&str> {
+    let hex = id.strip_prefix("sha256:")?;
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(hex)
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -549,6 +564,14 @@ impl SweepSpec {
         }
         if self.setup.as_deref().is_some_and(|c| c.trim().is_empty()) {
             return Err(err("setup", "is empty; remove it or give a shell command"));
+        }
+        if let Some(code) = &self.code
+            && code_digest(code).is_none()
+        {
+            return Err(err(
+                "code",
+                "must be sha256:<64 lowercase hex digits>, the id of a snapshot uploaded with PUT /api/v1/code/{id}",
+            ));
         }
         self.pruner.validate()
     }

@@ -48,6 +48,7 @@ impl TestServer {
             fleet: Default::default(),
             agent_binary: None,
             mlflow_ui: Some("off".into()),
+            code_max_bytes: spotsweep_server::config::DEFAULT_CODE_MAX_MB << 20,
         };
         let mut config = config;
         change(&mut config);
