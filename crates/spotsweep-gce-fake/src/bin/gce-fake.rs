@@ -66,7 +66,10 @@ async fn main() -> std::io::Result<()> {
                 println!("{}", serde_json::Value::Array(all));
             }
             ["quit"] => break,
-            _ => println!("{}", serde_json::json!({"error": format!("unknown command: {line}")})),
+            _ => println!(
+                "{}",
+                serde_json::json!({"error": format!("unknown command: {line}")})
+            ),
         }
     }
     Ok(())
