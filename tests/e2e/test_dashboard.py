@@ -463,9 +463,15 @@ def test_sweeps_list_shows_state_progress_and_best(browser, real, shots):
 
 def test_fleet_page_shows_the_local_pools_agents(browser, real, shots):
     srv = real["srv"]
+    # Another agent of the pool with a GPU says so in its lease request (nothing to lease now).
+    gpu = {"id": "0", "memory_mib": 40960, "free_mib": 32768}
+    r = v1(srv, "POST", "leases", {"agent_id": "gpu-box-1", "agent_name": "gpu-box", "slots": 2, "pool": "local",
+                                   "gpus": [gpu]})
+    assert r.status_code == 200, r.text
     pools = {p["name"]: p for p in v1(srv, "GET", "pools").json()["pools"]}
     local = pools["local"]
-    assert {a["name"] for a in local["agents"]} == {"local-0", "local-1", "local-2"}, local
+    assert {a["name"] for a in local["agents"]} == {"local-0", "local-1", "local-2", "gpu-box"}, local
+    assert {a["name"]: a["gpus"] for a in local["agents"]}["gpu-box"] == [gpu]
     dash = Dash(browser, srv)
     try:
         visit = dash.open("#/fleet")
@@ -477,6 +483,8 @@ def test_fleet_page_shows_the_local_pools_agents(browser, real, shots):
             assert row.count() == 1
             assert row.locator(".slot").count() == a["slots"]
             assert re.search(rf"\b\d+/{a['slots']}\b", row.inner_text()), row.inner_text()
+            gpus = row.locator("[data-testid=agent-gpus]").inner_text()
+            assert gpus == ("GPU 0 · 40 GiB" if a["gpus"] else "none"), (a["name"], gpus)
         shots(dash)
     finally:
         dash.close()

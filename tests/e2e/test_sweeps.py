@@ -337,7 +337,9 @@ def test_random_sweep_with_local_agents_and_mlflow_client(server_factory, connec
         client = connect(srv)
         exp = client.get_experiment(s["experiment_id"])
         assert exp.name == exp_name
-        runs = {r.info.run_id: r for r in client.search_runs([s["experiment_id"]], max_results=100)}
+        # The trials' runs are the children of the sweep's own run.
+        children = f"tags.mlflow.parentRunId = '{s['run_id']}'"
+        runs = {r.info.run_id: r for r in client.search_runs([s["experiment_id"]], children, max_results=100)}
         assert len(runs) == 20
         assert set(runs) == {t["run_id"] for t in trials}
 
@@ -627,7 +629,8 @@ def test_agent_killed_mid_trial_is_requeued_on_another_agent(server_factory, age
     assert second["env"]["MLFLOW_RUN_ID"] == first["env"]["MLFLOW_RUN_ID"] == t["run_id"]
     assert second["env"]["SPOTSWEEP_SEED"] == first["env"]["SPOTSWEEP_SEED"]
     # One run, finished, on its second attempt.
-    runs = srv.post("runs/search", json={"experiment_ids": [s["experiment_id"]]}).json()["runs"]
+    children = f"tags.mlflow.parentRunId = '{s['run_id']}'"
+    runs = srv.post("runs/search", json={"experiment_ids": [s["experiment_id"]], "filter": children}).json()["runs"]
     assert [r["info"]["run_id"] for r in runs] == [t["run_id"]]
     tags = {x["key"]: x["value"] for x in runs[0]["data"]["tags"]}
     assert tags["spotsweep.attempt"] == "2"
@@ -674,7 +677,7 @@ def test_daemon_killed_mid_sweep_resumes_without_duplicates(server_factory, conn
                 assert t["run_id"] == at_crash[t["number"]]["run_id"]
 
         client = connect(srv)
-        runs = client.search_runs([s["experiment_id"]], max_results=100)
+        runs = client.search_runs([s["experiment_id"]], f"tags.mlflow.parentRunId = '{s['run_id']}'", max_results=100)
         assert len(runs) == 10
         assert {r.info.run_id for r in runs} == {t["run_id"] for t in trials}
         assert sorted(int(r.data.tags["spotsweep.trial"]) for r in runs) == list(range(10))
@@ -725,8 +728,9 @@ def test_cancel_stops_running_trials(server_factory, connect, tmp_path):
         assert sorted(p.name for p in state.iterdir()) == sorted(f.name for f in files)
         assert v1(srv, "POST", f"sweeps/{sid}/resume").status_code == 400
         client = connect(srv)
+        # The two trials' runs and the sweep's own run.
         runs = client.search_runs([s["experiment_id"]])
-        assert len(runs) == 2 and all(r.info.status == "KILLED" for r in runs)
+        assert len(runs) == 3 and all(r.info.status == "KILLED" for r in runs)
     finally:
         srv.stop()
         kill_pids(pids_with_cmdline(str(script)))

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 mod checkpoint;
 mod code;
+mod environment;
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -352,6 +353,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     let mut request_id: Option<String> = None;
     let setups = Setups::default();
     let codes = code::CodeCache::new(config.code_cache.clone(), config.code_cache_bytes);
+    let environments = environment::Environments::default();
     tokio::pin!(shutdown);
     loop {
         // After a failed setup: no more trials. The running ones finish, then the agent stops,
@@ -493,6 +495,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
                 shared_gpu: shared,
                 setups: setups.clone(),
                 codes: codes.clone(),
+                environments: environments.clone(),
                 code_dir: None,
                 stop: stop_rx.clone(),
             };
@@ -553,6 +556,8 @@ struct TrialTask {
     setups: Setups,
     /// The machine's code snapshots.
     codes: code::CodeCache,
+    /// The machine's environments, probed once (per PATH).
+    environments: environment::Environments,
     /// The trial's own copy of its code snapshot, once made: its working directory.
     code_dir: Option<PathBuf>,
     stop: watch::Receiver<bool>,
@@ -760,6 +765,7 @@ impl TrialTask {
         let stdout_path = dir.join("stdout.txt");
         let stderr_path = dir.join("stderr.txt");
         self.record_code_version().await;
+        self.record_environment(&dir).await;
         let mut cmd = self.command()?;
         cmd.stdout(std::fs::File::create(&stdout_path)?)
             .stderr(std::fs::File::create(&stderr_path)?);
@@ -1002,6 +1008,33 @@ impl TrialTask {
             .json(&body)
             .send()
             .await;
+    }
+
+    /// Records the machine's environment on the run: short facts as tags, the full record
+    /// (with `pip freeze` of the Python on the trial's PATH) as `environment.json`.
+    async fn record_environment(&self, dir: &std::path::Path) {
+        let path = self
+            .lease
+            .env
+            .get("PATH")
+            .cloned()
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        let env = self.environments.get(&path).await;
+        let body = serde_json::json!({
+            "run_id": self.lease.trial.run_id,
+            "tags": env.tags.iter().map(|(k, v)| serde_json::json!({"key": k, "value": v})).collect::<Vec<_>>(),
+        });
+        let _ = self
+            .client
+            .request(reqwest::Method::POST, "/api/2.0/mlflow/runs/log-batch")
+            .json(&body)
+            .send()
+            .await;
+        let file = dir.join("environment.json");
+        if std::fs::write(&file, &env.json).is_ok() {
+            self.upload(&file, "environment.json").await;
+        }
     }
 
     /// Uploads a file as a run artifact through the daemon's proxy (best effort).

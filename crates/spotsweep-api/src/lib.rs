@@ -166,6 +166,10 @@ pub struct SweepBody {
     /// What its trials have cost on fleet VMs so far, in USD (0 on the local pool).
     #[serde(default)]
     pub cost_usd: f64,
+    /// The sweep's own MLflow run: its trials' runs are its children (`mlflow.parentRunId`).
+    /// Absent for sweeps created before sweeps had runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     /// The stored spec (seed included); absent in the list (`GET /api/v1/sweeps/{id}` has it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
@@ -461,6 +465,10 @@ pub struct AgentInfo {
     pub attempts: i64,
     /// Of those, lost to a preemption.
     pub preemptions: i64,
+    /// Its GPUs and their memory not held by its trials, as its latest lease request said (empty:
+    /// none, or not heard from since the daemon started).
+    #[serde(default)]
+    pub gpus: Vec<GpuBody>,
 }
 
 /// A VM of a pool.

@@ -5,6 +5,7 @@
 mod client;
 mod code;
 mod notebook;
+mod source;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -608,9 +609,25 @@ fn print_result(s: &SweepBody, tracking_uri: &str, output: Output) -> anyhow::Re
 
 async fn run_all(args: RunArgs) -> anyhow::Result<bool> {
     init_logging(LogFormat::Text, "warn");
-    let spec = read_spec(&args.spec)?;
+    let mut spec = read_spec(&args.spec)?;
+    attach_source(&mut spec, spec_dir(&args.spec), &args.spec, None);
     let snapshot = code::pack_workdir(&spec, spec_dir(&args.spec), args.code.code_limit_mb)?;
     run_spec(spec, snapshot, args.agents, &args.data_dir, args.output).await
+}
+
+/// Records the git version of the code in the spec's `source`: of its workdir (relative to
+/// `base`), else of `base`. `launched`: the spec file or notebook.
+fn attach_source(
+    spec: &mut serde_json::Value,
+    base: &std::path::Path,
+    launched: &std::path::Path,
+    notebook: Option<&std::path::Path>,
+) {
+    let dir = match spec.get("workdir").and_then(|w| w.as_str()) {
+        Some(workdir) => base.join(workdir),
+        None => base.to_path_buf(),
+    };
+    source::attach(spec, &dir, launched, notebook);
 }
 
 /// The directory a spec file's relative paths start from.
@@ -662,6 +679,7 @@ async fn run_notebook(args: NotebookArgs) -> anyhow::Result<bool> {
         spec["workdir"] = serde_json::Value::String(std::path::absolute(dir)?.display().to_string());
         base = std::env::current_dir()?;
     }
+    attach_source(&mut spec, &base, &args.notebook, Some(&args.notebook));
     notebook_in_workdir(&mut spec, &base)?;
     let snapshot = code::pack_workdir(&spec, &base, args.code.code_limit_mb)?;
     run_spec(spec, snapshot, Some(args.jobs), &args.data_dir, args.format).await
@@ -746,6 +764,7 @@ fn main() -> anyhow::Result<()> {
         Command::Submit(args) => runtime.block_on(async {
             let daemon = args.daemon.daemon()?;
             let mut spec = read_spec(&args.spec)?;
+            attach_source(&mut spec, spec_dir(&args.spec), &args.spec, None);
             let snapshot = code::pack_workdir(&spec, spec_dir(&args.spec), args.code.code_limit_mb)?;
             code::attach(&daemon, &mut spec, snapshot).await?;
             let sweep = daemon.submit(&spec).await?;

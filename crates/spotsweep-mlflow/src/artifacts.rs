@@ -388,6 +388,18 @@ fn proxied_root(root_uri: &str) -> MlflowResult<Vec<String>> {
         .collect())
 }
 
+impl ArtifactRepo {
+    /// Writes `bytes` as the file at `rel` under `root_uri` (a run's artifact root behind this
+    /// server's proxy): how the daemon itself logs an artifact, such as a sweep run's spec.
+    pub async fn put_under(&self, root_uri: &str, rel: &str, bytes: Vec<u8>) -> MlflowResult<()> {
+        let root = proxied_root(root_uri)?;
+        let mut segments: Vec<&str> = root.iter().map(String::as_str).collect();
+        segments.extend(safe_segments(rel)?);
+        let body = Body::from(bytes);
+        store_body(self, &segments, body).await
+    }
+}
+
 /// The segments of a run's artifact root inside the proxy's store.
 async fn run_root(s: &MlflowState, run_id: &str) -> MlflowResult<Vec<String>> {
     let run = s.store.get_run(run_id).await?;

@@ -104,6 +104,7 @@ function poolCard(p, now, tables) {
     body.appendChild(wrap);
   }
   const agents = p.agents || [];
+  const gib = (mib) => `${(mib / 1024).toFixed(mib % 1024 ? 1 : 0)} GiB`;
   if (!agents.length && p.provider !== 'gce') {
     body.insertAdjacentHTML(
       'beforeend',
@@ -115,15 +116,19 @@ function poolCard(p, now, tables) {
         const running = Math.min(a.running || 0, a.slots || 0);
         const slots = Array.from({ length: Math.max(a.slots || 0, 0) }, (_, i) => `<i class="slot${i < running ? ' busy' : ''}"></i>`).join('');
         const stale = now - a.last_seen_at > 60000;
+        const gpus = (a.gpus || [])
+          .map((g) => `<span class="zone" title="${esc(`${gib(g.free_mib)} of ${gib(g.memory_mib)} free`)}">GPU ${esc(g.id)} · ${esc(gib(g.memory_mib))}</span>`)
+          .join(' ');
         return `<tr data-agent="${esc(a.name)}"><td class="mono">${esc(a.name)}</td>
           <td><span class="slots" title="${a.running || 0} of ${a.slots} slots busy">${slots}</span> <span class="muted small">${a.running || 0}/${a.slots}</span></td>
+          <td data-testid="agent-gpus">${gpus || '<span class="muted">none</span>'}</td>
           <td class="${stale ? 'muted' : ''}">${liveAgo(a.last_seen_at)}</td></tr>`;
       })
       .join('');
     body.insertAdjacentHTML(
       'beforeend',
       `<div class="sub-section"><h3>Agents</h3><div class="table-scroll"><table data-testid="agents-table">
-        <thead><tr><th>Agent</th><th>Slots</th><th>Last seen</th></tr></thead>
+        <thead><tr><th>Agent</th><th>Slots</th><th>GPUs</th><th>Last seen</th></tr></thead>
         <tbody>${rows}</tbody></table></div></div>`,
     );
   }

@@ -496,6 +496,7 @@ pub async fn list_pools(State(s): State<AppState>) -> Result<Json<PoolList>, Api
         .map(|a| (a.name.clone(), (a.attempts, a.preemptions)))
         .collect();
     let mut backoffs = s.zone_backoffs.lock().map(|b| b.clone()).unwrap_or_default();
+    let gpus = s.signals.agent_gpus.lock().map(|g| g.clone()).unwrap_or_default();
     let mut pools = (*s.pools).clone();
     pools
         .entry("local".to_string())
@@ -517,6 +518,7 @@ pub async fn list_pools(State(s): State<AppState>) -> Result<Json<PoolList>, Api
                 .unwrap_or_default()
                 .into_iter()
                 .map(|a| spotsweep_api::AgentInfo {
+                    gpus: gpus.get(&a.name).cloned().unwrap_or_default(),
                     name: a.name,
                     slots: a.slots,
                     last_seen_at: a.last_seen_at,

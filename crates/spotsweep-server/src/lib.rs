@@ -68,6 +68,8 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// Code snapshots (`<data-dir>/code`).
     pub code: Arc<code::CodeStore>,
+    /// The artifact store behind the MLflow proxy (the daemon logs sweep runs' artifacts).
+    pub artifacts: Arc<ArtifactRepo>,
 }
 
 /// Zones backed off after a stockout: pool, then zone, then until when (ms since the epoch).
@@ -367,6 +369,7 @@ pub async fn run(
             code::CodeStore::open(code::dir_in(&config.data_dir), config.code_max_bytes)
                 .with_context(|| format!("cannot open the code store in {}", config.data_dir.display()))?,
         ),
+        artifacts: artifacts.clone(),
         agent_binary: Arc::new(match &config.agent_binary {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find the spotsweep executable")?,

@@ -39,6 +39,8 @@ pub struct Signals {
     pub leases: Notify,
     /// What changed, for the dashboard's live updates.
     pub changes: crate::events::Changes,
+    /// Each agent's GPUs, by name, as its latest lease request said (for the fleet page).
+    pub agent_gpus: std::sync::Mutex<std::collections::HashMap<String, Vec<spotsweep_api::GpuBody>>>,
     /// When each agent was last recorded in the database.
     agents_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
@@ -118,6 +120,7 @@ pub(crate) fn sweep_body(s: &Sweep) -> SweepBody {
         finished_at: s.finished_at,
         elapsed_ms: s.finished_at.unwrap_or_else(spotsweep_store::now_ms) - s.created_at,
         cost_usd: 0.0,
+        run_id: s.run_id.clone(),
         spec: Some(serde_json::to_value(&s.spec).unwrap_or_default()),
     }
 }
@@ -251,11 +254,85 @@ pub async fn create_sweep(
     }
     let seed = spec.sampler.seed.unwrap_or_else(rand::random);
     spec.sampler.seed = Some(seed);
+    // A dirty tree's diff is kept as an artifact of the sweep's run, not in the stored spec
+    // (which every lease carries).
+    let diff = spec.source.as_mut().and_then(|source| source.diff.take());
+    if diff.as_ref().is_some_and(|d| d.len() > MAX_DIFF_BYTES) {
+        return Err(ApiError::invalid(format!(
+            "source.diff is over {} MiB: cut it (and say so with diff_truncated: true)",
+            MAX_DIFF_BYTES >> 20
+        )));
+    }
     let sweep = s.sweeps.create_sweep(spec, seed).await?;
     tracing::info!(id = sweep.id, name = %sweep.spec.name, "sweep created");
+    log_sweep_artifacts(&s, &sweep, diff).await;
     s.signals.work.notify_waiters();
     s.signals.changes.sweep(sweep.id);
     Ok((StatusCode::CREATED, Json(sweep_body(&sweep))))
+}
+
+/// The largest `source.diff` a sweep may carry (the CLI cuts diffs at 1 MiB).
+const MAX_DIFF_BYTES: usize = 4 << 20;
+
+/// Logs a new sweep's spec (`spec.json`) and its code's diff (`diff.patch`) to its run. The
+/// sweep stands without them (its spec is in the sweep itself): a failure is logged, not
+/// answered.
+async fn log_sweep_artifacts(s: &AppState, sweep: &Sweep, diff: Option<String>) {
+    let Some(run_id) = &sweep.run_id else { return };
+    let result = async {
+        let run = s.tracking.get_run(run_id).await?;
+        let root = &run.info.artifact_uri;
+        let spec = serde_json::to_vec_pretty(&sweep.spec).unwrap_or_default();
+        s.artifacts.put_under(root, "spec.json", spec).await?;
+        if let Some(diff) = diff {
+            s.artifacts
+                .put_under(root, "diff.patch", diff.into_bytes())
+                .await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(sweep = sweep.id, error = %e, "cannot log the sweep run's artifacts");
+    }
+}
+
+/// Logs the sweep's best value so far to its run (`best_<objective metric>`, at step = the
+/// trial's number) when `trial` completed and is now the sweep's best: the metric's history is
+/// the best value each improving trial reached, in the order they completed.
+async fn log_best_value(s: &AppState, trial: &Trial) {
+    if trial.state != TrialState::Completed || trial.value.is_none() {
+        return;
+    }
+    let result = async {
+        let sweep = s.sweeps.get_sweep(trial.sweep_id).await?;
+        let (Some(run_id), Some((number, value, _))) = (&sweep.run_id, sweep.best) else {
+            return anyhow::Ok(());
+        };
+        if number != trial.number {
+            return Ok(());
+        }
+        let metric = spotsweep_store::Metric {
+            key: format!("best_{}", sweep.spec.objective.metric),
+            value,
+            timestamp: spotsweep_store::now_ms(),
+            step: number,
+        };
+        s.tracking
+            .log_batch(
+                run_id,
+                spotsweep_store::Batch {
+                    metrics: vec![metric],
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(sweep = trial.sweep_id, error = %e, "cannot log the sweep's best value");
+    }
 }
 
 /// `GET /api/v1/sweeps` query.
@@ -535,6 +612,15 @@ pub async fn lease_trials(
     } else {
         Some(req.pool.clone().unwrap_or_else(|| "local".into()))
     };
+    let agent_name = req.agent_name.as_deref().unwrap_or(&req.agent_id);
+    if let Ok(mut gpus) = s.signals.agent_gpus.lock()
+        && gpus.get(agent_name) != Some(&req.gpus)
+    {
+        if gpus.len() > 10_000 {
+            gpus.clear();
+        }
+        gpus.insert(agent_name.to_owned(), req.gpus.clone());
+    }
     // Recording the agent is a write of its own: once a minute per agent is plenty.
     if s.signals.should_record_agent(&req.agent_id) {
         s.sweeps
@@ -700,6 +786,7 @@ pub async fn complete_trial(
         None
     };
     let trial = s.sweeps.complete_trial(&id, outcome).await?;
+    log_best_value(&s, &trial).await;
     s.auth.retain_trials(|lease| lease != id);
     if let Some(agent) = agent {
         drain_bad_vm(&s, &agent, &reason_of(&trial)).await?;

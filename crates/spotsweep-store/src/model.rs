@@ -563,6 +563,9 @@ pub struct Sweep {
     pub created_at: i64,
     /// When it completed or was cancelled.
     pub finished_at: Option<i64>,
+    /// Its own MLflow run (its trials' runs are the run's children); none for sweeps created
+    /// before sweeps had runs.
+    pub run_id: Option<String>,
 }
 
 /// Which sweeps a page of the list holds.

@@ -426,3 +426,66 @@ async fn trials_are_packed_onto_gpus_by_memory_and_an_oom_doubles_the_next_place
     assert_eq!(retried[0].trial.sweep_id, sweep.id);
     assert_eq!(retried[0].gpus.as_ref().unwrap()[0].memory_mib, 2 * share);
 }
+
+/// A sweep has its own run, named after it, holding its spec's summary as params; its trials'
+/// runs are its children and carry its source tags; the run ends with the sweep: FINISHED when
+/// it completes, KILLED when it is cancelled.
+#[tokio::test]
+async fn a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let mut with_source = spec("parent", 2, 2, 0);
+    with_source.source = Some(spotsweep_core::sweep::Source {
+        commit: Some("abc123".into()),
+        branch: Some("main".into()),
+        dirty: true,
+        ..Default::default()
+    });
+    let s = store.create_sweep(with_source, 7).await.unwrap();
+    let parent_id = s.run_id.clone().expect("a new sweep has a run");
+    let parent = store.get_run(&parent_id).await.unwrap();
+    assert_eq!(parent.info.status, RunStatus::Running);
+    let params: std::collections::HashMap<_, _> = parent
+        .params
+        .iter()
+        .map(|p| (p.key.as_str(), p.value.as_str()))
+        .collect();
+    assert_eq!(params["max_trials"], "2");
+    assert_eq!(params["goal"], "minimize");
+    let leases = store.lease_trials(&request("a", 2)).await.unwrap();
+    for lease in &leases {
+        let run = store.get_run(&lease.trial.run_id).await.unwrap();
+        let tags: std::collections::HashMap<_, _> = run
+            .tags
+            .iter()
+            .map(|t| (t.key.as_str(), t.value.as_str()))
+            .collect();
+        assert_eq!(tags["mlflow.parentRunId"], parent_id);
+        assert_eq!(tags["mlflow.source.git.commit"], "abc123");
+        assert_eq!(tags["mlflow.source.git.branch"], "main");
+        assert_eq!(tags["mlflow.source.type"], "PROJECT");
+        assert_eq!(tags["spotsweep.source.dirty"], "true");
+    }
+    for lease in &leases {
+        store
+            .complete_trial(&lease.lease_id, Outcome::Succeeded(Some(1.0)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.get_sweep(s.id).await.unwrap().state, SweepState::Completed);
+    assert_eq!(
+        store.get_run(&parent_id).await.unwrap().info.status,
+        RunStatus::Finished
+    );
+
+    let cancelled = store
+        .create_sweep(spec("parent-cancelled", 5, 1, 0), 7)
+        .await
+        .unwrap();
+    store
+        .set_sweep_state(cancelled.id, SweepState::Cancelled)
+        .await
+        .unwrap();
+    let run = store.get_run(cancelled.run_id.as_deref().unwrap()).await.unwrap();
+    assert_eq!(run.info.status, RunStatus::Killed);
+}

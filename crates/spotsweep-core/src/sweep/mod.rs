@@ -11,6 +11,6 @@ pub use sample::{
 };
 pub use spec::{
     Condition, Distribution, Goal, NotebookSpec, Objective, OneOrMany, ParamValue, PrunerKind, PrunerSpec,
-    Resources, SamplerKind, SamplerSpec, SpecError, Summary, SweepSpec, code_digest, grid_values,
+    Resources, SamplerKind, SamplerSpec, Source, SpecError, Summary, SweepSpec, code_digest, grid_values,
     placeholders, quantize, validate_params,
 };

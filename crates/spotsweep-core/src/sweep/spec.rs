@@ -443,6 +443,99 @@ pub struct SweepSpec {
     /// packs a spec's `workdir` into one and uploads it); each trial runs in its own copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// Where the trials' code came from (the CLI reads it from git); every trial's MLflow run
+    /// carries it as `mlflow.source.*` tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+/// The version of the code a sweep runs, as the CLI found it when submitting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// The git commit (`HEAD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The branch checked out (none on a detached head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The `origin` remote's URL, without credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_url: Option<String>,
+    /// Whether the working tree differed from the commit.
+    #[serde(default)]
+    pub dirty: bool,
+    /// What was launched (`mlflow.source.name`): the spec file or the notebook, relative to the
+    /// repository's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The notebook's sha256 (hex), for notebook sweeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notebook_sha256: Option<String>,
+    /// `git diff HEAD` of a dirty tree. The daemon keeps it as the sweep run's `diff.patch`
+    /// artifact and drops it from the stored spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    /// The diff was cut at the CLI's size limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub diff_truncated: bool,
+}
+
+impl SweepSpec {
+    /// The spec summarised as the params of the sweep's own MLflow run: its budget, sampler and
+    /// objective. Few on purpose: MLflow's runs table shows the params of every run in the
+    /// experiment as columns, and the trials' hyperparameters must stay in view; the whole spec
+    /// is the run's `spec.json`.
+    pub fn run_params(&self) -> Vec<(String, String)> {
+        vec![
+            ("max_trials".to_owned(), self.max_trials.to_string()),
+            ("sampler".to_owned(), word(&self.sampler.kind)),
+            ("objective".to_owned(), self.objective.metric.clone()),
+            ("goal".to_owned(), word(&self.objective.goal)),
+        ]
+    }
+}
+
+/// The name an enum has in the spec (`tpe`, `minimize`).
+fn word<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// The longest value a source tag keeps (MLflow's tag values are bounded).
+const MAX_SOURCE_TAG_CHARS: usize = 5000;
+
+impl Source {
+    /// The run tags MLflow's UI shows for a run's source (`mlflow.source.*`), and spotsweep's own
+    /// (`spotsweep.source.dirty`, `spotsweep.notebook.sha256`). `notebook`: the sweep runs a
+    /// notebook (`mlflow.source.type` NOTEBOOK; PROJECT for code in a git repository, LOCAL
+    /// otherwise, as MLflow names them).
+    pub fn tags(&self, notebook: bool) -> Vec<(&'static str, String)> {
+        let kind = if notebook {
+            "NOTEBOOK"
+        } else if self.commit.is_some() {
+            "PROJECT"
+        } else {
+            "LOCAL"
+        };
+        let mut tags = vec![("mlflow.source.type", kind.to_owned())];
+        let mut push = |key: &'static str, value: &Option<String>| {
+            if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                tags.push((key, v.chars().take(MAX_SOURCE_TAG_CHARS).collect()));
+            }
+        };
+        push("mlflow.source.name", &self.name);
+        push("mlflow.source.git.commit", &self.commit);
+        push("mlflow.source.git.branch", &self.branch);
+        push("mlflow.source.git.repoURL", &self.repo_url);
+        push("spotsweep.notebook.sha256", &self.notebook_sha256);
+        if self.commit.is_some() {
+            tags.push(("spotsweep.source.dirty", self.dirty.to_string()));
+        }
+        tags
+    }
 }
 
 /// The hex digest of a code snapshot id (`sha256:` and 64 lowercase hex digits), `None` when

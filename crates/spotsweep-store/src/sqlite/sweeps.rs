@@ -90,9 +90,11 @@ struct SweepRow {
     trials_created: i64,
     created_at: i64,
     finished_at: Option<i64>,
+    run_uuid: Option<String>,
 }
 
-const SWEEP_COLUMNS: &str = "id, spec, seed, experiment_id, state, trials_created, created_at, finished_at";
+const SWEEP_COLUMNS: &str =
+    "id, spec, seed, experiment_id, state, trials_created, created_at, finished_at, run_uuid";
 
 async fn trial_by_id(conn: &mut SqliteConnection, id: i64) -> Result<Trial> {
     let sql = format!("SELECT {TRIAL_COLUMNS} FROM trials t JOIN runs r ON r.id = t.run_id WHERE t.id = ?");
@@ -147,6 +149,8 @@ struct SweepRef {
     experiment_id: i64,
     artifact_location: String,
     experiment_stage: String,
+    /// The sweep's own run (the trials' parent), when it has one.
+    run_uuid: Option<String>,
 }
 
 /// A lease about to be granted.
@@ -158,7 +162,7 @@ struct NewLease<'a> {
 
 /// A sweep's experiment, for trials created outside a lease (the columns of [`SweepRef`]).
 const SWEEP_REF: &str = "SELECT s.id, s.seed, s.experiment_id, e.artifact_location, \
-     e.lifecycle_stage AS experiment_stage FROM sweeps s JOIN experiments e ON e.experiment_id = s.experiment_id \
+     e.lifecycle_stage AS experiment_stage, s.run_uuid FROM sweeps s JOIN experiments e ON e.experiment_id = s.experiment_id \
      WHERE s.id = ?";
 
 // The hot paths of the queue send a batch of statements to the writer at once: one round trip
@@ -187,6 +191,61 @@ const INSERT_TRIAL: &str = "\
         WHERE ?1 ->> 'lease_id' IS NOT NULL AND sweep_id = ?1 ->> 'sweep_id' AND number = ?1 ->> 'number'; \
     UPDATE sweeps SET trials_created = trials_created + 1 WHERE id = ?1 ->> 'sweep_id'; \
     SELECT id FROM trials WHERE sweep_id = ?1 ->> 'sweep_id' AND number = ?1 ->> 'number'";
+
+/// Inserts a sweep's own run with its tags and params, and names it on the sweep.
+const INSERT_SWEEP_RUN: &str = "\
+    INSERT INTO runs (run_uuid, experiment_id, name, user_id, status, start_time, artifact_uri, lifecycle_stage) \
+        SELECT ?1 ->> 'run_uuid', experiment_id, ?1 ->> 'run_name', '', 'RUNNING', ?1 ->> 'now', \
+               rtrim(artifact_location, '/') || '/' || (?1 ->> 'run_uuid') || '/artifacts', 'active' \
+        FROM experiments WHERE experiment_id = ?1 ->> 'experiment_id'; \
+    INSERT INTO tags (run_id, key, value) \
+        SELECT (SELECT id FROM runs WHERE run_uuid = ?1 ->> 'run_uuid'), key, value FROM json_each(?1, '$.tags'); \
+    INSERT INTO params (run_id, key, value) \
+        SELECT (SELECT id FROM runs WHERE run_uuid = ?1 ->> 'run_uuid'), key, value FROM json_each(?1, '$.params'); \
+    UPDATE sweeps SET run_uuid = ?1 ->> 'run_uuid' WHERE id = ?1 ->> 'sweep_id'";
+
+/// Creates sweep `id`'s own MLflow run, named after it, in its experiment: the parent of its
+/// trials' runs, with the spec summarised as params and the code version as tags.
+async fn insert_sweep_run(
+    conn: &mut SqliteConnection,
+    id: i64,
+    experiment_id: i64,
+    spec: &SweepSpec,
+    now: i64,
+) -> Result<()> {
+    let mut tags = serde_json::json!({
+        "mlflow.runName": spec.name,
+        "spotsweep.sweep_id": id.to_string(),
+        "spotsweep.sweep": spec.name,
+        "spotsweep.role": "sweep",
+    });
+    if let Some(code) = &spec.code {
+        tags["spotsweep.code"] = code.as_str().into();
+    }
+    for (key, value) in spec.source.iter().flat_map(|s| s.tags(spec.notebook.is_some())) {
+        tags[key] = value.into();
+    }
+    let params: serde_json::Map<String, serde_json::Value> = spec
+        .run_params()
+        .into_iter()
+        .map(|(k, v)| (k, v.into()))
+        .collect();
+    let args = serde_json::json!({
+        "run_uuid": uuid::Uuid::new_v4().simple().to_string(),
+        "run_name": spec.name,
+        "experiment_id": experiment_id,
+        "now": now,
+        "tags": tags,
+        "params": params,
+        "sweep_id": id,
+    });
+    sqlx::query(INSERT_SWEEP_RUN)
+        .bind(args.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
 
 /// Starts the next attempt of a waiting trial under a new lease: the trial, the lease, the run's
 /// attempt tag and status; returns the trial.
@@ -218,10 +277,28 @@ async fn set_lease_gpus(conn: &mut SqliteConnection, lease_id: &str, gpus: Optio
     Ok(())
 }
 
+/// Ends the run of sweep `sweep_id` if the sweep has ended (see [`END_SWEEP_RUN`]).
+async fn end_sweep_run(conn: &mut SqliteConnection, sweep_id: i64) -> Result<()> {
+    let sql = format!("{END_SWEEP_RUN} AND s.id = ?2");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(serde_json::json!({ "now": now_ms() }).to_string())
+        .bind(sweep_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
 /// When a sweep (the row `sweeps`) is done: running or paused, every trial proposed, none left
 /// to run.
 const SWEEP_DONE: &str = "state IN ('running', 'paused') AND trials_created >= max_trials \
      AND NOT EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = sweeps.id AND t.state IN ('queued', 'running', 'preempted'))";
+
+/// Ends the run of a sweep that ended (FINISHED when it completed, KILLED when cancelled), once:
+/// `?1 ->> 'now'` is the time; the caller appends the condition naming the sweep (`s.id = ..`).
+const END_SWEEP_RUN: &str = "UPDATE runs SET status = IIF(s.state = 'completed', 'FINISHED', 'KILLED'), \
+       end_time = ?1 ->> 'now' FROM sweeps s \
+     WHERE runs.run_uuid = s.run_uuid AND runs.status = 'RUNNING' AND s.state IN ('completed', 'cancelled')";
 
 /// Ends a lease (its end time kept if it already ended) with the outcome it records, and sets
 /// its trial's state, value (?2, a real: a float through JSON text could change), reason and
@@ -236,7 +313,8 @@ static END_LEASE: LazyLock<String> = LazyLock::new(|| {
          UPDATE runs SET status = ?1 ->> 'run_status', end_time = ?1 ->> 'now' \
            WHERE ?1 ->> 'run_status' IS NOT NULL AND id = (SELECT run_id FROM trials WHERE id = ?1 ->> 'trial_id'); \
          UPDATE sweeps SET state = 'completed', finished_at = ?1 ->> 'now' \
-           WHERE id = (SELECT sweep_id FROM trials WHERE id = ?1 ->> 'trial_id') AND {SWEEP_DONE}"
+           WHERE id = (SELECT sweep_id FROM trials WHERE id = ?1 ->> 'trial_id') AND {SWEEP_DONE}; \
+         {END_SWEEP_RUN} AND s.id = (SELECT sweep_id FROM trials WHERE id = ?1 ->> 'trial_id')"
     )
 });
 
@@ -633,7 +711,7 @@ impl Queue {
             sweep.artifact_location.trim_end_matches('/')
         );
         let attempt = i64::from(lease.is_some());
-        let tags = serde_json::json!({
+        let mut tags = serde_json::json!({
             "mlflow.runName": run_name,
             "spotsweep.sweep_id": sweep.id.to_string(),
             "spotsweep.sweep": spec.name,
@@ -641,6 +719,17 @@ impl Queue {
             "spotsweep.attempt": attempt.to_string(),
             "spotsweep.seed": seed.to_string(),
         });
+        // MLflow's UI folds a run under the run its `mlflow.parentRunId` names, and shows the
+        // code version from the `mlflow.source.*` tags.
+        if let Some(parent) = &sweep.run_uuid {
+            tags["mlflow.parentRunId"] = parent.as_str().into();
+        }
+        if let Some(code) = &spec.code {
+            tags["spotsweep.code"] = code.as_str().into();
+        }
+        for (key, value) in spec.source.iter().flat_map(|s| s.tags(spec.notebook.is_some())) {
+            tags[key] = value.into();
+        }
         let param_values: serde_json::Map<String, serde_json::Value> = params
             .iter()
             .map(|(k, v)| (k.clone(), v.to_string().into()))
@@ -871,7 +960,7 @@ impl Queue {
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
-        Ok(())
+        end_sweep_run(conn, sweep_id).await
     }
 
     /// Leases up to `request.slots` trials, inside the caller's write transaction.
@@ -929,7 +1018,7 @@ impl Queue {
         while leased.len() < request.slots as usize {
             let candidates: Vec<Candidate> = sqlx::query_as(
                 "SELECT s.id, s.seed, s.experiment_id, e.artifact_location, e.lifecycle_stage AS experiment_stage, \
-                   s.parallelism, s.max_trials, s.trials_created, \
+                   s.run_uuid, s.parallelism, s.max_trials, s.trials_created, \
                    (SELECT COUNT(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running') AS running, \
                    (SELECT MIN(t.number) FROM trials t WHERE t.sweep_id = s.id AND t.state IN ('queued', 'preempted')) \
                      AS next_waiting \
@@ -1147,6 +1236,7 @@ impl SqliteStore {
             best,
             created_at: row.created_at,
             finished_at: row.finished_at,
+            run_id: row.run_uuid,
         })
     }
 }
@@ -1214,6 +1304,7 @@ impl SweepStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(map_err)?;
+        insert_sweep_run(&mut tx, id, experiment_id, &spec, now).await?;
         let committed = commit(tx).await;
         // Cancelling changes trials outside the queue's own writes.
         self.queue.forget_history(id);
@@ -1296,6 +1387,7 @@ impl SweepStore for SqliteStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(map_err)?;
+                end_sweep_run(&mut tx, id).await?;
             }
             SweepState::Completed => {
                 return Err(StoreError::Invalid(
