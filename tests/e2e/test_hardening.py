@@ -251,3 +251,17 @@ def test_another_agents_request_id_gets_nothing_of_its_leases(server):
     # The same agent retrying still gets its lease back.
     again = v1(server, "POST", "leases", {"agent_id": "agent-a", "slots": 1, "sweep_id": sid, "request_id": rid})
     assert [ls["lease_id"] for ls in again.json()["leases"]] == [ls["lease_id"] for ls in mine.json()["leases"]]
+
+
+def test_a_spec_of_two_megabytes_is_taken_and_a_bigger_one_is_a_json_413(server):
+    def big(n):
+        return spec({"c": {"type": "categorical", "choices": [f"choice-{i}" for i in range(n)]}}, command="true {c}")
+
+    started = time.monotonic()
+    r = v1(server, "POST", "sweeps", big(125_000))  # 2.0 MB of JSON
+    assert r.status_code == 201, r.text[:300]
+    # Validation is linear in the choices (a set, not a scan per choice): seconds at worst here.
+    assert time.monotonic() - started < 20
+    r = v1(server, "POST", "sweeps", big(160_000))  # 2.6 MB: over the limit
+    assert r.status_code == 413 and r.headers["content-type"].startswith("application/json"), r.text[:300]
+    assert r.json()["code"] == "too_large" and "2 MiB" in r.json()["message"]

@@ -175,6 +175,35 @@ where
     }
 }
 
+/// A request's body as bytes, with a body over the size limit (or cut off) refused in
+/// `/api/v1`'s JSON error (413 naming the limit), not axum's plain text.
+#[derive(Debug)]
+pub struct ApiBody(pub Bytes);
+
+impl<S> axum::extract::FromRequest<S> for ApiBody
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Self(bytes)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "too_large",
+                message: "the request body is over the daemon's limit of 2 MiB: send less (a sweep spec's \
+                          categorical choices, a batch of metrics in several requests)"
+                    .into(),
+            }),
+            Err(e) => Err(ApiError::invalid(format!(
+                "cannot read the request body: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
 /// Longest `expires_in`: ten years.
 const MAX_EXPIRES_IN_S: i64 = 315_360_000;
 
@@ -209,7 +238,7 @@ pub(crate) fn scope_on_wire(scope: TokenScope) -> spotsweep_api::TokenScope {
 pub async fn create_token(
     State(s): State<AppState>,
     caller: Option<axum::Extension<crate::auth::Caller>>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     // Any content type: `curl -d '{"name": "ci"}'` sends a form type and means JSON.
     let req: CreateTokenRequest = serde_json::from_slice(&body).map_err(|e| {

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use spotsweep_api::{
@@ -21,7 +20,7 @@ use spotsweep_store::{
 use tokio::sync::Notify;
 
 use crate::AppState;
-use crate::api::{ApiError, ApiPath, ApiQuery};
+use crate::api::{ApiBody, ApiError, ApiPath, ApiQuery};
 use crate::auth::{TrialScope, trial_token};
 
 /// Default lease time to live: an agent that misses heartbeats this long loses the trial.
@@ -237,7 +236,7 @@ fn parse_spec(body: &[u8]) -> Result<SweepSpec, ApiError> {
 )]
 pub async fn create_sweep(
     State(s): State<AppState>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, Json<SweepBody>), ApiError> {
     if let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(&body)
         && fields.contains_key("workdir")
@@ -499,7 +498,7 @@ pub async fn list_trials(
 pub async fn enqueue_trial(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, Json<TrialBody>), ApiError> {
     let req: EnqueueTrialRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid body: {e}")))?;
@@ -539,7 +538,7 @@ pub async fn enqueue_trial(
 pub async fn lease_trials(
     State(s): State<AppState>,
     vm: Option<axum::Extension<crate::auth::VmPrincipal>>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Json<LeaseResponse>, ApiError> {
     let mut req: LeaseRequestBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("invalid lease request: {e}")))?;
@@ -703,7 +702,7 @@ pub struct HeartbeatRequest {
 pub async fn heartbeat(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let req: HeartbeatRequest = if body.is_empty() {
         HeartbeatRequest { ttl_ms: None }
@@ -736,7 +735,7 @@ pub async fn heartbeat(
 pub async fn complete_trial(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Json<TrialBody>, ApiError> {
     let req: CompleteRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid completion: {e}")))?;
