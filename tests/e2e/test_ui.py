@@ -164,8 +164,12 @@ def test_runs_table_shows_params_and_metrics(page, sweep_ui):
     for column in ("x", "lr", "loss", "accuracy"):
         assert re.search(rf"\b{column}\b", names), (column, names)
     # The values are in the cells (a loss below 10, formatted by the UI): the trials' runs are
-    # folded under the sweep's own run, whose row shows its best loss.
-    assert page.page.locator("[role=gridcell]").filter(has_text=re.compile(r"^\d\.\d+")).count() >= 1
+    # folded under the sweep's own run (the one button of the grid expands it), then each shows its loss.
+    numbers = page.page.locator("[role=gridcell]").filter(has_text=re.compile(r"^\d\.\d+"))
+    assert numbers.count() >= 1
+    page.page.locator("[role=gridcell] button").first.click()
+    numbers.nth(3).wait_for(timeout=10000)
+    assert numbers.count() >= 4
 
 
 def test_run_page_charts_its_metric(page, sweep_ui):
