@@ -741,7 +741,22 @@ def test_actions_pause_resume_enqueue_clone_and_cancel(browser, quiet, shots):
         form.locator("[data-testid=dialog-cancel]").click()
         form.wait_for(state="detached", timeout=5000)
 
-        # Clone: the spec prefilled, the name suffixed, the seed dropped; edit a field.
+        # Rerun a finished trial from its row: a new row, marked as its rerun, left out of the plots.
+        got = lease(srv, sid, agent="worker")[0]
+        n = got["trial"]["number"]
+        complete(srv, got["lease_id"], "succeeded", 0.5)
+        button = page.locator(f"[data-rerun='{n}']")
+        button.wait_for(timeout=5000)
+        button.click()
+        marker = page.locator("[data-testid=rerun-of]")
+        marker.wait_for(timeout=5000)
+        assert marker.inner_text() == f"↻{n}"
+        reruns = [t for t in v1(srv, "GET", f"sweeps/{sid}/trials").json()["trials"] if t.get("rerun_of") == n]
+        assert len(reruns) == 1 and reruns[0]["params"] == got["trial"]["params"], reruns
+        assert page.locator(f"tr[data-trial='{reruns[0]['number']}'] [data-rerun]").count() == 0  # queued
+        wait_until(lambda: dash.js("() => window.__dashboard.drawn() && window.__dashboard.charts.parallel"
+                                   ".getOption().series[0].data.length") == 1, 5, "the parallel chart's one line")
+
         page.click("[data-action=clone]")
         dialog = page.locator("[data-testid=clone]")
         dialog.wait_for(timeout=5000)
@@ -797,6 +812,7 @@ def test_read_only_tokens_see_pages_without_actions(browser, real, shots):
             assert_clean(visit)
             assert dash.page.locator("[data-testid=read-only]").is_visible()
             assert dash.page.locator("[data-action]").count() == 0, where
+            assert dash.page.locator("[data-rerun]").count() == 0, where
         # The page has no buttons; the API refuses the session's POSTs all the same.
         dash.open(f"#/sweeps/{running['id']}")
         status = dash.js("id => fetch(`/api/v1/sweeps/${id}/pause`, {method: 'POST'}).then(r => r.status)",

@@ -303,6 +303,36 @@ async fn download(client: &Client, id: &str, hex: &str, path: &Path) -> Result<u
     Ok(bytes)
 }
 
+/// Downloads snapshot `id` from the daemon at `server` (with `token`), checks its hash and
+/// unpacks it into `dst`, a directory that must not exist yet (`spotsweep checkout`); the bytes
+/// of its files. The error says what went wrong in words.
+pub async fn download_snapshot(
+    server: &str,
+    token: Option<&str>,
+    id: &str,
+    dst: &Path,
+) -> Result<u64, String> {
+    let hex = digest(id)?;
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: server.trim_end_matches('/').to_owned(),
+        token: token.map(str::to_owned),
+    };
+    let parent = dst
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let archive = tempfile::Builder::new()
+        .prefix(".spotsweep-code-")
+        .suffix(".tar.gz")
+        .tempfile_in(parent)
+        .map_err(|e| format!("cannot write in {}: {e}", parent.display()))?;
+    download(&client, id, hex, archive.path())
+        .await
+        .map_err(|(Failure::Retry(m) | Failure::Fatal(m))| m)?;
+    unpack(archive.path(), dst).map_err(|e| format!("cannot unpack {id} into {}: {e}", dst.display()))
+}
+
 /// Unpacks a tar.gz into a new directory `dst`; the bytes of its files. Entries that would land
 /// outside `dst` (`..`, absolute paths, through links) are refused by `unpack_in`.
 fn unpack(archive: &Path, dst: &Path) -> std::io::Result<u64> {

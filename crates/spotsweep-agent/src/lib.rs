@@ -28,6 +28,8 @@ mod checkpoint;
 mod code;
 mod environment;
 
+pub use code::download_snapshot;
+
 /// How an agent runs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {

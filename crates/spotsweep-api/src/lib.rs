@@ -228,6 +228,53 @@ pub struct TrialBody {
     /// The step at which a pruner stopped it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pruned_step: Option<i64>,
+    /// For a rerun: the number of the trial it runs again (same parameters, seed and code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<i64>,
+    /// The pool it runs on, when not its sweep's (a rerun elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+}
+
+/// `POST /api/v1/sweeps/{id}/trials/{number}/rerun`: run a finished trial again.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerunRequest {
+    /// The pool to run it on (default: the sweep's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+}
+
+/// `GET /api/v1/sweeps/{id}/trials/{number}/launch`: what the trial's agent ran, to run it by
+/// hand (`spotsweep checkout`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TrialLaunchBody {
+    /// The trial.
+    pub trial: TrialBody,
+    /// The command line as the agent ran it with `sh -c` (parameters substituted), for command
+    /// sweeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The notebook, for notebook sweeps (papermill, the parameters as YAML).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notebook: Option<NotebookBody>,
+    /// The environment the command got that does not depend on the machine: the spec's `env`
+    /// and `SPOTSWEEP_PARAMS`, `SPOTSWEEP_SEED`, `SPOTSWEEP_SWEEP_ID`, `SPOTSWEEP_TRIAL_NUMBER`,
+    /// `SPOTSWEEP_TRIAL_ID`.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The code snapshot it ran in (`GET /api/v1/code/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The sweep's `setup` (staging data; run before the trial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<String>,
+    /// The code's version when the sweep was submitted (commit, branch, remote, dirty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub source: Option<serde_json::Value>,
+    /// The sweep's MLflow run (its `diff.patch` artifact has a dirty tree's changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep_run_id: Option<String>,
 }
 
 /// `GET /api/v1/sweeps/{id}/trials`
@@ -616,6 +663,9 @@ pub struct TrialColumns {
     pub pruned_step: Vec<Option<i64>>,
     /// Why it failed, was pruned or cancelled (at most 300 characters).
     pub reason: Vec<Option<String>>,
+    /// For a rerun, the number of the trial it runs again (reruns are no part of the search:
+    /// leave them out of its plots).
+    pub rerun_of: Vec<Option<i64>>,
 }
 
 /// `GET /api/v1/sweeps/{id}/importance`

@@ -10,7 +10,8 @@ pub struct Daemon {
     http: reqwest::Client,
     /// Base URL.
     pub url: String,
-    token: Option<String>,
+    /// The bearer token, if any.
+    pub token: Option<String>,
 }
 
 impl Daemon {
@@ -105,6 +106,38 @@ impl Daemon {
                 .await?,
         )
         .await
+    }
+
+    /// One trial of a sweep.
+    pub async fn trial(&self, sweep: i64, number: i64) -> anyhow::Result<spotsweep_api::TrialBody> {
+        let path = format!("/api/v1/sweeps/{sweep}/trials/{number}");
+        Self::parse(self.request(reqwest::Method::GET, &path).send().await?).await
+    }
+
+    /// Queues a rerun of a finished trial (on `pool`, or the sweep's).
+    pub async fn rerun(
+        &self,
+        sweep: i64,
+        number: i64,
+        pool: Option<&str>,
+    ) -> anyhow::Result<spotsweep_api::TrialBody> {
+        let path = format!("/api/v1/sweeps/{sweep}/trials/{number}/rerun");
+        let body = spotsweep_api::RerunRequest {
+            pool: pool.map(str::to_owned),
+        };
+        Self::parse(
+            self.request(reqwest::Method::POST, &path)
+                .json(&body)
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// How a trial was launched: its command, environment and code.
+    pub async fn launch(&self, sweep: i64, number: i64) -> anyhow::Result<spotsweep_api::TrialLaunchBody> {
+        let path = format!("/api/v1/sweeps/{sweep}/trials/{number}/launch");
+        Self::parse(self.request(reqwest::Method::GET, &path).send().await?).await
     }
 
     /// What the fleet has cost (one sweep's trials too, with `sweep_id`).

@@ -5,6 +5,7 @@
 mod client;
 mod code;
 mod notebook;
+mod rerun;
 mod source;
 
 use std::io::IsTerminal;
@@ -47,6 +48,12 @@ enum Command {
     /// papermill with its parameters, e.g. `spotsweep notebook Test.ipynb -o 'out/Test.{run_id}.ipynb'
     /// -p parameters.yml -j 8`.
     Notebook(NotebookArgs),
+    /// Run a finished trial again, with the same parameters, seed and code snapshot, as a new
+    /// trial of its sweep (on another pool with --pool).
+    Rerun(RerunArgs),
+    /// Write a trial's code, parameters and command line into a new directory, to run it by
+    /// hand: DIR/spotsweep-trial.sh runs it as its agent did.
+    Checkout(CheckoutArgs),
     /// Print the OpenAPI document of /api/v1.
     Openapi,
     /// Manage tokens offline.
@@ -213,6 +220,34 @@ struct StatusArgs {
     /// table or json.
     #[arg(long, value_enum, default_value_t)]
     output: Output,
+}
+
+#[derive(Args)]
+struct RerunArgs {
+    /// The sweep id.
+    sweep: i64,
+    /// The trial's number.
+    trial: i64,
+    /// The pool to run it on [default: the sweep's].
+    #[arg(long)]
+    pool: Option<String>,
+    /// Wait until it ends and print its value beside the original's.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Args)]
+struct CheckoutArgs {
+    /// The sweep id.
+    sweep: i64,
+    /// The trial's number.
+    trial: i64,
+    /// A new (or empty) directory.
+    dir: PathBuf,
+    #[command(flatten)]
+    daemon: DaemonArgs,
 }
 
 #[derive(Args)]
@@ -772,6 +807,20 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Status(args) => runtime.block_on(status(args)),
+        Command::Rerun(args) => {
+            let trial = runtime.block_on(async {
+                let daemon = args.daemon.daemon()?;
+                rerun::rerun(&daemon, args.sweep, args.trial, args.pool.as_deref(), args.wait).await
+            })?;
+            if args.wait && trial.state != "completed" {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Checkout(args) => runtime.block_on(async {
+            let daemon = args.daemon.daemon()?;
+            rerun::checkout(&daemon, args.sweep, args.trial, &args.dir).await
+        }),
         Command::Watch(args) => runtime.block_on(async {
             let daemon = args.daemon.daemon()?;
             let sweep = follow(&daemon, args.id).await?;

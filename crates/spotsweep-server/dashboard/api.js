@@ -60,7 +60,7 @@ export const post = (path, body) => api(path, { method: 'POST', body: body ?? {}
 /**
  * The trial table as rows: the daemon sends it by column (it compresses better); each row is
  * `{n, state, value, p: [...], attempts, preemptions, agent, started_at, finished_at, duration_ms,
- * cost_usd, run_id, pruned_step, reason}`.
+ * cost_usd, run_id, pruned_step, reason, rerun_of}`.
  */
 export function tableRows(table, now = Date.now()) {
   const c = table.columns;
@@ -83,6 +83,7 @@ export function tableRows(table, now = Date.now()) {
       run_id: c.run_id[i],
       pruned_step: c.pruned_step[i],
       reason: c.reason[i],
+      rerun_of: c.rerun_of ? c.rerun_of[i] : null,
     };
   }
   return { sweep_id: table.sweep_id, params: table.params, trials };

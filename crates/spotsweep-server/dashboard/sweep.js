@@ -2,7 +2,7 @@
 // (optimization history, parallel coordinates with brushing that filters the table, parameter
 // importance, slice, a pair plot, learning curves, the timeline of attempts).
 
-import { get, ApiError, tableRows } from './api.js';
+import { get, post, ApiError, tableRows } from './api.js';
 import { actionButtons, runAction } from './actions.js';
 import { DataTable } from './table.js';
 import { progressBar, bestText } from './sweeps.js';
@@ -21,6 +21,7 @@ import {
   throttle,
   when,
   TRIAL_STATES,
+  FINISHED,
 } from './util.js';
 
 const TOP_K = [5, 10, 20, 50, 100];
@@ -33,6 +34,7 @@ export function mount(root, { id }, ctx) {
   let dists = [];
   let rows = [];
   let lines = [];
+  let searched = [];
   let attempts = [];
   let curves = null;
   let importance = null;
@@ -112,7 +114,16 @@ export function mount(root, { id }, ctx) {
     const exp = sweep ? sweep.experiment_id : '';
     const ui = !ctx.me || ctx.me.mlflow_ui !== false;
     const cols = [
-      { key: 'n', label: '#', num: true, get: (t) => t.n, render: (t) => String(t.n) },
+      {
+        key: 'n',
+        label: '#',
+        num: true,
+        get: (t) => t.n,
+        render: (t) =>
+          t.rerun_of === null || t.rerun_of === undefined
+            ? String(t.n)
+            : `${t.n} <span class="muted small" data-testid="rerun-of" title="A rerun of trial ${t.rerun_of}: the same parameters, seed and code">↻${t.rerun_of}</span>`,
+      },
       {
         key: 'state',
         label: 'State',
@@ -173,8 +184,35 @@ export function mount(root, { id }, ctx) {
               : `<span class="mono muted" title="MLflow run ${esc(t.run_id)} (MLflow's UI is not served)">${esc(t.run_id.slice(0, 8))}</span>`,
       },
     );
+    if (ctx.me && ctx.me.scope === 'write') {
+      cols.push({
+        key: 'rerun',
+        label: 'Rerun',
+        get: () => null,
+        render: (t) =>
+          FINISHED.includes(t.state)
+            ? `<button type="button" class="btn small" data-rerun="${t.n}" title="Run trial ${t.n} again: the same parameters, seed and code, as a new trial">Rerun</button>`
+            : '',
+      });
+    }
     return cols;
   }
+
+  // A finished trial runs again as a new trial (never part of the search's plots).
+  $('.trials').addEventListener('click', (e) => {
+    const b = e.target.closest('[data-rerun]');
+    if (!b) return;
+    ctx.run(async () => {
+      b.disabled = true;
+      try {
+        const t = await post(`sweeps/${id}/trials/${b.dataset.rerun}/rerun`);
+        ctx.toast(`Trial ${t.number} queued: a rerun of trial ${t.rerun_of}.`);
+        await refresh();
+      } finally {
+        b.disabled = false;
+      }
+    });
+  });
 
   const stateSel = $('[data-testid=trial-state-filter]');
   const textInput = $('[data-testid=trial-filter]');
@@ -296,11 +334,11 @@ export function mount(root, { id }, ctx) {
 
   function drawHistory() {
     const box = $('[data-opt=log-history]');
-    const canLog = rows.every((t) => t.value === null || t.value === undefined || t.value > 0);
+    const canLog = searched.every((t) => t.value === null || t.value === undefined || t.value > 0);
     box.disabled = !canLog;
     box.parentElement.title = canLog ? '' : 'Some values are 0 or below';
-    if (!lines.length && !rows.some((t) => t.state === 'pruned' && t.value !== null)) return empty('history', 'No finished trials yet');
-    set('history', plots.historyOption({ trials: rows, params, metric: metric(), goal: goal(), logY: logHistory && canLog }), { notMerge: true });
+    if (!lines.length && !searched.some((t) => t.state === 'pruned' && t.value !== null)) return empty('history', 'No finished trials yet');
+    set('history', plots.historyOption({ trials: searched, params, metric: metric(), goal: goal(), logY: logHistory && canLog }), { notMerge: true });
   }
 
   let parallelShown = false;
@@ -535,7 +573,9 @@ export function mount(root, { id }, ctx) {
     for (const r of rows) {
       r._s = `#${r.n} ${r.state} ${r.agent || ''} ${r.p.map((v) => (v === null ? '' : String(v))).join(' ')} ${r.reason || ''}`.toLowerCase();
     }
-    lines = rows.filter((r) => r.state === 'completed' && r.value !== null && r.value !== undefined);
+    // Reruns repeat points of the search: the plots show the search alone.
+    searched = rows.filter((r) => r.rerun_of === null || r.rerun_of === undefined);
+    lines = searched.filter((r) => r.state === 'completed' && r.value !== null && r.value !== undefined);
     if (changedParams || !trialsTable.columns.length) {
       trialsTable.setColumns(columns(), false);
       if (!trialsTable.refreshMenu) $('.cols').appendChild(trialsTable.columnMenu());

@@ -37,6 +37,8 @@ export const VM_COLORS = {
 };
 
 export const TRIAL_STATES = ['queued', 'running', 'completed', 'failed', 'pruned', 'preempted', 'cancelled'];
+/** Trial states after which a trial can run again (a rerun). */
+export const FINISHED = ['completed', 'failed', 'pruned', 'cancelled'];
 
 /** Escapes text for HTML. */
 export function esc(value) {

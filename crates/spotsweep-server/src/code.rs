@@ -19,7 +19,6 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use spotsweep_api::{ApiErrorBody, CodeSnapshotBody};
 use spotsweep_core::sweep::code_digest;
-use spotsweep_store::{SweepQuery, SweepState};
 
 use crate::AppState;
 use crate::api::{ApiError, ApiPath};
@@ -163,25 +162,10 @@ fn digest(id: &str) -> Result<&str, ApiError> {
     })
 }
 
-/// Whether a running or paused sweep of `pool` runs in snapshot `id` (what a pool's agents may
-/// download).
+/// Whether `pool`'s agents may download snapshot `id`: a running or paused sweep of the pool
+/// runs in it, or a rerun on the pool does.
 async fn pool_uses(s: &AppState, pool: &str, id: &str) -> Result<bool, ApiError> {
-    for state in [SweepState::Running, SweepState::Paused] {
-        let query = SweepQuery {
-            state: Some(state),
-            name_contains: None,
-            before_id: None,
-            limit: 1000,
-        };
-        let (sweeps, _) = s.sweeps.sweeps_page(&query).await?;
-        if sweeps
-            .iter()
-            .any(|sw| sw.spec.pool == pool && sw.spec.code.as_deref() == Some(id))
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    Ok(s.sweeps.pool_uses_code(pool, id).await?)
 }
 
 /// Whether the daemon has a code snapshot: 200 with its size as `Content-Length`, or 404. The
@@ -243,7 +227,7 @@ pub async fn get_code(
     {
         return Err(ApiError::forbidden(format!(
             "this token belongs to agent {} of pool {}: it can read the code of that pool's sweeps, and no running \
-             sweep of pool {} runs in {id}",
+             or paused sweep (nor rerun) of pool {} runs in {id}",
             scope.name, scope.pool, scope.pool
         )));
     }

@@ -260,6 +260,7 @@ pub async fn table(
         c.run_id.push(t.run_id);
         c.pruned_step.push(t.pruned_step);
         c.reason.push(t.reason);
+        c.rerun_of.push(t.rerun_of);
     }
     Ok(Json(TrialTable {
         sweep_id: id,
@@ -321,7 +322,8 @@ pub async fn importance(
         .list_trials(id)
         .await?
         .into_iter()
-        .filter(|t| t.state == TrialState::Completed)
+        // A rerun repeats a point already counted.
+        .filter(|t| t.state == TrialState::Completed && t.rerun_of.is_none())
         .filter_map(|t| t.value.filter(|v| v.is_finite()).map(|v| (t.params, sign * v)))
         .collect();
     let spec = sweep.spec.clone();
@@ -378,8 +380,9 @@ pub async fn curves(
         return Err(ApiError::invalid("top must be between 1 and 500"));
     }
     let sweep = s.sweeps.get_sweep(id).await?;
-    // The table's lean read: the curves need no params.
-    let trials = s.sweeps.trial_summaries(id, 0).await?;
+    // The table's lean read: the curves need no params. Reruns repeat curves of the search.
+    let mut trials = s.sweeps.trial_summaries(id, 0).await?;
+    trials.retain(|t| t.rerun_of.is_none());
     let better = |a: f64, b: f64| match sweep.spec.objective.goal {
         Goal::Minimize => a.total_cmp(&b),
         Goal::Maximize => b.total_cmp(&a),

@@ -9,8 +9,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use spotsweep_api::{
     BestTrial, CompleteRequest, EnqueueTrialRequest, GpuShare, HeartbeatResponse, LeaseBody,
-    LeaseRequestBody, LeaseResponse, NotebookBody, SweepBody, SweepList, TrialBody, TrialCountsBody,
-    TrialList,
+    LeaseRequestBody, LeaseResponse, NotebookBody, RerunRequest, SweepBody, SweepList, TrialBody,
+    TrialCountsBody, TrialLaunchBody, TrialList,
 };
 use spotsweep_core::sweep::{Goal, ParamValue, Params, SweepSpec, render_command, validate_params};
 use spotsweep_store::{
@@ -82,6 +82,8 @@ fn trial_body(t: &Trial) -> TrialBody {
         started_at: t.started_at,
         finished_at: t.finished_at,
         pruned_step: t.pruned_step,
+        rerun_of: t.rerun_of,
+        pool: t.pool.clone(),
     }
 }
 
@@ -529,6 +531,119 @@ pub async fn enqueue_trial(
     Ok((StatusCode::CREATED, Json(trial_body(&trial))))
 }
 
+/// A trial of a sweep by number.
+async fn find_trial(s: &AppState, id: i64, number: i64) -> Result<Trial, ApiError> {
+    s.sweeps.get_sweep(id).await?;
+    s.sweeps
+        .list_trials(id)
+        .await?
+        .into_iter()
+        .find(|t| t.number == number)
+        .ok_or_else(|| ApiError::not_found(format!("sweep {id} has no trial {number}")))
+}
+
+/// One trial of a sweep.
+#[utoipa::path(get, path = "/api/v1/sweeps/{id}/trials/{number}", tag = "sweeps",
+    params(("id" = i64, Path, description = "Sweep id"), ("number" = i64, Path, description = "Trial number")),
+    responses((status = 200, description = "The trial", body = TrialBody),
+              (status = 404, description = "No such sweep or trial", body = spotsweep_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_trial(
+    State(s): State<AppState>,
+    ApiPath((id, number)): ApiPath<(i64, i64)>,
+) -> Result<Json<TrialBody>, ApiError> {
+    Ok(Json(trial_body(&find_trial(&s, id, number).await?)))
+}
+
+/// Runs a finished trial again: a new trial of the sweep with the same parameters, seed and code
+/// snapshot, linked to the original (`rerun_of`, and the run's `spotsweep.rerun_of` tags), on
+/// the sweep's pool or the one given. It runs even when the sweep has ended (a paused sweep holds
+/// it until resumed), does not count towards `max_trials`, is never pruned, and is no evidence
+/// for the sampler or the sweep's best.
+#[utoipa::path(post, path = "/api/v1/sweeps/{id}/trials/{number}/rerun", tag = "sweeps",
+    params(("id" = i64, Path, description = "Sweep id"), ("number" = i64, Path, description = "The trial to run again")),
+    request_body = RerunRequest,
+    responses((status = 201, description = "The new trial, queued", body = TrialBody),
+              (status = 400, description = "A bad pool name", body = spotsweep_api::ApiErrorBody),
+              (status = 404, description = "No such sweep or trial", body = spotsweep_api::ApiErrorBody),
+              (status = 409, description = "The trial has not ended yet", body = spotsweep_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rerun_trial(
+    State(s): State<AppState>,
+    ApiPath((id, number)): ApiPath<(i64, i64)>,
+    ApiBody(body): ApiBody,
+) -> Result<(StatusCode, Json<TrialBody>), ApiError> {
+    let req: RerunRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RerunRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid body: {e}")))?
+    };
+    if let Some(pool) = &req.pool
+        && (pool.trim().is_empty() || pool.len() > 100 || pool.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "pool must be a pool's name: 1 to 100 characters, no control characters",
+        ));
+    }
+    let trial = s.sweeps.rerun_trial(id, number, req.pool.as_deref()).await?;
+    tracing::info!(
+        sweep = id,
+        trial = trial.number,
+        rerun_of = number,
+        "rerun queued"
+    );
+    s.signals.work.notify_waiters();
+    s.signals.changes.sweep(id);
+    s.signals.changes.fleet();
+    Ok((StatusCode::CREATED, Json(trial_body(&trial))))
+}
+
+/// What a trial's agent ran, to run it again by hand: the command line (or notebook), the
+/// environment that does not depend on the machine, the code snapshot and the code's version.
+#[utoipa::path(get, path = "/api/v1/sweeps/{id}/trials/{number}/launch", tag = "sweeps",
+    params(("id" = i64, Path, description = "Sweep id"), ("number" = i64, Path, description = "Trial number")),
+    responses((status = 200, description = "How the trial was launched", body = TrialLaunchBody),
+              (status = 404, description = "No such sweep or trial", body = spotsweep_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub async fn trial_launch(
+    State(s): State<AppState>,
+    ApiPath((id, number)): ApiPath<(i64, i64)>,
+) -> Result<Json<TrialLaunchBody>, ApiError> {
+    let sweep = s.sweeps.get_sweep(id).await?;
+    let trial = find_trial(&s, id, number).await?;
+    let spec = &sweep.spec;
+    let n = trial.number as u64;
+    let params = serde_json::to_value(&trial.params).unwrap_or_default();
+    let mut env = spec.env.clone();
+    env.insert("SPOTSWEEP_PARAMS".into(), params.to_string());
+    env.insert("SPOTSWEEP_SEED".into(), trial.seed.to_string());
+    env.insert("SPOTSWEEP_SWEEP_ID".into(), id.to_string());
+    env.insert("SPOTSWEEP_TRIAL_NUMBER".into(), n.to_string());
+    env.insert("SPOTSWEEP_TRIAL_ID".into(), format!("{id}-{n}"));
+    Ok(Json(TrialLaunchBody {
+        command: spec
+            .command
+            .as_deref()
+            .map(|c| render_command(c, &trial.params, n)),
+        notebook: spec.notebook.as_ref().map(|nb| NotebookBody {
+            input: nb.input.clone(),
+            output: nb
+                .output
+                .replace("{trial}", &n.to_string())
+                .replace("{run_id}", &trial.run_id),
+        }),
+        env,
+        code: spec.code.clone(),
+        setup: spec.setup.clone(),
+        source: spec
+            .source
+            .as_ref()
+            .and_then(|src| serde_json::to_value(src).ok()),
+        sweep_run_id: sweep.run_id.clone(),
+        trial: trial_body(&trial),
+    }))
+}
+
 /// Leases trials to an agent or worker, waiting up to `wait_ms` for work (long poll). Each
 /// trial is proposed by its sweep's sampler now, so it sees every result so far.
 #[utoipa::path(post, path = "/api/v1/leases", tag = "leases",
@@ -669,7 +784,8 @@ pub async fn lease_trials(
                 leases: leased
                     .iter()
                     .map(|l| {
-                        let pool_setup = s.pools.get(&l.spec.pool).and_then(|p| p.setup());
+                        let pool = l.trial.pool.as_deref().unwrap_or(&l.spec.pool);
+                        let pool_setup = s.pools.get(pool).and_then(|p| p.setup());
                         let mut body = lease_body(l, ttl_ms, pool_setup);
                         body.trial_token = s.auth.enabled.then(|| issue_trial_token(&s, l));
                         body

@@ -40,8 +40,8 @@ async fn create_sweep(s: &TestServer, pool: &str, code: &str) -> i64 {
     r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
 }
 
-#[tokio::test]
-async fn a_vms_token_reads_its_pools_snapshots_only_and_a_trials_token_none() {
+/// A fake Compute API and a daemon with one gce pool, `a100`, of one VM on it.
+async fn gce_daemon() -> (FakeCompute, tempfile::TempDir, TestServer) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fake = FakeCompute::start(FakeConfig {
         op_delay: Duration::from_millis(40),
@@ -79,19 +79,16 @@ async fn a_vms_token_reads_its_pools_snapshots_only_and_a_trials_token_none() {
         labels: Default::default(),
         setup: None,
     };
-    let mut server = TestServer::start_with(dir.path().join("data"), false, |c| {
+    let server = TestServer::start_with(dir.path().join("data"), false, |c| {
         c.pools.insert("a100".into(), Pool::Gce(Box::new(pool)));
         c.fleet.tick = Duration::from_millis(50);
     })
     .await;
-    let ours = upload(&server, b"the a100 pool's code").await;
-    let theirs = upload(&server, b"another pool's code").await;
-    let unused = upload(&server, b"nobody's code").await;
-    create_sweep(&server, "local", &theirs).await;
-    create_sweep(&server, "a100", &ours).await;
+    (fake, dir, server)
+}
 
-    // The VM the sweep asks for, once it boots, and its token.
-    let mut instance = None;
+/// The first VM of the fake once its pool's page shows it booting, and its token.
+async fn booting_vm(server: &TestServer, fake: &FakeCompute) -> (spotsweep_gce_fake::FakeInstance, String) {
     for _ in 0..400 {
         let pools: Value = server
             .get("/api/v1/pools")
@@ -108,18 +105,30 @@ async fn a_vms_token_reads_its_pools_snapshots_only_and_a_trials_token_none() {
             .filter(|p| p["name"] == "a100")
             .flat_map(|p| p["vms"].as_array().unwrap())
             .any(|v| v["state"] == "booting");
-        if booting {
-            instance = fake.instances().into_iter().next();
-            break;
+        if booting && let Some(instance) = fake.instances().into_iter().next() {
+            let items = instance.body["metadata"]["items"].as_array().unwrap();
+            let token = items.iter().find(|m| m["key"] == "spotsweep-token").unwrap()["value"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            return (instance, token);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let instance = instance.expect("a VM for the a100 sweep");
-    let items = instance.body["metadata"]["items"].as_array().unwrap();
-    let token = items.iter().find(|m| m["key"] == "spotsweep-token").unwrap()["value"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    panic!("no VM booted for the a100 pool");
+}
+
+#[tokio::test]
+async fn a_vms_token_reads_its_pools_snapshots_only_and_a_trials_token_none() {
+    let (fake, _dir, mut server) = gce_daemon().await;
+    let ours = upload(&server, b"the a100 pool's code").await;
+    let theirs = upload(&server, b"another pool's code").await;
+    let unused = upload(&server, b"nobody's code").await;
+    create_sweep(&server, "local", &theirs).await;
+    create_sweep(&server, "a100", &ours).await;
+
+    // The VM the sweep asks for, once it boots, and its token.
+    let (instance, token) = booting_vm(&server, &fake).await;
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, id: &str, token: &str| {
         http.request(method, format!("{}/api/v1/code/{id}", server.url))
@@ -232,5 +241,87 @@ async fn an_upload_over_the_daemons_cap_is_refused_and_leaves_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_rerun_on_a_gce_pool_gets_a_vm_that_reads_the_snapshot_while_the_rerun_needs_it() {
+    let (fake, _dir, mut server) = gce_daemon().await;
+    let code = upload(&server, b"the local sweep's code").await;
+    let sweep = create_sweep(&server, "local", &code).await;
+    // Trial 0 runs and ends on the local pool (by hand, as an ask-and-tell worker).
+    let r = server
+        .post(
+            "/api/v1/leases",
+            json!({"agent_id": "laptop", "slots": 1, "pool": "local"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let lease: Value = r.json().await.unwrap();
+    let lease_id = lease["leases"][0]["lease_id"].as_str().unwrap().to_owned();
+    let r = server
+        .post(
+            &format!("/api/v1/leases/{lease_id}/complete"),
+            json!({"outcome": "succeeded", "value": 0.5}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    server
+        .post(&format!("/api/v1/sweeps/{sweep}/cancel"), json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(fake.instances().is_empty());
+
+    // Its rerun on the a100 pool: a VM is created for it, and that VM's token reads the
+    // sweep's snapshot and leases the rerun.
+    let r = server
+        .post(
+            &format!("/api/v1/sweeps/{sweep}/trials/0/rerun"),
+            json!({"pool": "a100"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let rerun: Value = r.json().await.unwrap();
+    assert_eq!(
+        (rerun["rerun_of"].as_i64(), rerun["pool"].as_str()),
+        (Some(0), Some("a100"))
+    );
+    let (instance, token) = booting_vm(&server, &fake).await;
+    let http = reqwest::Client::new();
+    let read = || {
+        http.get(format!("{}/api/v1/code/{code}", server.url))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(read().await.unwrap().status(), 200);
+    let r = http
+        .post(format!("{}/api/v1/leases", server.url))
+        .bearer_auth(&token)
+        .json(&json!({"agent_id": format!("{}-abc", instance.name), "slots": 1, "wait_ms": 5000}))
+        .send()
+        .await
+        .unwrap();
+    let leased: Value = r.json().await.unwrap();
+    let lease = &leased["leases"][0];
+    assert_eq!(lease["code"], code.as_str(), "{leased}");
+    assert_eq!(lease["trial"]["rerun_of"], 0, "{leased}");
+    assert_eq!(lease["trial"]["number"], rerun["number"], "{leased}");
+    let lease_id = lease["lease_id"].as_str().unwrap();
+    let r = http
+        .post(format!("{}/api/v1/leases/{lease_id}/complete", server.url))
+        .bearer_auth(&token)
+        .json(&json!({"outcome": "succeeded", "value": 0.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Once the rerun has ended, the pool's VMs have no business with that code.
+    assert_eq!(read().await.unwrap().status(), 403);
     server.stop().await;
 }

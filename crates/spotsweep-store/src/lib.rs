@@ -204,6 +204,14 @@ pub trait SweepStore: Send + Sync + 'static {
     async fn list_trials(&self, sweep_id: i64) -> Result<Vec<Trial>>;
     /// Queues a trial with fixed parameters (counts towards `max_trials`).
     async fn enqueue_trial(&self, sweep_id: i64, params: spotsweep_core::sweep::Params) -> Result<Trial>;
+    /// Queues a rerun of finished trial `number`: a new trial with its parameters and seed, on
+    /// `pool` (default: the sweep's), numbered after every trial the sweep can propose. It does
+    /// not count towards `max_trials` and is no evidence for the sampler, the pruner or the
+    /// sweep's best. A finished sweep runs it too; a paused one holds it until resumed.
+    async fn rerun_trial(&self, sweep_id: i64, number: i64, pool: Option<&str>) -> Result<Trial>;
+    /// Whether agents of `pool` may read code snapshot `code`: a running or paused sweep of the
+    /// pool runs in it, or a rerun waiting or running on the pool does.
+    async fn pool_uses_code(&self, pool: &str, code: &str) -> Result<bool>;
     /// Records an agent (or refreshes it).
     async fn register_agent(&self, id: &str, name: &str, pool: &str, slots: u32) -> Result<()>;
     /// Leases up to `slots` trials in one transaction: requeued trials first, then new ones

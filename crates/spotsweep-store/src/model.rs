@@ -524,6 +524,10 @@ pub struct Trial {
     pub finished_at: Option<i64>,
     /// The step at which a pruner stopped it.
     pub pruned_step: Option<i64>,
+    /// For a rerun, the number of the trial it runs again.
+    pub rerun_of: Option<i64>,
+    /// The pool it runs on, when not its sweep's (a rerun elsewhere).
+    pub pool: Option<String>,
 }
 
 /// Trials of a sweep by state.
@@ -625,6 +629,8 @@ pub struct TrialSummary {
     pub pruned_step: Option<i64>,
     /// Why it failed, was pruned or cancelled: its first `reason_chars` characters.
     pub reason: Option<String>,
+    /// For a rerun, the number of the trial it runs again.
+    pub rerun_of: Option<i64>,
 }
 
 /// An agent (a VM's or a local one, by name) and the work it has done.

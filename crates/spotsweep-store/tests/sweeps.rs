@@ -489,3 +489,136 @@ async fn a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them() {
     let run = store.get_run(cancelled.run_id.as_deref().unwrap()).await.unwrap();
     assert_eq!(run.info.status, RunStatus::Killed);
 }
+
+#[tokio::test]
+async fn a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    // TPE from the second trial on, so that its proposals depend on the history.
+    let mut tpe = serde_json::to_value(tpe_spec()).unwrap();
+    tpe["max_trials"] = 3.into();
+    tpe["sampler"]["startup_trials"] = 1.into();
+    let tpe: SweepSpec = serde_json::from_value(tpe).unwrap();
+    let s = store.create_sweep(tpe.clone(), 11).await.unwrap();
+    let first = store.lease_trials(&request("a", 1)).await.unwrap().remove(0);
+    // Only a finished trial can run again, and only one that exists.
+    let err = store.rerun_trial(s.id, 0, None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert!(matches!(
+        store.rerun_trial(s.id, 7, None).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.rerun_trial(999, 0, None).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store
+        .complete_trial(&first.lease_id, Outcome::Succeeded(Some(0.25)))
+        .await
+        .unwrap();
+
+    // The rerun of trial 0, asked for on another pool: numbered after the search, same
+    // parameters and seed, not counted in trials_created, and the pool's demand.
+    let rerun = store.rerun_trial(s.id, 0, Some("gpu")).await.unwrap();
+    assert_eq!(
+        (rerun.number, rerun.rerun_of, rerun.pool.as_deref()),
+        (3, Some(0), Some("gpu"))
+    );
+    assert_eq!(
+        (rerun.params.clone(), rerun.seed),
+        (first.trial.params.clone(), first.trial.seed)
+    );
+    assert_ne!(rerun.run_id, first.trial.run_id);
+    assert_eq!(store.get_sweep(s.id).await.unwrap().trials_created, 1);
+    assert_eq!(store.pool_demand("gpu").await.unwrap().waiting, 1);
+    // The sweep's own pool still gets its next proposal (trial 1), never the rerun.
+    let next = store.lease_trials(&request("a", 4)).await.unwrap();
+    assert_eq!(next.iter().map(|l| l.trial.number).collect::<Vec<_>>(), vec![1]);
+    let mut gpu = request("g", 4);
+    gpu.pool = Some("gpu".into());
+    let again = store.lease_trials(&gpu).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].trial.number, 3);
+    // Never pruned, and a better value does not make it the sweep's best.
+    assert_eq!(
+        store.heartbeat(&again[0].lease_id, 60_000).await.unwrap(),
+        HeartbeatAction::Continue
+    );
+    store
+        .complete_trial(&again[0].lease_id, Outcome::Succeeded(Some(0.0)))
+        .await
+        .unwrap();
+    store
+        .complete_trial(&next[0].lease_id, Outcome::Succeeded(Some(0.5)))
+        .await
+        .unwrap();
+    let sweep = store.get_sweep(s.id).await.unwrap();
+    assert_eq!(sweep.best.as_ref().map(|b| (b.0, b.1)), Some((0, 0.25)));
+    // The search goes on to its last trial (after a restart, which reads the sampler's history
+    // from the database): the history ignores the rerun.
+    drop(store);
+    let store = open(&dir).await;
+    let last = store.lease_trials(&request("a", 4)).await.unwrap();
+    assert_eq!(last.iter().map(|l| l.trial.number).collect::<Vec<_>>(), vec![2]);
+    store
+        .complete_trial(&last[0].lease_id, Outcome::Succeeded(Some(1.0)))
+        .await
+        .unwrap();
+    assert_eq!(store.get_sweep(s.id).await.unwrap().state, SweepState::Completed);
+    // The same sweep without the rerun proposes the same trials.
+    let twin_dir = tempfile::tempdir().unwrap();
+    let twin = open(&twin_dir).await;
+    twin.create_sweep(tpe, 11).await.unwrap();
+    let mut twin_params = Vec::new();
+    for value in [0.25, 0.5, 1.0] {
+        let l = twin.lease_trials(&request("a", 1)).await.unwrap().remove(0);
+        twin_params.push(l.trial.params.clone());
+        twin.complete_trial(&l.lease_id, Outcome::Succeeded(Some(value)))
+            .await
+            .unwrap();
+    }
+    let params: Vec<_> = [&first, &next[0], &last[0]]
+        .iter()
+        .map(|l| l.trial.params.clone())
+        .collect();
+    assert_eq!(params, twin_params);
+
+    // A completed sweep still runs a rerun (on its own pool by default), numbered after the
+    // last, and stays completed.
+    let late = store.rerun_trial(s.id, 3, None).await.unwrap();
+    assert_eq!(
+        (late.number, late.rerun_of, late.pool.clone()),
+        (4, Some(3), None)
+    );
+    assert!(store.pool_uses_code("local", "sha256:none").await.is_ok());
+    let leased = store.lease_trials(&request("a", 4)).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    store
+        .complete_trial(&leased[0].lease_id, Outcome::Succeeded(Some(0.25)))
+        .await
+        .unwrap();
+    let sweep = store.get_sweep(s.id).await.unwrap();
+    assert_eq!(sweep.state, SweepState::Completed);
+    assert_eq!(sweep.counts.get(TrialState::Completed), 5);
+
+    // A cancelled sweep: a rerun asked for afterwards runs; one of a paused sweep waits.
+    let c = store.create_sweep(spec("c", 2, 1, 0), 5).await.unwrap();
+    let l = store.lease_trials(&request("a", 1)).await.unwrap().remove(0);
+    store
+        .complete_trial(&l.lease_id, Outcome::Succeeded(Some(1.0)))
+        .await
+        .unwrap();
+    store.set_sweep_state(c.id, SweepState::Paused).await.unwrap();
+    store.rerun_trial(c.id, 0, None).await.unwrap();
+    assert!(store.lease_trials(&request("a", 4)).await.unwrap().is_empty());
+    assert_eq!(store.pool_demand("local").await.unwrap().waiting, 0);
+    store.set_sweep_state(c.id, SweepState::Cancelled).await.unwrap();
+    let r = store.rerun_trial(c.id, 0, None).await.unwrap();
+    assert_eq!(store.pool_demand("local").await.unwrap().waiting, 1);
+    let l = store.lease_trials(&request("a", 4)).await.unwrap().remove(0);
+    assert_eq!(l.trial.number, r.number);
+    assert_eq!(
+        store.heartbeat(&l.lease_id, 60_000).await.unwrap(),
+        HeartbeatAction::Continue
+    );
+}

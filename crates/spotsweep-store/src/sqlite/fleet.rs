@@ -185,8 +185,9 @@ impl FleetStore for SqliteStore {
     async fn pool_demand(&self, pool: &str) -> Result<PoolDemand> {
         let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
             "SELECT s.parallelism, s.max_trials - s.trials_created, \
-               (SELECT COUNT(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running'), \
-               (SELECT COUNT(*) FROM trials t WHERE t.sweep_id = s.id AND t.state IN ('queued', 'preempted')) \
+               (SELECT COUNT(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running' AND t.rerun_of IS NULL), \
+               (SELECT COUNT(*) FROM trials t WHERE t.sweep_id = s.id AND t.state IN ('queued', 'preempted') \
+                  AND t.rerun_of IS NULL) \
              FROM sweeps s WHERE s.state = 'running' AND s.pool = ?",
         )
         .bind(pool)
@@ -201,6 +202,20 @@ impl FleetStore for SqliteStore {
             demand.running += running as u64;
             demand.waiting += (wanted - running) as u64;
         }
+        // Reruns on this pool, whatever their sweep's pool and state (a paused sweep holds its
+        // waiting ones).
+        let (running, waiting): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(t.state = 'running'), 0), COALESCE(SUM(t.state != 'running' AND s.state != 'paused'), 0) \
+             FROM trials t JOIN sweeps s ON s.id = t.sweep_id \
+             WHERE t.rerun_of IS NOT NULL AND t.state IN ('queued', 'running', 'preempted') \
+               AND COALESCE(t.pool, s.pool) = ?",
+        )
+        .bind(pool)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(map_err)?;
+        demand.running += running as u64;
+        demand.waiting += waiting as u64;
         Ok(demand)
     }
 

@@ -31,7 +31,8 @@ use crate::{
 const SWEEP_ARTIFACT_ROOT: &str = "mlflow-artifacts:";
 
 const TRIAL_COLUMNS: &str = "t.id, t.sweep_id, t.number, t.params, t.seed, r.run_uuid, r.experiment_id, r.artifact_uri, t.state, \
-     t.attempt, t.failures, t.value, t.reason, t.agent_id, t.created_at, t.started_at, t.finished_at, t.pruned_step";
+     t.attempt, t.failures, t.value, t.reason, t.agent_id, t.created_at, t.started_at, t.finished_at, t.pruned_step, \
+     t.rerun_of, t.pool";
 
 #[derive(sqlx::FromRow)]
 struct TrialRow {
@@ -53,6 +54,8 @@ struct TrialRow {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     pruned_step: Option<i64>,
+    rerun_of: Option<i64>,
+    pool: Option<String>,
 }
 
 impl TrialRow {
@@ -76,6 +79,8 @@ impl TrialRow {
             started_at: self.started_at,
             finished_at: self.finished_at,
             pruned_step: self.pruned_step,
+            rerun_of: self.rerun_of,
+            pool: self.pool,
         }
     }
 }
@@ -153,6 +158,15 @@ struct SweepRef {
     run_uuid: Option<String>,
 }
 
+/// What makes a new trial a rerun: the original's number, seed and run, and the pool it runs
+/// on when not the sweep's.
+struct Rerun<'a> {
+    of: i64,
+    seed: u64,
+    run_id: &'a str,
+    pool: Option<&'a str>,
+}
+
 /// A lease about to be granted.
 struct NewLease<'a> {
     id: &'a str,
@@ -181,15 +195,17 @@ const INSERT_TRIAL: &str = "\
         SELECT (SELECT id FROM runs WHERE run_uuid = ?1 ->> 'run_uuid'), key, value FROM json_each(?1, '$.tags'); \
     INSERT INTO params (run_id, key, value) \
         SELECT (SELECT id FROM runs WHERE run_uuid = ?1 ->> 'run_uuid'), key, value FROM json_each(?1, '$.params'); \
-    INSERT INTO trials (sweep_id, number, params, seed, run_id, state, attempt, agent_id, created_at, started_at) \
+    INSERT INTO trials (sweep_id, number, params, seed, run_id, state, attempt, agent_id, created_at, started_at, \
+                        rerun_of, pool) \
         SELECT ?1 ->> 'sweep_id', ?1 ->> 'number', ?1 ->> 'params_json', ?1 ->> 'seed', \
                (SELECT id FROM runs WHERE run_uuid = ?1 ->> 'run_uuid'), \
-               IIF(leased, 'running', 'queued'), leased, ?1 ->> 'agent_id', ?1 ->> 'now', IIF(leased, ?1 ->> 'now', NULL) \
+               IIF(leased, 'running', 'queued'), leased, ?1 ->> 'agent_id', ?1 ->> 'now', IIF(leased, ?1 ->> 'now', NULL), \
+               ?1 ->> 'rerun_of', ?1 ->> 'pool' \
         FROM (SELECT ?1 ->> 'lease_id' IS NOT NULL AS leased); \
     INSERT INTO leases (id, trial_id, attempt, agent_id, created_at, expires_at) \
         SELECT ?1 ->> 'lease_id', id, 1, ?1 ->> 'agent_id', ?1 ->> 'now', ?1 ->> 'expires_at' FROM trials \
         WHERE ?1 ->> 'lease_id' IS NOT NULL AND sweep_id = ?1 ->> 'sweep_id' AND number = ?1 ->> 'number'; \
-    UPDATE sweeps SET trials_created = trials_created + 1 WHERE id = ?1 ->> 'sweep_id'; \
+    UPDATE sweeps SET trials_created = trials_created + 1 WHERE id = ?1 ->> 'sweep_id' AND ?1 ->> 'rerun_of' IS NULL; \
     SELECT id FROM trials WHERE sweep_id = ?1 ->> 'sweep_id' AND number = ?1 ->> 'number'";
 
 /// Inserts a sweep's own run with its tags and params, and names it on the sweep.
@@ -539,7 +555,7 @@ impl Queue {
         let (json,): (String,) = sqlx::query_as(
             "SELECT json_group_array(json_array(t.number, t.state, t.value, IIF(lm.is_nan, NULL, lm.value), \
                                                 json(t.params))) \
-             FROM (SELECT * FROM trials WHERE sweep_id = ?1 ORDER BY number) t \
+             FROM (SELECT * FROM trials WHERE sweep_id = ?1 AND rerun_of IS NULL ORDER BY number) t \
              LEFT JOIN latest_metrics lm ON lm.run_id = t.run_id AND lm.key = ?2",
         )
         .bind(sweep_id)
@@ -641,7 +657,7 @@ impl Queue {
         let rows: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(
             "SELECT t.number, t.state = 'completed', b.data \
              FROM trials t JOIN metric_blocks b ON b.run_id = t.run_id AND b.key = ?2 \
-             WHERE t.sweep_id = ?1 AND t.state IN ('completed', 'pruned', 'running') \
+             WHERE t.sweep_id = ?1 AND t.state IN ('completed', 'pruned', 'running') AND t.rerun_of IS NULL \
              ORDER BY t.number, b.id",
         )
         .bind(sweep_id)
@@ -687,7 +703,8 @@ impl Queue {
 
     /// Creates trial `number` of a sweep with its MLflow run (params = the hyperparameters,
     /// tags = sweep, trial number, attempt, seed): leased at once when `lease` is given, queued
-    /// otherwise. One statement batch, so one round trip to the writer.
+    /// otherwise; a rerun when `rerun` is given. One statement batch, so one round trip to the
+    /// writer.
     async fn insert_trial(
         &self,
         conn: &mut SqliteConnection,
@@ -695,6 +712,7 @@ impl Queue {
         number: i64,
         params: &Params,
         lease: Option<&NewLease<'_>>,
+        rerun: Option<&Rerun<'_>>,
     ) -> Result<Trial> {
         if sweep.experiment_stage != "active" {
             return Err(StoreError::Invalid(format!(
@@ -703,7 +721,7 @@ impl Queue {
             )));
         }
         let spec = self.spec_of(conn, sweep.id).await?;
-        let seed = trial_seed(sweep.seed as u64, number as u64);
+        let seed = rerun.map_or_else(|| trial_seed(sweep.seed as u64, number as u64), |r| r.seed);
         let run_id = uuid::Uuid::new_v4().simple().to_string();
         let run_name = format!("{}-{number}", spec.name);
         let artifact_uri = format!(
@@ -730,6 +748,13 @@ impl Queue {
         for (key, value) in spec.source.iter().flat_map(|s| s.tags(spec.notebook.is_some())) {
             tags[key] = value.into();
         }
+        if let Some(r) = rerun {
+            tags["spotsweep.rerun_of"] = r.of.to_string().into();
+            tags["spotsweep.rerun_of_run"] = r.run_id.into();
+            if let Some(pool) = r.pool {
+                tags["spotsweep.pool"] = pool.into();
+            }
+        }
         let param_values: serde_json::Map<String, serde_json::Value> = params
             .iter()
             .map(|(k, v)| (k.clone(), v.to_string().into()))
@@ -751,6 +776,8 @@ impl Queue {
             "lease_id": lease.map(|l| l.id),
             "agent_id": lease.map(|l| l.agent_id),
             "expires_at": lease.map(|l| l.expires_at),
+            "rerun_of": rerun.map(|r| r.of),
+            "pool": rerun.and_then(|r| r.pool),
         });
         let (id,): (i64,) = sqlx::query_as(INSERT_TRIAL)
             .bind(args.to_string())
@@ -760,7 +787,9 @@ impl Queue {
             .into_iter()
             .next()
             .ok_or_else(|| StoreError::Internal(sqlx::Error::RowNotFound))?;
-        self.observe(sweep.id, number, Some(params), Observed::Pending);
+        if rerun.is_none() {
+            self.observe(sweep.id, number, Some(params), Observed::Pending);
+        }
         Ok(Trial {
             id,
             sweep_id: sweep.id,
@@ -784,6 +813,8 @@ impl Queue {
             started_at: lease.map(|_| now),
             finished_at: None,
             pruned_step: None,
+            rerun_of: rerun.map(|r| r.of),
+            pool: rerun.and_then(|r| r.pool.map(str::to_owned)),
         })
     }
 
@@ -931,17 +962,20 @@ impl Queue {
                 .await
                 .map_err(map_err)?;
         }
-        let last_value = if update.state == TrialState::Pruned && self.has_history(trial.sweep_id) {
-            self.last_value(conn, &trial, &spec).await?
-        } else {
-            None
-        };
-        self.observe(
-            trial.sweep_id,
-            trial.number,
-            None,
-            observed(Some(update.state), update.value, last_value),
-        );
+        // A rerun is no evidence for the sampler: its point was already tried.
+        if trial.rerun_of.is_none() {
+            let last_value = if update.state == TrialState::Pruned && self.has_history(trial.sweep_id) {
+                self.last_value(conn, &trial, &spec).await?
+            } else {
+                None
+            };
+            self.observe(
+                trial.sweep_id,
+                trial.number,
+                None,
+                observed(Some(update.state), update.value, last_value),
+            );
+        }
         trial.state = update.state;
         trial.value = update.value;
         trial.reason = reason;
@@ -1015,13 +1049,65 @@ impl Queue {
         // The agent's GPUs as this request fills them, and sweeps whose next trial does not fit.
         let mut gpus = request.gpus.clone();
         let mut do_not_fit: Vec<i64> = Vec::new();
+        // Reruns whose sweep is unreadable or that do not fit this agent's GPUs now.
+        let mut reruns_passed: Vec<i64> = Vec::new();
         while leased.len() < request.slots as usize {
+            // Reruns first: each was asked for by hand, and runs on its own pool whatever its
+            // sweep's state (unless paused), outside the sweep's parallelism.
+            let rerun: Option<(i64, i64, i64)> = sqlx::query_as(
+                "SELECT t.id, t.ooms, t.sweep_id FROM trials t JOIN sweeps s ON s.id = t.sweep_id \
+                 WHERE t.rerun_of IS NOT NULL AND t.state IN ('queued', 'preempted') AND s.state != 'paused' \
+                   AND (?1 IS NULL OR COALESCE(t.pool, s.pool) = ?1) AND (?2 IS NULL OR s.id = ?2) \
+                   AND t.id NOT IN (SELECT value FROM json_each(?3)) \
+                 ORDER BY t.id LIMIT 1",
+            )
+            .bind(&request.pool)
+            .bind(request.sweep_id)
+            .bind(serde_json::to_string(&reruns_passed).unwrap_or_else(|_| "[]".into()))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if let Some((trial_id, ooms, sweep_id)) = rerun {
+                reruns_passed.push(trial_id);
+                let Ok(spec) = self.spec_of(tx, sweep_id).await else {
+                    continue;
+                };
+                let placement = match &spec.resources {
+                    None => None,
+                    Some(resources) => {
+                        match place(
+                            resources,
+                            &mut gpus,
+                            request.gpu_overhead_mib,
+                            ooms.clamp(0, 32) as u32,
+                        ) {
+                            Some(shares) => Some(shares),
+                            None => continue,
+                        }
+                    }
+                };
+                let lease_id = new_lease_id();
+                let lease = NewLease {
+                    id: &lease_id,
+                    agent_id: &request.agent_id,
+                    expires_at: now_ms() + request.ttl_ms,
+                };
+                let mut trial = self.lease_waiting(tx, trial_id, &lease).await?;
+                let gpus_json = placement
+                    .as_ref()
+                    .map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into()));
+                set_lease_gpus(tx, &lease_id, gpus_json.as_deref()).await?;
+                trial.gpus = placement;
+                leased.push(trial);
+                continue;
+            }
             let candidates: Vec<Candidate> = sqlx::query_as(
                 "SELECT s.id, s.seed, s.experiment_id, e.artifact_location, e.lifecycle_stage AS experiment_stage, \
                    s.run_uuid, s.parallelism, s.max_trials, s.trials_created, \
-                   (SELECT COUNT(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running') AS running, \
-                   (SELECT MIN(t.number) FROM trials t WHERE t.sweep_id = s.id AND t.state IN ('queued', 'preempted')) \
-                     AS next_waiting \
+                   (SELECT COUNT(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running' \
+                      AND t.rerun_of IS NULL) AS running, \
+                   (SELECT MIN(t.number) FROM trials t WHERE t.sweep_id = s.id AND t.state IN ('queued', 'preempted') \
+                      AND t.rerun_of IS NULL) AS next_waiting \
                  FROM sweeps s JOIN experiments e ON e.experiment_id = s.experiment_id \
                  WHERE s.state = 'running' AND (?1 IS NULL OR s.pool = ?1) AND (?2 IS NULL OR s.id = ?2)",
             )
@@ -1113,7 +1199,7 @@ impl Queue {
                 continue;
             };
             let trial = self
-                .insert_trial(tx, sweep, number, &params, Some(&lease))
+                .insert_trial(tx, sweep, number, &params, Some(&lease), None)
                 .await?;
             set_lease_gpus(tx, &lease_id, gpus_json.as_deref()).await?;
             leased.push(LeasedTrial {
@@ -1213,11 +1299,11 @@ impl SqliteStore {
         let best_sql = match spec.objective.goal {
             Goal::Minimize => {
                 "SELECT t.number, t.value, r.run_uuid FROM trials t JOIN runs r ON r.id = t.run_id \
-                 WHERE t.sweep_id = ? AND t.state = 'completed' ORDER BY t.value ASC, t.number LIMIT 1"
+                 WHERE t.sweep_id = ? AND t.state = 'completed' AND t.rerun_of IS NULL ORDER BY t.value ASC, t.number LIMIT 1"
             }
             Goal::Maximize => {
                 "SELECT t.number, t.value, r.run_uuid FROM trials t JOIN runs r ON r.id = t.run_id \
-                 WHERE t.sweep_id = ? AND t.state = 'completed' ORDER BY t.value DESC, t.number LIMIT 1"
+                 WHERE t.sweep_id = ? AND t.state = 'completed' AND t.rerun_of IS NULL ORDER BY t.value DESC, t.number LIMIT 1"
             }
         };
         let best: Option<(i64, f64, String)> = sqlx::query_as(best_sql)
@@ -1441,13 +1527,88 @@ impl SweepStore for SqliteStore {
             .map_err(map_err)?;
         let trial = self
             .queue
-            .insert_trial(&mut tx, &sweep, created, &params, None)
+            .insert_trial(&mut tx, &sweep, created, &params, None, None)
             .await?;
         if let Err(e) = commit(tx).await {
             self.queue.forget_history(sweep_id);
             return Err(e);
         }
         Ok(trial)
+    }
+
+    async fn rerun_trial(&self, sweep_id: i64, number: i64, pool: Option<&str>) -> Result<Trial> {
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "SELECT {TRIAL_COLUMNS} FROM trials t JOIN runs r ON r.id = t.run_id WHERE t.sweep_id = ? AND t.number = ?"
+        );
+        let original = sqlx::query_as::<_, TrialRow>(sqlx::AssertSqlSafe(sql))
+            .bind(sweep_id)
+            .bind(number)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .map(TrialRow::into_trial);
+        let Some(original) = original else {
+            // Which is missing, the sweep or the trial?
+            let sweep: Option<(i64,)> = sqlx::query_as("SELECT id FROM sweeps WHERE id = ?")
+                .bind(sweep_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            return Err(StoreError::NotFound(match sweep {
+                Some(_) => format!("sweep {sweep_id} has no trial {number}"),
+                None => format!("no sweep with id {sweep_id}"),
+            }));
+        };
+        if !original.state.is_terminal() {
+            return Err(StoreError::Conflict(format!(
+                "trial {number} of sweep {sweep_id} is {}: rerun it once it has ended",
+                original.state.as_str()
+            )));
+        }
+        let sweep: SweepRef = sqlx::query_as(SWEEP_REF)
+            .bind(sweep_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        // After every number the sweep can still propose (its max_trials only ever shrinks) and
+        // every rerun so far.
+        let (next,): (i64,) = sqlx::query_as(
+            "SELECT MAX(s.max_trials, COALESCE((SELECT MAX(number) + 1 FROM trials WHERE sweep_id = s.id), 0)) \
+             FROM sweeps s WHERE s.id = ?",
+        )
+        .bind(sweep_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let spec = self.queue.spec_of(&mut tx, sweep_id).await?;
+        let rerun = Rerun {
+            of: number,
+            seed: original.seed,
+            run_id: &original.run_id,
+            pool: pool.filter(|p| *p != spec.pool),
+        };
+        let trial = self
+            .queue
+            .insert_trial(&mut tx, &sweep, next, &original.params, None, Some(&rerun))
+            .await?;
+        commit(tx).await?;
+        Ok(trial)
+    }
+
+    async fn pool_uses_code(&self, pool: &str, code: &str) -> Result<bool> {
+        let (uses,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM sweeps s WHERE json_extract(s.spec, '$.code') = ?2 AND ( \
+               (s.state IN ('running', 'paused') AND s.pool = ?1) \
+               OR EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = s.id AND t.rerun_of IS NOT NULL \
+                            AND t.state IN ('queued', 'running', 'preempted') AND COALESCE(t.pool, s.pool) = ?1)))",
+        )
+        .bind(pool)
+        .bind(code)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(uses)
     }
 
     async fn register_agent(&self, id: &str, name: &str, pool: &str, slots: u32) -> Result<()> {
@@ -1478,9 +1639,13 @@ impl SweepStore for SqliteStore {
     async fn heartbeat(&self, lease_id: &str, ttl_ms: i64) -> Result<HeartbeatAction> {
         // One statement batch, no transaction: each statement commits by itself, and the read
         // after the extension sees it.
-        let row: Option<(Option<i64>, i64, String, i64, i64, i64)> = sqlx::query_as(
+        type Row = (Option<i64>, i64, String, i64, i64, i64, bool);
+        let row: Option<Row> = sqlx::query_as(
             "UPDATE leases SET expires_at = ?2 WHERE id = ?1 AND ended_at IS NULL; \
-             SELECT l.ended_at, t.stop_requested, s.state, t.id, t.sweep_id, t.number \
+             SELECT l.ended_at, t.stop_requested, \
+               IIF(s.state = 'cancelled' AND t.rerun_of IS NOT NULL AND t.created_at > s.finished_at, \
+                   'ended', s.state), \
+               t.id, t.sweep_id, t.number, t.rerun_of IS NOT NULL \
              FROM leases l JOIN trials t ON t.id = l.trial_id JOIN sweeps s ON s.id = t.sweep_id WHERE l.id = ?1",
         )
         .bind(lease_id)
@@ -1490,11 +1655,16 @@ impl SweepStore for SqliteStore {
         .map_err(map_err)?
         .into_iter()
         .next();
-        let (ended_at, stop_requested, sweep_state, trial_id, sweep_id, number) =
+        let (ended_at, stop_requested, sweep_state, trial_id, sweep_id, number, rerun) =
             row.ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
-        // An ended lease: expired (the trial went back to the queue) or already completed.
+        // An ended lease: expired (the trial went back to the queue) or already completed. (A
+        // rerun asked for after its sweep was cancelled runs all the same.)
         if ended_at.is_some() || stop_requested != 0 || sweep_state == "cancelled" {
             return Ok(HeartbeatAction::Stop);
+        }
+        // A rerun reproduces a trial: no pruner stops it.
+        if rerun {
+            return Ok(HeartbeatAction::Continue);
         }
         // Every heartbeat asks whether the sweep prunes: a connection only when the spec is not
         // parsed yet.
@@ -1625,13 +1795,14 @@ impl SweepStore for SqliteStore {
             Option<i64>,
             Option<i64>,
             Option<String>,
+            Option<i64>,
         );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT t.number, t.state, t.value, t.params, t.attempt, \
                     (SELECT COUNT(*) FROM leases l WHERE l.trial_id = t.id AND l.outcome = 'preempted'), \
                     (SELECT COALESCE(a.name, l.agent_id) FROM leases l LEFT JOIN agents a ON a.id = l.agent_id \
                       WHERE l.trial_id = t.id ORDER BY l.created_at DESC LIMIT 1), \
-                    r.run_uuid, t.started_at, t.finished_at, t.pruned_step, substr(t.reason, 1, ?2) \
+                    r.run_uuid, t.started_at, t.finished_at, t.pruned_step, substr(t.reason, 1, ?2), t.rerun_of \
              FROM trials t JOIN runs r ON r.id = t.run_id WHERE t.sweep_id = ?1 ORDER BY t.number",
         )
         .bind(sweep_id)
@@ -1654,6 +1825,7 @@ impl SweepStore for SqliteStore {
                     finished_at,
                     pruned_step,
                     reason,
+                    rerun_of,
                 )| {
                     let state = TrialState::parse(&state).ok_or_else(|| {
                         StoreError::Incompatible(format!(
@@ -1673,6 +1845,7 @@ impl SweepStore for SqliteStore {
                         finished_at,
                         pruned_step,
                         reason,
+                        rerun_of,
                     })
                 },
             )
