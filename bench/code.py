@@ -5,7 +5,11 @@ files and 50 MB, against a daemon on loopback, timed from the command's start to
   uploaded whole, and the sweep created (goal: at most 2 s);
 - unchanged code: the same tree submitted again: the CLI's index knows its id, the daemon
   answers the HEAD that it has it, nothing is packed or sent (goal: under 0.2 s);
-- for comparison, unchanged code with an empty index: packed again to learn its id, not sent.
+- for comparison, unchanged code with an empty index: packed again to learn its id, not sent;
+- a fleet: 10 agents, each a machine of its own (its own work directory and code cache), run a
+  sweep of 100 trials in that snapshot (a script of the tree logs the loss through MLflow's REST
+  API): the daemon sends the snapshot once per machine (goal: 10 downloads), each trial runs in
+  its own copy.
 
 The tree is made of text files (seeded pseudo-code from a small vocabulary) and a fifth of
 binary files (seeded random bytes, which do not compress), in 50 directories.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import random
@@ -35,6 +40,21 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# The daemon's "code snapshot sent" log lines: one per download.
+SENT: list[bytes] = []
+
+TRAIN = '''
+import json, os, sys, time, urllib.request
+x = float(sys.argv[1])
+body = {"run_id": os.environ["MLFLOW_RUN_ID"], "key": "loss", "value": (x - 0.5) ** 2,
+        "timestamp": int(time.time() * 1000), "step": 0}
+req = urllib.request.Request(
+    os.environ["MLFLOW_TRACKING_URI"].rstrip("/") + "/api/2.0/mlflow/runs/log-metric",
+    json.dumps(body).encode(),
+    {"Content-Type": "application/json", "Authorization": "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]},
+    method="POST")
+urllib.request.urlopen(req, timeout=30).read()
+'''
 
 WORDS = (
     "def class return import from self if else elif for while in not and or None True False "
@@ -76,6 +96,8 @@ def start_daemon(binary: Path, data: Path) -> tuple[subprocess.Popen, str, str]:
 
     def pump():
         for raw in iter(proc.stdout.readline, b""):
+            if b"code snapshot sent" in raw:
+                SENT.append(raw)
             m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", raw.decode("utf-8", "replace"))
             if m and not found.is_set():
                 url["url"] = m.group(1)
@@ -103,14 +125,75 @@ def timed_submit(binary: Path, spec: Path, url: str, token: str, cache: Path) ->
     return elapsed, p.stderr
 
 
+def fleet(binary: Path, tree: Path, work: Path, url: str, token: str, machines: int, trials: int) -> dict:
+    """Runs a sweep of `trials` trials of the tree's train.py on `machines` agents with caches of
+    their own; what the daemon sent and how long it took."""
+    (tree / "train.py").write_text(TRAIN)
+    spec = tree / "fleet.yaml"
+    spec.write_text(
+        f"name: code-fleet\nworkdir: .\ncommand: '\"{sys.executable}\" train.py {{x}}'\n"
+        "parameters:\n  x: {type: float, low: 0, high: 1}\n"
+        f"objective: {{metric: loss}}\nmax_trials: {trials}\nparallelism: {machines}\nmax_retries: 0\n"
+    )
+    import urllib.request
+
+    def call(method: str, path: str) -> dict:
+        req = urllib.request.Request(f"{url}/api/v1/{path}", method=method, data=b"{}" if method == "POST" else None,
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(req, timeout=30).read())
+
+    # The timed submissions' sweeps are for nobody: the agents get the fleet's alone.
+    for earlier in call("GET", "sweeps?state=running")["sweeps"]:
+        call("POST", f"sweeps/{earlier['id']}/cancel")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTSWEEP_")}
+    env.update(NO_COLOR="1", SPOTSWEEP_TOKEN=token)
+    agents = []
+    for i in range(machines):
+        home = work / f"machine-{i}"
+        home.mkdir()
+        agents.append(subprocess.Popen(
+            [str(binary), "agent", "--server", url, "--name", f"m{i}", "--slots", "1", "--gpus", "none",
+             "--work-dir", str(home / "work")],
+            cwd=str(home), env={**env, "HOME": str(home)}, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+    try:
+        started = time.perf_counter()
+        _, err = timed_submit(binary, spec, url, token, work / "fleet-cache")
+        code = re.search(r"code: (sha256:[0-9a-f]{64})", err).group(1)
+
+        def sweep() -> dict:
+            return call("GET", "sweeps?max_results=1")["sweeps"][0]
+
+        while (s := sweep())["state"] != "completed":
+            if time.perf_counter() - started > 900:
+                sys.exit(f"the fleet sweep did not end: {s}")
+            time.sleep(0.2)
+        took = time.perf_counter() - started
+        downloads = sum(1 for line in SENT if f"code={code}".encode() in line)
+        return {"downloads": downloads, "seconds": took, "counts": s["counts"],
+                "machines": machines, "trials": trials}
+    finally:
+        for a in agents:
+            a.terminate()
+        for a in agents:
+            try:
+                a.wait(15)
+            except subprocess.TimeoutExpired:
+                a.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", type=Path, default=REPO / "target" / "release" / "spotsweep")
     ap.add_argument("--files", type=int, default=5000)
     ap.add_argument("--mb", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--machines", type=int, default=10)
+    ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--save", action="store_true", help="write bench/CODE-RESULTS.md")
     args = ap.parse_args()
+    args.bin = args.bin.resolve()
     if not args.bin.exists():
         sys.exit(f"{args.bin} is missing: cargo build --release -p spotsweep-cli")
     work = Path(tempfile.mkdtemp(prefix="spotsweep-code-bench-"))
@@ -150,6 +233,7 @@ def main() -> None:
             elapsed, err = timed_submit(args.bin, spec, url, token, empty)
             assert "nothing uploaded" in err and "packed to" in err, err
             cold.append(elapsed)
+        ran = fleet(args.bin, tree, work, url, token, args.machines, args.trials)
         rows = [
             ("changed code: pack + upload + submit", changed, "≤ 2 s", statistics.median(changed) <= 2.0),
             ("unchanged code: re-submit", unchanged, "< 0.2 s", statistics.median(unchanged) < 0.2),
@@ -173,6 +257,15 @@ def main() -> None:
             lines.append(
                 f"| {name} | {statistics.median(xs):.3f} s | {min(xs):.3f} s | {max(xs):.3f} s | {goal} | {verdict} |"
             )
+        ok = ran["downloads"] == ran["machines"] and ran["counts"]["completed"] == ran["trials"]
+        lines += [
+            "",
+            "| fleet | downloads of the snapshot | goal | trials completed | wall time | met |",
+            "|---|---|---|---|---|---|",
+            f"| {ran['machines']} agents (each its own machine and cache), {ran['trials']} trials |"
+            f" {ran['downloads']} | {ran['machines']} | {ran['counts']['completed']} of {ran['trials']} |"
+            f" {ran['seconds']:.1f} s | {'yes' if ok else '**NO**'} |",
+        ]
         report = "\n".join(lines)
         print(report)
         if args.save:

@@ -486,6 +486,31 @@ def test_run_and_notebook_pack_their_workdir_and_local_agents_share_one_cache(tm
     assert sweep["counts"]["completed"] == 2 and sweep["best"]["value"] == 0.0, sweep
     assert sweep["spec"]["notebook"]["input"] == "Train.ipynb", sweep["spec"]
     assert sorted(x.name for x in (elsewhere / "out").iterdir()) == ["0.ipynb", "1.ipynb"]
+    # Each trial's run says which notebook (its sha256, as packed) and which commit it ran: read
+    # from the daemon's database file, the embedded daemon being gone.
+    import hashlib as _hashlib
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "nbdata" / "spotsweep.db")
+    try:
+        rows = db.execute(
+            "SELECT t.number, g.key, g.value FROM trials t JOIN tags g ON g.run_id = t.run_id "
+            "WHERE g.key IN ('spotsweep.notebook.sha256', 'mlflow.source.type', 'mlflow.source.name', "
+            "'mlflow.source.git.commit', 'spotsweep.code')").fetchall()
+    finally:
+        db.close()
+    by_trial: dict[int, dict] = {}
+    for n, key, value in rows:
+        by_trial.setdefault(n, {})[key] = value
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    want = {
+        "spotsweep.notebook.sha256": _hashlib.sha256((repo / "nb" / "Train.ipynb").read_bytes()).hexdigest(),
+        "mlflow.source.type": "NOTEBOOK",
+        "mlflow.source.name": "nb/Train.ipynb",
+        "mlflow.source.git.commit": commit,
+        "spotsweep.code": sweep["spec"]["code"],
+    }
+    assert by_trial == {0: want, 1: want}, by_trial
     # Outside its workdir, a notebook is refused before anything runs.
     p = cli("notebook", repo / "nb" / "Train.ipynb", "-o", "o.ipynb", "-p", params,
             "--workdir", repo / "lib", "--data-dir", tmp_path / "nbdata2", cwd=elsewhere, timeout=60, env=env)
