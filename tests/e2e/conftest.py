@@ -48,6 +48,33 @@ def spotsweep_bin() -> Path:
     return Path(env) if env else REPO_ROOT / "target" / "debug" / "spotsweep"
 
 
+def workdir_spec(name: str, max_trials: int, parallelism: int = 1, env: str | None = None) -> str:
+    """A spec that ships its directory (`workdir: .`) and runs its train.py with {x} in [-1, 1],
+    minimizing `loss`, without retries; `env` is the YAML of its env map."""
+    text = (
+        f"name: {name}\n"
+        "workdir: .\n"
+        f"command: '\"{sys.executable}\" train.py {{x}}'\n"
+        "parameters:\n  x: {type: float, low: -1.0, high: 1.0}\n"
+        "objective: {metric: loss, goal: minimize}\n"
+        f"max_trials: {max_trials}\nparallelism: {parallelism}\nmax_retries: 0\n"
+    )
+    return text + (f"env: {env}\n" if env else "")
+
+
+def git_commit_all(root: Path, branch: str = "main", remote: str | None = None) -> str:
+    """Makes `root` a git repository on `branch` (with `origin` at `remote`), commits every file
+    and returns the commit."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", f"init.defaultBranch={branch}"]
+    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
+    if remote:
+        subprocess.run([*git, "remote", "add", "origin", remote], cwd=root, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "code"], cwd=root, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
 # --------------------------------------------------------------------------------------
 # pytest hooks
 # --------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import spotsweep_bin
+from conftest import git_commit_all, spotsweep_bin, workdir_spec
 
 pytestmark = [pytest.mark.spotsweep_only, pytest.mark.needs_process]
 
@@ -225,19 +225,8 @@ def make_repo(root: Path, state: Path, name: str, max_trials: int, parallelism: 
     (root / "scratch").mkdir()
     (root / "scratch" / "notes.md").write_text("local only\n")
     spec = root / "sweep.yaml"
-    spec.write_text(
-        f"name: {name}\n"
-        "workdir: .\n"
-        f"command: '\"{PY}\" train.py {{x}}'\n"
-        "parameters:\n  x: {type: float, low: -1.0, high: 1.0}\n"
-        "objective: {metric: loss, goal: minimize}\n"
-        f"max_trials: {max_trials}\nparallelism: {parallelism}\nmax_retries: 0\n"
-        f"env: {{STATE_DIR: '{state}', HOLD: '{hold}'}}\n"
-    )
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
-    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
-    subprocess.run([*git, "commit", "-qm", "code"], cwd=root, check=True)
+    spec.write_text(workdir_spec(name, max_trials, parallelism, env=f"{{STATE_DIR: '{state}', HOLD: '{hold}'}}"))
+    git_commit_all(root)
     return spec
 
 

@@ -14,18 +14,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import spotsweep_bin
+from conftest import git_commit_all, spotsweep_bin, workdir_spec
 
 pytestmark = [pytest.mark.spotsweep_only, pytest.mark.needs_process]
 
-PY = sys.executable
 
 TRAIN = r'''
 import json, os, random, sys, time, urllib.request
@@ -118,18 +116,8 @@ def make_repo(root: Path, name: str, max_trials: int) -> Path:
     (root / "data" / "big.bin").write_bytes(b"\0" * 1024)
     (root / "README.md").write_text("a model\n")
     spec = root / "sweep.yaml"
-    spec.write_text(
-        f"name: {name}\n"
-        "workdir: .\n"
-        f"command: '\"{PY}\" train.py {{x}}'\n"
-        "parameters:\n  x: {type: float, low: -1.0, high: 1.0}\n"
-        "objective: {metric: loss, goal: minimize}\n"
-        f"max_trials: {max_trials}\nparallelism: 1\nmax_retries: 0\n"
-    )
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
-    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
-    subprocess.run([*git, "commit", "-qm", "code"], cwd=root, check=True)
+    spec.write_text(workdir_spec(name, max_trials))
+    git_commit_all(root)
     (root / "README.md").write_text("a model, changed\n")
     return spec
 

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import spotsweep_bin
+from conftest import git_commit_all, spotsweep_bin, workdir_spec
 
 pytestmark = [pytest.mark.spotsweep_only, pytest.mark.needs_process]
 
-PY = sys.executable
 # The trials' PATH finds this interpreter (with mlflow installed) as `python3`.
 TRIAL_PATH = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
 
@@ -69,24 +68,9 @@ def make_repo(root: Path, name: str, max_trials: int, hold: float) -> Path:
     (root / "train.py").write_text(TRAIN)
     (root / "notes.txt").write_text("first\n")
     spec = root / "sweep.yaml"
-    spec.write_text(
-        f"name: {name}\n"
-        "workdir: .\n"
-        f"command: '\"{PY}\" train.py {{x}}'\n"
-        "parameters:\n  x: {type: float, low: -1.0, high: 1.0}\n"
-        "objective: {metric: loss, goal: minimize}\n"
-        f"max_trials: {max_trials}\nparallelism: 1\nmax_retries: 0\n"
-        f"env: {{HOLD: '{hold}', PATH: '{TRIAL_PATH}'}}\n"
-    )
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=exp"]
-    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
-    subprocess.run([*git, "remote", "add", "origin", "https://alice:s3cret@example.com/lab/repo.git"],
-                   cwd=root, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
-    subprocess.run([*git, "commit", "-qm", "code"], cwd=root, check=True)
+    spec.write_text(workdir_spec(name, max_trials, env=f"{{HOLD: '{hold}', PATH: '{TRIAL_PATH}'}}"))
+    commit = git_commit_all(root, branch="exp", remote="https://alice:s3cret@example.com/lab/repo.git")
     (root / "notes.txt").write_text("first\nuncommitted line\n")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True, capture_output=True,
-                            text=True).stdout.strip()
     return spec, commit
 
 
