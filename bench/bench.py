@@ -46,6 +46,26 @@ SEARCH_MIN_S = float(os.environ.get("BENCH_SEARCH_MIN_S", "5"))  # and for at le
 SEARCH_FILTER = "metrics.m0 > 0.5 AND params.p0 = 'v3'"
 SEARCH_ORDER = ["metrics.m1 DESC"]
 SEARCH_MAX = 100
+# More searches over the same runs (name, filter, order_by): each kind of filter alone and
+# together, and each kind of order key. The runs start at BASE_MS + i (see seed_search_runs).
+BASE_MS = 1_700_000_000_000
+SEARCH_SHAPES = [
+    ("params only, order by metric", "params.p0 = 'v3' AND params.p1 = 'v5'", ["metrics.m1 DESC"]),
+    ("metrics only, order by metric", "metrics.m0 > 0.5 AND metrics.m2 < 0.3", ["metrics.m1 DESC"]),
+    ("tags and attributes, order by metric", f"tags.t0 = 'tag7' AND attributes.start_time > {BASE_MS + 2000}",
+     ["metrics.m1 DESC"]),
+    ("metric + param, order by param", "metrics.m0 > 0.5 AND params.p0 = 'v3'", ["params.p1 ASC"]),
+    ("metric + param, order by attribute", "metrics.m0 > 0.5 AND params.p0 = 'v3'", ["attributes.start_time DESC"]),
+    ("no filter, order by metric", "", ["metrics.m3 ASC"]),
+]
+SEARCH_SHAPES_ON = os.environ.get("BENCH_SEARCH_SHAPES", "1") == "1"
+# log-batch shapes (distinct keys per request, steps per key); 10 x 100 is the main row.
+BATCH_SHAPES = [(1000, 1), (100, 1), (10, 1), (1, 1), (100, 10), (1, 1000)]
+BATCH_SHAPES_ON = os.environ.get("BENCH_BATCH_SHAPES", "1") == "1"
+# spotsweep only (seeding 100,000 runs into the reference over HTTP takes about 40 minutes): the
+# same search on this many runs, and a history of this many points (0 skips either).
+N_RUNS_BIG = int(os.environ.get("BENCH_RUNS_BIG", "100000"))
+N_HISTORY_BIG = int(os.environ.get("BENCH_HISTORY_BIG", "1000000"))
 
 LOG_METRIC_RUNS = 16
 LOG_BATCH_RUNS = 512
@@ -332,19 +352,19 @@ def measure_launch(kind: str, binary: str, work: Path) -> tuple[Server, list[flo
     return srv, times
 
 
-def seed_search_runs(srv: Server) -> dict:
-    """10 params, 5 tags, 5 metrics on each of N_RUNS runs; the same data for both servers."""
+def seed_search_runs(srv: Server, n_runs: int = N_RUNS, name: str = "bench-search") -> dict:
+    """10 params, 5 tags, 5 metrics on each of n_runs runs; the same data for both servers."""
     rng = random.Random(42)
-    base = 1_700_000_000_000
+    base = BASE_MS
     plan = []
-    for i in range(N_RUNS):
+    for i in range(n_runs):
         params = [{"key": f"p{j}", "value": f"v{rng.randrange(10)}"} for j in range(10)]
         tags = [{"key": f"t{j}", "value": f"tag{rng.randrange(100)}"} for j in range(5)]
         metrics = [{"key": f"m{j}", "value": rng.random(), "timestamp": base + i, "step": 0}
                    for j in range(5)]
         plan.append((i, params, tags, metrics))
     sess = srv.session()
-    exp = create_experiment(srv, sess, "bench-search")
+    exp = create_experiment(srv, sess, name)
     done = [0]
     lock = threading.Lock()
     t0 = time.perf_counter()
@@ -356,27 +376,28 @@ def seed_search_runs(srv: Server) -> dict:
                      json={"run_id": run_id, "params": params, "tags": tags, "metrics": metrics}))
         with lock:
             done[0] += 1
-            if done[0] % 1000 == 0:
+            if done[0] % 10000 == 0 or (n_runs <= 10000 and done[0] % 1000 == 0):
                 el = time.perf_counter() - t0
-                log(f"seeded {done[0]}/{N_RUNS} runs in {el:.1f} s ({done[0] / el:.0f} runs/s)")
+                log(f"seeded {done[0]}/{n_runs} runs in {el:.1f} s ({done[0] / el:.0f} runs/s)")
 
     pooled(srv, 8, plan, seed)
     seconds = time.perf_counter() - t0
-    return {"experiment_id": exp, "seconds": seconds, "runs": N_RUNS,
-            "requests": 2 * N_RUNS, "threads": 8}
+    return {"experiment_id": exp, "seconds": seconds, "runs": n_runs,
+            "requests": 2 * n_runs, "threads": 8}
 
 
-def measure_search(srv: Server, exp: str) -> dict:
-    body = {"experiment_ids": [exp], "filter": SEARCH_FILTER, "run_view_type": "ACTIVE_ONLY",
-            "max_results": SEARCH_MAX, "order_by": SEARCH_ORDER}
+def measure_search(srv: Server, exp: str, filter_: str = SEARCH_FILTER, order: list = SEARCH_ORDER) -> dict:
+    body = {"experiment_ids": [exp], "filter": filter_, "run_view_type": "ACTIVE_ONLY",
+            "max_results": SEARCH_MAX, "order_by": order}
     sess = srv.session()
     res = check(sess.post(srv.api("runs/search"), json=body, timeout=120))
     runs = res.get("runs", [])
     names = [r["info"]["run_name"] for r in runs]
-    m1 = [next(m["value"] for m in r["data"]["metrics"] if m["key"] == "m1") for r in runs]
-    if m1 != sorted(m1, reverse=True):
-        raise RuntimeError("search result not ordered by metrics.m1 DESC")
-    log(f"search returns {len(runs)} runs ({len(json.dumps(res))} bytes), first {names[:3]}")
+    if order == ["metrics.m1 DESC"]:
+        m1 = [next(m["value"] for m in r["data"]["metrics"] if m["key"] == "m1") for r in runs]
+        if m1 != sorted(m1, reverse=True):
+            raise RuntimeError("search result not ordered by metrics.m1 DESC")
+    log(f"search {filter_!r} by {order}: returns {len(runs)} runs ({len(json.dumps(res))} bytes), first {names[:3]}")
     env = {"BENCH_BODY": json.dumps(body)}
     warm = wrk(srv, "search.lua", 1, 1, 2, env)
     describe_wrk("runs/search warm-up", warm)
@@ -410,13 +431,15 @@ def measure_log_metric(srv: Server, work: Path) -> dict:
     return r
 
 
-def measure_log_batch(srv: Server, work: Path) -> dict:
-    runs = write_runs_file(srv, work, "logbatch", LOG_BATCH_RUNS)
-    env = {"BENCH_RUNS_FILE": runs, "BENCH_POOL": LOG_BATCH_POOL}
-    describe_wrk("log-batch warm-up", wrk(srv, "log_batch.lua", 2, 4, WARMUP_S,
-                                         {**env, "BENCH_PHASE": 0}))
+def measure_log_batch(srv: Server, work: Path, keys: int = 10, steps: int = 100) -> dict:
+    runs = write_runs_file(srv, work, f"logbatch-{keys}x{steps}", LOG_BATCH_RUNS)
+    env = {"BENCH_RUNS_FILE": runs, "BENCH_POOL": LOG_BATCH_POOL, "BENCH_BATCH_KEYS": keys,
+           "BENCH_BATCH_STEPS": steps}
+    describe_wrk(f"log-batch {keys}x{steps} warm-up", wrk(srv, "log_batch.lua", 2, 4, WARMUP_S,
+                                                         {**env, "BENCH_PHASE": 0}))
     r = wrk(srv, "log_batch.lua", 2, 4, DURATION_S, {**env, "BENCH_PHASE": 1}, sample_cpu=True)
-    r["metrics_per_s"] = r["req_per_s"] * 1000
+    r["keys"], r["steps"] = keys, steps
+    r["metrics_per_s"] = r["req_per_s"] * keys * steps
     # Each wrk thread sends pool x runs different bodies before one repeats.
     r["distinct_bodies"] = 2 * LOG_BATCH_POOL * LOG_BATCH_RUNS
     r["all_distinct"] = r["requests"] <= r["distinct_bodies"]
@@ -425,41 +448,24 @@ def measure_log_batch(srv: Server, work: Path) -> dict:
     return r
 
 
-def measure_history(srv: Server) -> dict:
+def measure_history(srv: Server, n_points: int = N_HISTORY, client: bool = True) -> dict:
     sess = srv.session()
-    exp = create_experiment(srv, sess, "bench-history")
+    exp = create_experiment(srv, sess, f"bench-history-{n_points}")
     run_id = create_run(srv, sess, exp, "history", 1_700_000_000_000)
     rng = random.Random(7)
     base = 1_700_000_000_000
     batches = []
-    for b in range(0, N_HISTORY, 1000):
+    for b in range(0, n_points, 1000):
         batches.append([{"key": "loss", "value": rng.random(), "timestamp": base + s, "step": s}
-                        for s in range(b, min(b + 1000, N_HISTORY))])
+                        for s in range(b, min(b + 1000, n_points))])
     t0 = time.perf_counter()
     pooled(srv, 4, batches, lambda s, m: check(
         s.post(srv.api("runs/log-batch"), json={"run_id": run_id, "metrics": m}, timeout=300)))
     seed_s = time.perf_counter() - t0
-    log(f"logged {N_HISTORY} points in {seed_s:.1f} s")
-
-    # The real client path: MlflowClient pages through metrics/get-history 25,000 at a time.
-    os.environ["MLFLOW_TRACKING_URI"] = srv.url
-    if srv.token:
-        os.environ["MLFLOW_TRACKING_TOKEN"] = srv.token
-    else:
-        os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "600"
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=srv.url)
-    client.get_experiment(exp)  # imports, connection pool: not part of the timing
+    log(f"logged {n_points} points in {seed_s:.1f} s")
     client_times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        hist = client.get_metric_history(run_id, "loss")
-        client_times.append(time.perf_counter() - t0)
-        if len(hist) != N_HISTORY:
-            raise RuntimeError(f"get_metric_history returned {len(hist)} points, not {N_HISTORY}")
-    log(f"MlflowClient.get_metric_history x3: {[round(t, 3) for t in client_times]} s")
+    if client:
+        client_times = history_through_client(srv, exp, run_id, n_points)
 
     # The same pages over raw HTTP, bodies read but not parsed: the server's share of it.
     raw_times = []
@@ -482,9 +488,34 @@ def measure_history(srv: Server) -> dict:
                 break
         raw_times.append(time.perf_counter() - t0)
     log(f"raw HTTP paging x3 ({pages} pages, {nbytes} bytes): {[round(t, 3) for t in raw_times]} s")
-    return {"points": N_HISTORY, "seed_s": seed_s, "client_s": client_times,
-            "client_median_s": statistics.median(client_times), "raw_s": raw_times,
-            "raw_median_s": statistics.median(raw_times), "pages": pages, "bytes": nbytes}
+    out = {"points": n_points, "seed_s": seed_s, "raw_s": raw_times,
+           "raw_median_s": statistics.median(raw_times), "pages": pages, "bytes": nbytes}
+    if client_times:
+        out.update(client_s=client_times, client_median_s=statistics.median(client_times))
+    return out
+
+
+def history_through_client(srv: Server, exp: str, run_id: str, n_points: int) -> list[float]:
+    """The real client path: MlflowClient pages through metrics/get-history 25,000 at a time."""
+    os.environ["MLFLOW_TRACKING_URI"] = srv.url
+    if srv.token:
+        os.environ["MLFLOW_TRACKING_TOKEN"] = srv.token
+    else:
+        os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "600"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=srv.url)
+    client.get_experiment(exp)  # imports, connection pool: not part of the timing
+    client_times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        hist = client.get_metric_history(run_id, "loss")
+        client_times.append(time.perf_counter() - t0)
+        if len(hist) != n_points:
+            raise RuntimeError(f"get_metric_history returned {len(hist)} points, not {n_points}")
+    log(f"MlflowClient.get_metric_history x3: {[round(t, 3) for t in client_times]} s")
+    return client_times
 
 
 def machine_busy(seconds: float) -> float:
@@ -557,12 +588,35 @@ def main() -> None:
             f"{out['memory_after_search']['pss_bytes'] / 1e6:.1f} MB PSS in "
             f"{out['memory_after_search']['processes']} processes")
 
+        if SEARCH_SHAPES_ON:
+            out["search_shapes"] = []
+            for name, filter_, order in SEARCH_SHAPES:
+                quiet(out)
+                r = measure_search(srv, out["seed"]["experiment_id"], filter_, order)
+                out["search_shapes"].append({"name": name, **r})
+
         quiet(out)
         out["log_metric"] = measure_log_metric(srv, a.work)
         quiet(out)
         out["log_batch"] = measure_log_batch(srv, a.work)
+        if BATCH_SHAPES_ON:
+            out["log_batch_shapes"] = []
+            for keys, steps in BATCH_SHAPES:
+                quiet(out)
+                out["log_batch_shapes"].append(measure_log_batch(srv, a.work, keys, steps))
         quiet(out)
         out["history"] = measure_history(srv)
+        if a.kind == "spotsweep" and N_HISTORY_BIG:
+            quiet(out)
+            out["history_big"] = measure_history(srv, N_HISTORY_BIG, client=False)
+            out["memory_history_big"] = srv.memory()
+            log(f"after the {N_HISTORY_BIG}-point history: {out['memory_history_big']['rss_bytes'] / 1e6:.1f} MB RSS")
+        if a.kind == "spotsweep" and N_RUNS_BIG:
+            quiet(out)
+            out["seed_big"] = seed_search_runs(srv, N_RUNS_BIG, "bench-search-big")
+            log(f"seeded {N_RUNS_BIG} runs in {out['seed_big']['seconds']:.1f} s")
+            quiet(out)
+            out["search_big"] = measure_search(srv, out["seed_big"]["experiment_id"])
         out["memory_end"] = srv.memory()
         log(f"at the end: {out['memory_end']['rss_bytes'] / 1e6:.1f} MB RSS")
         db = [p for p in srv.dir.rglob("*.db")]

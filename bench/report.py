@@ -137,6 +137,38 @@ def main() -> None:
         note_r=f" ({r_mem['processes']} processes)" if r_mem else "",
         note_s=f" ({s_mem['processes']} process{'es' if s_mem['processes'] > 1 else ''})"
         if s_mem else "")
+    # The shapes of #16: every kind of log-batch, search and history a training script sends.
+    row("4b. `runs/search`, 10k runs: p99 latency", p99(r_s), p99(s_s), "ms", False,
+        "≤ 1/20 of reference", lambda s, q: None if q is None else q >= 20)
+    shapes_r = {(b["keys"], b["steps"]): b for b in get(ref, "log_batch_shapes") or []}
+    for b in get(ss, "log_batch_shapes") or []:
+        k, st = b["keys"], b["steps"]
+        rb = shapes_r.get((k, st))
+        wide = (k, st) == (1000, 1)
+        row(f"7. `runs/log-batch` {k:,} keys × {st:,} steps, c4", get(rb, "metrics_per_s"),
+            b["metrics_per_s"], "metrics/s", True, "≥ 100× reference" if wide else "—",
+            (lambda s, q: None if q is None else q >= 100) if wide else None)
+        row(f"7. … {k:,} × {st:,}: p99 latency", p99(rb), p99(b), "ms", False,
+            "≤ 50 ms" if wide else "—", (lambda s, q: s <= 50) if wide else None)
+    searches_r = {x["name"]: x for x in get(ref, "search_shapes") or []}
+    for x in get(ss, "search_shapes") or []:
+        rx = searches_r.get(x["name"])
+        row(f"8. `runs/search`, 10k runs, {x['name']}: p50", p50(rx), p50(x), "ms", False, "—", None)
+        row(f"8. … {x['name']}: p99", p99(rx), p99(x), "ms", False, "—", None)
+    big = get(ss, "search_big")
+    if big:
+        row(f"9. `runs/search` as 4 on {get(ss, 'seed_big', 'runs'):,} runs: p50 (spotsweep only)", None,
+            p50(big), "ms", False, "≤ 2× spotsweep's p50 on 10k runs",
+            lambda s, q: None if s_s is None else s <= 2 * p50(s_s))
+    hb = get(ss, "history_big")
+    if hb:
+        row(f"10. full history, {hb['points']:,} points over HTTP (spotsweep only)", None,
+            hb["raw_median_s"], "s", False, "< 1 s", lambda s, q: s < 1)
+        row("10. … RSS after it (spotsweep only)", None, mb(get(ss, "memory_history_big")), "MB", False,
+            "< 200 MB", lambda s, q: s < 200)
+    row("11. RSS at the end, after all of the above", mb(get(ref, "memory_end")),
+        mb(get(ss, "memory_end")), "MB", False, "spotsweep < 100 MB", lambda s, q: s < 100, word="less")
+
     # informational
     row("(info) seeding 10k runs over HTTP (20k requests, 8 threads)", get(ref, "seed", "seconds"),
         get(ss, "seed", "seconds"), "s", False, "—", None)
@@ -147,8 +179,6 @@ def main() -> None:
     row("(info) 3: requests/s", get(r_b, "req_per_s"), get(s_b, "req_per_s"), "req/s", True, "—", None)
     row("(info) RSS idle, right after launch", mb(get(ref, "memory_idle")),
         mb(get(ss, "memory_idle")), "MB", False, "—", None, word="less")
-    row("(info) RSS at the end (after all loads)", mb(get(ref, "memory_end")),
-        mb(get(ss, "memory_end")), "MB", False, "—", None, word="less")
     pss = lambda d: None if d is None else d["pss_bytes"] / 1e6
     row("(info) PSS after search (shared pages counted once)", pss(r_mem), pss(s_mem), "MB", False,
         "—", None, word="less")

@@ -620,3 +620,126 @@ async fn a_row_per_point_database_is_converted_to_blocks() {
     assert!(legacy.is_none());
     pool.close().await;
 }
+
+#[tokio::test]
+async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    new_run(&store, 0, "w", 1).await;
+    let db = dir.path().join("t.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let count = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    let keys: Vec<String> = (0..300).map(|k| format!("acc/class_{k}")).collect();
+    let mut logged: std::collections::HashMap<String, Vec<(i64, i64, f64)>> = Default::default();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for step in 0..150i64 {
+        // Every key at one step, some twice (a retried request), one a NaN, one an infinity;
+        // some steps also carry a long run of one key (a block of its own).
+        let mut metrics: Vec<Metric> = Vec::new();
+        for (k, key) in keys.iter().enumerate() {
+            let value = match next(50) {
+                0 => f64::NAN,
+                1 => f64::INFINITY,
+                _ => (k as f64) + step as f64 / 1000.0,
+            };
+            let ts = 1_000 + step * 10 + next(3) as i64;
+            metrics.push(metric(key, value, ts, step));
+            if next(20) == 0 {
+                metrics.push(metric(key, value, ts, step));
+            }
+        }
+        if step % 40 == 0 {
+            for j in 0..100 {
+                metrics.push(metric("loss", j as f64, 50_000 + step * 100 + j, step * 100 + j));
+            }
+        }
+        for m in &metrics {
+            logged
+                .entry(m.key.clone())
+                .or_default()
+                .push((m.timestamp, m.step, m.value));
+        }
+        store
+            .log_batch(
+                "w",
+                Batch {
+                    metrics,
+                    ..Batch::default()
+                },
+            )
+            .await
+            .unwrap();
+        if step == 0 {
+            // The 300 small keys went into one write row; the 100-point key got a block.
+            assert_eq!(
+                (count("metric_writes").await, count("metric_blocks").await),
+                (1, 1)
+            );
+        }
+    }
+    // 150 writes: compacted twice (at 64 rows), the rest still rows.
+    assert_eq!(count("metric_writes").await, 150 - 128);
+    for key in keys.iter().chain(std::iter::once(&"loss".to_owned())) {
+        assert_eq!(
+            whole_history(&store, "w", key).await,
+            expected_history(&logged[key]),
+            "{key}"
+        );
+    }
+    // The latest of each key, from the reference's rule (step, then timestamp, then value).
+    let run = store.get_run("w").await.unwrap();
+    assert_eq!(run.metrics.len(), keys.len() + 1);
+    for m in &run.metrics {
+        let top = logged[&m.key]
+            .iter()
+            .map(|&(t, s, v)| (s, t, if v.is_nan() { 0.0 } else { v }))
+            .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(a.2.total_cmp(&b.2)))
+            .unwrap();
+        assert_eq!((m.step, m.timestamp), (top.0, top.1), "{}", m.key);
+    }
+    // Searches see the latest values at once.
+    let latest = run.metrics.iter().find(|m| m.key == "acc/class_7").unwrap().value;
+    let filter = format!(
+        "metrics.`acc/class_7` >= {}",
+        if latest.is_nan() { 0.0 } else { latest - 1e-9 }
+    );
+    let found = store
+        .search_runs(&RunQuery {
+            experiment_ids: vec![0],
+            filter: spotsweep_core::search::parse_run_filter(&filter).unwrap(),
+            view: ViewType::ActiveOnly,
+            limit: 10,
+            ..RunQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.items.len(), usize::from(!latest.is_nan()), "{filter}");
+    // And after a restart, from the rows as from the blocks.
+    store.close().await;
+    let store = open(&dir).await;
+    for key in ["acc/class_0", "acc/class_299", "loss"] {
+        assert_eq!(
+            whole_history(&store, "w", key).await,
+            expected_history(&logged[key]),
+            "{key}"
+        );
+    }
+    pool.close().await;
+}

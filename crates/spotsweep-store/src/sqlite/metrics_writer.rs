@@ -114,17 +114,19 @@ async fn run(writer: SqlitePool, keys: RunKeys, loose: LooseBlocks, mut rx: mpsc
                 }
             }
         }
-        // Merges only reorganise what is committed: they run after the writers have their
+        // Compactions only reorganise what is committed: they run after the writers have their
         // answers, before the next group.
-        for (run, key) in merges {
-            let merged = catch_panic(
-                "merging metric blocks",
-                metric_blocks::merge_alone(&mut conn, run, &key),
+        merges.sort_unstable();
+        merges.dedup();
+        for run in merges {
+            let compacted = catch_panic(
+                "compacting metric writes",
+                metric_blocks::compact_alone(&mut conn, &loose, run),
             )
             .await;
-            if let Err(e) = merged {
+            if let Err(e) = compacted {
                 abandon(&mut conn).await;
-                tracing::debug!(error = %e, run, key, "merging metric blocks failed; the blocks stay as they are");
+                tracing::debug!(error = %e, run, "compacting metric writes failed; the rows stay as they are");
             }
         }
     }

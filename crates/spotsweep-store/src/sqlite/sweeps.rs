@@ -654,11 +654,16 @@ impl Queue {
         sweep_id: i64,
         number: u64,
     ) -> Result<Decision> {
-        let rows: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(
-            "SELECT t.number, t.state = 'completed', b.data \
+        // Each trial's blocks of the metric, and its run's write rows (see `metric_blocks`).
+        let rows: Vec<(i64, bool, bool, Vec<u8>)> = sqlx::query_as(
+            "SELECT t.number, t.state = 'completed', 0, b.data \
              FROM trials t JOIN metric_blocks b ON b.run_id = t.run_id AND b.key = ?2 \
              WHERE t.sweep_id = ?1 AND t.state IN ('completed', 'pruned', 'running') AND t.rerun_of IS NULL \
-             ORDER BY t.number, b.id",
+             UNION ALL \
+             SELECT t.number, t.state = 'completed', 1, w.data \
+             FROM trials t JOIN metric_writes w ON w.run_id = t.run_id \
+             WHERE t.sweep_id = ?1 AND t.state IN ('completed', 'pruned', 'running') AND t.rerun_of IS NULL \
+             ORDER BY 1",
         )
         .bind(sweep_id)
         .bind(&spec.objective.metric)
@@ -672,10 +677,14 @@ impl Queue {
             let (n, completed) = (rows[i].0, rows[i].1);
             points.clear();
             while i < rows.len() && rows[i].0 == n {
-                metric_blocks::decode_into(&rows[i].2, &mut points)?;
+                metric_blocks::decode_row_into(rows[i].2, &rows[i].3, &spec.objective.metric, &mut points)?;
                 i += 1;
             }
             metric_blocks::sort_dedup(&mut points, metric_blocks::Point::step_order);
+            if points.is_empty() {
+                // Write rows of its run, none of them with this metric.
+                continue;
+            }
             let mut curve = Curve {
                 number: n as u64,
                 completed,
