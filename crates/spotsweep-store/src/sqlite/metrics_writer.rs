@@ -7,9 +7,12 @@
 //! store is dropped. It borrows the single writer connection from the writer pool per group, so
 //! it takes its turn with every other write.
 
+use std::sync::Arc;
+
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
+use super::history_cache::HistoryCache;
 use super::metric_blocks::{self, LooseBlocks};
 use super::tracking::run_key_for_write;
 use super::{RunKeys, abandon, catch_panic, map_err, note_written};
@@ -26,9 +29,14 @@ pub(crate) struct MetricJob {
 }
 
 /// Starts the writer task; returns the handle the store submits through.
-pub(crate) fn start(writer: SqlitePool, keys: RunKeys, loose: LooseBlocks) -> mpsc::Sender<MetricJob> {
+pub(crate) fn start(
+    writer: SqlitePool,
+    keys: RunKeys,
+    loose: LooseBlocks,
+    history: Arc<HistoryCache>,
+) -> mpsc::Sender<MetricJob> {
     let (tx, rx) = mpsc::channel(1024);
-    tokio::spawn(run(writer, keys, loose, rx));
+    tokio::spawn(run(writer, keys, loose, history, rx));
     tx
 }
 
@@ -44,7 +52,13 @@ pub(crate) async fn submit(jobs: &mpsc::Sender<MetricJob>, run_id: &str, metrics
     answer.await.map_err(|_| StoreError::Busy)?
 }
 
-async fn run(writer: SqlitePool, keys: RunKeys, loose: LooseBlocks, mut rx: mpsc::Receiver<MetricJob>) {
+async fn run(
+    writer: SqlitePool,
+    keys: RunKeys,
+    loose: LooseBlocks,
+    history: Arc<HistoryCache>,
+    mut rx: mpsc::Receiver<MetricJob>,
+) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         // Alone in the queue: let the request tasks that are ready run first, so that their
@@ -94,6 +108,7 @@ async fn run(writer: SqlitePool, keys: RunKeys, loose: LooseBlocks, mut rx: mpsc
                 note_written();
                 merges = due;
                 for (_, job) in ready {
+                    history.invalidate(&job.run_id);
                     let _ = job.done.send(Ok(()));
                 }
             }
@@ -107,7 +122,10 @@ async fn run(writer: SqlitePool, keys: RunKeys, loose: LooseBlocks, mut rx: mpsc
                         catch_panic("writing metrics", metric_blocks::commit(&mut conn, &loose, &rows)).await;
                     drop(rows);
                     match &result {
-                        Ok(_) => note_written(),
+                        Ok(_) => {
+                            note_written();
+                            history.invalidate(&job.run_id);
+                        }
                         Err(_) => abandon(&mut conn).await,
                     }
                     let _ = job.done.send(result.map(|due| merges.extend(due)));

@@ -8,6 +8,7 @@
 //! power loss can lose the last transactions, which is the trade every WAL database makes.
 
 mod fleet;
+mod history_cache;
 mod metric_blocks;
 mod metrics_writer;
 mod models;
@@ -71,6 +72,8 @@ pub struct SqliteStore {
     run_keys: RunKeys,
     /// Loose metric blocks per (run, key), to know when to merge them (see `metric_blocks`).
     loose_blocks: metric_blocks::LooseBlocks,
+    /// Sorted long histories between the pages of a read (see `history_cache`).
+    history: Arc<history_cache::HistoryCache>,
     /// Metric-only writes go to the group-commit task (see `metrics_writer`).
     metric_jobs: tokio::sync::mpsc::Sender<metrics_writer::MetricJob>,
     /// The trial queue's transactions and caches.
@@ -176,13 +179,15 @@ impl SqliteStore {
         let run_keys = RunKeys::default();
         let loose_blocks = metric_blocks::LooseBlocks::default();
         let queue = sweeps::Queue::default();
+        let history = Arc::new(history_cache::HistoryCache::default());
         Ok(Self {
             writer: writer.clone(),
             reader,
             maintenance,
             run_keys: run_keys.clone(),
             loose_blocks: loose_blocks.clone(),
-            metric_jobs: metrics_writer::start(writer.clone(), run_keys, loose_blocks),
+            history: history.clone(),
+            metric_jobs: metrics_writer::start(writer.clone(), run_keys, loose_blocks, history),
             queue: queue.clone(),
             queue_jobs: queue_writer::start(writer.clone(), queue),
         })

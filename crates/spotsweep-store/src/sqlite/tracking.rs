@@ -744,6 +744,9 @@ impl TrackingStore for SqliteStore {
         }
         upsert_tags(&mut tx, key, &batch.tags, true).await?;
         commit(tx).await?;
+        if !batch.metrics.is_empty() {
+            self.history.invalidate(run_id);
+        }
         Ok(())
     }
 
@@ -839,12 +842,27 @@ impl TrackingStore for SqliteStore {
     }
 
     async fn metric_history(&self, run_id: &str, key: &str, offset: u64, limit: u32) -> Result<Page<Metric>> {
-        let mut points = metric_blocks::load(&self.reader, run_id, key).await?;
-        metric_blocks::sort_dedup(&mut points, Point::history_order);
+        let points = match self.history.get(run_id, key) {
+            Some(points) => points,
+            None => {
+                let epoch = self.history.epoch();
+                let mut points = metric_blocks::load(&self.reader, run_id, key).await?;
+                metric_blocks::sort_dedup(&mut points, Point::history_order);
+                let points = std::sync::Arc::new(points);
+                // Kept for the next pages when there will be some.
+                if points.len() > limit as usize {
+                    self.history.put(run_id, key, points.clone(), epoch);
+                }
+                points
+            }
+        };
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(points.len());
         let end = start.saturating_add(limit as usize).min(points.len());
         let items = points[start..end].iter().map(|p| p.to_metric(key)).collect();
         let next_offset = (end < points.len()).then_some(end as u64);
+        if next_offset.is_none() && start > 0 {
+            self.history.remove(run_id, key);
+        }
         Ok(Page { items, next_offset })
     }
 
