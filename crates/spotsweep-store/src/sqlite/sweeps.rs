@@ -1652,8 +1652,7 @@ impl SweepStore for SqliteStore {
         let row: Option<Row> = sqlx::query_as(
             "UPDATE leases SET expires_at = ?2 WHERE id = ?1 AND ended_at IS NULL; \
              SELECT l.ended_at, t.stop_requested, \
-               IIF(s.state = 'cancelled' AND t.rerun_of IS NOT NULL AND t.created_at > s.finished_at, \
-                   'ended', s.state), \
+               IIF(s.state = 'cancelled' AND t.rerun_of IS NOT NULL, 'ended', s.state), \
                t.id, t.sweep_id, t.number, t.rerun_of IS NOT NULL \
              FROM leases l JOIN trials t ON t.id = l.trial_id JOIN sweeps s ON s.id = t.sweep_id WHERE l.id = ?1",
         )
@@ -1666,8 +1665,9 @@ impl SweepStore for SqliteStore {
         .next();
         let (ended_at, stop_requested, sweep_state, trial_id, sweep_id, number, rerun) =
             row.ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
-        // An ended lease: expired (the trial went back to the queue) or already completed. (A
-        // rerun asked for after its sweep was cancelled runs all the same.)
+        // An ended lease: expired (the trial went back to the queue) or already completed. A
+        // rerun runs even in a cancelled sweep: one that was running when the sweep was
+        // cancelled was told to stop then (stop_requested), and a queued one was cancelled.
         if ended_at.is_some() || stop_requested != 0 || sweep_state == "cancelled" {
             return Ok(HeartbeatAction::Stop);
         }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::metric_blocks::{self, Point};
-use super::search::{experiment_search_sql, run_search_sql};
+use super::search::{experiment_search_sql, order_metric, run_search_by_order_sql, run_search_sql};
 use super::{RunKeys, SqliteStore, commit, map_err, now_ms};
 use crate::{
     Batch, DatasetInput, DatasetSummary, Experiment, ExperimentQuery, KeyValue, LifecycleStage, Metric,
@@ -15,6 +15,12 @@ use crate::{
 };
 
 /// The columns of `runs` that make a [`RunInfo`], plus the internal key, in [`RunRow`] order.
+/// Runs a search ordered by a metric reads in that order before it falls back to the general
+/// plan (a few milliseconds of index walk when the filter matches rarely).
+const ORDER_CANDIDATES: u32 = 10_000;
+/// The deepest page (offset + limit) answered by walking a metric's order.
+const MAX_ORDER_WALK_ROWS: u64 = 2_000;
+
 pub(super) const RUN_COLUMNS: &str = "r.id, r.run_uuid, r.experiment_id, r.name, r.user_id, r.status, \
      r.start_time, r.end_time, r.artifact_uri, r.lifecycle_stage";
 
@@ -33,6 +39,11 @@ pub(super) struct RunRow {
 }
 
 impl RunRow {
+    #[cfg(test)]
+    pub(super) fn run_uuid(&self) -> &str {
+        &self.run_uuid
+    }
+
     fn into_info(self) -> (i64, RunInfo) {
         let info = RunInfo {
             run_id: self.run_uuid,
@@ -367,6 +378,53 @@ impl SqliteStore {
     }
 
     /// Loads the data (latest metrics, params, tags, inputs) of runs, keyed by internal id.
+    /// A search whose first sort key is a metric, answered by walking the runs in that metric's
+    /// order (see `run_search_by_order_sql`): its page (`limit + 1` rows, the offset skipped), or
+    /// `None` when the walk did not find enough matching runs among the first
+    /// [`ORDER_CANDIDATES`] (and the ones that tie with the last of them), or the page is too deep,
+    /// and the general plan must answer.
+    async fn search_by_order(&self, query: &RunQuery) -> Result<Option<Vec<RunRow>>> {
+        self.search_by_order_among(query, ORDER_CANDIDATES).await
+    }
+
+    /// [`SqliteStore::search_by_order`] reading the runs down to the `candidates`-th value.
+    pub(super) async fn search_by_order_among(
+        &self,
+        query: &RunQuery,
+        candidates: u32,
+    ) -> Result<Option<Vec<RunRow>>> {
+        let Some((key, ascending)) = order_metric(query) else {
+            return Ok(None);
+        };
+        let need = query.offset + u64::from(query.limit) + 1;
+        if need > MAX_ORDER_WALK_ROWS {
+            return Ok(None);
+        }
+        // One snapshot for the bound and the search.
+        let mut tx = self.reader.begin().await.map_err(map_err)?;
+        // The `candidates`-th value in the metric's order (none: fewer runs have it).
+        let sql = if ascending {
+            "SELECT value FROM latest_metrics WHERE key = ? AND is_nan = 0 ORDER BY value ASC LIMIT 1 OFFSET ?"
+        } else {
+            "SELECT value FROM latest_metrics WHERE key = ? AND is_nan = 0 ORDER BY value DESC LIMIT 1 OFFSET ?"
+        };
+        let bound: Option<(f64,)> = sqlx::query_as(sql)
+            .bind(key)
+            .bind(i64::from(candidates.max(1)) - 1)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let mut qb = run_search_by_order_sql(query, RUN_COLUMNS, bound.map(|b| b.0), need as u32);
+        let mut rows: Vec<RunRow> = qb.build_query_as().fetch_all(&mut *tx).await.map_err(map_err)?;
+        // Fewer than needed: runs beyond the bound may match, and runs whose value is NaN or
+        // missing come after the numbers.
+        if (rows.len() as u64) < need {
+            return Ok(None);
+        }
+        rows.drain(..(query.offset as usize).min(rows.len()));
+        Ok(Some(rows))
+    }
+
     pub(super) async fn load_runs(&self, rows: Vec<RunRow>) -> Result<Vec<Run>> {
         let infos: Vec<(i64, RunInfo)> = rows.into_iter().map(RunRow::into_info).collect();
         let ids: Vec<i64> = infos.iter().map(|(id, _)| *id).collect();
@@ -830,12 +888,16 @@ impl TrackingStore for SqliteStore {
                 next_offset: None,
             });
         }
-        let mut qb = run_search_sql(query, RUN_COLUMNS);
-        let rows: Vec<RunRow> = qb
-            .build_query_as()
-            .fetch_all(&self.reader)
-            .await
-            .map_err(map_err)?;
+        let rows = match self.search_by_order(query).await? {
+            Some(rows) => rows,
+            None => {
+                let mut qb = run_search_sql(query, RUN_COLUMNS);
+                qb.build_query_as()
+                    .fetch_all(&self.reader)
+                    .await
+                    .map_err(map_err)?
+            }
+        };
         let (rows, next_offset) = page(rows, query.limit, query.offset);
         let items = self.load_runs(rows).await?;
         Ok(Page { items, next_offset })
