@@ -743,3 +743,110 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
     }
     pool.close().await;
 }
+
+#[tokio::test]
+async fn a_database_of_schema_13_keeps_its_blocks_and_takes_wide_writes_after_migrating() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    // A database as schema version 13 left it (blocks, no write rows, the old metric index).
+    let old = tempfile::tempdir().unwrap();
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations/sqlite");
+    for entry in std::fs::read_dir(&migrations).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.as_str() < "0014" {
+            std::fs::copy(&path, old.path().join(&name)).unwrap();
+        }
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&db)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO runs (id, run_uuid, experiment_id, name, status, start_time, artifact_uri) \
+         VALUES (7, 'r', 0, 'old', 'RUNNING', 1, 'mlflow-artifacts:/0/r/artifacts')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Two blocks of `acc` as that schema's writer made them (timestamp, step, value bits).
+    let points: Vec<(i64, i64, f64)> = (0..200).map(|i| (1000 + i, i, (i % 17) as f64)).collect();
+    for chunk in points.chunks(150) {
+        let mut data = Vec::new();
+        for (t, s, v) in chunk {
+            data.extend_from_slice(&t.to_le_bytes());
+            data.extend_from_slice(&s.to_le_bytes());
+            data.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+        sqlx::query("INSERT INTO metric_blocks (run_id, key, points, data) VALUES (7, 'acc', ?, ?)")
+            .bind(chunk.len() as i64)
+            .bind(data)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO latest_metrics (run_id, key, timestamp, step, value, is_nan) VALUES (7, 'acc', 1199, 199, 12.0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = open(&dir).await;
+    let mut logged = points.clone();
+    assert_eq!(whole_history(&store, "r", "acc").await, expected_history(&logged));
+    // Wide writes land next to the old blocks, and a search by the metric finds the run.
+    for step in 200..210 {
+        let metrics: Vec<Metric> = (0..50)
+            .map(|k| {
+                metric(
+                    if k == 0 { "acc" } else { "other" },
+                    f64::from(k) + 0.5,
+                    2000 + step,
+                    step,
+                )
+            })
+            .chain((1..50).map(|k| metric(&format!("k{k}"), 1.0, 2000 + step, step)))
+            .collect();
+        logged.push((2000 + step, step, 0.5));
+        store
+            .log_batch(
+                "r",
+                Batch {
+                    metrics,
+                    ..Batch::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(whole_history(&store, "r", "acc").await, expected_history(&logged));
+    let found = store
+        .search_runs(&RunQuery {
+            experiment_ids: vec![0],
+            filter: parse_run_filter("metrics.acc < 1").unwrap(),
+            order_by: vec![parse_run_order_by("metrics.acc DESC").unwrap()],
+            view: ViewType::ActiveOnly,
+            limit: 10,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.items.len(), 1);
+    assert_eq!(
+        found.items[0]
+            .metrics
+            .iter()
+            .find(|m| m.key == "acc")
+            .unwrap()
+            .step,
+        209
+    );
+}

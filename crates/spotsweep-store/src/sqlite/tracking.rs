@@ -429,16 +429,6 @@ impl SqliteStore {
         let infos: Vec<(i64, RunInfo)> = rows.into_iter().map(RunRow::into_info).collect();
         let ids: Vec<i64> = infos.iter().map(|(id, _)| *id).collect();
         let ids_json = json_ids(&ids);
-        let metrics: Vec<(i64, String, i64, i64, f64, bool)> = sqlx::query_as(
-            "SELECT run_id, key, timestamp, step, value, is_nan FROM latest_metrics \
-             WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, key",
-        )
-        .bind(&ids_json)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
-        let params = self.key_values_of_runs(PARAMS_OF_RUNS, &ids_json).await?;
-        let tags = self.key_values_of_runs(TAGS_OF_RUNS, &ids_json).await?;
         type InputRow = (
             i64,
             String,
@@ -449,14 +439,34 @@ impl SqliteStore {
             Option<String>,
             String,
         );
-        let inputs: Vec<InputRow> = sqlx::query_as(
-            "SELECT run_id, name, digest, source_type, source, schema, profile, tags FROM run_inputs \
-             WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, name, digest",
-        )
-        .bind(&ids_json)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
+        // Four reads on four of the pool's connections at once: a page of 100 runs waits for
+        // the slowest, not for the sum (about 2.5 ms of a 6 ms search on one connection).
+        let metrics = async {
+            sqlx::query_as::<_, (i64, String, i64, i64, f64, bool)>(
+                "SELECT run_id, key, timestamp, step, value, is_nan FROM latest_metrics \
+                 WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, key",
+            )
+            .bind(&ids_json)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)
+        };
+        let inputs = async {
+            sqlx::query_as::<_, InputRow>(
+                "SELECT run_id, name, digest, source_type, source, schema, profile, tags FROM run_inputs \
+                 WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, name, digest",
+            )
+            .bind(&ids_json)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)
+        };
+        let (metrics, params, tags, inputs) = tokio::try_join!(
+            metrics,
+            self.key_values_of_runs(PARAMS_OF_RUNS, &ids_json),
+            self.key_values_of_runs(TAGS_OF_RUNS, &ids_json),
+            inputs,
+        )?;
 
         let mut by_id: HashMap<i64, Run> = HashMap::with_capacity(infos.len());
         let mut order = Vec::with_capacity(infos.len());
