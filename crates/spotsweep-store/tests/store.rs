@@ -538,22 +538,20 @@ async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
     assert_eq!(whole_history(&store, "r", "loss").await, want);
 }
 
-#[tokio::test]
-async fn a_row_per_point_database_is_converted_to_blocks() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("t.db");
-    // A database as schema version 4 left it, built with the migrations of that time.
+/// `t.db` in `dir` as the migrations before `first_missing` (`"0005"`) left it, with run 7 (`r`);
+/// the connection to fill it with.
+async fn database_before(dir: &tempfile::TempDir, first_missing: &str) -> sqlx::SqlitePool {
     let old = tempfile::tempdir().unwrap();
     let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations/sqlite");
     for entry in std::fs::read_dir(&migrations).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.as_str() < "0005" {
+        if name.as_str() < first_missing {
             std::fs::copy(&path, old.path().join(&name)).unwrap();
         }
     }
     let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&db)
+        .filename(dir.path().join("t.db"))
         .create_if_missing(true);
     let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
     sqlx::migrate::Migrator::new(old.path())
@@ -569,6 +567,14 @@ async fn a_row_per_point_database_is_converted_to_blocks() {
     .execute(&pool)
     .await
     .unwrap();
+    pool
+}
+
+#[tokio::test]
+async fn a_row_per_point_database_is_converted_to_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    // A database as schema version 4 left it, built with the migrations of that time.
+    let pool = database_before(&dir, "0005").await;
     let mut logged = Vec::new();
     for i in 0..3000_i64 {
         let value = if i == 5 { f64::NAN } else { (i * 37 % 101) as f64 };
@@ -609,7 +615,7 @@ async fn a_row_per_point_database_is_converted_to_blocks() {
         whole_history(&store, "r", "acc").await.len(),
         expected_history(&logged).len() + 1
     );
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
         .await
         .unwrap();
     let legacy: Option<(String,)> =
@@ -747,34 +753,8 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
 #[tokio::test]
 async fn a_database_of_schema_13_keeps_its_blocks_and_takes_wide_writes_after_migrating() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("t.db");
     // A database as schema version 13 left it (blocks, no write rows, the old metric index).
-    let old = tempfile::tempdir().unwrap();
-    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations/sqlite");
-    for entry in std::fs::read_dir(&migrations).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.as_str() < "0014" {
-            std::fs::copy(&path, old.path().join(&name)).unwrap();
-        }
-    }
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&db)
-        .create_if_missing(true);
-    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    sqlx::migrate::Migrator::new(old.path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO runs (id, run_uuid, experiment_id, name, status, start_time, artifact_uri) \
-         VALUES (7, 'r', 0, 'old', 'RUNNING', 1, 'mlflow-artifacts:/0/r/artifacts')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    let pool = database_before(&dir, "0014").await;
     // Two blocks of `acc` as that schema's writer made them (timestamp, step, value bits).
     let points: Vec<(i64, i64, f64)> = (0..200).map(|i| (1000 + i, i, (i % 17) as f64)).collect();
     for chunk in points.chunks(150) {
