@@ -531,17 +531,6 @@ pub async fn enqueue_trial(
     Ok((StatusCode::CREATED, Json(trial_body(&trial))))
 }
 
-/// A trial of a sweep by number.
-async fn find_trial(s: &AppState, id: i64, number: i64) -> Result<Trial, ApiError> {
-    s.sweeps.get_sweep(id).await?;
-    s.sweeps
-        .list_trials(id)
-        .await?
-        .into_iter()
-        .find(|t| t.number == number)
-        .ok_or_else(|| ApiError::not_found(format!("sweep {id} has no trial {number}")))
-}
-
 /// One trial of a sweep.
 #[utoipa::path(get, path = "/api/v1/sweeps/{id}/trials/{number}", tag = "sweeps",
     params(("id" = i64, Path, description = "Sweep id"), ("number" = i64, Path, description = "Trial number")),
@@ -552,7 +541,7 @@ pub async fn get_trial(
     State(s): State<AppState>,
     ApiPath((id, number)): ApiPath<(i64, i64)>,
 ) -> Result<Json<TrialBody>, ApiError> {
-    Ok(Json(trial_body(&find_trial(&s, id, number).await?)))
+    Ok(Json(trial_body(&s.sweeps.get_trial(id, number).await?)))
 }
 
 /// Runs a finished trial again: a new trial of the sweep with the same parameters, seed and code
@@ -610,7 +599,7 @@ pub async fn trial_launch(
     ApiPath((id, number)): ApiPath<(i64, i64)>,
 ) -> Result<Json<TrialLaunchBody>, ApiError> {
     let sweep = s.sweeps.get_sweep(id).await?;
-    let trial = find_trial(&s, id, number).await?;
+    let trial = s.sweeps.get_trial(id, number).await?;
     let spec = &sweep.spec;
     let n = trial.number as u64;
     let params = serde_json::to_value(&trial.params).unwrap_or_default();

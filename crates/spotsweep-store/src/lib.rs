@@ -204,6 +204,8 @@ pub trait SweepStore: Send + Sync + 'static {
     async fn list_trials(&self, sweep_id: i64) -> Result<Vec<Trial>>;
     /// Queues a trial with fixed parameters (counts towards `max_trials`).
     async fn enqueue_trial(&self, sweep_id: i64, params: spotsweep_core::sweep::Params) -> Result<Trial>;
+    /// Trial `number` of a sweep.
+    async fn get_trial(&self, sweep_id: i64, number: i64) -> Result<Trial>;
     /// Queues a rerun of finished trial `number`: a new trial with its parameters and seed, on
     /// `pool` (default: the sweep's), numbered after every trial the sweep can propose. It does
     /// not count towards `max_trials` and is no evidence for the sampler, the pruner or the

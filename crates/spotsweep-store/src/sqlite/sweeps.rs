@@ -101,6 +101,31 @@ struct SweepRow {
 const SWEEP_COLUMNS: &str =
     "id, spec, seed, experiment_id, state, trials_created, created_at, finished_at, run_uuid";
 
+/// Trial `number` of a sweep; `NotFound` saying whether the sweep or the trial is missing.
+async fn trial_by_number(conn: &mut SqliteConnection, sweep_id: i64, number: i64) -> Result<Trial> {
+    let sql = format!(
+        "SELECT {TRIAL_COLUMNS} FROM trials t JOIN runs r ON r.id = t.run_id WHERE t.sweep_id = ? AND t.number = ?"
+    );
+    let row = sqlx::query_as::<_, TrialRow>(sqlx::AssertSqlSafe(sql))
+        .bind(sweep_id)
+        .bind(number)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    if let Some(row) = row {
+        return Ok(row.into_trial());
+    }
+    let sweep: Option<(i64,)> = sqlx::query_as("SELECT id FROM sweeps WHERE id = ?")
+        .bind(sweep_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    Err(StoreError::NotFound(match sweep {
+        Some(_) => format!("sweep {sweep_id} has no trial {number}"),
+        None => format!("no sweep with id {sweep_id}"),
+    }))
+}
+
 async fn trial_by_id(conn: &mut SqliteConnection, id: i64) -> Result<Trial> {
     let sql = format!("SELECT {TRIAL_COLUMNS} FROM trials t JOIN runs r ON r.id = t.run_id WHERE t.id = ?");
     sqlx::query_as::<_, TrialRow>(sqlx::AssertSqlSafe(sql))
@@ -1545,30 +1570,14 @@ impl SweepStore for SqliteStore {
         Ok(trial)
     }
 
+    async fn get_trial(&self, sweep_id: i64, number: i64) -> Result<Trial> {
+        let mut conn = self.reader.acquire().await.map_err(map_err)?;
+        trial_by_number(&mut conn, sweep_id, number).await
+    }
+
     async fn rerun_trial(&self, sweep_id: i64, number: i64, pool: Option<&str>) -> Result<Trial> {
         let mut tx = self.begin_write().await?;
-        let sql = format!(
-            "SELECT {TRIAL_COLUMNS} FROM trials t JOIN runs r ON r.id = t.run_id WHERE t.sweep_id = ? AND t.number = ?"
-        );
-        let original = sqlx::query_as::<_, TrialRow>(sqlx::AssertSqlSafe(sql))
-            .bind(sweep_id)
-            .bind(number)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?
-            .map(TrialRow::into_trial);
-        let Some(original) = original else {
-            // Which is missing, the sweep or the trial?
-            let sweep: Option<(i64,)> = sqlx::query_as("SELECT id FROM sweeps WHERE id = ?")
-                .bind(sweep_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            return Err(StoreError::NotFound(match sweep {
-                Some(_) => format!("sweep {sweep_id} has no trial {number}"),
-                None => format!("no sweep with id {sweep_id}"),
-            }));
-        };
+        let original = trial_by_number(&mut tx, sweep_id, number).await?;
         if !original.state.is_terminal() {
             return Err(StoreError::Conflict(format!(
                 "trial {number} of sweep {sweep_id} is {}: rerun it once it has ended",
