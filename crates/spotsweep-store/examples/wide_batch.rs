@@ -1,6 +1,7 @@
 //! Store-level cost of wide metric batches (no HTTP): `cargo run --release -p spotsweep-store
 //! --example wide_batch -- KEYS STEPS REQUESTS CLIENTS`. Each request logs KEYS distinct keys at
-//! STEPS steps to one of 8 runs; prints metrics/s and latency percentiles.
+//! STEPS steps (each a new step, with new values) to the runs in turn (`RUNS`, default 8);
+//! prints metrics/s and latency percentiles.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,7 +29,11 @@ async fn main() {
         .await
         .unwrap();
     let mut runs = Vec::new();
-    for i in 0..8 {
+    let n_runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    for i in 0..n_runs {
         let id = format!("{:032x}", i + 1);
         store
             .create_run(NewRun {
@@ -68,7 +73,7 @@ async fn main() {
                     .flat_map(|s| {
                         names.iter().map(move |k| Metric {
                             key: k.clone(),
-                            value: (s as f64) * 0.5,
+                            value: ((step0 as usize + s) * 7919 % 1000) as f64 / 1000.0,
                             timestamp: step0 + s as i64,
                             step: step0 + s as i64,
                         })

@@ -2,6 +2,8 @@
 //! search translation, persistence across reopen, and the newer-schema refusal.
 
 use spotsweep_core::search::{parse_run_filter, parse_run_order_by};
+use std::collections::HashMap;
+
 use spotsweep_store::*;
 
 async fn open(dir: &tempfile::TempDir) -> SqliteStore {
@@ -829,4 +831,221 @@ async fn a_database_of_schema_13_keeps_its_blocks_and_takes_wide_writes_after_mi
             .step,
         209
     );
+}
+
+/// The runs of `exp` ordered by `key` DESC, as search answers it (first `limit`).
+async fn ordered_by(store: &SqliteStore, exp: i64, key: &str, filter: &str, limit: u32) -> Vec<String> {
+    let query = RunQuery {
+        experiment_ids: vec![exp],
+        filter: parse_run_filter(filter).unwrap(),
+        order_by: vec![parse_run_order_by(&format!("metrics.`{key}` DESC")).unwrap()],
+        view: ViewType::ActiveOnly,
+        limit,
+        offset: 0,
+    };
+    let page = store.search_runs(&query).await.unwrap();
+    page.items.into_iter().map(|r| r.info.run_id).collect()
+}
+
+/// What that order must be, from the latest values a test wrote: numbers by value (highest
+/// first), then NaN, then runs without the key; ties by start time (latest first), then run id.
+fn expected_order(
+    latest: &HashMap<(String, String), f64>,
+    runs: &[(String, i64)],
+    key: &str,
+    limit: usize,
+) -> Vec<String> {
+    let mut order: Vec<(u8, f64, i64, String)> = runs
+        .iter()
+        .map(|(id, start)| match latest.get(&(id.clone(), key.to_owned())) {
+            Some(v) if v.is_nan() => (1, 0.0, *start, id.clone()),
+            Some(v) => (0, *v, *start, id.clone()),
+            None => (2, 0.0, *start, id.clone()),
+        })
+        .collect();
+    order.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(b.1.total_cmp(&a.1))
+            .then(b.2.cmp(&a.2))
+            .then(a.3.cmp(&b.3))
+    });
+    order.into_iter().take(limit).map(|o| o.3).collect()
+}
+
+#[tokio::test]
+async fn a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(open(&dir).await);
+    let exp = new_experiment(&store, "order").await;
+    let other = new_experiment(&store, "other").await;
+    let mut runs = Vec::new();
+    for i in 0..40i64 {
+        let id = format!("run{i:02}");
+        new_run(&store, exp, &id, i / 4).await;
+        runs.push((id, i / 4));
+        // Runs of another experiment with the same keys and higher values never show up.
+        new_run(&store, other, &format!("x{i:02}"), 0).await;
+        store
+            .log_batch(
+                &format!("x{i:02}"),
+                Batch {
+                    metrics: vec![metric("acc", 100.0, 0, 0)],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let mut latest: HashMap<(String, String), f64> = HashMap::new();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    // Every run starts with every key; once writes pause, the daemon brings the order up to
+    // date by itself.
+    for (i, (id, _)) in runs.iter().enumerate() {
+        let metrics: Vec<Metric> = (0..60)
+            .map(|k| {
+                let value = ((i * 7 + k * 3) % 11) as f64;
+                latest.insert((id.clone(), format!("k{k}")), value);
+                metric(&format!("k{k}"), value, -1, -1)
+            })
+            .collect();
+        store
+            .log_batch(
+                id,
+                Batch {
+                    metrics,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for step in 0..30i64 {
+        // A wide write to a few runs (metric-only: the group-committed path), and now and
+        // then a batch with a param (the transactional path); values with ties and NaN, a
+        // late point that must not replace the latest, and keys that appear late.
+        for j in 0..4 {
+            // Each write a later step than every earlier one: the last value written is the latest.
+            let at = step * 4 + j;
+            let (id, _) = &runs[next(40) as usize];
+            let mut metrics = Vec::new();
+            for k in 0..(if step > 20 { 60 } else { 30 }) {
+                let key = format!("k{k}");
+                let value = match next(25) {
+                    0 => f64::NAN,
+                    v => (v % 8) as f64 / 2.0,
+                };
+                metrics.push(metric(&key, value, at, at));
+                latest.insert((id.clone(), key), value);
+            }
+            metrics.push(metric("k1", 99.0, at - 1000, at - 1000));
+            let params = if next(5) == 0 {
+                vec![kv(&format!("p{step}"), "x")]
+            } else {
+                vec![]
+            };
+            store
+                .log_batch(
+                    id,
+                    Batch {
+                        metrics,
+                        params,
+                        tags: vec![],
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        for key in ["k1", "k7", "k45"] {
+            assert_eq!(
+                ordered_by(&store, exp, key, "", 15).await,
+                expected_order(&latest, &runs, key, 15),
+                "step {step} {key}"
+            );
+        }
+    }
+    // Writes that are still pending when the daemon stops are there after a restart.
+    let (id, _) = &runs[3];
+    store
+        .log_batch(
+            id,
+            Batch {
+                metrics: vec![metric("k2", 1e9, 1000, 1000)],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    latest.insert((id.clone(), "k2".into()), 1e9);
+    let store = std::sync::Arc::into_inner(store).unwrap();
+    store.close().await;
+    let store = open(&dir).await;
+    for key in ["k1", "k2", "k45"] {
+        assert_eq!(
+            ordered_by(&store, exp, key, "", 40).await,
+            expected_order(&latest, &runs, key, 40),
+            "{key}"
+        );
+    }
+    assert_eq!(
+        ordered_by(&store, exp, "k2", "metrics.k2 > 1000", 5).await,
+        vec![id.clone()]
+    );
+}
+
+#[tokio::test]
+async fn a_database_of_schema_15_orders_its_runs_by_metric_after_migrating() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = database_before(&dir, "0016").await;
+    for (id, uuid, value, is_nan) in [(8, "a", 0.5, false), (9, "b", 0.0, true), (10, "c", 2.5, false)] {
+        sqlx::query(
+            "INSERT INTO runs (id, run_uuid, experiment_id, name, status, start_time, artifact_uri) \
+             VALUES (?, ?, 0, 'old', 'RUNNING', 1, 'x')",
+        )
+        .bind(id)
+        .bind(uuid)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO latest_metrics (run_id, key, timestamp, step, value, is_nan) VALUES (?, 'acc', 1, 1, ?, ?)",
+        )
+        .bind(id)
+        .bind(value)
+        .bind(is_nan)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let store = open(&dir).await;
+    assert_eq!(ordered_by(&store, 0, "acc", "", 10).await, ["c", "a", "b", "r"]);
+    // A later point moves a migrated run; a new run joins the order.
+    store
+        .log_batch(
+            "a",
+            Batch {
+                metrics: vec![metric("acc", 7.0, 2, 2)],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .log_batch(
+            "r",
+            Batch {
+                metrics: vec![metric("acc", 1.0, 2, 2)],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ordered_by(&store, 0, "acc", "", 10).await, ["a", "c", "r", "b"]);
 }

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::map_err;
 use super::tracking::split_chunks;
+use super::{map_err, metric_order};
 use crate::{Metric, Result, StoreError};
 
 /// Bytes of one point in a block.
@@ -384,7 +384,8 @@ fn write_rows<'g, 'a>(groups: &'g [Group<'a>]) -> Vec<(i64, Vec<&'g Group<'a>>)>
 
 /// Pushes the statements that store `groups`: a block for each key with [`LOOSE`] points or
 /// more, one write row per run for the others, then their latest values (an upsert that keeps
-/// the stored point unless the new one is later). Each statement ends with `;`.
+/// the stored point unless the new one is later), and the runs as pending for `metric_order`.
+/// Each statement ends with `;`.
 fn push_writes(qb: &mut QueryBuilder<Sqlite>, groups: &[Group<'_>]) {
     let blocks: Vec<&Group<'_>> = groups.iter().filter(|g| g.points.len() >= LOOSE).collect();
     let mut rest = blocks.as_slice();
@@ -431,6 +432,14 @@ fn push_writes(qb: &mut QueryBuilder<Sqlite>, groups: &[Group<'_>]) {
                  > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value); ",
         );
     }
+    let mut runs: Vec<i64> = groups.iter().map(|g| g.run).collect();
+    runs.sort_unstable();
+    runs.dedup();
+    qb.push(metric_order::MARK_PENDING);
+    qb.push_values(&runs, |mut row, run| {
+        row.push_bind(*run);
+    });
+    qb.push("; ");
 }
 
 /// The runs among `groups` whose write rows are due for a compaction.
@@ -616,7 +625,7 @@ pub(crate) async fn merge_keys(conn: &mut SqliteConnection, run: i64, keys: &[St
 }
 
 /// Runs `work` in a write transaction: committed when it succeeds, rolled back otherwise.
-async fn in_transaction<T>(
+pub(super) async fn in_transaction<T>(
     conn: &mut SqliteConnection,
     work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T>,
 ) -> Result<T> {

@@ -10,6 +10,7 @@
 mod fleet;
 mod history_cache;
 mod metric_blocks;
+mod metric_order;
 mod metrics_writer;
 mod models;
 mod queue_writer;
@@ -75,7 +76,9 @@ pub struct SqliteStore {
     /// Sorted long histories between the pages of a read (see `history_cache`).
     history: Arc<history_cache::HistoryCache>,
     /// Metric-only writes go to the group-commit task (see `metrics_writer`).
-    metric_jobs: tokio::sync::mpsc::Sender<metrics_writer::MetricJob>,
+    metric_jobs: tokio::sync::mpsc::Sender<metrics_writer::Job>,
+    /// Whether `metric_order` may lag behind the latest metrics (see `metric_order`).
+    metric_order: Arc<metric_order::MetricOrder>,
     /// The trial queue's transactions and caches.
     queue: sweeps::Queue,
     /// Leases and completions go to the queue's group-commit task (see `queue_writer`).
@@ -180,6 +183,14 @@ impl SqliteStore {
         let loose_blocks = metric_blocks::LooseBlocks::default();
         let queue = sweeps::Queue::default();
         let history = Arc::new(history_cache::HistoryCache::default());
+        let order = Arc::new(metric_order::MetricOrder::new());
+        let metric_jobs = metrics_writer::start(metrics_writer::Shared {
+            writer: writer.clone(),
+            keys: run_keys.clone(),
+            loose: loose_blocks.clone(),
+            history: history.clone(),
+            order: order.clone(),
+        });
         Ok(Self {
             writer: writer.clone(),
             reader,
@@ -187,7 +198,8 @@ impl SqliteStore {
             run_keys: run_keys.clone(),
             loose_blocks: loose_blocks.clone(),
             history: history.clone(),
-            metric_jobs: metrics_writer::start(writer.clone(), run_keys, loose_blocks, history),
+            metric_jobs,
+            metric_order: order,
             queue: queue.clone(),
             queue_jobs: queue_writer::start(writer.clone(), queue),
         })

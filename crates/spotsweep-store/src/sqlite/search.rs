@@ -102,7 +102,7 @@ fn push_run_predicate(qb: &mut QueryBuilder<Sqlite>, predicate: &RunPredicate) {
             qb.push(format!(
                 "EXISTS (SELECT 1 FROM {table} x WHERE x.run_id = r.id AND "
             ));
-            push_join_condition(qb, "x", predicate, false);
+            push_join_condition(qb, "x", predicate);
             qb.push(")");
         }
         RunPredicate::AttributeString { attr, op, value } => {
@@ -167,42 +167,17 @@ fn joinable(predicate: &RunPredicate) -> Option<&'static str> {
     }
 }
 
-/// Whether a filter has an equality on a param or tag: usually the most selective condition, so
-/// the one a search should start from.
-fn has_kv_equality(filter: &[RunPredicate]) -> bool {
-    filter.iter().any(|p| {
-        matches!(
-            p,
-            RunPredicate::Param {
-                cond: StringCondition::Compare(StrOp::Eq, _),
-                ..
-            } | RunPredicate::Tag {
-                cond: StringCondition::Compare(StrOp::Eq, _),
-                ..
-            }
-        )
-    })
-}
-
-/// The `ON` condition (after the run match) of a [`joinable`] predicate on alias `a`. With
-/// `value_unindexed`, a metric's comparison cannot use `latest_metrics_by_key` (SQLite does not
-/// use an index for `+column`): see [`run_search_sql`].
-fn push_join_condition(
-    qb: &mut QueryBuilder<Sqlite>,
-    a: &str,
-    predicate: &RunPredicate,
-    value_unindexed: bool,
-) {
+/// The `ON` condition (after the run match) of a [`joinable`] predicate on alias `a`.
+fn push_join_condition(qb: &mut QueryBuilder<Sqlite>, a: &str, predicate: &RunPredicate) {
     match predicate {
         RunPredicate::Metric { key, op, value } => {
             qb.push(format!("{a}.key = ")).push_bind(key.clone());
-            let plus = if value_unindexed { "+" } else { "" };
             // IEEE rules for NaN, as the reference: it is `!=` to everything and compares
             // false otherwise.
             if *op == NumOp::Ne {
-                qb.push(format!(" AND ({plus}{a}.is_nan = 1 OR {plus}{a}.value"));
+                qb.push(format!(" AND ({a}.is_nan = 1 OR {a}.value"));
             } else {
-                qb.push(format!(" AND ({plus}{a}.is_nan = 0 AND {plus}{a}.value"));
+                qb.push(format!(" AND ({a}.is_nan = 0 AND {a}.value"));
             }
             qb.push(num_op(*op)).push_bind(*value).push(")");
         }
@@ -274,18 +249,15 @@ fn run_search_sql_after(start: &str, query: &RunQuery, columns: &str) -> QueryBu
     // Conditions that need a key to exist become inner joins (each key is unique per run, so a
     // join never duplicates a run). Unlike a correlated EXISTS, a join lets SQLite start from
     // the most selective index, e.g. params_by_key for `params.opt = 'adam'`, instead of
-    // probing every run of the experiment.
-    //
-    // With an equality on a param or tag, the search starts from it (params_by_key or
-    // tags_by_key), and metric comparisons are checked per run on the latest_metrics key:
-    // SQLite's statistics cannot tell how much of a key a range such as `> 0.5` keeps, and it
-    // guesses a quarter, so it started from `metrics.m0 > 0.5` (half the runs) instead of
+    // probing every run of the experiment. Metric comparisons are checked per run on the
+    // latest_metrics key: there is no index on latest values (see migration 0016), and none is
+    // missed: SQLite's statistics cannot tell how much of a key a range such as `> 0.5` keeps,
+    // so when it had one it started from `metrics.m0 > 0.5` (half the runs) instead of
     // `params.p0 = 'v3'` (a tenth): 8.7 ms instead of 1.3 ms on 10,000 runs.
-    let metric_values_unindexed = has_kv_equality(&query.filter);
     for (i, predicate) in query.filter.iter().enumerate() {
         if let (true, Some(table)) = (joined_filters[i], joinable(predicate)) {
             qb.push(format!(" JOIN {table} f{i} ON f{i}.run_id = r.id AND "));
-            push_join_condition(&mut qb, &format!("f{i}"), predicate, metric_values_unindexed);
+            push_join_condition(&mut qb, &format!("f{i}"), predicate);
         }
     }
     qb.push(" WHERE ");
@@ -311,8 +283,9 @@ pub(super) fn order_metric(query: &RunQuery) -> Option<(&String, bool)> {
     }
 }
 
-/// The same search, for a query whose first sort key is a metric ([`order_metric`]), walking
-/// the runs that have that metric (a number, not NaN) in its order, down to `bound` (up to, when
+/// The same search, for a query of one experiment whose first sort key is a metric
+/// ([`order_metric`]), walking the runs that have that metric (a number, not NaN) in its order
+/// (`metric_order`, which the caller brings up to date first), down to `bound` (up to, when
 /// ascending) when given, and stopping at the first `need` rows that match. Every run in the
 /// bound is considered, so when it finds `need` rows they are exactly the search's first
 /// `need` (any run outside sorts after them). This is what keeps a search ordered by a metric
@@ -325,23 +298,26 @@ pub(super) fn run_search_by_order_sql(
     bound: Option<f64>,
     need: u32,
 ) -> QueryBuilder<Sqlite> {
-    let Some((key, ascending)) = order_metric(query) else {
+    let (Some((key, ascending)), [experiment]) = (order_metric(query), query.experiment_ids.as_slice())
+    else {
         return run_search_sql(query, columns);
     };
     let (joined_sorts, joined_filters) = joins(query);
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
-    qb.push(columns).push(" FROM latest_metrics o0");
+    qb.push(columns).push(" FROM metric_order o0");
     for (i, predicate) in query.filter.iter().enumerate() {
         if let (true, Some(table)) = (joined_filters[i], joinable(predicate)) {
             qb.push(format!(
                 " CROSS JOIN {table} f{i} ON f{i}.run_id = o0.run_id AND "
             ));
-            push_join_condition(&mut qb, &format!("f{i}"), predicate, true);
+            push_join_condition(&mut qb, &format!("f{i}"), predicate);
         }
     }
     qb.push(" CROSS JOIN runs r ON r.id = o0.run_id");
     push_sort_joins(&mut qb, query, &joined_sorts, 1);
-    qb.push(" WHERE o0.key = ")
+    qb.push(" WHERE o0.experiment_id = ")
+        .push_bind(experiment)
+        .push(" AND o0.key = ")
         .push_bind(key.clone())
         .push(" AND o0.is_nan = 0");
     if let Some(bound) = bound {
@@ -595,17 +571,78 @@ mod tests {
         )
         .await;
         assert!(mixed[0].contains("params_by_key"), "{mixed:?}");
-        assert!(
-            !mixed.iter().any(|s| s.contains("latest_metrics_by_key")),
-            "{mixed:?}"
-        );
         let by_tag = plan(&store, "metrics.m0 < 0.1 AND tags.t = 'x'", &[]).await;
         assert!(by_tag[0].contains("tags_by_key"), "{by_tag:?}");
-        // Metrics alone may still use their index.
+        // Metrics alone: the experiment's runs in the default order, each checked on its key.
         let metrics = plan(&store, "metrics.m0 > 0.99", &[]).await;
+        assert!(metrics[0].contains("runs_by_experiment"), "{metrics:?}");
         assert!(
-            metrics.iter().any(|s| s.contains("latest_metrics_by_key")),
+            metrics
+                .iter()
+                .any(|s| s.contains("f0 USING PRIMARY KEY (run_id=? AND key=?)")),
             "{metrics:?}"
+        );
+        no_scans(&metrics);
+
+        // The walk of a metric's order starts from that metric's range of the experiment, and
+        // checks each candidate by key.
+        let query = RunQuery {
+            experiment_ids: vec![exp],
+            filter: parse_run_filter("metrics.m0 > 0.5 AND params.p0 = 'v3'").unwrap(),
+            order_by: vec![parse_run_order_by("metrics.m1 DESC").unwrap()],
+            view: ViewType::ActiveOnly,
+            limit: 100,
+            offset: 0,
+        };
+        let walk = explain(
+            &store,
+            run_search_by_order_sql(&query, RUN_COLUMNS, Some(0.5), 101)
+                .sql()
+                .as_str(),
+        )
+        .await;
+        assert!(
+            walk[0].contains("metric_order_walk (experiment_id=? AND key=? AND is_nan=? AND value>?)"),
+            "{walk:?}"
+        );
+        no_scans(&walk);
+
+        // Bringing the order up to date reads the pending runs' rows only.
+        for sql in [
+            crate::sqlite::metric_order::MOVE_RUN,
+            crate::sqlite::metric_order::ADD_RUN,
+            crate::sqlite::metric_order::LINK_RUN,
+            crate::sqlite::metric_order::MOVE_KEY,
+            crate::sqlite::metric_order::ADD_KEY,
+            crate::sqlite::metric_order::LINK_KEY,
+        ] {
+            let steps = explain(&store, sql).await;
+            assert!(
+                steps
+                    .iter()
+                    .filter(|s| s.starts_with("SCAN"))
+                    .all(|s| s.starts_with("SCAN p") || s.contains("metric_order_pending")),
+                "{sql}: {steps:?}"
+            );
+        }
+    }
+
+    /// The plan of any statement with its parameters unbound (NULL).
+    async fn explain(store: &SqliteStore, sql: &str) -> Vec<String> {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(explain))
+            .fetch_all(&store.writer)
+            .await
+            .unwrap();
+        rows.into_iter().map(|r| r.3).collect()
+    }
+
+    /// No step of a plan reads a whole table or index.
+    fn no_scans(plan: &[String]) {
+        assert!(
+            plan.iter()
+                .all(|s| !s.starts_with("SCAN") || s.contains("json_each")),
+            "{plan:?}"
         );
     }
 

@@ -400,15 +400,26 @@ impl SqliteStore {
         if need > MAX_ORDER_WALK_ROWS {
             return Ok(None);
         }
+        // The walk reads one experiment's entries of `metric_order`; across experiments the
+        // general plan answers.
+        let [experiment] = query.experiment_ids.as_slice() else {
+            return Ok(None);
+        };
+        if self.metric_order.is_pending() {
+            super::metrics_writer::order_up_to_date(&self.metric_jobs, key).await?;
+        }
         // One snapshot for the bound and the search.
         let mut tx = self.reader.begin().await.map_err(map_err)?;
         // The `candidates`-th value in the metric's order (none: fewer runs have it).
         let sql = if ascending {
-            "SELECT value FROM latest_metrics WHERE key = ? AND is_nan = 0 ORDER BY value ASC LIMIT 1 OFFSET ?"
+            "SELECT value FROM metric_order WHERE experiment_id = ? AND key = ? AND is_nan = 0 \
+             ORDER BY value ASC LIMIT 1 OFFSET ?"
         } else {
-            "SELECT value FROM latest_metrics WHERE key = ? AND is_nan = 0 ORDER BY value DESC LIMIT 1 OFFSET ?"
+            "SELECT value FROM metric_order WHERE experiment_id = ? AND key = ? AND is_nan = 0 \
+             ORDER BY value DESC LIMIT 1 OFFSET ?"
         };
         let bound: Option<(f64,)> = sqlx::query_as(sql)
+            .bind(experiment)
             .bind(key)
             .bind(i64::from(candidates.max(1)) - 1)
             .fetch_optional(&mut *tx)
@@ -813,6 +824,7 @@ impl TrackingStore for SqliteStore {
         upsert_tags(&mut tx, key, &batch.tags, true).await?;
         commit(tx).await?;
         if !batch.metrics.is_empty() {
+            self.metric_order.note_pending();
             self.history.invalidate(run_id);
         }
         Ok(())
