@@ -1049,3 +1049,64 @@ async fn a_database_of_schema_15_orders_its_runs_by_metric_after_migrating() {
         .unwrap();
     assert_eq!(ordered_by(&store, 0, "acc", "", 10).await, ["a", "c", "r", "b"]);
 }
+
+#[tokio::test]
+async fn latest_values_read_back_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let exp = new_experiment(&store, "bits").await;
+    new_run(&store, exp, "b", 1).await;
+    let values = [
+        0.1,
+        1.0 / 3.0,
+        // (-0.0 is stored by SQLite as the integer 0, and reads back as 0, as in the reference.)
+        5e-324,
+        2.2250738585072014e-308,
+        123_456_789.123_456_79,
+        -1.7976931348623157e308,
+        f64::INFINITY,
+        1e22,
+        9_007_199_254_740_993.0,
+    ];
+    let metrics: Vec<Metric> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| metric(&format!("m{i}"), *v, 1, 1))
+        .collect();
+    store
+        .log_batch(
+            "b",
+            Batch {
+                metrics,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let query = RunQuery {
+        experiment_ids: vec![exp],
+        filter: vec![],
+        order_by: vec![],
+        view: ViewType::ActiveOnly,
+        limit: 10,
+        offset: 0,
+    };
+    let searched = store.search_runs(&query).await.unwrap().items.remove(0);
+    for run in [store.get_run("b").await.unwrap(), searched] {
+        for (i, v) in values.iter().enumerate() {
+            let got = run
+                .metrics
+                .iter()
+                .find(|m| m.key == format!("m{i}"))
+                .unwrap()
+                .value;
+            // ±∞ come back as ±f64::MAX, as from the reference.
+            let want = if v.is_infinite() {
+                f64::MAX.copysign(*v)
+            } else {
+                *v
+            };
+            assert_eq!(got.to_bits(), want.to_bits(), "m{i}: {got:e} != {want:e}");
+        }
+    }
+}

@@ -17,7 +17,7 @@
 //! takes 700,000 new latest values a second (wide batches) cannot keep any ordered index of
 //! them in step; a search needs one key's order, which stays cheap to bring up to date.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::SqliteConnection;
@@ -30,14 +30,18 @@ pub(crate) const QUIET: Duration = Duration::from_millis(50);
 /// ...and for one slice this often under a steady stream of writes (1% of the writer), so that
 /// the pending runs, which each search by a metric looks up, do not pile up for ever.
 pub(crate) const FORCED: Duration = Duration::from_secs(1);
-/// Longest the writer spends on one slice of that work before it takes writes again.
+/// About the longest the writer spends on one slice of that work before it takes writes again.
 const SLICE: Duration = Duration::from_millis(10);
+/// Most runs in one slice.
+const MAX_CHUNK: usize = 4096;
 
 /// Whether some run may be pending; shared by the writers (which set it) and the searches
 /// (which ask for an update when it is set).
 #[derive(Debug)]
 pub(crate) struct MetricOrder {
     pending: AtomicBool,
+    /// Runs per slice transaction (see [`update_slice`]).
+    chunk: AtomicUsize,
 }
 
 impl MetricOrder {
@@ -45,6 +49,7 @@ impl MetricOrder {
     pub(crate) fn new() -> Self {
         Self {
             pending: AtomicBool::new(true),
+            chunk: AtomicUsize::new(16),
         }
     }
 
@@ -78,38 +83,36 @@ pub(crate) async fn update_key(conn: &mut SqliteConnection, key: &str) -> Result
     .await
 }
 
-/// Brings whole pending runs up to date, one after another, for about [`SLICE`], in one
-/// transaction; clears the flag when none is left (while the caller still holds the writer
-/// connection, so that no write commits in between). Returns whether runs are left.
+/// Brings whole pending runs up to date, a chunk of them in one transaction; the chunk grows
+/// while a transaction takes less than [`SLICE`] and shrinks when it takes more (runs with a
+/// thousand keys or five). Clears the flag when none is left (while the caller still holds the
+/// writer connection, so that no write commits in between). Returns whether runs are left.
 pub(crate) async fn update_slice(conn: &mut SqliteConnection, order: &MetricOrder) -> Result<bool> {
     let started = Instant::now();
+    let chunk = order.chunk.load(Ordering::Relaxed).clamp(1, MAX_CHUNK);
     let left = super::metric_blocks::in_transaction(conn, async |conn| {
-        loop {
-            let next: Option<(i64,)> = sqlx::query_as("SELECT run_id FROM metric_order_pending LIMIT 1")
-                .fetch_optional(&mut *conn)
+        let runs: Vec<(i64,)> = sqlx::query_as("SELECT run_id FROM metric_order_pending LIMIT ?")
+            .bind(chunk as i64)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        let ids = super::tracking::json_ids(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
+        for sql in [MOVE_RUNS, ADD_RUNS, LINK_RUNS, FORGET_RUNS] {
+            sqlx::query(sql)
+                .bind(&ids)
+                .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            let Some((run,)) = next else {
-                return Ok(false);
-            };
-            for sql in [
-                MOVE_RUN,
-                ADD_RUN,
-                LINK_RUN,
-                "DELETE FROM metric_order_pending WHERE run_id = ?1",
-            ] {
-                sqlx::query(sql)
-                    .bind(run)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map_err)?;
-            }
-            if started.elapsed() >= SLICE {
-                return Ok(true);
-            }
         }
+        Ok(runs.len() == chunk)
     })
     .await?;
+    let next = if started.elapsed() > SLICE {
+        chunk / 2
+    } else {
+        chunk * 2
+    };
+    order.chunk.store(next.clamp(1, MAX_CHUNK), Ordering::Relaxed);
     if !left {
         order.pending.store(false, Ordering::Release);
     }
@@ -120,27 +123,35 @@ pub(crate) async fn update_slice(conn: &mut SqliteConnection, order: &MetricOrde
 // JOIN): from the pending runs to their latest values, never a scan of a whole table (a test
 // checks their plans). "Changed" compares the latest value with its entry's.
 
-/// Moves the entries of one pending run (?1) whose value changed.
-pub(super) const MOVE_RUN: &str = "UPDATE metric_order SET (value, is_nan) = \
+/// Moves the entries of the runs of a JSON list (?1) whose value changed.
+pub(super) const MOVE_RUNS: &str = "UPDATE metric_order SET (value, is_nan) = \
          (SELECT l.value, l.is_nan FROM latest_metrics l \
           WHERE l.run_id = metric_order.run_id AND l.key = metric_order.key) \
      WHERE id IN ( \
-         SELECT m.id FROM latest_metrics l CROSS JOIN metric_order m ON m.id = l.order_id \
-         WHERE l.run_id = ?1 AND (m.value IS NOT l.value OR m.is_nan IS NOT l.is_nan))";
+         SELECT m.id FROM json_each(?1) p \
+         CROSS JOIN latest_metrics l ON l.run_id = p.value \
+         CROSS JOIN metric_order m ON m.id = l.order_id \
+         WHERE m.value IS NOT l.value OR m.is_nan IS NOT l.is_nan)";
 
-/// Adds entries for the keys of one pending run (?1) that have none.
-pub(super) const ADD_RUN: &str = "INSERT INTO metric_order (experiment_id, key, is_nan, value, run_id) \
+/// Adds entries for the keys of the runs of a JSON list (?1) that have none.
+pub(super) const ADD_RUNS: &str = "INSERT INTO metric_order (experiment_id, key, is_nan, value, run_id) \
      SELECT r.experiment_id, l.key, l.is_nan, l.value, l.run_id \
-     FROM runs r CROSS JOIN latest_metrics l ON l.run_id = r.id \
-     WHERE r.id = ?1 AND l.order_id IS NULL";
+     FROM json_each(?1) p \
+     CROSS JOIN runs r ON r.id = p.value \
+     CROSS JOIN latest_metrics l ON l.run_id = p.value \
+     WHERE l.order_id IS NULL";
 
-/// Points the latest values of [`ADD_RUN`] at their entries.
-pub(super) const LINK_RUN: &str = "UPDATE latest_metrics SET order_id = ( \
+/// Points the latest values of [`ADD_RUNS`] at their entries.
+pub(super) const LINK_RUNS: &str = "UPDATE latest_metrics SET order_id = ( \
          SELECT m.id FROM runs r CROSS JOIN metric_order m \
          WHERE r.id = latest_metrics.run_id AND m.experiment_id = r.experiment_id \
            AND m.key = latest_metrics.key AND m.is_nan = latest_metrics.is_nan \
            AND m.value = latest_metrics.value AND m.run_id = latest_metrics.run_id) \
-     WHERE run_id = ?1 AND order_id IS NULL";
+     WHERE run_id IN (SELECT value FROM json_each(?1)) AND order_id IS NULL";
+
+/// Takes the runs of a JSON list (?1) off the pending list.
+pub(super) const FORGET_RUNS: &str =
+    "DELETE FROM metric_order_pending WHERE run_id IN (SELECT value FROM json_each(?1))";
 
 /// Moves the entries of one key (?1) of every pending run whose value changed.
 pub(super) const MOVE_KEY: &str = "UPDATE metric_order SET (value, is_nan) = \

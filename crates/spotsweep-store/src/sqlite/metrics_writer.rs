@@ -48,6 +48,9 @@ pub(crate) enum Job {
     /// Bring one key's entries of `metric_order` up to date (a search is about to walk them),
     /// then answer.
     Order(String, oneshot::Sender<Result<()>>),
+    /// Latest metrics were written elsewhere (a batch with params or tags): schedule the work
+    /// on the pending runs.
+    Written,
 }
 
 /// Starts the writer task; returns the handle the store submits through.
@@ -82,6 +85,9 @@ async fn run(shared: Shared, mut rx: mpsc::Receiver<Job>) {
     // The pending runs of `metric_order` are worked through when writes pause, and for one
     // slice a second under a steady stream of them.
     let mut order = OrderSchedule::default();
+    // Runs left pending by the last process (or none: the first slice clears the flag, so
+    // searches stop asking).
+    order.written();
     loop {
         let first = match order.next() {
             Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
@@ -96,9 +102,11 @@ async fn run(shared: Shared, mut rx: mpsc::Receiver<Job>) {
         let Some(first) = first else { break };
         let mut jobs = Vec::new();
         let mut order_waiters = Vec::new();
-        let take = |job, jobs: &mut Vec<MetricJob>, waiters: &mut Vec<_>| match job {
+        let mut written_elsewhere = false;
+        let mut take = |job, jobs: &mut Vec<MetricJob>, waiters: &mut Vec<_>| match job {
             Job::Metrics(job) => jobs.push(job),
             Job::Order(key, done) => waiters.push((key, done)),
+            Job::Written => written_elsewhere = true,
         };
         take(first, &mut jobs, &mut order_waiters);
         // Alone in the queue: let the request tasks that are ready run first, so that their
@@ -113,7 +121,7 @@ async fn run(shared: Shared, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if !jobs.is_empty() && write_group(&shared, jobs).await {
+        if (!jobs.is_empty() && write_group(&shared, jobs).await) || written_elsewhere {
             order.written();
         }
         if !order_waiters.is_empty() {

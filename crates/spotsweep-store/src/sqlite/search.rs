@@ -167,6 +167,20 @@ fn joinable(predicate: &RunPredicate) -> Option<&'static str> {
     }
 }
 
+/// Whether a condition is an equality on a param or tag.
+fn is_kv_equality(predicate: &RunPredicate) -> bool {
+    matches!(
+        predicate,
+        RunPredicate::Param {
+            cond: StringCondition::Compare(StrOp::Eq, _),
+            ..
+        } | RunPredicate::Tag {
+            cond: StringCondition::Compare(StrOp::Eq, _),
+            ..
+        }
+    )
+}
+
 /// The `ON` condition (after the run match) of a [`joinable`] predicate on alias `a`.
 fn push_join_condition(qb: &mut QueryBuilder<Sqlite>, a: &str, predicate: &RunPredicate) {
     match predicate {
@@ -305,7 +319,12 @@ pub(super) fn run_search_by_order_sql(
     let (joined_sorts, joined_filters) = joins(query);
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
     qb.push(columns).push(" FROM metric_order o0");
-    for (i, predicate) in query.filter.iter().enumerate() {
+    // Each candidate is checked against the conditions in turn, so the usually most selective
+    // come first: equalities on params and tags (a tenth of the runs in the benchmark, where a
+    // metric comparison keeps half), then the others as written.
+    let mut checks: Vec<(usize, &RunPredicate)> = query.filter.iter().enumerate().collect();
+    checks.sort_by_key(|(_, p)| !is_kv_equality(p));
+    for (i, predicate) in checks {
         if let (true, Some(table)) = (joined_filters[i], joinable(predicate)) {
             qb.push(format!(
                 " CROSS JOIN {table} f{i} ON f{i}.run_id = o0.run_id AND "
@@ -609,9 +628,10 @@ mod tests {
 
         // Bringing the order up to date reads the pending runs' rows only.
         for sql in [
-            crate::sqlite::metric_order::MOVE_RUN,
-            crate::sqlite::metric_order::ADD_RUN,
-            crate::sqlite::metric_order::LINK_RUN,
+            crate::sqlite::metric_order::MOVE_RUNS,
+            crate::sqlite::metric_order::ADD_RUNS,
+            crate::sqlite::metric_order::LINK_RUNS,
+            crate::sqlite::metric_order::FORGET_RUNS,
             crate::sqlite::metric_order::MOVE_KEY,
             crate::sqlite::metric_order::ADD_KEY,
             crate::sqlite::metric_order::LINK_KEY,
@@ -621,7 +641,9 @@ mod tests {
                 steps
                     .iter()
                     .filter(|s| s.starts_with("SCAN"))
-                    .all(|s| s.starts_with("SCAN p") || s.contains("metric_order_pending")),
+                    .all(|s| s.starts_with("SCAN p")
+                        || s.contains("metric_order_pending")
+                        || s.contains("json_each")),
                 "{sql}: {steps:?}"
             );
         }
