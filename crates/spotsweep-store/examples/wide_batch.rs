@@ -58,6 +58,12 @@ async fn main() {
             }
         });
     }
+    // BURST=n: each client sends n requests in a row to one run, then moves on (the HTTP
+    // benchmark's pattern, which makes runs due for compaction); default 1 (runs in turn).
+    let burst: usize = std::env::var("BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let names: Arc<Vec<String>> = Arc::new((0..keys).map(|k| format!("acc_class_{k}")).collect());
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -82,7 +88,7 @@ async fn main() {
                 let t = Instant::now();
                 store
                     .log_batch(
-                        &runs[(c + r * clients) % runs.len()],
+                        &runs[(c + (r / burst) * clients) % runs.len()],
                         Batch {
                             metrics,
                             ..Default::default()
