@@ -167,8 +167,12 @@ def test_a_full_disk_is_refused_cleanly_and_writes_resume_once_space_is_freed(se
         for _ in range(20):
             assert srv.post("runs/set-tag", json={"run_id": run, "key": "big", "value": "y" * 6000}).status_code != 200
         assert srv.get("/health").status_code == 200
-        # Reads still work.
+        # Reads still work, a search ordered by a metric too (its order cannot be brought up to
+        # date on a full disk: the latest values answer it).
         assert srv.get("runs/get", params={"run_id": run}).status_code == 200
+        r = srv.post("runs/search", json={"experiment_ids": [exp], "order_by": ["metrics.k0_5 DESC"]})
+        assert r.status_code == 200, r.text
+        assert [x["info"]["run_id"] for x in r.json()["runs"]] == [run]
 
         # Free the space: writes succeed again, without a restart.
         filler.unlink()

@@ -160,13 +160,12 @@ impl OrderSchedule {
         self.forced.is_some_and(|at| at <= Instant::now())
     }
 
-    /// After a slice that left runs pending (`true`) or not.
-    fn sliced(&mut self, left: bool) {
+    fn sliced(&mut self, slice: Slice) {
         let now = Instant::now();
-        (self.quiet, self.forced) = if left {
-            (Some(now), Some(now + metric_order::FORCED))
-        } else {
-            (None, None)
+        (self.quiet, self.forced) = match slice {
+            Slice::Done => (None, None),
+            Slice::More => (Some(now), Some(now + metric_order::FORCED)),
+            Slice::Failed => (None, Some(now + metric_order::FORCED)),
         };
     }
 }
@@ -195,7 +194,7 @@ async fn update_order_keys(shared: &Shared, mut waiters: Vec<(String, oneshot::S
                 .await;
                 if let Err(e) = &result {
                     abandon(&mut conn).await;
-                    tracing::warn!(error = %e, "bringing a metric's order up to date failed");
+                    log_order_failure(e);
                 }
                 last = Some((key, result.is_ok()));
                 result.is_ok()
@@ -206,9 +205,9 @@ async fn update_order_keys(shared: &Shared, mut waiters: Vec<(String, oneshot::S
 }
 
 /// One slice of work on the pending runs; true when some are left (or it failed).
-async fn update_order_slice(shared: &Shared) -> bool {
+async fn update_order_slice(shared: &Shared) -> Slice {
     let Ok(mut conn) = shared.writer.acquire().await else {
-        return true;
+        return Slice::Failed;
     };
     match catch_panic(
         "updating the metric order",
@@ -216,12 +215,30 @@ async fn update_order_slice(shared: &Shared) -> bool {
     )
     .await
     {
-        Ok(left) => left,
+        Ok(true) => Slice::More,
+        Ok(false) => Slice::Done,
         Err(e) => {
             abandon(&mut conn).await;
-            tracing::warn!(error = %e, "bringing the metric order up to date failed; trying again later");
-            true
+            log_order_failure(&e);
+            Slice::Failed
         }
+    }
+}
+
+/// How a slice of work on the pending runs ended.
+enum Slice {
+    Done,
+    More,
+    /// Tried again after [`metric_order::FORCED`], not at once (a full disk stays full for a while).
+    Failed,
+}
+
+/// A full disk is logged once by the store when it starts (and ends); anything else here is news.
+fn log_order_failure(e: &StoreError) {
+    if matches!(e, StoreError::Full | StoreError::Busy) {
+        tracing::debug!(error = %e, "bringing the metric order up to date failed; trying again later");
+    } else {
+        tracing::warn!(error = %e, "bringing the metric order up to date failed; trying again later");
     }
 }
 

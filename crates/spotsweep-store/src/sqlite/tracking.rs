@@ -405,8 +405,14 @@ impl SqliteStore {
         let [experiment] = query.experiment_ids.as_slice() else {
             return Ok(None);
         };
-        if self.metric_order.is_pending() {
-            super::metrics_writer::order_up_to_date(&self.metric_jobs, key).await?;
+        // When the order cannot be brought up to date (a full disk: it is a write), the
+        // general plan answers, from the latest values themselves: reads go on.
+        if self.metric_order.is_pending()
+            && super::metrics_writer::order_up_to_date(&self.metric_jobs, key)
+                .await
+                .is_err()
+        {
+            return Ok(None);
         }
         // One snapshot for the bound and the search.
         let mut tx = self.reader.begin().await.map_err(map_err)?;
