@@ -55,6 +55,20 @@ async fn new_experiment(store: &SqliteStore, name: &str) -> i64 {
         .unwrap()
 }
 
+/// Logs metric points alone (the group-committed path).
+async fn log_metrics(store: &SqliteStore, run_id: &str, metrics: Vec<Metric>) {
+    store
+        .log_batch(
+            run_id,
+            Batch {
+                metrics,
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn experiments_and_runs_round_trip() {
     let dir = tempfile::tempdir().unwrap();
@@ -885,16 +899,7 @@ async fn a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_str
         runs.push((id, i / 4));
         // Runs of another experiment with the same keys and higher values never show up.
         new_run(&store, other, &format!("x{i:02}"), 0).await;
-        store
-            .log_batch(
-                &format!("x{i:02}"),
-                Batch {
-                    metrics: vec![metric("acc", 100.0, 0, 0)],
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        log_metrics(&store, &format!("x{i:02}"), vec![metric("acc", 100.0, 0, 0)]).await;
     }
     let mut latest: HashMap<(String, String), f64> = HashMap::new();
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -914,16 +919,7 @@ async fn a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_str
                 metric(&format!("k{k}"), value, -1, -1)
             })
             .collect();
-        store
-            .log_batch(
-                id,
-                Batch {
-                    metrics,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        log_metrics(&store, id, metrics).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     for step in 0..30i64 {
@@ -972,16 +968,7 @@ async fn a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_str
     }
     // Writes that are still pending when the daemon stops are there after a restart.
     let (id, _) = &runs[3];
-    store
-        .log_batch(
-            id,
-            Batch {
-                metrics: vec![metric("k2", 1e9, 1000, 1000)],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    log_metrics(&store, id, vec![metric("k2", 1e9, 1000, 1000)]).await;
     latest.insert((id.clone(), "k2".into()), 1e9);
     let store = std::sync::Arc::into_inner(store).unwrap();
     store.close().await;
@@ -1027,26 +1014,8 @@ async fn a_database_of_schema_15_orders_its_runs_by_metric_after_migrating() {
     let store = open(&dir).await;
     assert_eq!(ordered_by(&store, 0, "acc", "", 10).await, ["c", "a", "b", "r"]);
     // A later point moves a migrated run; a new run joins the order.
-    store
-        .log_batch(
-            "a",
-            Batch {
-                metrics: vec![metric("acc", 7.0, 2, 2)],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    store
-        .log_batch(
-            "r",
-            Batch {
-                metrics: vec![metric("acc", 1.0, 2, 2)],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    log_metrics(&store, "a", vec![metric("acc", 7.0, 2, 2)]).await;
+    log_metrics(&store, "r", vec![metric("acc", 1.0, 2, 2)]).await;
     assert_eq!(ordered_by(&store, 0, "acc", "", 10).await, ["a", "c", "r", "b"]);
 }
 
@@ -1073,16 +1042,7 @@ async fn latest_values_read_back_bit_for_bit() {
         .enumerate()
         .map(|(i, v)| metric(&format!("m{i}"), *v, 1, 1))
         .collect();
-    store
-        .log_batch(
-            "b",
-            Batch {
-                metrics,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    log_metrics(&store, "b", metrics).await;
     let query = RunQuery {
         experiment_ids: vec![exp],
         filter: vec![],
