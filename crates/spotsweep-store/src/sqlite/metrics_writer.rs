@@ -170,41 +170,39 @@ impl OrderSchedule {
     }
 }
 
-/// Brings the waiters' keys of `metric_order` up to date and answers them.
-async fn update_order_keys(shared: &Shared, mut waiters: Vec<(String, oneshot::Sender<Result<()>>)>) {
-    waiters.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut conn = match shared.writer.acquire().await {
-        Ok(conn) => conn,
-        Err(_) => {
-            for (_, done) in waiters {
-                let _ = done.send(Err(StoreError::Busy));
-            }
-            return;
-        }
-    };
-    let mut last: Option<(String, bool)> = None;
-    for (key, done) in waiters {
-        let ok = match &last {
-            Some((k, ok)) if *k == key => *ok,
-            _ => {
-                let result = catch_panic(
+/// Brings the waiters' keys of `metric_order` up to date (each key once) and answers them.
+async fn update_order_keys(shared: &Shared, waiters: Vec<(String, oneshot::Sender<Result<()>>)>) {
+    let mut keys: Vec<String> = waiters.iter().map(|(key, _)| key.clone()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut failed: Vec<String> = Vec::new();
+    match shared.writer.acquire().await {
+        Ok(mut conn) => {
+            for key in keys {
+                let done = catch_panic(
                     "updating the metric order",
                     metric_order::update_key(&mut conn, &key),
                 )
                 .await;
-                if let Err(e) = &result {
+                if let Err(e) = done {
                     abandon(&mut conn).await;
-                    log_order_failure(e);
+                    log_order_failure(&e);
+                    failed.push(key);
                 }
-                last = Some((key, result.is_ok()));
-                result.is_ok()
             }
-        };
-        let _ = done.send(if ok { Ok(()) } else { Err(StoreError::Busy) });
+        }
+        Err(_) => failed = keys,
+    }
+    for (key, done) in waiters {
+        let _ = done.send(if failed.contains(&key) {
+            Err(StoreError::Busy)
+        } else {
+            Ok(())
+        });
     }
 }
 
-/// One slice of work on the pending runs; true when some are left (or it failed).
+/// One slice of work on the pending runs.
 async fn update_order_slice(shared: &Shared) -> Slice {
     let Ok(mut conn) = shared.writer.acquire().await else {
         return Slice::Failed;
