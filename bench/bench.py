@@ -469,7 +469,9 @@ def measure_log_batch(srv: Server, work: Path, keys: int = 10, steps: int = 100)
     r["distinct_bodies"] = 2 * LOG_BATCH_POOL * LOG_BATCH_RUNS
     r["all_distinct"] = r["requests"] <= r["distinct_bodies"]
     describe_wrk("log-batch -t2 -c4", r)
-    log(f"log-batch: {r['metrics_per_s']:.0f} metrics/s; all bodies distinct: {r['all_distinct']}")
+    r["rss_after"] = srv.memory()["rss_bytes"]
+    log(f"log-batch: {r['metrics_per_s']:.0f} metrics/s; all bodies distinct: {r['all_distinct']}; "
+        f"{r['rss_after'] / 1e6:.1f} MB RSS after it")
     return r
 
 

@@ -1070,3 +1070,155 @@ async fn latest_values_read_back_bit_for_bit() {
         }
     }
 }
+
+/// Points as (timestamp, step, value).
+type Points = Vec<(i64, i64, f64)>;
+
+/// A write row as `metric_blocks` packs it: per key, its name's length (u32), the name, its
+/// point count (u32), then (timestamp, step, value bits) per point; little-endian.
+fn write_row(keys: &[(&str, Points)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, points) in keys {
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(&(points.len() as u32).to_le_bytes());
+        for (ts, step, v) in points {
+            out.extend_from_slice(&ts.to_le_bytes());
+            out.extend_from_slice(&step.to_le_bytes());
+            out.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+    }
+    out
+}
+
+fn metric_value(run: &Run, key: &str) -> Option<f64> {
+    run.metrics.iter().find(|m| m.key == key).map(|m| m.value)
+}
+
+/// Wide writes leave their latest values to be folded later (`latest_fold`). Writes a crash
+/// left unfolded are read by every reader: a run's metrics while the writer cannot fold (another
+/// connection holds the write lock), then a search by metric, which waits for the fold.
+#[tokio::test]
+async fn latest_values_left_unfolded_by_a_crash_are_read_and_then_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = open(&dir).await;
+    let exp = new_experiment(&store, "fold").await;
+    for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+        new_run(&store, exp, id, i as i64).await;
+        log_metrics(
+            &store,
+            id,
+            vec![metric("acc", 0.5, 10, 10), metric("loss", 1.0, 10, 10)],
+        )
+        .await;
+    }
+    store.close().await;
+
+    // What a crash leaves: write rows listed in `latest_unfolded`, their values not in
+    // `latest_metrics`. Run a: a later acc (two writes, the second later); b: an earlier step,
+    // which must not replace the stored latest; c: NaN; d: +∞ (stored as f64::MAX).
+    let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let pad: Vec<(String, Points)> = (0..40)
+        .map(|k| (format!("w{k}"), vec![(20, 20, k as f64)]))
+        .collect();
+    let writes: Vec<(&str, Points)> = vec![
+        ("a", vec![(11, 11, 0.7), (12, 12, 0.6)]),
+        ("a", vec![(13, 13, 0.9)]),
+        ("b", vec![(5, 5, 0.99)]),
+        ("c", vec![(14, 14, f64::NAN)]),
+        ("d", vec![(15, 15, f64::MAX)]),
+    ];
+    for (run, acc) in &writes {
+        let mut keys: Vec<(&str, Points)> = vec![("acc", acc.clone())];
+        keys.extend(pad.iter().map(|(k, p)| (k.as_str(), p.clone())));
+        let data = write_row(&keys);
+        let (id,): (i64,) = sqlx::query_as("SELECT id FROM runs WHERE run_uuid = ?")
+            .bind(run)
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+        let points = keys.iter().map(|(_, p)| p.len() as i64).sum::<i64>();
+        let done = sqlx::query("INSERT INTO metric_writes (run_id, points, data) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(points)
+            .bind(data)
+            .execute(&raw)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO latest_unfolded (write_id, run_id) VALUES (?, ?)")
+            .bind(done.last_insert_rowid())
+            .bind(id)
+            .execute(&raw)
+            .await
+            .unwrap();
+    }
+
+    // The writer cannot fold while this connection holds the write lock.
+    let mut lock = raw.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *lock).await.unwrap();
+    let store = std::sync::Arc::new(open(&dir).await);
+    let expected = [("a", 0.9), ("b", 0.5), ("c", f64::NAN), ("d", f64::MAX)];
+    for (id, acc) in expected {
+        let run = store.get_run(id).await.unwrap();
+        let got = metric_value(&run, "acc").unwrap();
+        assert_eq!(got.to_bits(), acc.to_bits(), "{id}: {got} != {acc}");
+        assert_eq!(metric_value(&run, "w7"), Some(7.0), "{id}");
+        assert_eq!(metric_value(&run, "loss"), Some(1.0), "{id}");
+    }
+    let all = RunQuery {
+        experiment_ids: vec![exp],
+        filter: vec![],
+        order_by: vec![],
+        view: ViewType::ActiveOnly,
+        limit: 10,
+        offset: 0,
+    };
+    let page = store.search_runs(&all).await.unwrap();
+    assert_eq!(page.items.len(), 4);
+    for run in &page.items {
+        assert_eq!(metric_value(run, "w39"), Some(39.0), "{}", run.info.run_id);
+    }
+    let (unfolded,): (i64,) = sqlx::query_as("SELECT count(*) FROM latest_unfolded")
+        .fetch_one(&mut *lock)
+        .await
+        .unwrap();
+    assert_eq!(unfolded, 5, "read without folding");
+
+    // A search that filters and sorts on metrics waits for the fold, then sees it.
+    let search = {
+        let store = store.clone();
+        tokio::spawn(async move { ordered_by(&store, exp, "acc", "metrics.acc > 0.55", 10).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    sqlx::query("COMMIT").execute(&mut *lock).await.unwrap();
+    drop(lock);
+    assert_eq!(search.await.unwrap(), ["d", "a"]);
+    let (unfolded,): (i64,) = sqlx::query_as("SELECT count(*) FROM latest_unfolded")
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(unfolded, 0, "folded");
+    let folded: Vec<(String, f64, i64, i64)> = sqlx::query_as(
+        "SELECT r.run_uuid, l.value, l.is_nan, l.step FROM latest_metrics l JOIN runs r ON r.id = l.run_id \
+         WHERE l.key = 'acc' ORDER BY r.run_uuid",
+    )
+    .fetch_all(&raw)
+    .await
+    .unwrap();
+    assert_eq!(
+        folded,
+        [
+            ("a".into(), 0.9, 0, 13),
+            ("b".into(), 0.5, 0, 10),
+            ("c".into(), 0.0, 1, 14),
+            ("d".into(), f64::MAX, 0, 15)
+        ]
+    );
+    for (id, acc) in expected {
+        let got = metric_value(&store.get_run(id).await.unwrap(), "acc").unwrap();
+        assert_eq!(got.to_bits(), acc.to_bits(), "{id} after the fold");
+    }
+}

@@ -622,3 +622,44 @@ async fn a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool() {
         HeartbeatAction::Continue
     );
 }
+
+#[tokio::test]
+async fn the_objective_of_a_wide_write_is_read_before_it_is_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store.create_sweep(spec("w", 1, 1, 0), 6).await.unwrap();
+    let lease = store.lease_trials(&request("a", 1)).await.unwrap().remove(0);
+    // Forty keys in one write: its latest values are folded later (see `latest_fold`); the
+    // trial completes at once, before any fold.
+    for (step, loss) in [(0, 3.0), (1, 1.25)] {
+        let mut metrics: Vec<Metric> = (0..40)
+            .map(|k| Metric {
+                key: format!("class_{k}"),
+                value: k as f64,
+                timestamp: 1,
+                step,
+            })
+            .collect();
+        metrics.push(Metric {
+            key: "loss".into(),
+            value: loss,
+            timestamp: 1,
+            step,
+        });
+        store
+            .log_batch(
+                &lease.trial.run_id,
+                Batch {
+                    metrics,
+                    ..Batch::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let t = store
+        .complete_trial(&lease.lease_id, Outcome::Succeeded(None))
+        .await
+        .unwrap();
+    assert_eq!((t.state, t.value), (TrialState::Completed, Some(1.25)));
+}

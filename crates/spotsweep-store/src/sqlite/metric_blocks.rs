@@ -24,11 +24,12 @@
 //! one pass.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
+use super::latest_fold::{self, DEFER_KEYS};
 use super::tracking::split_chunks;
 use super::{map_err, metric_order};
 use crate::{Metric, Result, StoreError};
@@ -118,7 +119,7 @@ impl Point {
 
     /// Whether `self` replaces `current` as the latest point: a higher step, then a higher
     /// timestamp, then a higher value (NaN counting as 0), strictly.
-    fn is_later_than(&self, current: &Self) -> bool {
+    pub(crate) fn is_later_than(&self, current: &Self) -> bool {
         let (a, _) = self.stored();
         let (b, _) = current.stored();
         (self.step, self.timestamp).cmp(&(current.step, current.timestamp)) == Ordering::Greater
@@ -264,6 +265,31 @@ fn decode_write_key(data: &[u8], key: &str, out: &mut Vec<Point>) -> Result<()> 
     Ok(())
 }
 
+/// Calls `f` with each key of a write row and its latest point there.
+pub(crate) fn write_latest<'a>(data: &'a [u8], mut f: impl FnMut(&'a str, Point)) -> Result<()> {
+    let mut points = Vec::new();
+    for entry in write_entries(data) {
+        let (name, bytes) = entry?;
+        let name = std::str::from_utf8(name).map_err(|_| {
+            StoreError::Incompatible(
+                "a metric write row has a key that is not UTF-8; the database is damaged".into(),
+            )
+        })?;
+        points.clear();
+        decode_into(bytes, &mut points)?;
+        let mut latest = None::<Point>;
+        for &p in &points {
+            if latest.is_none_or(|l| p.is_later_than(&l)) {
+                latest = Some(p);
+            }
+        }
+        if let Some(p) = latest {
+            f(name, p);
+        }
+    }
+    Ok(())
+}
+
 /// Adds every key's points in a write row to `by_key`.
 fn decode_write_all(data: &[u8], by_key: &mut HashMap<String, Vec<Point>>) -> Result<()> {
     for entry in write_entries(data) {
@@ -384,9 +410,14 @@ fn write_rows<'g, 'a>(groups: &'g [Group<'a>]) -> Vec<(i64, Vec<&'g Group<'a>>)>
 
 /// Pushes the statements that store `groups`: a block for each key with [`LOOSE`] points or
 /// more, one write row per run for the others, then their latest values (an upsert that keeps
-/// the stored point unless the new one is later), and the runs as pending for `metric_order`.
-/// Each statement ends with `;`.
-fn push_writes(qb: &mut QueryBuilder<Sqlite>, groups: &[Group<'_>]) {
+/// the stored point unless the new one is later) and the runs as pending for `metric_order`.
+/// Each statement ends with `;`. A run's write row of [`DEFER_KEYS`] keys or more is left out
+/// with its latest values, and returned: the caller writes it with [`LIST_WRITE`], listed for a
+/// later fold (see `latest_fold`).
+fn push_writes<'g, 'a>(
+    qb: &mut QueryBuilder<Sqlite>,
+    groups: &'g [Group<'a>],
+) -> Vec<(i64, Vec<&'g Group<'a>>)> {
     let blocks: Vec<&Group<'_>> = groups.iter().filter(|g| g.points.len() >= LOOSE).collect();
     let mut rest = blocks.as_slice();
     for size in split_chunks(blocks.len()) {
@@ -401,45 +432,56 @@ fn push_writes(qb: &mut QueryBuilder<Sqlite>, groups: &[Group<'_>]) {
         });
         qb.push("; ");
     }
-    let writes = write_rows(groups);
-    if !writes.is_empty() {
+    let (deferred, now): (Vec<_>, Vec<_>) = write_rows(groups)
+        .into_iter()
+        .partition(|(_, gs)| gs.len() >= DEFER_KEYS);
+    if !now.is_empty() {
         qb.push("INSERT INTO metric_writes (run_id, points, data) ");
-        qb.push_values(&writes, |mut row, (run, gs)| {
+        qb.push_values(&now, |mut row, (run, gs)| {
             row.push_bind(*run)
                 .push_bind(gs.iter().map(|g| g.points.len() as i64).sum::<i64>())
                 .push_bind(encode_write(gs));
         });
         qb.push("; ");
     }
-    let mut rest = groups;
-    for size in split_chunks(groups.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        qb.push("INSERT INTO latest_metrics (run_id, key, timestamp, step, value, is_nan) ");
-        qb.push_values(chunk, |mut row, g| {
-            let (value, is_nan) = g.latest.stored();
-            row.push_bind(g.run)
-                .push_bind(g.key.to_owned())
-                .push_bind(g.latest.timestamp)
-                .push_bind(g.latest.step)
-                .push_bind(value)
-                .push_bind(is_nan);
-        });
-        qb.push(
-            " ON CONFLICT (run_id, key) DO UPDATE SET timestamp = excluded.timestamp, step = excluded.step, \
-             value = excluded.value, is_nan = excluded.is_nan \
-             WHERE (excluded.step, excluded.timestamp, excluded.value) \
-                 > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value); ",
-        );
-    }
-    let mut runs: Vec<i64> = groups.iter().map(|g| g.run).collect();
+    let deferred_runs: HashSet<i64> = deferred.iter().map(|(run, _)| *run).collect();
+    let is_deferred = |g: &Group<'_>| g.points.len() < LOOSE && deferred_runs.contains(&g.run);
+    let latest: Vec<(i64, &str, Point)> = groups
+        .iter()
+        .filter(|g| !is_deferred(g))
+        .map(|g| (g.run, g.key, g.latest))
+        .collect();
+    latest_fold::push_upserts(qb, &latest);
+    let mut runs: Vec<i64> = latest.iter().map(|(run, _, _)| *run).collect();
     runs.sort_unstable();
     runs.dedup();
-    qb.push(metric_order::MARK_PENDING);
-    qb.push_values(&runs, |mut row, run| {
-        row.push_bind(*run);
-    });
-    qb.push("; ");
+    if !runs.is_empty() {
+        qb.push(metric_order::MARK_PENDING);
+        qb.push_values(&runs, |mut row, run| {
+            row.push_bind(*run);
+        });
+        qb.push("; ");
+    }
+    deferred
+}
+
+/// Inserts a write row of one run and lists it for a fold: one fixed statement pair (cached
+/// once; `last_insert_rowid()` names the row just inserted).
+const LIST_WRITE: &str = "INSERT INTO metric_writes (run_id, points, data) VALUES (?1, ?2, ?3); \
+     INSERT OR REPLACE INTO latest_unfolded (write_id, run_id) VALUES (last_insert_rowid(), ?1)";
+
+/// Writes the write rows [`push_writes`] left out, listed for a fold.
+async fn list_writes(conn: &mut SqliteConnection, rows: &[(i64, Vec<&Group<'_>>)]) -> Result<()> {
+    for (run, gs) in rows {
+        sqlx::query(LIST_WRITE)
+            .bind(*run)
+            .bind(gs.iter().map(|g| g.points.len() as i64).sum::<i64>())
+            .bind(encode_write(gs))
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(())
 }
 
 /// The runs among `groups` whose write rows are due for a compaction.
@@ -452,53 +494,72 @@ fn compactions_due(loose: &LooseBlocks, groups: &[Group<'_>]) -> Vec<i64> {
 }
 
 /// Writes points of any runs inside the caller's transaction: blocks, write rows and one
-/// latest-value upsert per (run, key), sent as one batch of statements, then the compactions
-/// that became due.
+/// latest-value upsert per (run, key) (or a listing for a later fold), sent as one batch of
+/// statements, then the compactions that became due. Returns how many writes were listed for
+/// a fold (the caller notes that after its commit, see `latest_fold`).
 pub(crate) async fn append(
     conn: &mut SqliteConnection,
     loose: &LooseBlocks,
     rows: &[(i64, &Metric)],
-) -> Result<()> {
+) -> Result<usize> {
     let groups = group(rows);
     if groups.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let mut qb = QueryBuilder::new("");
-    push_writes(&mut qb, &groups);
-    qb.build()
-        .persistent(true)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_err)?;
+    let listed = push_writes(&mut qb, &groups);
+    if !qb.sql().as_str().is_empty() {
+        qb.build()
+            .persistent(true)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    }
+    list_writes(conn, &listed).await?;
     for run in compactions_due(loose, &groups) {
         compact(conn, loose, run).await?;
     }
-    Ok(())
+    Ok(listed.len())
 }
 
 /// Writes points of any runs in a transaction of their own, sent to SQLite as one batch of
 /// statements (`BEGIN` to `COMMIT`: one hand-off to the connection's thread instead of four or
 /// more). Returns the runs due for a compaction, which the caller runs later with
-/// [`compact_alone`], after answering the writers.
+/// [`compact_alone`], after answering the writers, and how many writes were listed for a fold.
 pub(crate) async fn commit(
     conn: &mut SqliteConnection,
     loose: &LooseBlocks,
     rows: &[(i64, &Metric)],
-) -> Result<Vec<i64>> {
+) -> Result<(Vec<i64>, usize)> {
     let groups = group(rows);
     if groups.is_empty() {
-        return Ok(vec![]);
+        return Ok((vec![], 0));
     }
     let mut qb = QueryBuilder::new("BEGIN IMMEDIATE; ");
-    push_writes(&mut qb, &groups);
-    qb.push("COMMIT");
-    if let Err(e) = qb.build().persistent(true).execute(&mut *conn).await {
+    let listed = push_writes(&mut qb, &groups);
+    if listed.is_empty() {
+        qb.push("COMMIT");
+    }
+    let mut done = qb
+        .build()
+        .persistent(true)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err);
+    if done.is_ok() && !listed.is_empty() {
+        done = async {
+            list_writes(conn, &listed).await?;
+            sqlx::query("COMMIT").execute(&mut *conn).await.map_err(map_err)
+        }
+        .await;
+    }
+    if let Err(e) = done {
         // A failed statement leaves the transaction open; end it (an error here means there
         // was none left to end).
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        return Err(map_err(e));
+        return Err(e);
     }
-    Ok(compactions_due(loose, &groups))
+    Ok((compactions_due(loose, &groups), listed.len()))
 }
 
 /// [`compact`] in a transaction of its own.
@@ -507,9 +568,11 @@ pub(crate) async fn compact_alone(conn: &mut SqliteConnection, loose: &LooseBloc
 }
 
 /// Turns a run's write rows into blocks: each key's points, sorted and de-duplicated, become
-/// blocks of their own (full ones and a last partly filled one), and the rows go. Then the
-/// run's keys whose loose blocks became due are merged.
+/// blocks of their own (full ones and a last partly filled one), and the rows go (their
+/// latest values folded first, see `latest_fold`; the caller notes the run's new pending
+/// `metric_order` entries). Then the run's keys whose loose blocks became due are merged.
 pub(crate) async fn compact(conn: &mut SqliteConnection, loose: &LooseBlocks, run: i64) -> Result<()> {
+    latest_fold::fold_runs(conn, &[run]).await?;
     let rows: Vec<(i64, Vec<u8>)> =
         sqlx::query_as("SELECT id, data FROM metric_writes WHERE run_id = ? ORDER BY id")
             .bind(run)

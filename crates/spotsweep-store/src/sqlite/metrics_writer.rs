@@ -3,8 +3,9 @@
 //! metric writes waiting at that moment and commits them together with multi-row INSERTs, then
 //! answers each caller. Nobody is answered before the commit that holds their points.
 //!
-//! The same task brings `metric_order` up to date (see `metric_order`): a moment after writes,
-//! and whenever a search asks.
+//! The same task folds the latest values of wide writes into `latest_metrics` (see
+//! `latest_fold`) and brings `metric_order` up to date (see `metric_order`): a moment after
+//! writes, once enough wide writes are waiting, and whenever a search asks.
 //!
 //! Ownership: the store holds the only `Sender`; this task owns the `Receiver` and ends when the
 //! store is dropped. It borrows the single writer connection from the writer pool per group, so
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::history_cache::HistoryCache;
+use super::latest_fold::{self, LatestFold};
 use super::metric_blocks::{self, LooseBlocks};
 use super::metric_order::{self, MetricOrder};
 use super::tracking::run_key_for_write;
@@ -33,6 +35,7 @@ pub(crate) struct Shared {
     pub loose: LooseBlocks,
     pub history: Arc<HistoryCache>,
     pub order: Arc<MetricOrder>,
+    pub fold: Arc<LatestFold>,
 }
 
 /// One caller's points, and where its answer goes.
@@ -48,6 +51,9 @@ pub(crate) enum Job {
     /// Bring one key's entries of `metric_order` up to date (a search is about to walk them),
     /// then answer.
     Order(String, oneshot::Sender<Result<()>>),
+    /// Fold every listed write into `latest_metrics` (a search is about to read it), then
+    /// answer.
+    Fold(oneshot::Sender<Result<()>>),
     /// Latest metrics were written elsewhere (a batch with params or tags): schedule the work
     /// on the pending runs.
     Written,
@@ -81,19 +87,28 @@ pub(crate) async fn order_up_to_date(jobs: &mpsc::Sender<Job>, key: &str) -> Res
     answer.await.map_err(|_| StoreError::Busy)?
 }
 
+/// Waits until `latest_metrics` holds the latest values of every write committed so far.
+pub(crate) async fn latest_up_to_date(jobs: &mpsc::Sender<Job>) -> Result<()> {
+    let (done, answer) = oneshot::channel();
+    jobs.send(Job::Fold(done)).await.map_err(|_| StoreError::Busy)?;
+    answer.await.map_err(|_| StoreError::Busy)?
+}
+
 async fn run(shared: Shared, mut rx: mpsc::Receiver<Job>) {
-    // The pending runs of `metric_order` are worked through when writes pause, and for one
-    // slice a second under a steady stream of them.
+    // Listed writes and the pending runs of `metric_order` are worked through when writes
+    // pause, and for one slice a second under a steady stream of them.
     let mut order = OrderSchedule::default();
-    // Runs left pending by the last process (or none: the first slice clears the flag, so
-    // searches stop asking).
+    // Writes listed and runs left pending by the last process (or none: the first slices clear
+    // the flags, so searches stop asking).
     order.written();
+    // Writes listed since the last fold, about (a compaction folds some too).
+    let mut listed = 0usize;
     loop {
         let first = match order.next() {
             Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
                 Ok(job) => job,
                 Err(_) => {
-                    order.sliced(update_order_slice(&shared).await);
+                    order.sliced(deferred_slice(&shared, &mut listed).await);
                     continue;
                 }
             },
@@ -102,10 +117,12 @@ async fn run(shared: Shared, mut rx: mpsc::Receiver<Job>) {
         let Some(first) = first else { break };
         let mut jobs = Vec::new();
         let mut order_waiters = Vec::new();
+        let mut fold_waiters = Vec::new();
         let mut written_elsewhere = false;
         let mut take = |job, jobs: &mut Vec<MetricJob>, waiters: &mut Vec<_>| match job {
             Job::Metrics(job) => jobs.push(job),
             Job::Order(key, done) => waiters.push((key, done)),
+            Job::Fold(done) => fold_waiters.push(done),
             Job::Written => written_elsewhere = true,
         };
         take(first, &mut jobs, &mut order_waiters);
@@ -121,14 +138,47 @@ async fn run(shared: Shared, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if (!jobs.is_empty() && write_group(&shared, jobs).await) || written_elsewhere {
+        let mut written = written_elsewhere;
+        if !jobs.is_empty() {
+            let (any, new_listed) = write_group(&shared, jobs).await;
+            written |= any;
+            listed += new_listed;
+        }
+        if written {
             order.written();
         }
-        if !order_waiters.is_empty() {
-            update_order_keys(&shared, order_waiters).await;
+        if !fold_waiters.is_empty() || !order_waiters.is_empty() {
+            // The order is built from the latest values: fold first.
+            let folded = fold_everything(&shared).await;
+            if folded.is_ok() {
+                listed = 0;
+            }
+            if !order_waiters.is_empty() {
+                if folded.is_ok() {
+                    update_order_keys(&shared, order_waiters).await;
+                } else {
+                    for (_, done) in order_waiters {
+                        let _ = done.send(Err(StoreError::Busy));
+                    }
+                }
+            }
+            for done in fold_waiters {
+                let _ = done.send(match &folded {
+                    Ok(()) => Ok(()),
+                    Err(StoreError::Full) => Err(StoreError::Full),
+                    Err(_) => Err(StoreError::Busy),
+                });
+            }
+        }
+        if listed >= latest_fold::FOLD_AFTER {
+            // A steady stream of wide writes: fold a slice after each group, so that the
+            // listed writes keep pace with it.
+            if let Slice::Failed = fold_slice(&shared, &mut listed).await {
+                listed = 0;
+            }
         }
         if order.forced() {
-            order.sliced(update_order_slice(&shared).await);
+            order.sliced(deferred_slice(&shared, &mut listed).await);
         }
     }
 }
@@ -202,6 +252,67 @@ async fn update_order_keys(shared: &Shared, waiters: Vec<(String, oneshot::Sende
     }
 }
 
+/// Folds every listed write (see `latest_fold`); the runs it changed become pending for the
+/// order.
+async fn fold_everything(shared: &Shared) -> Result<()> {
+    if !shared.fold.is_unfolded() {
+        return Ok(());
+    }
+    let Ok(mut conn) = shared.writer.acquire().await else {
+        return Err(StoreError::Busy);
+    };
+    let done = catch_panic(
+        "folding latest metric values",
+        latest_fold::fold_all(&mut conn, &shared.fold),
+    )
+    .await;
+    // Whatever was folded before a failure is committed.
+    shared.order.note_pending();
+    if let Err(e) = &done {
+        abandon(&mut conn).await;
+        log_order_failure(e);
+    }
+    done
+}
+
+/// One slice of the work left behind by writes: folding listed writes first (the order is
+/// built from their latest values), then the pending runs of the order.
+async fn deferred_slice(shared: &Shared, listed: &mut usize) -> Slice {
+    if shared.fold.is_unfolded() {
+        match fold_slice(shared, listed).await {
+            // On to the order next.
+            Slice::Done => Slice::More,
+            other => other,
+        }
+    } else {
+        update_order_slice(shared).await
+    }
+}
+
+/// One transaction of folding listed writes.
+async fn fold_slice(shared: &Shared, listed: &mut usize) -> Slice {
+    let Ok(mut conn) = shared.writer.acquire().await else {
+        return Slice::Failed;
+    };
+    match catch_panic(
+        "folding latest metric values",
+        latest_fold::fold_slice(&mut conn, &shared.fold),
+    )
+    .await
+    {
+        Ok((left, folded)) => {
+            shared.order.note_pending();
+            *listed = if left { listed.saturating_sub(folded) } else { 0 };
+            if left { Slice::More } else { Slice::Done }
+        }
+        Err(e) => {
+            abandon(&mut conn).await;
+            log_order_failure(&e);
+            Slice::Failed
+        }
+    }
+}
+
 /// One slice of work on the pending runs.
 async fn update_order_slice(shared: &Shared) -> Slice {
     let Ok(mut conn) = shared.writer.acquire().await else {
@@ -240,15 +351,18 @@ fn log_order_failure(e: &StoreError) {
     }
 }
 
-/// Commits one group of metric jobs and answers them; true when something was written.
-async fn write_group(shared: &Shared, jobs: Vec<MetricJob>) -> bool {
+/// Commits one group of metric jobs and answers them; returns whether something was written,
+/// and how many writes were listed for a fold.
+async fn write_group(shared: &Shared, jobs: Vec<MetricJob>) -> (bool, usize) {
     let Shared {
         writer,
         keys,
         loose,
         history,
         order,
+        fold,
     } = shared;
+    let mut listed = 0;
     let mut written = false;
     let mut conn = match writer.acquire().await {
         Ok(c) => c,
@@ -257,7 +371,7 @@ async fn write_group(shared: &Shared, jobs: Vec<MetricJob>) -> bool {
                 let _ = job.done.send(Err(map_err(sqlx::Error::PoolClosed)));
             }
             tracing::debug!(error = %e, "metric writer cannot get the writer connection");
-            return false;
+            return (false, 0);
         }
     };
     // Unknown or deleted runs are answered now; the rest go into one commit.
@@ -271,7 +385,7 @@ async fn write_group(shared: &Shared, jobs: Vec<MetricJob>) -> bool {
         }
     }
     if ready.is_empty() {
-        return false;
+        return (false, 0);
     }
     let rows: Vec<(i64, &Metric)> = ready
         .iter()
@@ -281,9 +395,13 @@ async fn write_group(shared: &Shared, jobs: Vec<MetricJob>) -> bool {
     drop(rows);
     let mut merges = Vec::new();
     match together {
-        Ok(due) => {
+        Ok((due, n)) => {
             note_written();
             order.note_pending();
+            if n > 0 {
+                fold.note_unfolded();
+                listed += n;
+            }
             written = true;
             merges = due;
             for (_, job) in ready {
@@ -301,15 +419,19 @@ async fn write_group(shared: &Shared, jobs: Vec<MetricJob>) -> bool {
                     catch_panic("writing metrics", metric_blocks::commit(&mut conn, loose, &rows)).await;
                 drop(rows);
                 match &result {
-                    Ok(_) => {
+                    Ok((_, n)) => {
                         note_written();
                         order.note_pending();
+                        if *n > 0 {
+                            fold.note_unfolded();
+                            listed += *n;
+                        }
                         written = true;
                         history.invalidate(&job.run_id);
                     }
                     Err(_) => abandon(&mut conn).await,
                 }
-                let _ = job.done.send(result.map(|due| merges.extend(due)));
+                let _ = job.done.send(result.map(|(due, _)| merges.extend(due)));
             }
         }
     }
@@ -328,5 +450,5 @@ async fn write_group(shared: &Shared, jobs: Vec<MetricJob>) -> bool {
             tracing::debug!(error = %e, run, "compacting metric writes failed; the rows stay as they are");
         }
     }
-    written
+    (written, listed)
 }

@@ -9,6 +9,7 @@
 
 mod fleet;
 mod history_cache;
+mod latest_fold;
 mod metric_blocks;
 mod metric_order;
 mod metrics_writer;
@@ -79,6 +80,8 @@ pub struct SqliteStore {
     metric_jobs: tokio::sync::mpsc::Sender<metrics_writer::Job>,
     /// Whether `metric_order` may lag behind the latest metrics (see `metric_order`).
     metric_order: Arc<metric_order::MetricOrder>,
+    /// Whether writes wait to be folded into the latest metrics (see `latest_fold`).
+    latest_fold: Arc<latest_fold::LatestFold>,
     /// The trial queue's transactions and caches.
     queue: sweeps::Queue,
     /// Leases and completions go to the queue's group-commit task (see `queue_writer`).
@@ -184,12 +187,14 @@ impl SqliteStore {
         let queue = sweeps::Queue::default();
         let history = Arc::new(history_cache::HistoryCache::default());
         let order = Arc::new(metric_order::MetricOrder::new());
+        let fold = Arc::new(latest_fold::LatestFold::new());
         let metric_jobs = metrics_writer::start(metrics_writer::Shared {
             writer: writer.clone(),
             keys: run_keys.clone(),
             loose: loose_blocks.clone(),
             history: history.clone(),
             order: order.clone(),
+            fold: fold.clone(),
         });
         Ok(Self {
             writer: writer.clone(),
@@ -200,6 +205,7 @@ impl SqliteStore {
             history: history.clone(),
             metric_jobs,
             metric_order: order,
+            latest_fold: fold,
             queue: queue.clone(),
             queue_jobs: queue_writer::start(writer.clone(), queue),
         })

@@ -647,6 +647,31 @@ mod tests {
                 "{sql}: {steps:?}"
             );
         }
+
+        // Folding and merging listed writes reads the listed rows of the runs at hand only.
+        for sql in [
+            crate::sqlite::latest_fold::LISTED_OF_RUNS,
+            crate::sqlite::latest_fold::LISTED_OF_SWEEP,
+            crate::sqlite::latest_fold::UNLIST_RUNS,
+            crate::sqlite::latest_fold::WRITES,
+            crate::sqlite::latest_fold::UNLIST_WRITES,
+        ] {
+            let steps = explain(&store, sql).await;
+            assert!(
+                steps
+                    .iter()
+                    .all(|s| !s.starts_with("SCAN") || s.starts_with("SCAN p") || s.contains("json_each")),
+                "{sql}: {steps:?}"
+            );
+        }
+        let listed = explain(&store, crate::sqlite::latest_fold::LISTED).await;
+        assert!(
+            listed
+                .iter()
+                .all(|s| !s.starts_with("SCAN") || s.contains("COVERING INDEX latest_unfolded_by_run"))
+                && !listed.iter().any(|s| s.contains("TEMP B-TREE")),
+            "{listed:?}"
+        );
     }
 
     /// The plan of any statement with its parameters unbound (NULL).

@@ -18,7 +18,8 @@ use spotsweep_core::sweep::{
 };
 use sqlx::SqliteConnection;
 
-use super::metric_blocks;
+use super::latest_fold;
+use super::metric_blocks::{self, Point as MetricPoint};
 use super::tracking::insert_experiment;
 use super::{SqliteStore, commit, map_err, now_ms, queue_writer};
 use crate::placement::place;
@@ -370,6 +371,14 @@ fn observed(state: Option<TrialState>, value: Option<f64>, last_value: Option<f6
     }
 }
 
+/// The later of two latest points (see `Point::is_later_than`).
+fn later(a: Option<MetricPoint>, b: Option<MetricPoint>) -> Option<MetricPoint> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.is_later_than(&a) { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
 /// What an outcome does to a trial.
 struct OutcomeUpdate {
     state: TrialState,
@@ -578,8 +587,8 @@ impl Queue {
             }
         }
         let (json,): (String,) = sqlx::query_as(
-            "SELECT json_group_array(json_array(t.number, t.state, t.value, IIF(lm.is_nan, NULL, lm.value), \
-                                                json(t.params))) \
+            "SELECT json_group_array(json_array(t.number, t.state, t.value, t.run_id, lm.timestamp, lm.step, \
+                                                lm.value, lm.is_nan, json(t.params))) \
              FROM (SELECT * FROM trials WHERE sweep_id = ?1 AND rerun_of IS NULL ORDER BY number) t \
              LEFT JOIN latest_metrics lm ON lm.run_id = t.run_id AND lm.key = ?2",
         )
@@ -588,9 +597,49 @@ impl Queue {
         .fetch_one(&mut *conn)
         .await
         .map_err(map_err)?;
-        type Row = (u64, String, Option<f64>, Option<f64>, Params);
+        // Writes not yet folded into `latest_metrics` (see `latest_fold`).
+        let listed: Vec<(i64, Vec<u8>)> = sqlx::query_as(latest_fold::LISTED_OF_SWEEP)
+            .bind(sweep_id)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        let listed = latest_fold::latest_of_writes(&listed)?;
+        type Row = (
+            u64,
+            String,
+            Option<f64>,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<f64>,
+            Option<i64>,
+            Params,
+        );
         let rows: Vec<Row> = serde_json::from_str(&json)
             .map_err(|e| StoreError::Incompatible(format!("unreadable trial history: {e}")))?;
+        let rows = rows.into_iter().map(
+            |(number, state, value, run, timestamp, step, last, is_nan, params)| {
+                let stored = match (timestamp, step, last) {
+                    (Some(timestamp), Some(step), Some(v)) => Some(MetricPoint {
+                        timestamp,
+                        step,
+                        value: if is_nan == Some(1) { f64::NAN } else { v },
+                    }),
+                    _ => None,
+                };
+                let latest = later(
+                    stored,
+                    listed.get(&(run, spec.objective.metric.as_str())).copied(),
+                );
+                (
+                    number,
+                    state,
+                    value,
+                    latest.map(|p| p.value).filter(|v| !v.is_nan()),
+                    params,
+                )
+            },
+        );
         let mut history = History::new(spec);
         for (number, state, value, last_value, params) in rows {
             // Trial numbers are dense; were one missing, it would stand in as a failed trial,
@@ -650,16 +699,33 @@ impl Queue {
         trial: &Trial,
         spec: &SweepSpec,
     ) -> Result<Option<f64>> {
-        let row: Option<(f64, i64)> = sqlx::query_as(
-            "SELECT value, is_nan FROM latest_metrics \
-             WHERE run_id = (SELECT run_id FROM trials WHERE id = ?) AND key = ?",
+        let key = spec.objective.metric.as_str();
+        let (run,): (i64,) = sqlx::query_as("SELECT run_id FROM trials WHERE id = ?")
+            .bind(trial.id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        let stored: Option<(i64, i64, f64, bool)> = sqlx::query_as(
+            "SELECT timestamp, step, value, is_nan FROM latest_metrics WHERE run_id = ? AND key = ?",
         )
-        .bind(trial.id)
-        .bind(&spec.objective.metric)
+        .bind(run)
+        .bind(key)
         .fetch_optional(&mut *conn)
         .await
         .map_err(map_err)?;
-        Ok(row.filter(|(_, nan)| *nan == 0).map(|(v, _)| v))
+        let stored = stored.map(|(timestamp, step, value, is_nan)| MetricPoint {
+            timestamp,
+            step,
+            value: if is_nan { f64::NAN } else { value },
+        });
+        // Writes not yet folded into `latest_metrics` (see `latest_fold`).
+        let listed: Vec<(i64, Vec<u8>)> = sqlx::query_as(latest_fold::LISTED_OF_RUNS)
+            .bind(super::tracking::json_ids(&[run]))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        let listed = latest_fold::latest_of_writes(&listed)?.get(&(run, key)).copied();
+        Ok(later(stored, listed).map(|p| p.value).filter(|v| !v.is_nan()))
     }
 
     /// Forgets every cached history: a write transaction failed, and the cache may hold changes

@@ -3,8 +3,10 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use spotsweep_core::search::{RunOrderKey, RunPredicate};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
+use super::latest_fold;
 use super::metric_blocks::{self, Point};
 use super::search::{experiment_search_sql, order_metric, run_search_by_order_sql, run_search_sql};
 use super::{RunKeys, SqliteStore, commit, map_err, now_ms};
@@ -387,6 +389,24 @@ impl SqliteStore {
         self.search_by_order_among(query, ORDER_CANDIDATES).await
     }
 
+    /// Has the writer fold every listed write first when `query` filters or sorts on metrics,
+    /// which it reads from `latest_metrics` in SQL (see `latest_fold`). When that fails (a full
+    /// disk: a fold is a write), the search fails rather than miss acknowledged values.
+    pub(super) async fn fold_for(&self, query: &RunQuery) -> Result<()> {
+        let reads_metrics = query
+            .filter
+            .iter()
+            .any(|p| matches!(p, RunPredicate::Metric { .. }))
+            || query
+                .order_by
+                .iter()
+                .any(|o| matches!(o.key, RunOrderKey::Metric(_)));
+        if reads_metrics && self.latest_fold.is_unfolded() {
+            super::metrics_writer::latest_up_to_date(&self.metric_jobs).await?;
+        }
+        Ok(())
+    }
+
     /// [`SqliteStore::search_by_order`] reading the runs down to the `candidates`-th value.
     pub(super) async fn search_by_order_among(
         &self,
@@ -458,28 +478,60 @@ impl SqliteStore {
         );
         // Four reads on four of the pool's connections at once: a page of 100 runs waits for
         // the slowest, not for the sum (about 2.5 ms of a 6 ms search on one connection).
-        // As one JSON row, like params and tags. SQLite writes a REAL in JSON with 15 digits,
-        // so each value goes as text with 17 significant digits, which reads back exactly.
+        // Latest metrics as one JSON row, like params and tags (see `latest_metrics_json`).
+        // Writes listed for a fold (see `latest_fold`) are read in the same snapshot and merged.
         let metrics = async {
-            let (json,): (String,) = sqlx::query_as(
-                "SELECT json_group_array(json_array(run_id, key, timestamp, step, \
-                     printf('%!.17g', value), is_nan) ORDER BY run_id, key) \
-                 FROM latest_metrics WHERE run_id IN (SELECT value FROM json_each(?))",
-            )
-            .bind(&ids_json)
-            .fetch_one(&self.reader)
-            .await
-            .map_err(map_err)?;
+            let (json, listed) = if self.latest_fold.is_unfolded() {
+                let mut tx = self.reader.begin().await.map_err(map_err)?;
+                let json = latest_metrics_json(&mut *tx, &ids_json).await?;
+                let listed: Vec<(i64, Vec<u8>)> = sqlx::query_as(latest_fold::LISTED_OF_RUNS)
+                    .bind(&ids_json)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)?;
+                (json, listed)
+            } else {
+                (latest_metrics_json(&self.reader, &ids_json).await?, vec![])
+            };
             let rows: Vec<(i64, String, i64, i64, String, u8)> = serde_json::from_str(&json)
                 .map_err(|e| StoreError::Incompatible(format!("unreadable latest metrics: {e}")))?;
-            rows.into_iter()
+            let rows = rows
+                .into_iter()
                 .map(|(id, key, timestamp, step, value, is_nan)| {
                     let value: f64 = value.parse().map_err(|e| {
                         StoreError::Incompatible(format!("unreadable latest value {value:?}: {e}"))
                     })?;
                     Ok((id, key, timestamp, step, value, is_nan != 0))
                 })
-                .collect::<Result<Vec<_>>>()
+                .collect::<Result<Vec<_>>>()?;
+            if listed.is_empty() {
+                return Ok(rows);
+            }
+            let mut latest: HashMap<(i64, String), Point> = rows
+                .into_iter()
+                .map(|(id, key, timestamp, step, value, is_nan)| {
+                    let value = loaded_value(value, is_nan);
+                    (
+                        (id, key),
+                        Point {
+                            timestamp,
+                            step,
+                            value,
+                        },
+                    )
+                })
+                .collect();
+            latest_fold::merge_into(&mut latest, &listed)?;
+            let mut rows: Vec<_> = latest
+                .into_iter()
+                .map(|((id, key), p)| {
+                    let (value, is_nan) = p.stored();
+                    (id, key, p.timestamp, p.step, value, is_nan)
+                })
+                .collect();
+            rows.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            Ok::<_, StoreError>(rows)
         };
         let inputs = async {
             sqlx::query_as::<_, InputRow>(
@@ -553,6 +605,25 @@ impl SqliteStore {
         }
         Ok(order.into_iter().filter_map(|id| by_id.remove(&id)).collect())
     }
+}
+
+/// The latest metrics of the runs of a JSON list, as one JSON row. SQLite writes a REAL in JSON
+/// with 15 digits, so each value goes as text with 17 significant digits, which reads back
+/// exactly.
+async fn latest_metrics_json<'e, E>(exec: E, ids_json: &str) -> Result<String>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let (json,): (String,) = sqlx::query_as(
+        "SELECT json_group_array(json_array(run_id, key, timestamp, step, \
+             printf('%!.17g', value), is_nan) ORDER BY run_id, key) \
+         FROM latest_metrics WHERE run_id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(ids_json)
+    .fetch_one(exec)
+    .await
+    .map_err(map_err)?;
+    Ok(json)
 }
 
 /// A JSON array of integers, bound as one parameter and expanded with `json_each` (integers are
@@ -836,12 +907,16 @@ impl TrackingStore for SqliteStore {
         // Params first: an immutability conflict rejects the whole batch before anything else
         // is written (and the transaction is dropped, i.e. rolled back, on any error).
         insert_params(&mut tx, key, run_id, &batch.params).await?;
+        let mut listed = 0;
         if !batch.metrics.is_empty() {
             let rows: Vec<(i64, &Metric)> = batch.metrics.iter().map(|m| (key, m)).collect();
-            metric_blocks::append(&mut tx, &self.loose_blocks, &rows).await?;
+            listed = metric_blocks::append(&mut tx, &self.loose_blocks, &rows).await?;
         }
         upsert_tags(&mut tx, key, &batch.tags, true).await?;
         commit(tx).await?;
+        if listed > 0 {
+            self.latest_fold.note_unfolded();
+        }
         if !batch.metrics.is_empty() {
             self.metric_order.note_pending();
             // A full queue already has the writer task busy, and so scheduling.
@@ -931,6 +1006,7 @@ impl TrackingStore for SqliteStore {
                 next_offset: None,
             });
         }
+        self.fold_for(query).await?;
         let rows = match self.search_by_order(query).await? {
             Some(rows) => rows,
             None => {
