@@ -11,7 +11,6 @@
 //! (key syntax, lengths) belongs to the mlflow crate, which calls this one.
 
 pub mod model;
-mod placement;
 mod sqlite;
 
 use async_trait::async_trait;

@@ -663,3 +663,44 @@ async fn the_objective_of_a_wide_write_is_read_before_it_is_folded() {
         .unwrap();
     assert_eq!((t.state, t.value), (TrialState::Completed, Some(1.25)));
 }
+
+#[tokio::test]
+async fn a_stored_state_this_build_does_not_know_is_an_error_not_a_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let s = store.create_sweep(spec("u", 2, 1, 0), 3).await.unwrap();
+    store.lease_trials(&request("a", 1)).await.unwrap();
+    store.close().await;
+    // What a damaged file may hold (the schema's CHECK constraints set aside to write it).
+    use sqlx::Connection;
+    let mut raw = sqlx::SqliteConnection::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+        .await
+        .unwrap();
+    sqlx::query("PRAGMA ignore_check_constraints = ON")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE trials SET state = 'suspended'")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let store = open(&dir).await;
+    let e = store.list_trials(s.id).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Incompatible(m) if m.contains("unknown state \"suspended\"")),
+        "{e:?}"
+    );
+    store.close().await;
+    sqlx::query("UPDATE trials SET state = 'running'; UPDATE sweeps SET state = 'hibernating'")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let store = open(&dir).await;
+    let e = store.get_sweep(s.id).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Incompatible(m) if m.contains("unknown state \"hibernating\"")),
+        "{e:?}"
+    );
+    let e = store.set_sweep_state(s.id, SweepState::Paused).await.unwrap_err();
+    assert!(matches!(e, StoreError::Incompatible(_)), "{e:?}");
+}

@@ -22,11 +22,11 @@ use super::latest_fold;
 use super::metric_blocks::{self, Point as MetricPoint};
 use super::tracking::insert_experiment;
 use super::{SqliteStore, commit, map_err, now_ms, queue_writer};
-use crate::placement::place;
 use crate::{
     AgentSummary, Attempt, HeartbeatAction, LeaseRequest, LeasedTrial, NewExperiment, Outcome, Result,
     StoreError, Sweep, SweepQuery, SweepState, SweepStore, Trial, TrialCounts, TrialState, TrialSummary,
 };
+use spotsweep_core::queue::{self, RunEnd, observed, place};
 
 /// The artifact root of experiments created for sweeps: behind the daemon's artifact proxy.
 const SWEEP_ARTIFACT_ROOT: &str = "mlflow-artifacts:";
@@ -60,17 +60,28 @@ struct TrialRow {
 }
 
 impl TrialRow {
-    fn into_trial(self) -> Trial {
-        Trial {
+    /// The trial; a stored state or parameters this build cannot read are an error, never a
+    /// default.
+    fn into_trial(self) -> Result<Trial> {
+        let damaged = |what: &str| {
+            StoreError::Incompatible(format!(
+                "trial {} of sweep {} has {what}; the database is damaged or from a newer spotsweep",
+                self.number, self.sweep_id
+            ))
+        };
+        let params = serde_json::from_str(&self.params).map_err(|_| damaged("unreadable parameters"))?;
+        let state = TrialState::parse(&self.state)
+            .ok_or_else(|| damaged(&format!("the unknown state {:?}", self.state)))?;
+        Ok(Trial {
             id: self.id,
             sweep_id: self.sweep_id,
             number: self.number,
-            params: serde_json::from_str(&self.params).unwrap_or_default(),
+            params,
             seed: self.seed as u64,
             run_id: self.run_uuid,
             experiment_id: self.experiment_id,
             artifact_uri: self.artifact_uri,
-            state: TrialState::parse(&self.state).unwrap_or(TrialState::Failed),
+            state,
             attempt: self.attempt,
             failures: self.failures,
             value: self.value,
@@ -82,7 +93,7 @@ impl TrialRow {
             pruned_step: self.pruned_step,
             rerun_of: self.rerun_of,
             pool: self.pool,
-        }
+        })
     }
 }
 
@@ -114,7 +125,7 @@ async fn trial_by_number(conn: &mut SqliteConnection, sweep_id: i64, number: i64
         .await
         .map_err(map_err)?;
     if let Some(row) = row {
-        return Ok(row.into_trial());
+        return row.into_trial();
     }
     let sweep: Option<(i64,)> = sqlx::query_as("SELECT id FROM sweeps WHERE id = ?")
         .bind(sweep_id)
@@ -134,8 +145,8 @@ async fn trial_by_id(conn: &mut SqliteConnection, id: i64) -> Result<Trial> {
         .fetch_optional(&mut *conn)
         .await
         .map_err(map_err)?
-        .map(TrialRow::into_trial)
-        .ok_or_else(|| StoreError::NotFound(format!("no trial with id {id}")))
+        .ok_or_else(|| StoreError::NotFound(format!("no trial with id {id}")))?
+        .into_trial()
 }
 
 fn new_lease_id() -> String {
@@ -360,126 +371,11 @@ static END_LEASE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// How a trial in `state` stands for the sampler; `last_value` is its objective metric's
-/// latest value (a pruned trial counts with it).
-fn observed(state: Option<TrialState>, value: Option<f64>, last_value: Option<f64>) -> Observed {
-    match state {
-        Some(TrialState::Completed) => value.map_or(Observed::Failed, Observed::Completed),
-        Some(TrialState::Pruned) => Observed::Pruned(last_value),
-        Some(TrialState::Queued | TrialState::Running | TrialState::Preempted) => Observed::Pending,
-        _ => Observed::Failed,
-    }
-}
-
 /// The later of two latest points (see `Point::is_later_than`).
 fn later(a: Option<MetricPoint>, b: Option<MetricPoint>) -> Option<MetricPoint> {
     match (a, b) {
         (Some(a), Some(b)) => Some(if b.is_later_than(&a) { b } else { a }),
         (a, b) => a.or(b),
-    }
-}
-
-/// What an outcome does to a trial.
-struct OutcomeUpdate {
-    state: TrialState,
-    value: Option<f64>,
-    reason: Option<String>,
-    failures: i64,
-    /// The run's final status, when the trial's story ends here.
-    run_status: Option<&'static str>,
-}
-
-/// Applies an agent's `outcome` to `trial`; `objective` is the value read from the run's
-/// metrics when the outcome carries none.
-fn decide_outcome(
-    trial: &Trial,
-    spec: &SweepSpec,
-    outcome: &Outcome,
-    objective: Option<f64>,
-) -> OutcomeUpdate {
-    let update = |state, value, reason: Option<String>, failures, run_status| OutcomeUpdate {
-        state,
-        value,
-        reason,
-        failures,
-        run_status,
-    };
-    let metric = &spec.objective.metric;
-    match outcome {
-        Outcome::Succeeded(value) => match value.or(objective) {
-            Some(v) if v.is_finite() => update(
-                TrialState::Completed,
-                Some(v),
-                None,
-                trial.failures,
-                Some("FINISHED"),
-            ),
-            Some(v) => update(
-                TrialState::Failed,
-                None,
-                Some(format!("the objective metric '{metric}' is {v}")),
-                trial.failures,
-                Some("FAILED"),
-            ),
-            None => update(
-                TrialState::Failed,
-                None,
-                Some(format!(
-                    "the command exited 0 without logging the objective metric '{metric}' to its MLflow run"
-                )),
-                trial.failures,
-                Some("FAILED"),
-            ),
-        },
-        Outcome::Failed(reason) => {
-            let failures = trial.failures + 1;
-            if failures > i64::from(spec.max_retries) {
-                update(
-                    TrialState::Failed,
-                    None,
-                    Some(reason.clone()),
-                    failures,
-                    Some("FAILED"),
-                )
-            } else {
-                update(TrialState::Queued, None, Some(reason.clone()), failures, None)
-            }
-        }
-        Outcome::SetupFailed(reason) => update(
-            TrialState::Queued,
-            None,
-            Some(reason.clone()),
-            trial.failures,
-            None,
-        ),
-        Outcome::OutOfMemory(reason) => update(
-            TrialState::Queued,
-            None,
-            Some(reason.clone()),
-            trial.failures,
-            None,
-        ),
-        Outcome::Preempted => update(
-            TrialState::Preempted,
-            None,
-            Some("preempted".into()),
-            trial.failures,
-            None,
-        ),
-        Outcome::Pruned(reason) => update(
-            TrialState::Pruned,
-            None,
-            Some(reason.clone()),
-            trial.failures,
-            Some("KILLED"),
-        ),
-        Outcome::Cancelled => update(
-            TrialState::Cancelled,
-            None,
-            Some("cancelled".into()),
-            trial.failures,
-            Some("KILLED"),
-        ),
     }
 }
 
@@ -650,7 +546,16 @@ impl Queue {
             history.push(
                 spec,
                 &params,
-                observed(TrialState::parse(&state), value, last_value),
+                observed(
+                    TrialState::parse(&state).ok_or_else(|| {
+                        StoreError::Incompatible(format!(
+                            "trial {number} of sweep {sweep_id} has the unknown state {state:?}; the database \
+                             is damaged or from a newer spotsweep"
+                        ))
+                    })?,
+                    value,
+                    last_value,
+                ),
             );
         }
         let out = f(&history);
@@ -942,7 +847,7 @@ impl Queue {
             .into_iter()
             .next()
             .ok_or_else(|| StoreError::NotFound(format!("no trial with id {trial_id}")))?;
-        let trial = row.into_trial();
+        let trial = row.into_trial()?;
         let spec = self.spec_of(conn, trial.sweep_id).await?;
         Ok(LeasedTrial {
             lease_id: lease.id.to_owned(),
@@ -989,7 +894,13 @@ impl Queue {
             Outcome::Succeeded(None) => self.objective_of(conn, &trial, &spec).await?,
             _ => None,
         };
-        let update = decide_outcome(&trial, &spec, outcome, objective);
+        let update = queue::decide(
+            outcome,
+            trial.failures,
+            spec.max_retries,
+            &spec.objective.metric,
+            objective,
+        );
         let now = now_ms();
         let finished_at = update.state.is_terminal().then_some(now);
         sqlx::query(sqlx::AssertSqlSafe(END_LEASE.as_str()))
@@ -1003,7 +914,7 @@ impl Queue {
                     "reason": update.reason,
                     "failures": update.failures,
                     "finished_at": finished_at,
-                    "run_status": update.run_status,
+                    "run_status": update.run_end.map(RunEnd::as_str),
                 })
                 .to_string(),
             )
@@ -1013,9 +924,8 @@ impl Queue {
             .map_err(map_err)?;
         let mut reason = update.reason.clone();
         if matches!(outcome, Outcome::SetupFailed(_)) {
-            // A setup that fails everywhere would burn machine after machine: pause the sweep
-            // once it failed on three (by agent name: a restarted agent is the same machine; on
-            // the local pool, all agents share one machine).
+            // Pause the sweep once its setup failed on enough machines (by agent name: a restarted
+            // agent is the same machine; see `setup_failures_to_pause`).
             let (machines,): (i64,) = sqlx::query_as(
                 "SELECT COUNT(DISTINCT COALESCE(a.name, l.agent_id)) FROM leases l \
                  JOIN trials t ON t.id = l.trial_id LEFT JOIN agents a ON a.id = l.agent_id \
@@ -1025,16 +935,22 @@ impl Queue {
             .fetch_one(&mut *conn)
             .await
             .map_err(map_err)?;
-            let paused = sqlx::query(
-                "UPDATE sweeps SET state = 'paused' WHERE id = ?1 AND state = 'running' \
-                   AND ?2 >= (CASE WHEN pool = 'local' THEN 1 ELSE 3 END)",
-            )
-            .bind(trial.sweep_id)
-            .bind(machines)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-            if paused.rows_affected() > 0 {
+            let (pool,): (String,) = sqlx::query_as("SELECT pool FROM sweeps WHERE id = ?")
+                .bind(trial.sweep_id)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            let paused = if machines >= queue::setup_failures_to_pause(&pool) {
+                sqlx::query("UPDATE sweeps SET state = 'paused' WHERE id = ? AND state = 'running'")
+                    .bind(trial.sweep_id)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_err)?
+                    .rows_affected()
+            } else {
+                0
+            };
+            if paused > 0 {
                 let paused = format!(
                     "{}\nthe setup failed on {machines} machine(s): the sweep is paused; fix the setup \
                      (or the machines) and resume it",
@@ -1073,7 +989,7 @@ impl Queue {
                 trial.sweep_id,
                 trial.number,
                 None,
-                observed(Some(update.state), update.value, last_value),
+                observed(update.state, update.value, last_value),
             );
         }
         trial.state = update.state;
@@ -1353,7 +1269,7 @@ impl Queue {
             (Outcome::Cancelled, Some(verdict)) => Outcome::Pruned(verdict),
             (outcome, _) => outcome,
         };
-        let mut trial = row.trial.into_trial();
+        let mut trial = row.trial.into_trial()?;
         if ended_at.is_some() {
             let ended_as = ended_as.unwrap_or_default();
             if ended_as == outcome.as_str() {
@@ -1416,7 +1332,12 @@ impl SqliteStore {
             spec,
             seed: row.seed as u64,
             experiment_id: row.experiment_id,
-            state: SweepState::parse(&row.state).unwrap_or(SweepState::Cancelled),
+            state: SweepState::parse(&row.state).ok_or_else(|| {
+                StoreError::Incompatible(format!(
+                    "sweep {} has the unknown state {:?}; the database is damaged or from a newer spotsweep",
+                    row.id, row.state
+                ))
+            })?,
             trials_created: row.trials_created,
             counts,
             best,
@@ -1532,7 +1453,11 @@ impl SweepStore for SqliteStore {
         let current = current
             .ok_or_else(|| StoreError::NotFound(format!("no sweep with id {id}")))?
             .0;
-        let current = SweepState::parse(&current).unwrap_or(SweepState::Cancelled);
+        let current = SweepState::parse(&current).ok_or_else(|| {
+            StoreError::Incompatible(format!(
+                "sweep {id} has the unknown state {current:?}; the database is damaged or from a newer spotsweep"
+            ))
+        })?;
         if matches!(current, SweepState::Completed | SweepState::Cancelled) && current != state {
             return Err(StoreError::Invalid(format!(
                 "sweep {id} is {}; it cannot change any more",
@@ -1597,7 +1522,7 @@ impl SweepStore for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(map_err)?;
-        Ok(rows.into_iter().map(TrialRow::into_trial).collect())
+        rows.into_iter().map(TrialRow::into_trial).collect()
     }
 
     async fn enqueue_trial(&self, sweep_id: i64, params: Params) -> Result<Trial> {

@@ -1,13 +1,33 @@
 //! Where a trial goes on an agent's GPUs: the GPUs with the least free memory that still fit it
 //! (best fit), so that big holes stay for big trials.
 
-use spotsweep_core::sweep::Resources;
+use serde::{Deserialize, Serialize};
 
-use crate::model::{GpuFree, GpuShare};
+use crate::sweep::Resources;
+
+/// One of an agent's GPUs, as it asks for work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuFree {
+    /// Its id for `CUDA_VISIBLE_DEVICES`.
+    pub id: String,
+    /// MiB trials may use on it in all.
+    pub memory_mib: u64,
+    /// MiB not held by the agent's running trials.
+    pub free_mib: u64,
+}
+
+/// A GPU given to a trial, and the MiB held for it there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuShare {
+    /// The GPU's id.
+    pub id: String,
+    /// MiB held.
+    pub memory_mib: u64,
+}
 
 /// Places a trial needing `resources` (after `ooms` out-of-memory exits) on `gpus`, taking the
 /// memory it holds off them. `None` when it does not fit now.
-pub(crate) fn place(
+pub fn place(
     resources: &Resources,
     gpus: &mut [GpuFree],
     overhead_mib: u64,
