@@ -20,7 +20,8 @@ use nix::unistd::Pid;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 use spotsweep_api::{
-    CompleteRequest, GpuBody, HeartbeatResponse, LeaseBody, LeaseRequestBody, LeaseResponse,
+    CompleteRequest, GpuBody, HeartbeatAction, HeartbeatResponse, LeaseBody, LeaseRequestBody, LeaseResponse,
+    OutcomeKind,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -579,7 +580,7 @@ impl TrialTask {
             Ok(None) => {}
             Ok(Some(stopped)) => {
                 self.report(CompleteRequest {
-                    outcome: stopped.into(),
+                    outcome: stopped,
                     value: None,
                     reason: None,
                 })
@@ -589,7 +590,7 @@ impl TrialTask {
             Err(reason) => {
                 tracing::error!(trial = %label, %reason, "setup failed: this agent takes no more trials");
                 self.report(CompleteRequest {
-                    outcome: "setup_failed".into(),
+                    outcome: OutcomeKind::SetupFailed,
                     value: None,
                     reason: Some(reason),
                 })
@@ -611,7 +612,7 @@ impl TrialTask {
             match fetched {
                 None => {
                     self.report(CompleteRequest {
-                        outcome: "preempted".into(),
+                        outcome: OutcomeKind::Preempted,
                         value: None,
                         reason: None,
                     })
@@ -622,7 +623,7 @@ impl TrialTask {
                 Some(Err(reason)) => {
                     tracing::error!(trial = %label, %reason, "no code for the trial");
                     self.report(CompleteRequest {
-                        outcome: "failed".into(),
+                        outcome: OutcomeKind::Failed,
                         value: None,
                         reason: Some(reason),
                     })
@@ -634,13 +635,13 @@ impl TrialTask {
         let outcome = match self.execute().await {
             Ok((ending, stderr_tail)) => match ending {
                 Ending::Exited(status) if status.success() => CompleteRequest {
-                    outcome: "succeeded".into(),
+                    outcome: OutcomeKind::Succeeded,
                     value: None,
                     reason: None,
                 },
                 Ending::Exited(status) if self.shared_gpu && out_of_gpu_memory(&stderr_tail) => {
                     CompleteRequest {
-                        outcome: "out_of_memory".into(),
+                        outcome: OutcomeKind::OutOfMemory,
                         value: None,
                         reason: Some(format!(
                             "out of GPU memory on a shared GPU ({}): retried with twice the memory; last lines of \
@@ -650,7 +651,7 @@ impl TrialTask {
                     }
                 }
                 Ending::Exited(status) => CompleteRequest {
-                    outcome: "failed".into(),
+                    outcome: OutcomeKind::Failed,
                     value: None,
                     reason: Some(format!(
                         "{}; last lines of stderr:\n{stderr_tail}",
@@ -658,18 +659,18 @@ impl TrialTask {
                     )),
                 },
                 Ending::StoppedByServer => CompleteRequest {
-                    outcome: "cancelled".into(),
+                    outcome: OutcomeKind::Cancelled,
                     value: None,
                     reason: None,
                 },
                 Ending::AgentShutdown => CompleteRequest {
-                    outcome: "preempted".into(),
+                    outcome: OutcomeKind::Preempted,
                     value: None,
                     reason: None,
                 },
             },
             Err(e) => CompleteRequest {
-                outcome: "failed".into(),
+                outcome: OutcomeKind::Failed,
                 value: None,
                 reason: Some(format!("could not run the trial: {e:#}")),
             },
@@ -833,7 +834,7 @@ impl TrialTask {
     /// dataset copy may take minutes). `Ok(Some(outcome))` when the trial was stopped meanwhile
     /// (cancelled by the daemon, or preempted with the agent); the failure's text when one failed
     /// (its output becomes the run's `logs/setup.txt`).
-    async fn setup(&mut self) -> Result<Option<&'static str>, String> {
+    async fn setup(&mut self) -> Result<Option<OutcomeKind>, String> {
         for command in self.lease.setup.clone() {
             let interval = self.heartbeat_interval();
             let mut beat = tokio::time::interval(interval);
@@ -848,10 +849,10 @@ impl TrialTask {
                     outcome = &mut ensure => break outcome,
                     _ = beat.tick() => {
                         if self.heartbeat().await == Some(false) {
-                            return Ok(Some("cancelled"));
+                            return Ok(Some(OutcomeKind::Cancelled));
                         }
                     }
-                    _ = self.stop.changed() => return Ok(Some("preempted")),
+                    _ = self.stop.changed() => return Ok(Some(OutcomeKind::Preempted)),
                 }
             };
             if let Err(reason) = outcome {
@@ -953,7 +954,7 @@ impl TrialTask {
                 .json::<HeartbeatResponse>()
                 .await
                 .ok()
-                .map(|h| h.action != "stop"),
+                .map(|h| h.action != HeartbeatAction::Stop),
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Some(false),
             Ok(r) => {
                 tracing::warn!(status = %r.status(), "heartbeat refused");

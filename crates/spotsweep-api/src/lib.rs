@@ -52,6 +52,148 @@ pub enum TokenRole {
     Admin,
 }
 
+/// A sweep's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SweepState {
+    /// Trials are proposed and leased.
+    Running,
+    /// No new leases; running trials go on.
+    Paused,
+    /// Every trial has ended.
+    Completed,
+    /// Stopped by a person.
+    Cancelled,
+}
+
+/// A trial's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TrialState {
+    /// Waiting for an agent.
+    Queued,
+    /// Leased to an agent.
+    Running,
+    /// Finished with an objective value.
+    Completed,
+    /// Failed for good.
+    Failed,
+    /// Stopped early by the pruner.
+    Pruned,
+    /// Lost to a preemption; waits to be leased again.
+    Preempted,
+    /// Cancelled by a person.
+    Cancelled,
+}
+
+/// What a heartbeat tells the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HeartbeatAction {
+    /// Keep going; the lease was extended.
+    Continue,
+    /// Stop the trial (cancelled, pruned, or the lease was lost).
+    Stop,
+}
+
+/// How a leased trial ended, as its agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// Exited successfully.
+    Succeeded,
+    /// Failed (non-zero exit, crash); retried up to the sweep's `max_retries`.
+    Failed,
+    /// Lost to a preemption; retried without counting as a failure.
+    Preempted,
+    /// Stopped by the pruner.
+    Pruned,
+    /// Stopped because the sweep or trial was cancelled.
+    Cancelled,
+    /// A trial that shared a GPU ran out of its memory: requeued with twice the memory, not a
+    /// failure.
+    OutOfMemory,
+    /// The machine's setup failed: the trial is requeued for another machine, and a VM of the
+    /// fleet is replaced.
+    SetupFailed,
+}
+
+/// A fleet VM's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Recorded; the insert is being sent.
+    Requested,
+    /// Compute Engine is creating it.
+    Provisioning,
+    /// Running; its agent has not asked for work yet.
+    Booting,
+    /// Its agent asks for work.
+    Ready,
+    /// Idle or over budget: its agent finishes its trials, then the VM goes.
+    Draining,
+    /// Its delete is being sent.
+    Deleting,
+    /// Gone.
+    Deleted,
+    /// Stopped by Compute Engine.
+    Preempted,
+    /// Could not be created, or broke.
+    Failed,
+}
+
+/// `as_str` (the wire word, as serde spells it) and `Display` for a wire enum.
+macro_rules! wire_words {
+    ($ty:ident { $($variant:ident => $word:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The word on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $word),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+wire_words!(SweepState { Running => "running", Paused => "paused", Completed => "completed", Cancelled => "cancelled" });
+wire_words!(TrialState {
+    Queued => "queued",
+    Running => "running",
+    Completed => "completed",
+    Failed => "failed",
+    Pruned => "pruned",
+    Preempted => "preempted",
+    Cancelled => "cancelled",
+});
+wire_words!(HeartbeatAction { Continue => "continue", Stop => "stop" });
+wire_words!(OutcomeKind {
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Preempted => "preempted",
+    Pruned => "pruned",
+    Cancelled => "cancelled",
+    OutOfMemory => "out_of_memory",
+    SetupFailed => "setup_failed",
+});
+wire_words!(VmState {
+    Requested => "requested",
+    Provisioning => "provisioning",
+    Booting => "booting",
+    Ready => "ready",
+    Draining => "draining",
+    Deleting => "deleting",
+    Deleted => "deleted",
+    Preempted => "preempted",
+    Failed => "failed",
+});
+
 /// A token as listed: never its secret.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {
@@ -135,8 +277,8 @@ pub struct SweepBody {
     pub id: i64,
     /// Name.
     pub name: String,
-    /// `running`, `paused`, `completed` or `cancelled`.
-    pub state: String,
+    /// Its state.
+    pub state: SweepState,
     /// The MLflow experiment holding its runs.
     pub experiment_id: String,
     /// The pool whose agents run it.
@@ -196,8 +338,8 @@ pub struct TrialBody {
     /// Hyperparameters (inactive conditional ones absent).
     #[schema(value_type = Object)]
     pub params: serde_json::Value,
-    /// `queued`, `running`, `completed`, `failed`, `pruned`, `preempted` or `cancelled`.
-    pub state: String,
+    /// Its state.
+    pub state: TrialState,
     /// The objective value, once completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
@@ -417,8 +559,8 @@ pub struct LeaseResponse {
 /// `POST /api/v1/leases/{id}/heartbeat` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HeartbeatResponse {
-    /// `continue`, or `stop` (cancelled, pruned, or the lease was lost).
-    pub action: String,
+    /// Keep going, or stop.
+    pub action: HeartbeatAction,
     /// Why to stop: `pruned` when the pruner stopped the trial (report it as `pruned`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -428,11 +570,8 @@ pub struct HeartbeatResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
-    /// `succeeded`, `failed`, `preempted`, `pruned`, `cancelled`, `out_of_memory` (a trial that
-    /// shared a GPU ran out of its memory: requeued with twice the memory, not a failure), or
-    /// `setup_failed` (the machine's setup failed: the trial is requeued for another machine,
-    /// and a VM of the fleet is replaced).
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: OutcomeKind,
     /// The objective value; when absent on `succeeded`, it is read from the run's metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
@@ -525,9 +664,8 @@ pub struct VmInfo {
     pub name: String,
     /// Its zone.
     pub zone: String,
-    /// `requested`, `provisioning`, `booting`, `ready`, `draining`, `deleting`, `deleted`,
-    /// `preempted` or `failed`.
-    pub state: String,
+    /// Its state.
+    pub state: VmState,
     /// Milliseconds since the epoch.
     pub created_at: i64,
     /// When it became RUNNING (billing starts).
@@ -638,8 +776,8 @@ pub struct TrialTable {
 pub struct TrialColumns {
     /// Numbers.
     pub n: Vec<i64>,
-    /// States: `queued`, `running`, `completed`, `failed`, `pruned`, `preempted` or `cancelled`.
-    pub state: Vec<String>,
+    /// States.
+    pub state: Vec<TrialState>,
     /// Objective values (null until completed).
     pub value: Vec<Option<f64>>,
     /// One column per parameter, in `params` order; null where inactive.
@@ -703,7 +841,7 @@ pub struct Curve {
     /// The trial's number.
     pub n: i64,
     /// Its state.
-    pub state: String,
+    pub state: TrialState,
     /// The step at which a pruner stopped it.
     pub pruned_step: Option<i64>,
     /// Steps, ascending.
@@ -746,4 +884,57 @@ pub struct CodeSnapshotBody {
     pub size_bytes: u64,
     /// False when the daemon already had it (nothing was written).
     pub created: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `as_str` spells every word as serde does.
+    #[test]
+    fn wire_words_are_serde_s() {
+        fn check<T: Serialize + Copy + std::fmt::Display>(all: &[T]) {
+            for v in all {
+                assert_eq!(
+                    serde_json::to_value(v).unwrap(),
+                    serde_json::Value::String(v.to_string())
+                );
+            }
+        }
+        use TrialState as T;
+        check(&[
+            T::Queued,
+            T::Running,
+            T::Completed,
+            T::Failed,
+            T::Pruned,
+            T::Preempted,
+            T::Cancelled,
+        ]);
+        use SweepState as S;
+        check(&[S::Running, S::Paused, S::Completed, S::Cancelled]);
+        check(&[HeartbeatAction::Continue, HeartbeatAction::Stop]);
+        use OutcomeKind as O;
+        check(&[
+            O::Succeeded,
+            O::Failed,
+            O::Preempted,
+            O::Pruned,
+            O::Cancelled,
+            O::OutOfMemory,
+            O::SetupFailed,
+        ]);
+        use VmState as V;
+        check(&[
+            V::Requested,
+            V::Provisioning,
+            V::Booting,
+            V::Ready,
+            V::Draining,
+            V::Deleting,
+            V::Deleted,
+            V::Preempted,
+            V::Failed,
+        ]);
+    }
 }

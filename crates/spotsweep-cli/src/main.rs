@@ -608,7 +608,10 @@ async fn follow(daemon: &Daemon, id: i64) -> anyhow::Result<SweepBody> {
             "{best}  running {}  failed {}",
             s.counts.running, s.counts.failed
         ));
-        if s.state == "completed" || s.state == "cancelled" {
+        if matches!(
+            s.state,
+            spotsweep_api::SweepState::Completed | spotsweep_api::SweepState::Cancelled
+        ) {
             bar.finish();
             return Ok(s);
         }
@@ -773,7 +776,7 @@ async fn run_spec(
     daemon_task.await.context("the embedded daemon crashed")??;
     let sweep = result?;
     print_result(&sweep, &url, output)?;
-    Ok(sweep.state == "completed")
+    Ok(sweep.state == spotsweep_api::SweepState::Completed)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -812,7 +815,7 @@ fn main() -> anyhow::Result<()> {
                 let daemon = args.daemon.daemon()?;
                 rerun::rerun(&daemon, args.sweep, args.trial, args.pool.as_deref(), args.wait).await
             })?;
-            if args.wait && trial.state != "completed" {
+            if args.wait && trial.state != spotsweep_api::TrialState::Completed {
                 std::process::exit(1);
             }
             Ok(())

@@ -565,7 +565,7 @@ pub async fn list_pools(State(s): State<AppState>) -> Result<Json<PoolList>, Api
                     cost_usd: v.cost(now),
                     name: v.name,
                     zone: v.zone,
-                    state: v.state.as_str().to_string(),
+                    state: crate::wire::vm_state(v.state),
                     created_at: v.created_at,
                     running_at: v.running_at,
                     ended_at: v.ended_at,

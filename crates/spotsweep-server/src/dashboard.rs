@@ -247,7 +247,7 @@ pub async fn table(
             column.push(params.get(name).map_or(serde_json::Value::Null, shown_param));
         }
         c.n.push(t.number);
-        c.state.push(t.state.as_str().into());
+        c.state.push(crate::wire::trial_state(t.state));
         c.value.push(t.value);
         c.attempts.push(t.attempts);
         c.preemptions.push(t.preemptions);
@@ -416,7 +416,7 @@ pub async fn curves(
             let (steps, values) = by_run.remove(&t.run_id)?;
             Some(Curve {
                 n: t.number,
-                state: t.state.as_str().into(),
+                state: crate::wire::trial_state(t.state),
                 pruned_step: t.pruned_step,
                 steps,
                 values,

@@ -16,6 +16,7 @@ pub mod local;
 pub mod pools;
 pub mod sweeps;
 pub mod ui;
+mod wire;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -14,8 +14,7 @@ use spotsweep_api::{
 };
 use spotsweep_core::sweep::{Goal, ParamValue, Params, SweepSpec, render_command, validate_params};
 use spotsweep_store::{
-    GpuFree, HeartbeatAction, LeaseRequest, LeasedTrial, Outcome, Sweep, SweepState, Trial, TrialState,
-    VmState, VmUpdate,
+    GpuFree, LeaseRequest, LeasedTrial, Outcome, Sweep, SweepState, Trial, TrialState, VmState, VmUpdate,
 };
 use tokio::sync::Notify;
 
@@ -69,7 +68,7 @@ fn trial_body(t: &Trial) -> TrialBody {
         number: t.number,
         sweep_id: t.sweep_id,
         params: serde_json::to_value(&t.params).unwrap_or_default(),
-        state: t.state.as_str().into(),
+        state: crate::wire::trial_state(t.state),
         value: t.value,
         attempts: t.attempt,
         failures: t.failures,
@@ -92,7 +91,7 @@ pub(crate) fn sweep_body(s: &Sweep) -> SweepBody {
     SweepBody {
         id: s.id,
         name: s.spec.name.clone(),
-        state: s.state.as_str().into(),
+        state: crate::wire::sweep_state(s.state),
         experiment_id: s.experiment_id.to_string(),
         pool: s.spec.pool.clone(),
         seed: s.seed,
@@ -815,15 +814,8 @@ pub async fn heartbeat(
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid heartbeat: {e}")))?
     };
     let ttl = req.ttl_ms.unwrap_or(DEFAULT_LEASE_TTL_MS).clamp(5_000, 3_600_000);
-    let (action, reason) = match s.sweeps.heartbeat(&id, ttl).await? {
-        HeartbeatAction::Continue => ("continue", None),
-        HeartbeatAction::Stop => ("stop", None),
-        HeartbeatAction::Prune => ("stop", Some("pruned".to_string())),
-    };
-    Ok(Json(HeartbeatResponse {
-        action: action.into(),
-        reason,
-    }))
+    let (action, reason) = crate::wire::heartbeat(s.sweeps.heartbeat(&id, ttl).await?);
+    Ok(Json(HeartbeatResponse { action, reason }))
 }
 
 /// Ends a lease with its outcome. Idempotent: a retried completion gets the same answer. A
@@ -844,45 +836,13 @@ pub async fn complete_trial(
 ) -> Result<Json<TrialBody>, ApiError> {
     let req: CompleteRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid completion: {e}")))?;
-    let reason = req.reason.clone().unwrap_or_default();
-    let outcome = match req.outcome.as_str() {
-        "succeeded" => {
-            if let Some(v) = req.value
-                && !v.is_finite()
-            {
-                return Err(ApiError::invalid("value must be a finite number"));
-            }
-            Outcome::Succeeded(req.value)
-        }
-        "failed" => Outcome::Failed(if reason.is_empty() {
-            "failed".into()
-        } else {
-            reason
-        }),
-        "preempted" => Outcome::Preempted,
-        "pruned" => Outcome::Pruned(if reason.is_empty() {
-            "pruned".into()
-        } else {
-            reason
-        }),
-        "cancelled" => Outcome::Cancelled,
-        "setup_failed" => Outcome::SetupFailed(if reason.is_empty() {
-            "the machine's setup failed".into()
-        } else {
-            reason
-        }),
-        "out_of_memory" => Outcome::OutOfMemory(if reason.is_empty() {
-            "out of GPU memory".into()
-        } else {
-            reason
-        }),
-        other => {
-            return Err(ApiError::invalid(format!(
-                "outcome '{other}' is not one of succeeded, failed, preempted, pruned, cancelled, out_of_memory, \
-                 setup_failed"
-            )));
-        }
-    };
+    if req.outcome == spotsweep_api::OutcomeKind::Succeeded
+        && let Some(v) = req.value
+        && !v.is_finite()
+    {
+        return Err(ApiError::invalid("value must be a finite number"));
+    }
+    let outcome = crate::wire::outcome(req.outcome, req.value, req.reason.clone());
     let setup_failed = matches!(outcome, Outcome::SetupFailed(_));
     let agent = if setup_failed {
         s.fleet.lease_agent_name(&id).await?
