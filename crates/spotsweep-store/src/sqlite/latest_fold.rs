@@ -17,7 +17,8 @@
 //! - a search that filters or sorts on metrics reads `latest_metrics` in SQL: it has the writer
 //!   fold everything first ([`super::metrics_writer::latest_up_to_date`]), as it does for
 //!   `metric_order`, which is built from `latest_metrics` and so is always brought up to date
-//!   after a fold.
+//!   after a fold. On a full disk no fold can be written: such a search then filters and sorts
+//!   on the values folded so far, rather than failing (reads go on).
 //!
 //! The writer folds when writes pause, when [`FOLD_AFTER`] writes are listed (so that a steady
 //! stream does not pile them up), and whenever a search asks; a compaction folds its run's

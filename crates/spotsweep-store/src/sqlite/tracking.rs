@@ -391,8 +391,10 @@ impl SqliteStore {
 
     /// Has the writer fold every listed write first when `query` filters or sorts on metrics,
     /// which it reads from `latest_metrics` in SQL (see `latest_fold`). When that fails (a full
-    /// disk: a fold is a write), the search fails rather than miss acknowledged values.
-    pub(super) async fn fold_for(&self, query: &RunQuery) -> Result<()> {
+    /// disk: a fold is a write), reads go on: the search filters and sorts on the values folded
+    /// so far (the newest values of the writes still listed may be missed until space is free),
+    /// and the runs on its page still show every value.
+    pub(super) async fn fold_for(&self, query: &RunQuery) {
         let reads_metrics = query
             .filter
             .iter()
@@ -401,10 +403,12 @@ impl SqliteStore {
                 .order_by
                 .iter()
                 .any(|o| matches!(o.key, RunOrderKey::Metric(_)));
-        if reads_metrics && self.latest_fold.is_unfolded() {
-            super::metrics_writer::latest_up_to_date(&self.metric_jobs).await?;
+        if reads_metrics
+            && self.latest_fold.is_unfolded()
+            && let Err(e) = super::metrics_writer::latest_up_to_date(&self.metric_jobs).await
+        {
+            tracing::debug!(error = %e, "searching before the latest metric values could be folded");
         }
-        Ok(())
     }
 
     /// [`SqliteStore::search_by_order`] reading the runs down to the `candidates`-th value.
@@ -1006,7 +1010,7 @@ impl TrackingStore for SqliteStore {
                 next_offset: None,
             });
         }
-        self.fold_for(query).await?;
+        self.fold_for(query).await;
         let rows = match self.search_by_order(query).await? {
             Some(rows) => rows,
             None => {
