@@ -1132,16 +1132,20 @@ impl Queue {
             .fetch_all(&mut *tx)
             .await
             .map_err(map_err)?;
-            // Fair share: the sweep with the fewest running trials goes first; waiting
-            // (retried) trials before new ones within a sweep.
-            let pick = candidates
+            // Fair share (see `next_sweep`); waiting (retried) trials before new ones within a
+            // sweep.
+            let loads: Vec<queue::SweepLoad> = candidates
                 .iter()
-                .filter(|c| {
-                    c.running < c.parallelism
-                        && (c.next_waiting.is_some() || c.trials_created < c.max_trials)
-                        && !do_not_fit.contains(&c.sweep.id)
+                .map(|c| queue::SweepLoad {
+                    sweep_id: c.sweep.id,
+                    running: c.running,
+                    parallelism: c.parallelism,
+                    has_waiting: c.next_waiting.is_some(),
+                    trials_created: c.trials_created,
+                    max_trials: c.max_trials,
                 })
-                .min_by_key(|c| (c.running, c.sweep.id));
+                .collect();
+            let pick = queue::next_sweep(&loads, &do_not_fit).map(|i| &candidates[i]);
             let Some(candidate) = pick else { break };
             let spec = match self.spec_of(tx, candidate.sweep.id).await {
                 Ok(spec) => spec,
