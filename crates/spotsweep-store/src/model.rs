@@ -5,6 +5,7 @@ use spotsweep_core::search::{ExperimentOrderBy, ExperimentPredicate, RunOrderBy,
 mod registry;
 
 pub use registry::*;
+pub use spotsweep_core::fleet::VmState;
 pub use spotsweep_core::queue::{GpuFree, GpuShare, HeartbeatAction, Outcome, SweepState, TrialState};
 
 /// Whether an experiment or run is visible (`active`) or soft-deleted.
@@ -592,67 +593,6 @@ pub struct LeasedTrial {
     pub spec: std::sync::Arc<spotsweep_core::sweep::SweepSpec>,
     /// For a sweep with `resources`: the GPUs given to it (maybe none).
     pub gpus: Option<Vec<GpuShare>>,
-}
-
-/// Where a VM of the fleet is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum VmState {
-    /// Recorded; the insert is being sent.
-    Requested,
-    /// The insert was accepted; the cloud is creating it.
-    Provisioning,
-    /// RUNNING at the cloud (billed); its agent has not registered yet.
-    Booting,
-    /// Its agent registered and leases trials.
-    Ready,
-    /// Leases no new trials; deleted when its running ones end.
-    Draining,
-    /// The delete was sent.
-    Deleting,
-    /// Gone, deleted by the daemon.
-    Deleted,
-    /// Gone, taken back by the cloud.
-    Preempted,
-    /// Never came up (stockout, quota, an error), or vanished without a preemption record.
-    Failed,
-}
-
-impl VmState {
-    /// The name stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Requested => "requested",
-            Self::Provisioning => "provisioning",
-            Self::Booting => "booting",
-            Self::Ready => "ready",
-            Self::Draining => "draining",
-            Self::Deleting => "deleting",
-            Self::Deleted => "deleted",
-            Self::Preempted => "preempted",
-            Self::Failed => "failed",
-        }
-    }
-
-    /// The state named `s`.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "requested" => Self::Requested,
-            "provisioning" => Self::Provisioning,
-            "booting" => Self::Booting,
-            "ready" => Self::Ready,
-            "draining" => Self::Draining,
-            "deleting" => Self::Deleting,
-            "deleted" => Self::Deleted,
-            "preempted" => Self::Preempted,
-            "failed" => Self::Failed,
-            _ => return None,
-        })
-    }
-
-    /// Whether the VM has ended (nothing of it is left at the cloud).
-    pub fn is_ended(self) -> bool {
-        matches!(self, Self::Deleted | Self::Preempted | Self::Failed)
-    }
 }
 
 /// A VM of the fleet.

@@ -47,25 +47,6 @@ fn vm_of(r: VmRow) -> Result<Vm> {
     })
 }
 
-/// A VM's instance name: `ss-<pool>-<id>`, the pool's name cut down to what an instance name
-/// allows.
-fn vm_name(pool: &str, id: i64) -> String {
-    let mut p: String = pool
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(40)
-        .collect();
-    while p.ends_with('-') {
-        p.pop();
-    }
-    if p.is_empty() {
-        format!("ss-{id}")
-    } else {
-        format!("ss-{p}-{id}")
-    }
-}
-
 #[async_trait]
 impl FleetStore for SqliteStore {
     async fn daemon_id(&self) -> Result<String> {
@@ -235,7 +216,7 @@ impl FleetStore for SqliteStore {
         .await
         .map_err(map_err)?;
         sqlx::query("UPDATE vms SET name = ? WHERE id = ?")
-            .bind(vm_name(&vm.pool, id))
+            .bind(spotsweep_core::fleet::vm_name(&vm.pool, id))
             .bind(id)
             .execute(&mut *tx)
             .await
@@ -304,18 +285,5 @@ impl FleetStore for SqliteStore {
         .await
         .map_err(map_err)?;
         rows.into_iter().map(vm_of).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::vm_name;
-
-    #[test]
-    fn vm_names_are_valid_instance_names() {
-        assert_eq!(vm_name("a100", 7), "ss-a100-7");
-        assert_eq!(vm_name("A100_Spot!", 12), "ss-a100-spot-12");
-        assert_eq!(vm_name("__", 3), "ss-3");
-        assert!(vm_name(&"x".repeat(100), 123_456).len() <= 63);
     }
 }
