@@ -497,6 +497,7 @@ class GceFake:
     def __init__(self, workdir: Path):
         import subprocess
 
+        self.workdir = workdir
         binary = Path(os.environ.get("SPOTSWEEP_GCE_FAKE_BIN") or spotsweep_bin().parent / "gce-fake")
         assert binary.exists(), f"{binary} is missing: cargo build --workspace --all-targets builds it"
         self.proc = subprocess.Popen([str(binary), str(workdir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -508,6 +509,14 @@ class GceFake:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
+
+    def consoles(self, last: int = 40) -> str:
+        """The tail of every guest's serial console, for a failure message."""
+        out = []
+        for log in sorted((self.workdir / "guests").glob("*/console.log")):
+            lines = log.read_text(errors="replace").splitlines()
+            out.append(f"--- {log.parent.name} ({len(lines)} lines)\n" + "\n".join(lines[-last:]))
+        return "\n".join(out) or "(no guest booted)"
 
     def close(self):
         # `quit` lets the fake stop its guests (their process groups); a kill would leave them.
@@ -582,7 +591,17 @@ reconcile = "2s"
             open_on = [a["agent"] for a in attempts if a["ended_at"] is None and a["agent"] in vms]
             return vms[open_on[0]] if open_on else None
 
-        vm = wait_until(running_vm, 120, "a trial running on a VM")
+        try:
+            vm = wait_until(running_vm, 120, "a trial running on a VM")
+        except AssertionError as e:
+            # What the sweep, the pool and each guest were doing, so that a failure says why.
+            raise AssertionError(
+                f"{e}\ndaemon:\n{srv.logs(60)}\n"
+                f"trials: {v1(srv, 'GET', f'sweeps/{sid}/trials').json()}\n"
+                f"pools: {v1(srv, 'GET', 'pools').json()}\n"
+                f"attempts: {v1(srv, 'GET', f'sweeps/{sid}/attempts').json()}\n"
+                f"guests:\n{fake.consoles()}"
+            ) from None
         time.sleep(1.0)
         assert fake.command(f"preempt {vm['zone']} {vm['name']}") is True
         done = wait_state(srv, sid, ("completed",), timeout=180)
