@@ -14,3 +14,4 @@ pub mod queue;
 pub mod registry;
 pub mod search;
 pub mod sweep;
+pub mod words;

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
+use spotsweep_core::fleet::{BudgetPlan, PoolTerms, typical_attempt_seconds};
 use spotsweep_gce::{
     ComputeClient, ComputeError, Metadata, MetadataItem, NewInstance, Retry, ServiceAccount,
 };
@@ -193,10 +194,8 @@ impl PoolManager {
 
     async fn scale(&mut self) -> anyhow::Result<()> {
         let demand = self.store.pool_demand(&self.name).await?;
-        let slots = u64::from(self.cfg.slots_per_vm);
-        let wanted = (demand.waiting + demand.running)
-            .div_ceil(slots)
-            .min(u64::from(self.cfg.max_vms)) as usize;
+        let terms = self.terms();
+        let wanted = terms.vms_wanted(demand.waiting, demand.running);
         // Every VM the pool ever had: what it has spent; the ones not ended: what it has.
         let all = self.store.list_vms(Some(&self.name), true).await?;
         let now = now_ms();
@@ -250,7 +249,7 @@ impl PoolManager {
             }
         }
         let plan = BudgetPlan::new(
-            &self.cfg,
+            &terms,
             spent,
             self.typical_attempt_seconds().await?,
             demand.waiting + demand.running,
@@ -280,9 +279,20 @@ impl PoolManager {
         Ok(())
     }
 
-    /// The median length of the attempts that ended on this pool's VMs (`None` before any).
+    /// The pool's prices and limits, for the budget rules.
+    fn terms(&self) -> PoolTerms {
+        PoolTerms {
+            budget_usd: self.cfg.budget_usd,
+            price_per_hour: self.cfg.spot_price_per_hour,
+            slots_per_vm: self.cfg.slots_per_vm,
+            max_vms: self.cfg.max_vms,
+            idle_timeout_s: self.cfg.idle_timeout.as_secs_f64(),
+        }
+    }
+
+    /// The typical length of an attempt on this pool's VMs (`None` before any ended).
     async fn typical_attempt_seconds(&self) -> anyhow::Result<Option<f64>> {
-        let mut s: Vec<f64> = self
+        let ended = self
             .store
             .lease_costs(Some(&self.name), None)
             .await?
@@ -290,11 +300,7 @@ impl PoolManager {
             .filter(|l| l.outcome.is_some())
             .map(|l| l.seconds)
             .collect();
-        if s.is_empty() {
-            return Ok(None);
-        }
-        s.sort_by(f64::total_cmp);
-        Ok(Some(s[s.len() / 2]))
+        Ok(typical_attempt_seconds(ended))
     }
 
     /// The first zone of the pool's list that is not backed off.
@@ -710,123 +716,7 @@ impl PoolManager {
     }
 }
 
-/// What the budget allows now.
-#[derive(Debug, Clone, PartialEq)]
-struct BudgetPlan {
-    budget: Option<f64>,
-    spent: f64,
-    /// What one VM is expected to cost from now: its share of the work left at the typical
-    /// attempt length, plus the idle timeout, at most an hour (an hour when no attempt has ended
-    /// yet).
-    per_vm_usd: f64,
-    /// A typical attempt on top of what is spent and running would cross the budget.
-    stop_leases: bool,
-}
-
-impl BudgetPlan {
-    fn new(cfg: &GcePool, spent: f64, typical: Option<f64>, work: u64, running: u64, wanted: usize) -> Self {
-        let slots = f64::from(cfg.slots_per_vm.max(1));
-        let slots_total = wanted.max(1) as f64 * slots;
-        let per_vm_seconds = ((work as f64 / slots_total).ceil() * typical.unwrap_or(3600.0)
-            + cfg.idle_timeout.as_secs_f64())
-        .min(3600.0);
-        let per_vm_usd = cfg.spot_price_per_hour * per_vm_seconds / 3600.0;
-        let attempt_usd = cfg.spot_price_per_hour / slots * typical.unwrap_or(0.0) / 3600.0;
-        let stop_leases = cfg
-            .budget_usd
-            .is_some_and(|b| spent + running as f64 * attempt_usd + attempt_usd > b);
-        Self {
-            budget: cfg.budget_usd,
-            spent,
-            per_vm_usd,
-            stop_leases,
-        }
-    }
-
-    /// How many more VMs may start beside `live` ones.
-    fn vms_affordable(&self, live: usize) -> usize {
-        match self.budget {
-            None => usize::MAX,
-            Some(b) => {
-                let left = b - self.spent - live as f64 * self.per_vm_usd;
-                if left <= 0.0 || self.per_vm_usd <= 0.0 {
-                    0
-                } else {
-                    (left / self.per_vm_usd).floor() as usize
-                }
-            }
-        }
-    }
-}
-
 /// `us-central1` of `us-central1-a`.
 fn region_of(zone: &str) -> String {
     zone.rsplit_once('-').map_or(zone, |(r, _)| r).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pool(budget: Option<f64>) -> GcePool {
-        GcePool {
-            project: "p".into(),
-            zones: vec!["z".into()],
-            machine_type: "a2-highgpu-1g".into(),
-            accelerators: Vec::new(),
-            image: "i".into(),
-            disk_gb: 100,
-            slots_per_vm: 2,
-            max_vms: 8,
-            idle_timeout: Duration::from_secs(60),
-            max_vm_lifetime: Duration::from_secs(3600),
-            spot_price_per_hour: 1.80,
-            budget_usd: budget,
-            credentials: None,
-            compute_endpoint: String::new(),
-            service_account: None,
-            scopes: Vec::new(),
-            network: String::new(),
-            labels: Default::default(),
-            setup: None,
-        }
-    }
-
-    #[test]
-    fn before_any_attempt_a_vm_counts_an_hour() {
-        let plan = BudgetPlan::new(&pool(Some(5.0)), 0.0, None, 16, 0, 8);
-        assert!((plan.per_vm_usd - 1.80).abs() < 1e-12);
-        assert_eq!(plan.vms_affordable(0), 2);
-        assert_eq!(plan.vms_affordable(2), 0);
-        assert!(!plan.stop_leases);
-        assert_eq!(
-            BudgetPlan::new(&pool(None), 100.0, None, 16, 0, 8).vms_affordable(50),
-            usize::MAX
-        );
-    }
-
-    #[test]
-    fn with_a_typical_attempt_a_vm_counts_its_share_of_the_work() {
-        // 40 trials of 90 s on 4 VMs of 2 slots: 5 rounds each, 450 s + 60 s idle = 0.255 USD.
-        let plan = BudgetPlan::new(&pool(Some(1.0)), 0.0, Some(90.0), 40, 8, 4);
-        assert!(
-            (plan.per_vm_usd - 1.80 * 510.0 / 3600.0).abs() < 1e-12,
-            "{plan:?}"
-        );
-        assert_eq!(plan.vms_affordable(0), 3);
-        assert!(!plan.stop_leases);
-    }
-
-    #[test]
-    fn leases_stop_before_an_attempt_would_cross_the_budget() {
-        // An attempt on a slot: 1.80 / 2 * 3600 s / 3600 = 0.90 USD; 3 running and one more
-        // on 1.00 spent is 4.60.
-        let p = pool(Some(4.5));
-        assert!(BudgetPlan::new(&p, 1.0, Some(3600.0), 10, 3, 4).stop_leases);
-        assert!(!BudgetPlan::new(&p, 0.9, Some(3600.0), 10, 3, 4).stop_leases);
-        assert_eq!(
-            BudgetPlan::new(&p, 4.6, Some(3600.0), 10, 3, 4).vms_affordable(0),
-            0
-        );
-    }
 }

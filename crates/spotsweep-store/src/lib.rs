@@ -12,11 +12,13 @@
 
 pub mod model;
 mod sqlite;
+pub mod stored;
 
 use async_trait::async_trait;
 
 pub use model::*;
 pub use sqlite::{SqliteOptions, SqliteStore};
+pub use stored::Stored;
 
 /// The current time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

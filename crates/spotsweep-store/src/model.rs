@@ -17,23 +17,10 @@ pub enum LifecycleStage {
     Deleted,
 }
 
-impl LifecycleStage {
-    /// The stored and wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Deleted => "deleted",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Self {
-        if s == "deleted" {
-            Self::Deleted
-        } else {
-            Self::Active
-        }
-    }
-}
+spotsweep_core::words!(LifecycleStage, "lifecycle stage",
+    Active => "active",
+    Deleted => "deleted",
+);
 
 /// Which lifecycle stages a search returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,30 +49,13 @@ pub enum RunStatus {
     Killed,
 }
 
-impl RunStatus {
-    /// The stored and wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "RUNNING",
-            Self::Scheduled => "SCHEDULED",
-            Self::Finished => "FINISHED",
-            Self::Failed => "FAILED",
-            Self::Killed => "KILLED",
-        }
-    }
-
-    /// Parses MLflow's spelling; `None` for anything else.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "RUNNING" => Self::Running,
-            "SCHEDULED" => Self::Scheduled,
-            "FINISHED" => Self::Finished,
-            "FAILED" => Self::Failed,
-            "KILLED" => Self::Killed,
-            _ => return None,
-        })
-    }
-}
+spotsweep_core::words!(RunStatus, "run status",
+    Running => "RUNNING",
+    Scheduled => "SCHEDULED",
+    Finished => "FINISHED",
+    Failed => "FAILED",
+    Killed => "KILLED",
+);
 
 /// A key and a string value (params, tags).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -687,7 +687,13 @@ async fn a_stored_state_this_build_does_not_know_is_an_error_not_a_default() {
     let store = open(&dir).await;
     let e = store.list_trials(s.id).await.unwrap_err();
     assert!(
-        matches!(&e, StoreError::Incompatible(m) if m.contains("unknown state \"suspended\"")),
+        matches!(&e, StoreError::Incompatible(m) if m.contains("unknown trial state \"suspended\"")),
+        "{e:?}"
+    );
+    // The sweep's counts by state read it too: not skipped, an error.
+    let e = store.get_sweep(s.id).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Incompatible(m) if m.contains("unknown trial state \"suspended\"")),
         "{e:?}"
     );
     store.close().await;
@@ -698,7 +704,7 @@ async fn a_stored_state_this_build_does_not_know_is_an_error_not_a_default() {
     let store = open(&dir).await;
     let e = store.get_sweep(s.id).await.unwrap_err();
     assert!(
-        matches!(&e, StoreError::Incompatible(m) if m.contains("unknown state \"hibernating\"")),
+        matches!(&e, StoreError::Incompatible(m) if m.contains("unknown sweep state \"hibernating\"")),
         "{e:?}"
     );
     let e = store.set_sweep_state(s.id, SweepState::Paused).await.unwrap_err();

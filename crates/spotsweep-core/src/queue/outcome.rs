@@ -15,16 +15,11 @@ pub enum RunEnd {
     Killed,
 }
 
-impl RunEnd {
-    /// The MLflow run status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Finished => "FINISHED",
-            Self::Failed => "FAILED",
-            Self::Killed => "KILLED",
-        }
-    }
-}
+crate::words!(RunEnd, "run status",
+    Finished => "FINISHED",
+    Failed => "FAILED",
+    Killed => "KILLED",
+);
 
 /// What an outcome does to a trial.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +34,9 @@ pub struct OutcomeUpdate {
     pub failures: i64,
     /// How its run ends, when the trial's story ends here (`None`: it is requeued).
     pub run_end: Option<RunEnd>,
+    /// It ran out of GPU memory: its next attempt asks for twice the memory (see
+    /// [`super::place`], which doubles per out-of-memory exit).
+    pub more_memory: bool,
 }
 
 /// Applies an agent's `outcome` to a trial that failed `failures` times so far, in a sweep that
@@ -57,6 +55,7 @@ pub fn decide(
         reason,
         failures,
         run_end,
+        more_memory: matches!(outcome, Outcome::OutOfMemory(_)),
     };
     match outcome {
         Outcome::Succeeded(value) => match value.or(objective) {
@@ -142,6 +141,19 @@ pub fn observed(state: TrialState, value: Option<f64>, last_value: Option<f64>) 
 /// that fails everywhere would burn machine after machine. The local pool is one machine.
 pub fn setup_failures_to_pause(pool: &str) -> i64 {
     if pool == "local" { 1 } else { 3 }
+}
+
+/// After a setup failure (`reason`), with the sweep's setup now failed on `machines` machines
+/// of `pool`: the reason the trial and the person see when the sweep is to be paused, `None`
+/// when it goes on.
+pub fn setup_pause(pool: &str, machines: i64, reason: Option<&str>) -> Option<String> {
+    (machines >= setup_failures_to_pause(pool)).then(|| {
+        format!(
+            "{}\nthe setup failed on {machines} machine(s): the sweep is paused; fix the setup \
+             (or the machines) and resume it",
+            reason.unwrap_or("setup failed")
+        )
+    })
 }
 
 #[cfg(test)]
@@ -233,5 +245,30 @@ mod tests {
     fn a_setup_pauses_after_one_local_machine_or_three_others() {
         assert_eq!(setup_failures_to_pause("local"), 1);
         assert_eq!(setup_failures_to_pause("a100-spot"), 3);
+        assert_eq!(setup_pause("a100-spot", 2, Some("pip failed")), None);
+        let why = setup_pause("a100-spot", 3, Some("pip failed")).unwrap();
+        assert!(why.starts_with("pip failed\n"), "{why}");
+        assert!(
+            why.contains("on 3 machine(s)") && why.contains("resume it"),
+            "{why}"
+        );
+        assert!(
+            setup_pause("local", 1, None)
+                .unwrap()
+                .starts_with("setup failed\n")
+        );
+    }
+
+    #[test]
+    fn only_running_out_of_gpu_memory_asks_for_more_next_time() {
+        assert!(decide_with(Outcome::OutOfMemory("CUDA out of memory".into()), 0, None).more_memory);
+        for outcome in [
+            Outcome::Failed("exit 1".into()),
+            Outcome::SetupFailed("pip".into()),
+            Outcome::Preempted,
+            Outcome::Succeeded(Some(1.0)),
+        ] {
+            assert!(!decide_with(outcome.clone(), 0, None).more_memory, "{outcome:?}");
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! words stored in the database and sent on the wire, parsed strictly (an unknown word is an
 //! error for the caller to report, never a default).
 
+use super::outcome::RunEnd;
+
 /// A sweep's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SweepState {
@@ -15,26 +17,33 @@ pub enum SweepState {
     Cancelled,
 }
 
+crate::words!(SweepState, "sweep state",
+    Running => "running",
+    Paused => "paused",
+    Completed => "completed",
+    Cancelled => "cancelled",
+);
+
 impl SweepState {
-    /// The stored and wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::Completed => "completed",
-            Self::Cancelled => "cancelled",
+    /// Whether a sweep in this state may be set to `to`, and why not: running and paused go
+    /// back and forth and may be cancelled; a completed or cancelled sweep stays as it is; a
+    /// sweep completes by itself. Setting the state it has changes nothing.
+    pub fn change_to(self, to: SweepState) -> Result<(), String> {
+        match (self, to) {
+            (from, to) if from == to => Ok(()),
+            (Self::Completed | Self::Cancelled, _) => Err(format!("is {self}; it cannot change any more")),
+            (_, Self::Completed) => Err("completes by itself when its trials end".into()),
+            _ => Ok(()),
         }
     }
 
-    /// Parses the stored spelling.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "running" => Self::Running,
-            "paused" => Self::Paused,
-            "completed" => Self::Completed,
-            "cancelled" => Self::Cancelled,
-            _ => return None,
-        })
+    /// How the sweep's own MLflow run ends once the sweep is in this state (`None`: it goes on).
+    pub fn run_end(self) -> Option<RunEnd> {
+        match self {
+            Self::Running | Self::Paused => None,
+            Self::Completed => Some(RunEnd::Finished),
+            Self::Cancelled => Some(RunEnd::Killed),
+        }
     }
 }
 
@@ -58,35 +67,19 @@ pub enum TrialState {
     Cancelled,
 }
 
+crate::words!(TrialState, "trial state",
+    Queued => "queued",
+    Running => "running",
+    Completed => "completed",
+    Failed => "failed",
+    Pruned => "pruned",
+    Preempted => "preempted",
+    Cancelled => "cancelled",
+);
+
 impl TrialState {
-    /// All states, in display order.
-    pub const ALL: [TrialState; 7] = [
-        Self::Queued,
-        Self::Running,
-        Self::Completed,
-        Self::Failed,
-        Self::Pruned,
-        Self::Preempted,
-        Self::Cancelled,
-    ];
-
-    /// The stored and wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Pruned => "pruned",
-            Self::Preempted => "preempted",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    /// Parses the stored spelling.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s)
-    }
+    /// The states of a trial that has not ended: a sweep with one of these is not done.
+    pub const UNFINISHED: [TrialState; 3] = [Self::Queued, Self::Running, Self::Preempted];
 
     /// Whether the trial has ended for good.
     pub fn is_terminal(self) -> bool {
@@ -118,19 +111,56 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The word stored on the lease.
-    pub fn as_str(&self) -> &'static str {
+    /// What the lease records when its agent reports this.
+    pub fn lease_outcome(&self) -> LeaseOutcome {
         match self {
-            Self::Succeeded(_) => "succeeded",
-            Self::Failed(_) => "failed",
-            Self::Preempted => "preempted",
-            Self::Pruned(_) => "pruned",
-            Self::Cancelled => "cancelled",
-            Self::OutOfMemory(_) => "out_of_memory",
-            Self::SetupFailed(_) => "setup_failed",
+            Self::Succeeded(_) => LeaseOutcome::Succeeded,
+            Self::Failed(_) => LeaseOutcome::Failed,
+            Self::Preempted => LeaseOutcome::Preempted,
+            Self::Pruned(_) => LeaseOutcome::Pruned,
+            Self::Cancelled => LeaseOutcome::Cancelled,
+            Self::OutOfMemory(_) => LeaseOutcome::OutOfMemory,
+            Self::SetupFailed(_) => LeaseOutcome::SetupFailed,
         }
     }
+
+    /// The word stored on the lease.
+    pub fn as_str(&self) -> &'static str {
+        self.lease_outcome().as_str()
+    }
 }
+
+/// How a lease ended, as stored on it: the outcome its agent reported, or its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LeaseOutcome {
+    /// See [`Outcome::Succeeded`].
+    Succeeded,
+    /// See [`Outcome::Failed`].
+    Failed,
+    /// See [`Outcome::Preempted`].
+    Preempted,
+    /// See [`Outcome::Pruned`].
+    Pruned,
+    /// See [`Outcome::Cancelled`].
+    Cancelled,
+    /// See [`Outcome::OutOfMemory`].
+    OutOfMemory,
+    /// See [`Outcome::SetupFailed`].
+    SetupFailed,
+    /// Its agent stopped heartbeating; the trial went back to the queue.
+    Expired,
+}
+
+crate::words!(LeaseOutcome, "lease outcome",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Preempted => "preempted",
+    Pruned => "pruned",
+    Cancelled => "cancelled",
+    OutOfMemory => "out_of_memory",
+    SetupFailed => "setup_failed",
+    Expired => "expired",
+);
 
 /// What a heartbeat tells the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,4 +171,60 @@ pub enum HeartbeatAction {
     Stop,
     /// Stop the trial: the pruner judged it hopeless.
     Prune,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::words::assert_round_trips;
+
+    #[test]
+    fn every_state_has_one_spelling_that_parses_back() {
+        assert_round_trips::<SweepState>();
+        assert_round_trips::<TrialState>();
+        assert_round_trips::<LeaseOutcome>();
+    }
+
+    #[test]
+    fn the_unfinished_trial_states_are_the_ones_that_are_not_terminal() {
+        let unfinished: Vec<_> = TrialState::ALL
+            .iter()
+            .copied()
+            .filter(|s| !s.is_terminal())
+            .collect();
+        assert_eq!(unfinished, TrialState::UNFINISHED);
+    }
+
+    #[test]
+    fn running_and_paused_sweeps_change_and_ended_ones_stay() {
+        use SweepState::*;
+        for (from, to) in [
+            (Running, Paused),
+            (Paused, Running),
+            (Running, Cancelled),
+            (Paused, Cancelled),
+        ] {
+            assert_eq!(from.change_to(to), Ok(()), "{from} -> {to}");
+        }
+        for s in SweepState::ALL {
+            assert_eq!(s.change_to(*s), Ok(()), "{s}");
+        }
+        for from in [Completed, Cancelled] {
+            for to in [Running, Paused] {
+                assert!(
+                    from.change_to(to).unwrap_err().contains("cannot change"),
+                    "{from} -> {to}"
+                );
+            }
+        }
+        assert!(Running.change_to(Completed).unwrap_err().contains("by itself"));
+    }
+
+    #[test]
+    fn a_sweep_s_run_ends_with_it() {
+        assert_eq!(SweepState::Running.run_end(), None);
+        assert_eq!(SweepState::Paused.run_end(), None);
+        assert_eq!(SweepState::Completed.run_end(), Some(RunEnd::Finished));
+        assert_eq!(SweepState::Cancelled.run_end(), Some(RunEnd::Killed));
+    }
 }

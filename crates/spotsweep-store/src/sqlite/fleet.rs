@@ -3,14 +3,14 @@
 use async_trait::async_trait;
 
 use super::{SqliteStore, commit, map_err, now_ms};
-use crate::{FleetStore, LeaseCost, NewVm, PoolDemand, Result, StoreError, Vm, VmState, VmUpdate};
+use crate::{FleetStore, LeaseCost, NewVm, PoolDemand, Result, StoreError, Stored, Vm, VmState, VmUpdate};
 
 type VmRow = (
     i64,
     String,
     String,
     String,
-    String,
+    Stored<VmState>,
     String,
     Option<String>,
     Option<String>,
@@ -32,8 +32,7 @@ fn vm_of(r: VmRow) -> Result<Vm> {
         pool: r.1,
         name: r.2,
         zone: r.3,
-        state: VmState::parse(&r.4)
-            .ok_or_else(|| StoreError::Incompatible(format!("unknown VM state '{}'", r.4)))?,
+        state: r.4.0,
         request_id: r.5,
         operation: r.6,
         token_hash: r.7,

@@ -333,6 +333,16 @@ async fn refuse_newer_schema(pool: &SqlitePool) -> Result<()> {
 
 /// Maps sqlx errors: lock contention and pool exhaustion become `Busy` (a 503 the client
 /// retries), a full disk `Full`, everything else stays internal.
+/// `'a', 'b', ...`: a list of words for an `IN (...)` of a statement, from core's constants
+/// (their spellings are fixed identifiers, never input).
+pub(crate) fn words_sql<W: spotsweep_core::words::Word>(words: &[W]) -> String {
+    words
+        .iter()
+        .map(|w| format!("'{}'", w.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::PoolTimedOut => StoreError::Busy,
@@ -343,6 +353,10 @@ pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("13") => {
             note_full();
             StoreError::Full
+        }
+        // A stored value this build cannot read (see `Stored`): the message names it.
+        sqlx::Error::ColumnDecode { index, source } => {
+            StoreError::Incompatible(format!("column {index}: {source}"))
         }
         _ => StoreError::Internal(e),
     }

@@ -10,6 +10,7 @@ use spotsweep_core::search::{ModelAttribute, ModelOrderKey, ModelPredicate, StrO
 use super::search::{num_op, push_kv_condition, push_str_cmp};
 use super::tracking::experiment_row;
 use super::{SqliteStore, commit, map_err};
+use crate::Stored;
 use crate::{
     KeyValue, LifecycleStage, LoggedModel, LoggedModelQuery, LoggedModelStatus, ModelDirection, ModelMetric,
     ModelStore, NewLoggedModel, Result, RunModels, StoreError,
@@ -28,7 +29,7 @@ struct ModelRow {
     source_run_id: String,
     status: i64,
     artifact_uri: String,
-    lifecycle_stage: String,
+    lifecycle_stage: Stored<LifecycleStage>,
     creation_timestamp_ms: i64,
     last_updated_timestamp_ms: i64,
 }
@@ -43,7 +44,7 @@ impl From<ModelRow> for LoggedModel {
             source_run_id: r.source_run_id,
             status: LoggedModelStatus::from_number(r.status),
             artifact_uri: r.artifact_uri,
-            lifecycle_stage: LifecycleStage::parse(&r.lifecycle_stage),
+            lifecycle_stage: r.lifecycle_stage.0,
             creation_timestamp_ms: r.creation_timestamp_ms,
             last_updated_timestamp_ms: r.last_updated_timestamp_ms,
             params: Vec::new(),
@@ -75,7 +76,7 @@ async fn active_model(conn: &mut SqliteConnection, model_id: &str) -> Result<Mod
     .await
     .map_err(map_err)?;
     match row {
-        Some(r) if r.lifecycle_stage == "active" => Ok(r),
+        Some(r) if r.lifecycle_stage.0 == LifecycleStage::Active => Ok(r),
         _ => Err(not_found(model_id)),
     }
 }
@@ -282,10 +283,10 @@ impl ModelStore for SqliteStore {
     async fn create_logged_model(&self, new: NewLoggedModel) -> Result<LoggedModel> {
         let mut tx = self.begin_write().await?;
         let experiment = experiment_row(&mut tx, new.experiment_id).await?;
-        if experiment.lifecycle_stage != "active" {
+        if experiment.lifecycle_stage.0 != LifecycleStage::Active {
             return Err(StoreError::Invalid(format!(
                 "The experiment {} must be in the 'active' state. Current state is {}.",
-                new.experiment_id, experiment.lifecycle_stage
+                new.experiment_id, experiment.lifecycle_stage.0
             )));
         }
         let model_id = new_model_id();
@@ -324,7 +325,7 @@ impl ModelStore for SqliteStore {
         .await
         .map_err(map_err)?;
         let row = match row {
-            Some(r) if allow_deleted || r.lifecycle_stage == "active" => r,
+            Some(r) if allow_deleted || r.lifecycle_stage.0 == LifecycleStage::Active => r,
             _ => return Err(not_found(model_id)),
         };
         Ok(self.with_children(vec![row]).await?.remove(0))

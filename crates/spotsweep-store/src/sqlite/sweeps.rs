@@ -21,12 +21,16 @@ use sqlx::SqliteConnection;
 use super::latest_fold;
 use super::metric_blocks::{self, Point as MetricPoint};
 use super::tracking::insert_experiment;
-use super::{SqliteStore, commit, map_err, now_ms, queue_writer};
+use super::{SqliteStore, commit, map_err, now_ms, queue_writer, words_sql};
 use crate::{
     AgentSummary, Attempt, HeartbeatAction, LeaseRequest, LeasedTrial, NewExperiment, Outcome, Result,
-    StoreError, Sweep, SweepQuery, SweepState, SweepStore, Trial, TrialCounts, TrialState, TrialSummary,
+    StoreError, Stored, Sweep, SweepQuery, SweepState, SweepStore, Trial, TrialCounts, TrialState,
+    TrialSummary,
 };
-use spotsweep_core::queue::{self, RunEnd, observed, place};
+use spotsweep_core::queue::{
+    self, Beat, LeaseOutcome, LeaseStanding, Pulse, RunEnd, SweepProgress, Verdict, observed, place,
+};
+use spotsweep_core::words::Word;
 
 /// The artifact root of experiments created for sweeps: behind the daemon's artifact proxy.
 const SWEEP_ARTIFACT_ROOT: &str = "mlflow-artifacts:";
@@ -45,7 +49,7 @@ struct TrialRow {
     run_uuid: String,
     experiment_id: i64,
     artifact_uri: String,
-    state: String,
+    state: Stored<TrialState>,
     attempt: i64,
     failures: i64,
     value: Option<f64>,
@@ -70,8 +74,7 @@ impl TrialRow {
             ))
         };
         let params = serde_json::from_str(&self.params).map_err(|_| damaged("unreadable parameters"))?;
-        let state = TrialState::parse(&self.state)
-            .ok_or_else(|| damaged(&format!("the unknown state {:?}", self.state)))?;
+        let state = self.state.0;
         Ok(Trial {
             id: self.id,
             sweep_id: self.sweep_id,
@@ -103,7 +106,7 @@ struct SweepRow {
     spec: String,
     seed: i64,
     experiment_id: i64,
-    state: String,
+    state: Stored<SweepState>,
     trials_created: i64,
     created_at: i64,
     finished_at: Option<i64>,
@@ -178,7 +181,7 @@ struct LeaseRow {
     /// A pruner's verdict, when one told the trial to stop.
     stop_reason: Option<String>,
     lease_ended_at: Option<i64>,
-    lease_outcome: Option<String>,
+    lease_outcome: Option<Stored<LeaseOutcome>>,
     #[sqlx(flatten)]
     trial: TrialRow,
 }
@@ -330,46 +333,35 @@ async fn set_lease_gpus(conn: &mut SqliteConnection, lease_id: &str, gpus: Optio
     Ok(())
 }
 
-/// Ends the run of sweep `sweep_id` if the sweep has ended (see [`END_SWEEP_RUN`]).
-async fn end_sweep_run(conn: &mut SqliteConnection, sweep_id: i64) -> Result<()> {
-    let sql = format!("{END_SWEEP_RUN} AND s.id = ?2");
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(serde_json::json!({ "now": now_ms() }).to_string())
-        .bind(sweep_id)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_err)?;
+/// Ends the run of sweep `sweep_id`, now in `state`, if the sweep has ended (see
+/// [`SweepState::run_end`]), once.
+async fn end_sweep_run(conn: &mut SqliteConnection, sweep_id: i64, state: SweepState) -> Result<()> {
+    let Some(run_end) = state.run_end() else {
+        return Ok(());
+    };
+    sqlx::query(
+        "UPDATE runs SET status = ?1, end_time = ?2 \
+         WHERE run_uuid = (SELECT run_uuid FROM sweeps WHERE id = ?3) AND status = 'RUNNING'",
+    )
+    .bind(Stored(run_end))
+    .bind(now_ms())
+    .bind(sweep_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?;
     Ok(())
 }
 
-/// When a sweep (the row `sweeps`) is done: running or paused, every trial proposed, none left
-/// to run.
-const SWEEP_DONE: &str = "state IN ('running', 'paused') AND trials_created >= max_trials \
-     AND NOT EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = sweeps.id AND t.state IN ('queued', 'running', 'preempted'))";
-
-/// Ends the run of a sweep that ended (FINISHED when it completed, KILLED when cancelled), once:
-/// `?1 ->> 'now'` is the time; the caller appends the condition naming the sweep (`s.id = ..`).
-const END_SWEEP_RUN: &str = "UPDATE runs SET status = IIF(s.state = 'completed', 'FINISHED', 'KILLED'), \
-       end_time = ?1 ->> 'now' FROM sweeps s \
-     WHERE runs.run_uuid = s.run_uuid AND runs.status = 'RUNNING' AND s.state IN ('completed', 'cancelled')";
-
 /// Ends a lease (its end time kept if it already ended) with the outcome it records, and sets
 /// its trial's state, value (?2, a real: a float through JSON text could change), reason and
-/// failures; the run's status when the trial's story ends; and completes the sweep when that
-/// was its last trial.
-static END_LEASE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "UPDATE trials SET state = ?1 ->> 'state', value = ?2, reason = ?1 ->> 'reason', \
-           failures = ?1 ->> 'failures', finished_at = ?1 ->> 'finished_at' WHERE id = ?1 ->> 'trial_id'; \
-         UPDATE leases SET ended_at = COALESCE(ended_at, ?1 ->> 'now'), outcome = ?1 ->> 'lease_outcome' \
-           WHERE id = ?1 ->> 'lease_id'; \
-         UPDATE runs SET status = ?1 ->> 'run_status', end_time = ?1 ->> 'now' \
-           WHERE ?1 ->> 'run_status' IS NOT NULL AND id = (SELECT run_id FROM trials WHERE id = ?1 ->> 'trial_id'); \
-         UPDATE sweeps SET state = 'completed', finished_at = ?1 ->> 'now' \
-           WHERE id = (SELECT sweep_id FROM trials WHERE id = ?1 ->> 'trial_id') AND {SWEEP_DONE}; \
-         {END_SWEEP_RUN} AND s.id = (SELECT sweep_id FROM trials WHERE id = ?1 ->> 'trial_id')"
-    )
-});
+/// failures, and its run's status when the trial's story ends.
+const END_LEASE: &str = "UPDATE trials SET state = ?1 ->> 'state', value = ?2, reason = ?1 ->> 'reason', \
+       failures = ?1 ->> 'failures', finished_at = ?1 ->> 'finished_at', \
+       ooms = ooms + (?1 ->> 'more_memory') WHERE id = ?1 ->> 'trial_id'; \
+     UPDATE leases SET ended_at = COALESCE(ended_at, ?1 ->> 'now'), outcome = ?1 ->> 'lease_outcome' \
+       WHERE id = ?1 ->> 'lease_id'; \
+     UPDATE runs SET status = ?1 ->> 'run_status', end_time = ?1 ->> 'now' \
+       WHERE ?1 ->> 'run_status' IS NOT NULL AND id = (SELECT run_id FROM trials WHERE id = ?1 ->> 'trial_id')";
 
 /// The later of two latest points (see `Point::is_later_than`).
 fn later(a: Option<MetricPoint>, b: Option<MetricPoint>) -> Option<MetricPoint> {
@@ -549,8 +541,8 @@ impl Queue {
                 observed(
                     TrialState::parse(&state).ok_or_else(|| {
                         StoreError::Incompatible(format!(
-                            "trial {number} of sweep {sweep_id} has the unknown state {state:?}; the database \
-                             is damaged or from a newer spotsweep"
+                            "trial {number} of sweep {sweep_id}: {}",
+                            <TrialState as Word>::unknown(&state)
                         ))
                     })?,
                     value,
@@ -885,7 +877,7 @@ impl Queue {
         &self,
         conn: &mut SqliteConnection,
         lease_id: &str,
-        lease_outcome: &str,
+        lease_outcome: LeaseOutcome,
         mut trial: Trial,
         outcome: &Outcome,
     ) -> Result<Trial> {
@@ -903,18 +895,19 @@ impl Queue {
         );
         let now = now_ms();
         let finished_at = update.state.is_terminal().then_some(now);
-        sqlx::query(sqlx::AssertSqlSafe(END_LEASE.as_str()))
+        sqlx::query(END_LEASE)
             .bind(
                 serde_json::json!({
                     "lease_id": lease_id,
                     "now": now,
-                    "lease_outcome": lease_outcome,
+                    "lease_outcome": lease_outcome.as_str(),
                     "trial_id": trial.id,
                     "state": update.state.as_str(),
                     "reason": update.reason,
                     "failures": update.failures,
                     "finished_at": finished_at,
                     "run_status": update.run_end.map(RunEnd::as_str),
+                    "more_memory": i64::from(update.more_memory),
                 })
                 .to_string(),
             )
@@ -940,43 +933,34 @@ impl Queue {
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            let paused = if machines >= queue::setup_failures_to_pause(&pool) {
-                sqlx::query("UPDATE sweeps SET state = 'paused' WHERE id = ? AND state = 'running'")
+            if let Some(paused) = queue::setup_pause(&pool, machines, update.reason.as_deref()) {
+                let changed = sqlx::query("UPDATE sweeps SET state = ?1 WHERE id = ?2 AND state = ?3")
+                    .bind(Stored(SweepState::Paused))
                     .bind(trial.sweep_id)
+                    .bind(Stored(SweepState::Running))
                     .execute(&mut *conn)
                     .await
                     .map_err(map_err)?
-                    .rows_affected()
-            } else {
-                0
-            };
-            if paused > 0 {
-                let paused = format!(
-                    "{}\nthe setup failed on {machines} machine(s): the sweep is paused; fix the setup \
-                     (or the machines) and resume it",
-                    update.reason.as_deref().unwrap_or("setup failed")
-                );
-                sqlx::query("UPDATE trials SET reason = ? WHERE id = ?")
-                    .bind(&paused)
-                    .bind(trial.id)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map_err)?;
-                reason = Some(paused);
-                tracing::warn!(
-                    sweep = trial.sweep_id,
-                    machines,
-                    "setup failed on too many machines: sweep paused"
-                );
+                    .rows_affected();
+                if changed > 0 {
+                    sqlx::query("UPDATE trials SET reason = ? WHERE id = ?")
+                        .bind(&paused)
+                        .bind(trial.id)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(map_err)?;
+                    reason = Some(paused);
+                    tracing::warn!(
+                        sweep = trial.sweep_id,
+                        machines,
+                        "setup failed on too many machines: sweep paused"
+                    );
+                }
             }
         }
-        if matches!(outcome, Outcome::OutOfMemory(_)) {
-            // Asks for twice the GPU memory next time.
-            sqlx::query("UPDATE trials SET ooms = ooms + 1 WHERE id = ?")
-                .bind(trial.id)
-                .execute(&mut *conn)
-                .await
-                .map_err(map_err)?;
+        // Only a trial that ended for good can be a sweep's last.
+        if update.state.is_terminal() {
+            self.complete_sweep_if_done(conn, trial.sweep_id).await?;
         }
         // A rerun is no evidence for the sampler: its point was already tried.
         if trial.rerun_of.is_none() {
@@ -1000,17 +984,37 @@ impl Queue {
         Ok(trial)
     }
 
-    /// A running or paused sweep whose every trial was proposed and has ended is completed.
+    /// Completes sweep `sweep_id` and ends its run if it is done (see [`queue::sweep_done`]).
     async fn complete_sweep_if_done(&self, conn: &mut SqliteConnection, sweep_id: i64) -> Result<()> {
-        let sql =
-            format!("UPDATE sweeps SET state = 'completed', finished_at = ?1 WHERE id = ?2 AND {SWEEP_DONE}");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        let sql = format!(
+            "SELECT state, trials_created, max_trials, \
+               (SELECT COUNT(*) FROM trials WHERE sweep_id = ?1 AND state IN ({})) \
+             FROM sweeps WHERE id = ?1",
+            words_sql(&TrialState::UNFINISHED)
+        );
+        let (Stored(state), trials_created, max_trials, unfinished): (Stored<SweepState>, i64, i64, i64) =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(sweep_id)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(map_err)?;
+        let progress = SweepProgress {
+            state,
+            trials_created,
+            max_trials,
+            unfinished,
+        };
+        if !queue::sweep_done(progress) {
+            return Ok(());
+        }
+        sqlx::query("UPDATE sweeps SET state = ?1, finished_at = ?2 WHERE id = ?3")
+            .bind(Stored(SweepState::Completed))
             .bind(now_ms())
             .bind(sweep_id)
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
-        end_sweep_run(conn, sweep_id).await
+        end_sweep_run(conn, sweep_id, SweepState::Completed).await
     }
 
     /// Leases up to `request.slots` trials, inside the caller's write transaction.
@@ -1266,36 +1270,31 @@ impl Queue {
             .await
             .map_err(map_err)?
             .ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
-        let (lease_attempt, ended_at, ended_as) = (row.lease_attempt, row.lease_ended_at, row.lease_outcome);
-        // An agent reports a trial it was told to stop as cancelled; when a pruner stopped it,
-        // it was pruned.
-        let outcome = match (outcome, row.stop_reason) {
-            (Outcome::Cancelled, Some(verdict)) => Outcome::Pruned(verdict),
-            (outcome, _) => outcome,
-        };
+        let outcome = queue::reported(outcome, row.stop_reason);
         let mut trial = row.trial.into_trial()?;
-        if ended_at.is_some() {
-            let ended_as = ended_as.unwrap_or_default();
-            if ended_as == outcome.as_str() {
-                // A retried completion: answer as the first time.
-                return Ok(trial);
-            }
-            // The lease expired while the agent was away, but nobody has taken the trial since:
-            // its result is still the latest word on it, so keep it.
-            let untouched = ended_as == "expired"
-                && trial.attempt == lease_attempt
-                && matches!(trial.state, TrialState::Queued | TrialState::Preempted);
-            if !untouched {
-                return Err(StoreError::Conflict(format!(
-                    "lease '{lease_id}' already ended ({ended_as}); the trial is now {}",
-                    trial.state.as_str()
-                )));
-            }
+        let lease = LeaseStanding {
+            ended: match (row.lease_ended_at, row.lease_outcome) {
+                (None, _) => None,
+                (Some(_), Some(Stored(how))) => Some(how),
+                (Some(_), None) => {
+                    return Err(StoreError::Incompatible(format!(
+                        "lease '{lease_id}' ended without an outcome; the database is damaged"
+                    )));
+                }
+            },
+            attempt: row.lease_attempt,
+            trial_state: trial.state,
+            trial_attempt: trial.attempt,
+        };
+        match queue::judge(&lease, &outcome) {
+            Verdict::Apply => {}
+            Verdict::Repeat => return Ok(trial),
             // The expiry counted a failure that did not happen.
-            trial.failures = (trial.failures - 1).max(0);
+            Verdict::ApplyLate => trial.failures = (trial.failures - 1).max(0),
+            Verdict::Refuse(why) => return Err(StoreError::Conflict(format!("lease '{lease_id}' {why}"))),
         }
         let trial = self
-            .end_lease(tx, lease_id, outcome.as_str(), trial, &outcome)
+            .end_lease(tx, lease_id, outcome.lease_outcome(), trial, &outcome)
             .await?;
         Ok(trial)
     }
@@ -1304,17 +1303,18 @@ impl Queue {
 impl SqliteStore {
     async fn load_sweep(&self, row: SweepRow) -> Result<Sweep> {
         let spec = parse_spec(&row.spec)?;
-        let counts_rows: Vec<(String, i64)> =
+        let counts_rows: Vec<(Stored<TrialState>, i64)> =
             sqlx::query_as("SELECT state, COUNT(*) FROM trials WHERE sweep_id = ? GROUP BY state")
                 .bind(row.id)
                 .fetch_all(&self.reader)
                 .await
                 .map_err(map_err)?;
         let mut counts = TrialCounts::default();
-        for (state, n) in counts_rows {
-            if let Some(i) = TrialState::ALL.iter().position(|s| s.as_str() == state) {
-                counts.by_state[i] = n;
-            }
+        for (Stored(state), n) in counts_rows {
+            counts.by_state[TrialState::ALL
+                .iter()
+                .position(|s| *s == state)
+                .unwrap_or_default()] = n;
         }
         let best_sql = match spec.objective.goal {
             Goal::Minimize => {
@@ -1336,12 +1336,7 @@ impl SqliteStore {
             spec,
             seed: row.seed as u64,
             experiment_id: row.experiment_id,
-            state: SweepState::parse(&row.state).ok_or_else(|| {
-                StoreError::Incompatible(format!(
-                    "sweep {} has the unknown state {:?}; the database is damaged or from a newer spotsweep",
-                    row.id, row.state
-                ))
-            })?,
+            state: row.state.0,
             trials_created: row.trials_created,
             counts,
             best,
@@ -1449,25 +1444,18 @@ impl SweepStore for SqliteStore {
 
     async fn set_sweep_state(&self, id: i64, state: SweepState) -> Result<Sweep> {
         let mut tx = self.begin_write().await?;
-        let current: Option<(String,)> = sqlx::query_as("SELECT state FROM sweeps WHERE id = ?")
+        let current: Option<(Stored<SweepState>,)> = sqlx::query_as("SELECT state FROM sweeps WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await
             .map_err(map_err)?;
         let current = current
             .ok_or_else(|| StoreError::NotFound(format!("no sweep with id {id}")))?
+            .0
             .0;
-        let current = SweepState::parse(&current).ok_or_else(|| {
-            StoreError::Incompatible(format!(
-                "sweep {id} has the unknown state {current:?}; the database is damaged or from a newer spotsweep"
-            ))
-        })?;
-        if matches!(current, SweepState::Completed | SweepState::Cancelled) && current != state {
-            return Err(StoreError::Invalid(format!(
-                "sweep {id} is {}; it cannot change any more",
-                current.as_str()
-            )));
-        }
+        current
+            .change_to(state)
+            .map_err(|why| StoreError::Invalid(format!("sweep {id} {why}")))?;
         let now = now_ms();
         match state {
             SweepState::Running | SweepState::Paused => {
@@ -1502,13 +1490,10 @@ impl SweepStore for SqliteStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(map_err)?;
-                end_sweep_run(&mut tx, id).await?;
+                end_sweep_run(&mut tx, id, SweepState::Cancelled).await?;
             }
-            SweepState::Completed => {
-                return Err(StoreError::Invalid(
-                    "a sweep completes by itself when its trials end".into(),
-                ));
-            }
+            // `change_to` refuses it; a completed sweep asked to complete changes nothing.
+            SweepState::Completed => {}
         }
         let committed = commit(tx).await;
         // Cancelling changes trials outside the queue's own writes.
@@ -1652,12 +1637,10 @@ impl SweepStore for SqliteStore {
     async fn heartbeat(&self, lease_id: &str, ttl_ms: i64) -> Result<HeartbeatAction> {
         // One statement batch, no transaction: each statement commits by itself, and the read
         // after the extension sees it.
-        type Row = (Option<i64>, i64, String, i64, i64, i64, bool);
+        type Row = (Option<i64>, bool, Stored<SweepState>, i64, i64, i64, bool);
         let row: Option<Row> = sqlx::query_as(
             "UPDATE leases SET expires_at = ?2 WHERE id = ?1 AND ended_at IS NULL; \
-             SELECT l.ended_at, t.stop_requested, \
-               IIF(s.state = 'cancelled' AND t.rerun_of IS NOT NULL, 'ended', s.state), \
-               t.id, t.sweep_id, t.number, t.rerun_of IS NOT NULL \
+             SELECT l.ended_at, t.stop_requested, s.state, t.id, t.sweep_id, t.number, t.rerun_of IS NOT NULL \
              FROM leases l JOIN trials t ON t.id = l.trial_id JOIN sweeps s ON s.id = t.sweep_id WHERE l.id = ?1",
         )
         .bind(lease_id)
@@ -1667,17 +1650,18 @@ impl SweepStore for SqliteStore {
         .map_err(map_err)?
         .into_iter()
         .next();
-        let (ended_at, stop_requested, sweep_state, trial_id, sweep_id, number, rerun) =
+        let (ended_at, stop_requested, Stored(sweep), trial_id, sweep_id, number, rerun) =
             row.ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
-        // An ended lease: expired (the trial went back to the queue) or already completed. A
-        // rerun runs even in a cancelled sweep: one that was running when the sweep was
-        // cancelled was told to stop then (stop_requested), and a queued one was cancelled.
-        if ended_at.is_some() || stop_requested != 0 || sweep_state == "cancelled" {
-            return Ok(HeartbeatAction::Stop);
-        }
-        // A rerun reproduces a trial: no pruner stops it.
-        if rerun {
-            return Ok(HeartbeatAction::Continue);
+        let pulse = Pulse {
+            ended: ended_at.is_some(),
+            stop_requested,
+            sweep,
+            rerun,
+        };
+        match queue::heartbeat(pulse) {
+            Beat::Stop => return Ok(HeartbeatAction::Stop),
+            Beat::Continue => return Ok(HeartbeatAction::Continue),
+            Beat::AskPruner => {}
         }
         // Every heartbeat asks whether the sweep prunes: a connection only when the spec is not
         // parsed yet.
@@ -1709,11 +1693,12 @@ impl SweepStore for SqliteStore {
             Decision::Prune { step, reason } => {
                 sqlx::query(
                     "UPDATE trials SET stop_requested = 1, stop_reason = ?, pruned_step = ? \
-                     WHERE id = ? AND state = 'running'",
+                     WHERE id = ? AND state = ?",
                 )
                 .bind(&reason)
                 .bind(step)
                 .bind(trial_id)
+                .bind(Stored(TrialState::Running))
                 .execute(&self.writer)
                 .await
                 .map_err(map_err)?;
@@ -1739,12 +1724,9 @@ impl SweepStore for SqliteStore {
         let ended = async {
             for (lease_id, trial_id) in &expired {
                 let trial = trial_by_id(&mut tx, *trial_id).await?;
-                let reason = format!(
-                    "the lease of attempt {} expired: its agent stopped heartbeating",
-                    trial.attempt
-                );
+                let expiry = queue::expiry(trial.attempt);
                 self.queue
-                    .end_lease(&mut tx, lease_id, "expired", trial, &Outcome::Failed(reason))
+                    .end_lease(&mut tx, lease_id, LeaseOutcome::Expired, trial, &expiry)
                     .await?;
             }
             commit(tx).await
@@ -1797,7 +1779,7 @@ impl SweepStore for SqliteStore {
         // `leases_by_trial`: a third of the time of reading the trials and their leases apart.
         type Row = (
             i64,
-            String,
+            Stored<TrialState>,
             Option<f64>,
             String,
             i64,
@@ -1840,14 +1822,9 @@ impl SweepStore for SqliteStore {
                     reason,
                     rerun_of,
                 )| {
-                    let state = TrialState::parse(&state).ok_or_else(|| {
-                        StoreError::Incompatible(format!(
-                            "trial {number} of sweep {sweep_id} has an unknown state '{state}'"
-                        ))
-                    })?;
                     Ok(TrialSummary {
                         number,
-                        state,
+                        state: state.0,
                         value,
                         params_json,
                         attempts,

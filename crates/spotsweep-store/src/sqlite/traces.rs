@@ -10,7 +10,7 @@ use spotsweep_core::search::{TraceAttribute, TracePredicate};
 use super::search::{num_op, push_kv_condition, push_str_cmp};
 use super::tracking::experiment_row;
 use super::{SqliteStore, commit, map_err};
-use crate::{KeyValue, Result, StoreError, TraceDeletion, TraceInfo, TraceQuery, TraceStore};
+use crate::{KeyValue, LifecycleStage, Result, StoreError, TraceDeletion, TraceInfo, TraceQuery, TraceStore};
 
 /// The tag that tells the client where to put (and find) a trace's spans.
 pub const ARTIFACT_LOCATION_TAG: &str = "mlflow.artifactLocation";
@@ -154,10 +154,10 @@ impl TraceStore for SqliteStore {
     async fn upsert_trace(&self, info: TraceInfo) -> Result<TraceInfo> {
         let mut tx = self.begin_write().await?;
         let experiment = experiment_row(&mut tx, info.experiment_id).await?;
-        if experiment.lifecycle_stage != "active" {
+        if experiment.lifecycle_stage.0 != LifecycleStage::Active {
             return Err(StoreError::Invalid(format!(
                 "The experiment {} must be in the 'active' state. Current state is {}.",
-                info.experiment_id, experiment.lifecycle_stage
+                info.experiment_id, experiment.lifecycle_stage.0
             )));
         }
         // A trace sent again (the client does, when it ends) keeps its experiment.

@@ -10,6 +10,7 @@ use super::latest_fold;
 use super::metric_blocks::{self, Point};
 use super::search::{experiment_search_sql, order_metric, run_search_by_order_sql, run_search_sql};
 use super::{RunKeys, SqliteStore, commit, map_err, now_ms};
+use crate::Stored;
 use crate::{
     Batch, DatasetInput, DatasetSummary, Experiment, ExperimentQuery, KeyValue, LifecycleStage, Metric,
     NewExperiment, NewRun, Page, Result, Run, RunInfo, RunQuery, RunStatus, RunUpdate, StoreError,
@@ -33,11 +34,11 @@ pub(super) struct RunRow {
     experiment_id: i64,
     name: String,
     user_id: String,
-    status: String,
+    status: Stored<RunStatus>,
     start_time: i64,
     end_time: Option<i64>,
     artifact_uri: String,
-    lifecycle_stage: String,
+    lifecycle_stage: Stored<LifecycleStage>,
 }
 
 impl RunRow {
@@ -52,11 +53,11 @@ impl RunRow {
             experiment_id: self.experiment_id,
             run_name: self.name,
             user_id: self.user_id,
-            status: RunStatus::parse(&self.status).unwrap_or(RunStatus::Running),
+            status: self.status.0,
             start_time: self.start_time,
             end_time: self.end_time,
             artifact_uri: self.artifact_uri,
-            lifecycle_stage: LifecycleStage::parse(&self.lifecycle_stage),
+            lifecycle_stage: self.lifecycle_stage.0,
         };
         (self.id, info)
     }
@@ -67,7 +68,7 @@ pub(super) struct ExperimentRow {
     pub(super) experiment_id: i64,
     name: String,
     pub(super) artifact_location: String,
-    pub(super) lifecycle_stage: String,
+    pub(super) lifecycle_stage: Stored<LifecycleStage>,
     creation_time: i64,
     last_update_time: i64,
 }
@@ -78,7 +79,7 @@ impl ExperimentRow {
             experiment_id: self.experiment_id,
             name: self.name,
             artifact_location: self.artifact_location,
-            lifecycle_stage: LifecycleStage::parse(&self.lifecycle_stage),
+            lifecycle_stage: self.lifecycle_stage.0,
             creation_time: self.creation_time,
             last_update_time: self.last_update_time,
             tags,
@@ -314,10 +315,10 @@ pub(super) async fn insert_experiment(conn: &mut SqliteConnection, new: NewExper
 /// Inserts a run with its tags into an active experiment; returns its key and artifact URI.
 async fn insert_run(conn: &mut SqliteConnection, new: &NewRun) -> Result<(i64, String)> {
     let exp = experiment_row(conn, new.experiment_id).await?;
-    if exp.lifecycle_stage != "active" {
+    if exp.lifecycle_stage.0 != LifecycleStage::Active {
         return Err(StoreError::Invalid(format!(
             "The experiment {} must be in the 'active' state. Current state is {}.",
-            new.experiment_id, exp.lifecycle_stage
+            new.experiment_id, exp.lifecycle_stage.0
         )));
     }
     let artifact_uri = format!(
@@ -673,7 +674,7 @@ impl TrackingStore for SqliteStore {
     async fn rename_experiment(&self, experiment_id: i64, new_name: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let row = experiment_row(&mut tx, experiment_id).await?;
-        if row.lifecycle_stage != "active" {
+        if row.lifecycle_stage.0 != LifecycleStage::Active {
             return Err(StoreError::Invalid(format!(
                 "Cannot rename a non-active experiment {experiment_id}. Restore it first."
             )));
@@ -730,10 +731,10 @@ impl TrackingStore for SqliteStore {
     async fn set_experiment_tag(&self, experiment_id: i64, key: &str, value: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let row = experiment_row(&mut tx, experiment_id).await?;
-        if row.lifecycle_stage != "active" {
+        if row.lifecycle_stage.0 != LifecycleStage::Active {
             return Err(StoreError::Invalid(format!(
                 "The experiment {experiment_id} must be in the 'active' state. Current state is {}.",
-                row.lifecycle_stage
+                row.lifecycle_stage.0
             )));
         }
         sqlx::query(
