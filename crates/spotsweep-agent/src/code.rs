@@ -313,11 +313,7 @@ pub async fn download_snapshot(
     dst: &Path,
 ) -> Result<u64, String> {
     let hex = digest(id)?;
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: server.trim_end_matches('/').to_owned(),
-        token: token.map(str::to_owned),
-    };
+    let client = Client::new(server, token.map(str::to_owned));
     let parent = dst
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

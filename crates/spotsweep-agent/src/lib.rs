@@ -19,9 +19,9 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
+use spotsweep_api::client::{Client, Error as ApiError};
 use spotsweep_api::{
-    CompleteRequest, GpuBody, HeartbeatAction, HeartbeatResponse, LeaseBody, LeaseRequestBody, LeaseResponse,
-    OutcomeKind,
+    CompleteRequest, GpuBody, HeartbeatAction, HeartbeatRequest, LeaseBody, LeaseRequestBody, OutcomeKind,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -248,23 +248,6 @@ async fn run_setup(
     }
 }
 
-#[derive(Clone)]
-pub(crate) struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
-}
-
-impl Client {
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, format!("{}{path}", self.base));
-        match &self.token {
-            Some(t) => r.bearer_auth(t),
-            None => r,
-        }
-    }
-}
-
 /// Exponential back-off with jitter, capped: 0.5 s, 1 s, 2 s ... 30 s.
 fn backoff(attempt: u32) -> Duration {
     let base = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
@@ -325,25 +308,26 @@ pub async fn preemption_notice(host: &str) {
 
 /// Runs the agent until `shutdown` resolves; then stops its trials and reports them preempted.
 pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let client = Client {
-        http: reqwest::Client::builder()
+    let client = Client::with_http(
+        reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()?,
-        base: config.server.trim_end_matches('/').to_owned(),
-        token: config.token.clone(),
-    };
+        &config.server,
+        config.token.clone(),
+    );
     // Checkpoints may be gigabytes: no limit on a whole transfer, only on a silent connection.
-    let transfers = Client {
-        http: reqwest::Client::builder()
+    let transfers = Client::with_http(
+        reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(Duration::from_secs(120))
             .build()?,
-        ..client.clone()
-    };
+        &config.server,
+        config.token.clone(),
+    );
     std::fs::create_dir_all(&config.work_dir)
         .with_context(|| format!("cannot create work dir {}", config.work_dir.display()))?;
     let agent_id = format!("{}-{}", config.name, hex::encode(rand::rng().random::<[u8; 4]>()));
-    tracing::info!(%agent_id, slots = config.slots, pool = %config.pool, server = %client.base, "agent started");
+    tracing::info!(%agent_id, slots = config.slots, pool = %config.pool, server = %client.base(), "agent started");
     let mut free: Vec<usize> = (0..config.slots as usize).rev().collect();
     // MiB not held by running trials, per GPU of known memory.
     let mut gpu_free: Vec<u64> = config.gpus.iter().map(|g| g.memory_mib.unwrap_or(0)).collect();
@@ -403,10 +387,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
                 .collect(),
             gpu_overhead_mib: Some(config.gpu_overhead_mib),
         };
-        let lease = client
-            .request(reqwest::Method::POST, "/api/v1/leases")
-            .json(&body)
-            .send();
+        let lease = client.lease(&body);
         let answer = tokio::select! {
             _ = &mut shutdown => break,
             Some(freed) = done_rx.recv() => {
@@ -419,31 +400,19 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             r = lease => r,
         };
         let leases = match answer {
-            Ok(r) if r.status().is_success() => match r.json::<LeaseResponse>().await {
-                Ok(l) => l.leases,
-                Err(e) => {
-                    tracing::warn!(error = %e, "unreadable lease answer");
-                    vec![]
-                }
-            },
-            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+            Ok(l) => l.leases,
+            Err(ApiError::Unreadable(e)) => {
+                tracing::warn!(error = %e, "unreadable lease answer");
+                vec![]
+            }
+            Err(e) if e.status() == Some(401) => {
                 anyhow::bail!("the daemon refused the token (401): check --token / SPOTSWEEP_TOKEN");
             }
             // A refusal of the request itself (a bad option) will not get better by retrying.
-            Ok(r)
-                if r.status().is_client_error()
-                    && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS
-                    && r.status() != reqwest::StatusCode::REQUEST_TIMEOUT =>
-            {
-                let status = r.status();
-                let text = r.text().await.unwrap_or_default();
-                anyhow::bail!("the daemon refused the lease request ({status}): {text}");
+            Err(e) if !e.is_transient() => {
+                anyhow::bail!("the daemon refused the lease request ({e})");
             }
-            other => {
-                let what = match other {
-                    Ok(r) => format!("HTTP {}", r.status()),
-                    Err(e) => e.to_string(),
-                };
+            Err(what) => {
                 let wait = backoff(failures);
                 failures += 1;
                 tracing::warn!(error = %what, retry_in = ?wait, "cannot lease; the daemon may be away");
@@ -724,7 +693,7 @@ impl TrialTask {
         } else {
             anyhow::bail!("the lease has neither a command nor a notebook");
         };
-        cmd.env("MLFLOW_TRACKING_URI", &self.client.base)
+        cmd.env("MLFLOW_TRACKING_URI", self.client.base())
             .env("MLFLOW_RUN_ID", &l.trial.run_id)
             .env("MLFLOW_EXPERIMENT_ID", &l.trial.experiment_id)
             .env(
@@ -741,7 +710,7 @@ impl TrialTask {
         // The trial gets its own token (its run, its experiment, its lease), never the agent's:
         // a daemon without auth sends none, and then the agent's is all there is.
         cmd.env_remove("SPOTSWEEP_TOKEN");
-        if let Some(token) = l.trial_token.as_ref().or(self.client.token.as_ref()) {
+        if let Some(token) = l.trial_token.as_deref().or(self.client.token()) {
             cmd.env("MLFLOW_TRACKING_TOKEN", token);
         }
         if let Some(gpu) = &self.gpu {
@@ -938,26 +907,14 @@ impl TrialTask {
     /// `Some(true)` to go on, `Some(false)` when told to stop, `None` when the daemon is away
     /// (the trial goes on; the lease may expire, and the result is still reported later).
     async fn heartbeat(&self) -> Option<bool> {
-        let path = format!("/api/v1/leases/{}/heartbeat", self.lease.lease_id);
-        let body = match self.config.lease_ttl {
-            Some(ttl) => serde_json::json!({ "ttl_ms": ttl.as_millis() as i64 }),
-            None => serde_json::json!({}),
+        let body = HeartbeatRequest {
+            ttl_ms: self.config.lease_ttl.map(|ttl| ttl.as_millis() as i64),
         };
-        match self
-            .client
-            .request(reqwest::Method::POST, &path)
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => r
-                .json::<HeartbeatResponse>()
-                .await
-                .ok()
-                .map(|h| h.action != HeartbeatAction::Stop),
-            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Some(false),
-            Ok(r) => {
-                tracing::warn!(status = %r.status(), "heartbeat refused");
+        match self.client.heartbeat(&self.lease.lease_id, &body).await {
+            Ok(h) => Some(h.action != HeartbeatAction::Stop),
+            Err(e) if e.status() == Some(404) => Some(false),
+            Err(e @ ApiError::Refused { .. }) => {
+                tracing::warn!(error = %e, "heartbeat refused");
                 None
             }
             Err(e) => {
@@ -1001,16 +958,9 @@ impl TrialTask {
         if tags.is_empty() {
             return;
         }
-        let body = serde_json::json!({
-            "run_id": self.lease.trial.run_id,
-            "tags": tags.iter().map(|(k, v)| serde_json::json!({"key": k, "value": v})).collect::<Vec<_>>(),
-        });
-        let _ = self
-            .client
-            .request(reqwest::Method::POST, "/api/2.0/mlflow/runs/log-batch")
-            .json(&body)
-            .send()
-            .await;
+        if let Err(e) = self.client.set_run_tags(&self.lease.trial.run_id, &tags).await {
+            tracing::warn!(error = %e, "cannot record the code version on the run");
+        }
     }
 
     /// Records the machine's environment on the run: short facts as tags, the full record
@@ -1024,16 +974,13 @@ impl TrialTask {
             .or_else(|| std::env::var("PATH").ok())
             .unwrap_or_default();
         let env = self.environments.get(&path).await;
-        let body = serde_json::json!({
-            "run_id": self.lease.trial.run_id,
-            "tags": env.tags.iter().map(|(k, v)| serde_json::json!({"key": k, "value": v})).collect::<Vec<_>>(),
-        });
-        let _ = self
+        if let Err(e) = self
             .client
-            .request(reqwest::Method::POST, "/api/2.0/mlflow/runs/log-batch")
-            .json(&body)
-            .send()
-            .await;
+            .set_run_tags(&self.lease.trial.run_id, &env.tags)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the environment on the run");
+        }
         let file = dir.join("environment.json");
         if std::fs::write(&file, &env.json).is_ok() {
             self.upload(&file, "environment.json").await;
@@ -1063,25 +1010,13 @@ impl TrialTask {
     /// Reports the outcome, retrying with back-off until the daemon has it: a finished trial's
     /// result is never dropped because the daemon was briefly away.
     async fn report(&self, outcome: CompleteRequest) {
-        let path = format!("/api/v1/leases/{}/complete", self.lease.lease_id);
         for attempt in 0u32.. {
-            match self
-                .client
-                .request(reqwest::Method::POST, &path)
-                .json(&outcome)
-                .send()
-                .await
-            {
-                Ok(r) if r.status().is_success() => return,
-                Ok(r)
-                    if r.status().is_client_error()
-                        && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
-                {
-                    let text = r.text().await.unwrap_or_default();
-                    tracing::warn!(answer = %text, "the daemon refused the trial's result");
+            match self.client.complete(&self.lease.lease_id, &outcome).await {
+                Ok(_) => return,
+                Err(e) if !e.is_transient() => {
+                    tracing::warn!(error = %e, "the daemon refused the trial's result");
                     return;
                 }
-                Ok(r) => tracing::warn!(status = %r.status(), "reporting the result failed; retrying"),
                 Err(e) => tracing::warn!(error = %e, "reporting the result failed; retrying"),
             }
             tokio::time::sleep(backoff(attempt)).await;

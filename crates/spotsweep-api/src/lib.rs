@@ -5,6 +5,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+#[cfg(feature = "client")]
+pub mod client;
+
 /// Every `/api/v1` error: a stable machine-readable code and a message for a person.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApiErrorBody {
@@ -554,6 +557,15 @@ pub struct LeaseBody {
 pub struct LeaseResponse {
     /// Leased trials (empty when no work came within `wait_ms`).
     pub leases: Vec<LeaseBody>,
+}
+
+/// `POST /api/v1/leases/{id}/heartbeat` (an empty body is the same as `{}`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// New time to live (default: 60000 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<i64>,
 }
 
 /// `POST /api/v1/leases/{id}/heartbeat` answer.

@@ -452,7 +452,11 @@ pub async fn attach(
                 (written.out, written.bytes)
             }
         };
-        let stored = daemon.put_code(&snapshot.id, file, size).await?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 1 << 20);
+        let stored = daemon
+            .put_code(&snapshot.id, reqwest::Body::wrap_stream(stream), size)
+            .await
+            .with_context(|| format!("cannot upload code snapshot {}", snapshot.id))?;
         eprintln!(
             "code: {} uploaded ({} bytes) in {:.2} s",
             stored.code,

@@ -180,7 +180,7 @@ struct DaemonArgs {
 
 impl DaemonArgs {
     fn daemon(&self) -> anyhow::Result<Daemon> {
-        Daemon::locate(self.server.clone(), self.token.clone(), &self.data_dir)
+        client::locate(self.server.clone(), self.token.clone(), &self.data_dir)
     }
 }
 
@@ -749,7 +749,7 @@ async fn run_spec(
         let _ = stop_rx.await;
     }));
     let token_path = data_dir.join("admin.token");
-    let mut daemon = Daemon::new(url.clone(), None);
+    let mut daemon = Daemon::new(&url, None);
     for _ in 0..500 {
         if daemon.healthy().await && token_path.exists() {
             break;
@@ -757,14 +757,14 @@ async fn run_spec(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     daemon = Daemon::new(
-        url.clone(),
+        &url,
         std::fs::read_to_string(&token_path)
             .ok()
             .map(|t| t.trim().to_owned()),
     );
     let result = async {
         code::attach(&daemon, &mut spec, snapshot).await?;
-        let sweep = daemon.submit(&spec).await?;
+        let sweep = daemon.submit_sweep(&spec).await?;
         eprintln!("sweep {} '{}' submitted: {} trials, {} local agents", sweep.id, sweep.name, sweep.max_trials, parallelism.max(1));
         tokio::select! {
             s = follow(&daemon, sweep.id) => s,
@@ -805,7 +805,7 @@ fn main() -> anyhow::Result<()> {
             attach_source(&mut spec, spec_dir(&args.spec), &args.spec, None);
             let snapshot = code::pack_workdir(&spec, spec_dir(&args.spec), args.code.code_limit_mb)?;
             code::attach(&daemon, &mut spec, snapshot).await?;
-            let sweep = daemon.submit(&spec).await?;
+            let sweep = daemon.submit_sweep(&spec).await?;
             println!("{}", sweep.id);
             Ok(())
         }),
@@ -827,7 +827,7 @@ fn main() -> anyhow::Result<()> {
         Command::Watch(args) => runtime.block_on(async {
             let daemon = args.daemon.daemon()?;
             let sweep = follow(&daemon, args.id).await?;
-            print_result(&sweep, &daemon.url, Output::Table)
+            print_result(&sweep, daemon.base(), Output::Table)
         }),
         Command::Run(args) => {
             let completed = runtime.block_on(run_all(args))?;

@@ -79,7 +79,7 @@ pub async fn checkout(daemon: &Daemon, sweep: i64, number: i64, dir: &Path) -> a
     }
     match &launch.code {
         Some(code) => {
-            let bytes = spotsweep_agent::download_snapshot(&daemon.url, daemon.token.as_deref(), code, dir)
+            let bytes = spotsweep_agent::download_snapshot(daemon.base(), daemon.token(), code, dir)
                 .await
                 .map_err(anyhow::Error::msg)?;
             eprintln!("code snapshot {code}: {bytes} bytes of files");

@@ -19,10 +19,17 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use spotsweep_api::{ApiErrorBody, CodeSnapshotBody};
 use spotsweep_core::sweep::code_digest;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::api::{ApiError, ApiPath};
 use crate::auth::VmPrincipal;
+
+/// The routes of code snapshots.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_code, head_code, put_code))
+}
 
 /// The snapshots on disk.
 #[derive(Debug)]

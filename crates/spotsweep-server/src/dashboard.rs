@@ -22,10 +22,22 @@ use spotsweep_api::{
 };
 use spotsweep_core::sweep::{Goal, Params};
 use spotsweep_store::{TokenRole, TrialState};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::api::{ApiError, ApiPath, ApiQuery};
 use crate::auth::Caller;
+
+/// The routes of the dashboard's views.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(me))
+        .routes(routes!(table))
+        .routes(routes!(importance))
+        .routes(routes!(curves))
+        .routes(routes!(attempts))
+}
 
 mod assets {
     include!(concat!(env!("OUT_DIR"), "/dashboard_assets.rs"));
@@ -194,7 +206,7 @@ pub async fn me(
                 TokenRole::Admin => spotsweep_api::TokenRole::Admin,
                 TokenRole::User => spotsweep_api::TokenRole::User,
             },
-            scope: crate::api::scope_on_wire(token.scope),
+            scope: crate::tokens::scope_on_wire(token.scope),
             auth: true,
             mlflow_ui,
         })),

@@ -16,8 +16,15 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Serialize;
 use tokio::sync::broadcast::{self, error::RecvError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
+
+/// The route of live events.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(events))
+}
 
 /// How long a stream gathers changes after the first before it sends them as one event.
 const GATHER: Duration = Duration::from_millis(100);

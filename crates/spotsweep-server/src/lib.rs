@@ -14,7 +14,9 @@ pub mod events;
 pub mod fleet;
 pub mod local;
 pub mod pools;
+pub mod pools_api;
 pub mod sweeps;
+pub mod tokens;
 pub mod ui;
 mod wire;
 

@@ -8,8 +8,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use spotsweep_api::{
-    BestTrial, CompleteRequest, EnqueueTrialRequest, GpuShare, HeartbeatResponse, LeaseBody,
-    LeaseRequestBody, LeaseResponse, NotebookBody, RerunRequest, SweepBody, SweepList, TrialBody,
+    BestTrial, CompleteRequest, EnqueueTrialRequest, GpuShare, HeartbeatRequest, HeartbeatResponse,
+    LeaseBody, LeaseRequestBody, LeaseResponse, NotebookBody, RerunRequest, SweepBody, SweepList, TrialBody,
     TrialCountsBody, TrialLaunchBody, TrialList,
 };
 use spotsweep_core::sweep::{Goal, ParamValue, Params, SweepSpec, render_command, validate_params};
@@ -17,10 +17,29 @@ use spotsweep_store::{
     GpuFree, LeaseRequest, LeasedTrial, Outcome, Sweep, SweepState, Trial, TrialState, VmState, VmUpdate,
 };
 use tokio::sync::Notify;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::api::{ApiBody, ApiError, ApiPath, ApiQuery};
 use crate::auth::{TrialScope, trial_token};
+
+/// The routes of sweeps, their trials, and the leases agents take on them.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_sweep, list_sweeps))
+        .routes(routes!(get_sweep))
+        .routes(routes!(pause_sweep))
+        .routes(routes!(resume_sweep))
+        .routes(routes!(cancel_sweep))
+        .routes(routes!(list_trials, enqueue_trial))
+        .routes(routes!(get_trial))
+        .routes(routes!(rerun_trial))
+        .routes(routes!(trial_launch))
+        .routes(routes!(lease_trials))
+        .routes(routes!(heartbeat))
+        .routes(routes!(complete_trial))
+}
 
 /// Default lease time to live: an agent that misses heartbeats this long loses the trial.
 pub const DEFAULT_LEASE_TTL_MS: i64 = 60_000;
@@ -786,15 +805,6 @@ pub async fn lease_trials(
             _ = tokio::time::sleep_until(deadline) => return Ok(Json(LeaseResponse { leases: vec![] })),
         }
     }
-}
-
-/// `POST /api/v1/leases/{id}/heartbeat` body.
-#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HeartbeatRequest {
-    /// New time to live (default: 60000 ms).
-    #[serde(default)]
-    pub ttl_ms: Option<i64>,
 }
 
 /// Extends a lease; answers `stop` when the trial was cancelled or pruned or the lease lost.

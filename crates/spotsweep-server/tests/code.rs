@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::TestServer;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use spotsweep_api::{CompleteRequest, LeaseRequestBody, OutcomeKind};
 use spotsweep_gce_fake::{FakeCompute, FakeConfig};
 use spotsweep_server::pools::{GcePool, Pool};
 
@@ -250,27 +251,15 @@ async fn a_rerun_on_a_gce_pool_gets_a_vm_that_reads_the_snapshot_while_the_rerun
     let code = upload(&server, b"the local sweep's code").await;
     let sweep = create_sweep(&server, "local", &code).await;
     // Trial 0 runs and ends on the local pool (by hand, as an ask-and-tell worker).
-    let r = server
-        .post(
-            "/api/v1/leases",
-            json!({"agent_id": "laptop", "slots": 1, "pool": "local"}),
-        )
-        .send()
+    let api = server.api();
+    let leased = api
+        .lease(&lease_request("laptop", Some("local"), 0))
         .await
         .unwrap();
-    let lease: Value = r.json().await.unwrap();
-    let lease_id = lease["leases"][0]["lease_id"].as_str().unwrap().to_owned();
-    let r = server
-        .post(
-            &format!("/api/v1/leases/{lease_id}/complete"),
-            json!({"outcome": "succeeded", "value": 0.5}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    server
-        .post(&format!("/api/v1/sweeps/{sweep}/cancel"), json!({}))
+    let lease_id = &leased.leases[0].lease_id;
+    api.complete(lease_id, &succeeded(0.5)).await.unwrap();
+    api.request(reqwest::Method::POST, &format!("/api/v1/sweeps/{sweep}/cancel"))
+        .json(&json!({}))
         .send()
         .await
         .unwrap();
@@ -278,20 +267,8 @@ async fn a_rerun_on_a_gce_pool_gets_a_vm_that_reads_the_snapshot_while_the_rerun
 
     // Its rerun on the a100 pool: a VM is created for it, and that VM's token reads the
     // sweep's snapshot and leases the rerun.
-    let r = server
-        .post(
-            &format!("/api/v1/sweeps/{sweep}/trials/0/rerun"),
-            json!({"pool": "a100"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let rerun: Value = r.json().await.unwrap();
-    assert_eq!(
-        (rerun["rerun_of"].as_i64(), rerun["pool"].as_str()),
-        (Some(0), Some("a100"))
-    );
+    let rerun = api.rerun(sweep, 0, Some("a100")).await.unwrap();
+    assert_eq!((rerun.rerun_of, rerun.pool.as_deref()), (Some(0), Some("a100")));
     let (instance, token) = booting_vm(&server, &fake).await;
     let http = reqwest::Client::new();
     let read = || {
@@ -300,28 +277,54 @@ async fn a_rerun_on_a_gce_pool_gets_a_vm_that_reads_the_snapshot_while_the_rerun
             .send()
     };
     assert_eq!(read().await.unwrap().status(), 200);
-    let r = http
-        .post(format!("{}/api/v1/leases", server.url))
-        .bearer_auth(&token)
-        .json(&json!({"agent_id": format!("{}-abc", instance.name), "slots": 1, "wait_ms": 5000}))
-        .send()
+    let vm = server.api_as(&token);
+    let leased = vm
+        .lease(&lease_request(&format!("{}-abc", instance.name), None, 5000))
         .await
         .unwrap();
-    let leased: Value = r.json().await.unwrap();
-    let lease = &leased["leases"][0];
-    assert_eq!(lease["code"], code.as_str(), "{leased}");
-    assert_eq!(lease["trial"]["rerun_of"], 0, "{leased}");
-    assert_eq!(lease["trial"]["number"], rerun["number"], "{leased}");
-    let lease_id = lease["lease_id"].as_str().unwrap();
-    let r = http
-        .post(format!("{}/api/v1/leases/{lease_id}/complete", server.url))
-        .bearer_auth(&token)
-        .json(&json!({"outcome": "succeeded", "value": 0.5}))
-        .send()
+    let lease = &leased.leases[0];
+    assert_eq!(lease.code.as_deref(), Some(code.as_str()), "{leased:?}");
+    assert_eq!(lease.trial.rerun_of, Some(0), "{leased:?}");
+    assert_eq!(lease.trial.number, rerun.number, "{leased:?}");
+    vm.complete(&lease.lease_id, &succeeded(0.5)).await.unwrap();
+    // A second, different report on the ended lease is refused with the daemon's reason.
+    let e = vm
+        .complete(
+            &lease.lease_id,
+            &CompleteRequest {
+                outcome: OutcomeKind::Failed,
+                value: None,
+                reason: Some("late".into()),
+            },
+        )
         .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        .unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    assert!(e.to_string().contains("already ended (succeeded)"), "{e}");
     // Once the rerun has ended, the pool's VMs have no business with that code.
     assert_eq!(read().await.unwrap().status(), 403);
     server.stop().await;
+}
+
+fn lease_request(agent_id: &str, pool: Option<&str>, wait_ms: u64) -> LeaseRequestBody {
+    LeaseRequestBody {
+        agent_id: agent_id.into(),
+        agent_name: None,
+        request_id: None,
+        slots: 1,
+        pool: pool.map(str::to_owned),
+        sweep_id: None,
+        wait_ms,
+        ttl_ms: None,
+        gpus: Vec::new(),
+        gpu_overhead_mib: None,
+    }
+}
+
+fn succeeded(value: f64) -> CompleteRequest {
+    CompleteRequest {
+        outcome: OutcomeKind::Succeeded,
+        value: Some(value),
+        reason: None,
+    }
 }

@@ -78,6 +78,16 @@ impl TestServer {
         }
     }
 
+    /// The typed client of `/api/v1`, with the admin token.
+    pub fn api(&self) -> spotsweep_api::client::Client {
+        spotsweep_api::client::Client::with_http(self.client.clone(), &self.url, Some(self.token.clone()))
+    }
+
+    /// The typed client with another token (a VM's, a trial's).
+    pub fn api_as(&self, token: &str) -> spotsweep_api::client::Client {
+        spotsweep_api::client::Client::with_http(self.client.clone(), &self.url, Some(token.to_owned()))
+    }
+
     pub async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
