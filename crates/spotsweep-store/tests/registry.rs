@@ -9,11 +9,9 @@ use spotsweep_core::search::{
 };
 use spotsweep_store::*;
 
-async fn open(dir: &tempfile::TempDir) -> SqliteStore {
-    SqliteStore::open(&SqliteOptions::new(dir.path().join("t.db")))
-        .await
-        .unwrap()
-}
+#[macro_use]
+mod common;
+use common::{Backend, Stores};
 
 fn kv(k: &str, v: &str) -> KeyValue {
     KeyValue {
@@ -22,7 +20,7 @@ fn kv(k: &str, v: &str) -> KeyValue {
     }
 }
 
-async fn new_model(store: &SqliteStore, name: &str) -> RegisteredModel {
+async fn new_model(store: &impl Stores, name: &str) -> RegisteredModel {
     store
         .create_registered_model(NewRegisteredModel {
             name: name.into(),
@@ -46,7 +44,7 @@ fn new_version(name: &str, source: &str, run_id: Option<&str>, model_id: Option<
     }
 }
 
-async fn add_version(store: &SqliteStore, name: &str, source: &str) -> ModelVersion {
+async fn add_version(store: &impl Stores, name: &str, source: &str) -> ModelVersion {
     store
         .create_model_version(new_version(name, source, None, None))
         .await
@@ -54,7 +52,7 @@ async fn add_version(store: &SqliteStore, name: &str, source: &str) -> ModelVers
 }
 
 /// A run "r1" in a new experiment; returns its artifact root.
-async fn new_run(store: &SqliteStore) -> String {
+async fn new_run(store: &impl Stores) -> String {
     let exp = store
         .create_experiment(NewExperiment {
             name: "e".into(),
@@ -80,31 +78,9 @@ async fn new_run(store: &SqliteStore) -> String {
         .artifact_uri
 }
 
-/// Inserts a logged model row the way the logged-models code will (that code is not this
-/// test's subject), through a second connection to the same file.
-async fn insert_logged_model(dir: &tempfile::TempDir, model_id: &str, artifact_uri: &str, source_run: &str) {
-    use sqlx::Connection;
-    let mut conn =
-        sqlx::SqliteConnection::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
-            .await
-            .unwrap();
-    sqlx::query(
-        "INSERT INTO logged_models (model_id, experiment_id, name, source_run_id, artifact_uri, \
-         creation_timestamp_ms, last_updated_timestamp_ms) VALUES (?, 0, 'model', ?, ?, 1, 1)",
-    )
-    .bind(model_id)
-    .bind(source_run)
-    .bind(artifact_uri)
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    conn.close().await.unwrap();
-}
-
-#[tokio::test]
-async fn registered_models_are_unique_and_carry_description_and_tags() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn registered_models_are_unique_and_carry_description_and_tags<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     let created = store
         .create_registered_model(NewRegisteredModel {
             name: "reg".into(),
@@ -152,10 +128,9 @@ async fn registered_models_are_unique_and_carry_description_and_tags() {
     ));
 }
 
-#[tokio::test]
-async fn version_numbers_are_never_reused_until_the_model_is_deleted() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn version_numbers_are_never_reused_until_the_model_is_deleted<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     new_model(&store, "reg").await;
     for expected in 1..=3 {
         assert_eq!(
@@ -176,7 +151,7 @@ async fn version_numbers_are_never_reused_until_the_model_is_deleted() {
 
     // Reopening changes nothing.
     store.close().await;
-    let store = open(&dir).await;
+    let store = db.open().await;
     assert_eq!(add_version(&store, "reg", "s3://bucket/m").await.version, 5);
 
     // A deleted model takes everything with it; the name starts over at 1.
@@ -193,10 +168,9 @@ async fn version_numbers_are_never_reused_until_the_model_is_deleted() {
     assert!(first.tags.is_empty() && first.aliases.is_empty());
 }
 
-#[tokio::test]
-async fn sources_resolve_to_where_the_files_are() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn sources_resolve_to_where_the_files_are<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     let run_root = new_run(&store).await;
     new_model(&store, "reg").await;
 
@@ -238,22 +212,39 @@ async fn sources_resolve_to_where_the_files_are() {
     }
 
     // A logged model: its artifact root, and its run unless the request names one.
-    let lm_root = "mlflow-artifacts:/0/models/m-abc/artifacts";
-    insert_logged_model(&dir, "m-abc", lm_root, "r1").await;
-    let v3 = store
-        .create_model_version(new_version("reg", "models:/m-abc", None, Some("m-abc")))
+    let experiment_id = store.get_run("r1").await.unwrap().info.experiment_id;
+    let logged = store
+        .create_logged_model(NewLoggedModel {
+            experiment_id,
+            name: "model".into(),
+            model_type: String::new(),
+            source_run_id: "r1".into(),
+            params: vec![],
+            tags: vec![],
+            now: 1,
+        })
         .await
         .unwrap();
-    assert_eq!(v3.storage_location, lm_root);
+    let id = logged.model_id.as_str();
+    let v3 = store
+        .create_model_version(new_version("reg", &format!("models:/{id}"), None, Some(id)))
+        .await
+        .unwrap();
+    assert_eq!(v3.storage_location, logged.artifact_uri);
+    assert!(
+        v3.storage_location.ends_with(&format!("/models/{id}/artifacts")),
+        "{}",
+        v3.storage_location
+    );
     assert_eq!(v3.run_id, "r1");
-    assert_eq!(v3.model_id.as_deref(), Some("m-abc"));
+    assert_eq!(v3.model_id.as_deref(), Some(id));
     assert!(matches!(
         store.create_model_version(new_version("reg", "models:/m-zzz", None, Some("m-zzz"))).await,
         Err(StoreError::NotFound(m)) if m == "Logged model with ID 'm-zzz' not found."
     ));
     assert!(matches!(
         store
-            .create_model_version(new_version("reg", "models:/m-abc", None, None))
+            .create_model_version(new_version("reg", &format!("models:/{id}"), None, None))
             .await,
         Err(StoreError::Invalid(_))
     ));
@@ -266,7 +257,7 @@ async fn sources_resolve_to_where_the_files_are() {
         .await
         .unwrap();
     assert_eq!(copy.source, "models:/reg/3");
-    assert_eq!(copy.storage_location, lm_root);
+    assert_eq!(copy.storage_location, logged.artifact_uri);
     assert_eq!(copy.run_id, "r1");
     // A copy cannot claim another run than its original's.
     assert!(matches!(
@@ -293,10 +284,9 @@ async fn sources_resolve_to_where_the_files_are() {
     ));
 }
 
-#[tokio::test]
-async fn aliases_point_at_live_versions_and_latest_is_reserved_for_the_highest() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn aliases_point_at_live_versions_and_latest_is_reserved_for_the_highest<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     new_model(&store, "reg").await;
     for _ in 0..3 {
         add_version(&store, "reg", "s3://b/k").await;
@@ -374,10 +364,9 @@ async fn aliases_point_at_live_versions_and_latest_is_reserved_for_the_highest()
     ));
 }
 
-#[tokio::test]
-async fn stages_archive_others_and_latest_versions_are_per_stage() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn stages_archive_others_and_latest_versions_are_per_stage<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     new_model(&store, "reg").await;
     for _ in 0..4 {
         add_version(&store, "reg", "s3://b/k").await;
@@ -445,10 +434,9 @@ async fn stages_archive_others_and_latest_versions_are_per_stage() {
     );
 }
 
-#[tokio::test]
-async fn renaming_takes_versions_tags_and_aliases_along() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn renaming_takes_versions_tags_and_aliases_along<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     new_model(&store, "old").await;
     new_model(&store, "taken").await;
     add_version(&store, "old", "s3://b/k").await;
@@ -505,10 +493,9 @@ fn names(page: &Page<RegisteredModel>) -> Vec<&str> {
     page.items.iter().map(|m| m.name.as_str()).collect()
 }
 
-#[tokio::test]
-async fn searching_models_leaves_prompts_out_and_pages_in_name_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn searching_models_leaves_prompts_out_and_pages_in_name_order<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     for name in ["b-model", "a-model", "c-model", "prompt-1"] {
         new_model(&store, name).await;
     }
@@ -601,10 +588,9 @@ async fn searching_models_leaves_prompts_out_and_pages_in_name_order() {
     assert_eq!(names(&recent), vec!["b-model"]);
 }
 
-#[tokio::test]
-async fn searching_versions_filters_on_name_run_number_source_and_tags() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn searching_versions_filters_on_name_run_number_source_and_tags<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     new_run(&store).await;
     new_model(&store, "reg").await;
     new_model(&store, "other").await;
@@ -682,3 +668,14 @@ async fn searching_versions_filters_on_name_run_number_source_and_tags() {
         vec![("other".to_owned(), 1)]
     );
 }
+
+conformance!(sqlite: crate::common::Sqlite;
+    registered_models_are_unique_and_carry_description_and_tags,
+    version_numbers_are_never_reused_until_the_model_is_deleted,
+    sources_resolve_to_where_the_files_are,
+    aliases_point_at_live_versions_and_latest_is_reserved_for_the_highest,
+    stages_archive_others_and_latest_versions_are_per_stage,
+    renaming_takes_versions_tags_and_aliases_along,
+    searching_models_leaves_prompts_out_and_pages_in_name_order,
+    searching_versions_filters_on_name_run_number_source_and_tags,
+);

@@ -6,6 +6,10 @@ use std::collections::HashMap;
 
 use spotsweep_store::*;
 
+#[macro_use]
+mod common;
+use common::{Backend, Stores};
+
 async fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&SqliteOptions::new(dir.path().join("t.db")))
         .await
@@ -28,7 +32,7 @@ fn metric(k: &str, value: f64, timestamp: i64, step: i64) -> Metric {
     }
 }
 
-async fn new_run(store: &SqliteStore, exp: i64, id: &str, start: i64) {
+async fn new_run(store: &impl Stores, exp: i64, id: &str, start: i64) {
     store
         .create_run(NewRun {
             experiment_id: exp,
@@ -42,7 +46,7 @@ async fn new_run(store: &SqliteStore, exp: i64, id: &str, start: i64) {
         .unwrap();
 }
 
-async fn new_experiment(store: &SqliteStore, name: &str) -> i64 {
+async fn new_experiment(store: &impl Stores, name: &str) -> i64 {
     store
         .create_experiment(NewExperiment {
             name: name.into(),
@@ -56,7 +60,7 @@ async fn new_experiment(store: &SqliteStore, name: &str) -> i64 {
 }
 
 /// Logs metric points alone (the group-committed path).
-async fn log_metrics(store: &SqliteStore, run_id: &str, metrics: Vec<Metric>) {
+async fn log_metrics(store: &impl Stores, run_id: &str, metrics: Vec<Metric>) {
     store
         .log_batch(
             run_id,
@@ -69,10 +73,9 @@ async fn log_metrics(store: &SqliteStore, run_id: &str, metrics: Vec<Metric>) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn experiments_and_runs_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn experiments_and_runs_round_trip<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     let default = store.get_experiment(0).await.unwrap();
     assert_eq!(default.name, "Default");
     let id = new_experiment(&store, "e1").await;
@@ -139,10 +142,9 @@ async fn experiments_and_runs_round_trip() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn latest_metric_is_max_step_then_timestamp_then_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn latest_metric_is_max_step_then_timestamp_then_value<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     new_run(&store, 0, "r", 1).await;
     let batch = |m: Vec<Metric>| Batch {
         metrics: m,
@@ -208,10 +210,9 @@ async fn latest_metric_is_max_step_then_timestamp_then_value() {
     );
 }
 
-#[tokio::test]
-async fn params_are_immutable_and_a_bad_batch_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn params_are_immutable_and_a_bad_batch_writes_nothing<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     new_run(&store, 0, "r", 1).await;
     store
         .log_batch(
@@ -253,10 +254,9 @@ async fn params_are_immutable_and_a_bad_batch_writes_nothing() {
     assert!(!run.tags.iter().any(|t| t.key == "t"));
 }
 
-#[tokio::test]
-async fn search_filters_orders_and_pages() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn search_filters_orders_and_pages<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     let exp = new_experiment(&store, "s").await;
     for i in 0..20i64 {
         let id = format!("run{i:02}");
@@ -418,7 +418,7 @@ fn expected_history(points: &[(i64, i64, f64)]) -> Vec<(i64, i64, u64)> {
     sorted.iter().map(|&(t, s, v)| (t, s, v.to_bits())).collect()
 }
 
-async fn whole_history(store: &SqliteStore, run: &str, key: &str) -> Vec<(i64, i64, u64)> {
+async fn whole_history(store: &impl Stores, run: &str, key: &str) -> Vec<(i64, i64, u64)> {
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
@@ -848,7 +848,7 @@ async fn a_database_of_schema_13_keeps_its_blocks_and_takes_wide_writes_after_mi
 }
 
 /// The runs of `exp` ordered by `key` DESC, as search answers it (first `limit`).
-async fn ordered_by(store: &SqliteStore, exp: i64, key: &str, filter: &str, limit: u32) -> Vec<String> {
+async fn ordered_by(store: &impl Stores, exp: i64, key: &str, filter: &str, limit: u32) -> Vec<String> {
     let query = RunQuery {
         experiment_ids: vec![exp],
         filter: parse_run_filter(filter).unwrap(),
@@ -886,10 +886,11 @@ fn expected_order(
     order.into_iter().take(limit).map(|o| o.3).collect()
 }
 
-#[tokio::test]
-async fn a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(open(&dir).await);
+async fn a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart<
+    B: Backend,
+>() {
+    let db = B::start().await;
+    let store = db.open().await;
     let exp = new_experiment(&store, "order").await;
     let other = new_experiment(&store, "other").await;
     let mut runs = Vec::new();
@@ -970,9 +971,8 @@ async fn a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_str
     let (id, _) = &runs[3];
     log_metrics(&store, id, vec![metric("k2", 1e9, 1000, 1000)]).await;
     latest.insert((id.clone(), "k2".into()), 1e9);
-    let store = std::sync::Arc::into_inner(store).unwrap();
     store.close().await;
-    let store = open(&dir).await;
+    let store = db.open().await;
     for key in ["k1", "k2", "k45"] {
         assert_eq!(
             ordered_by(&store, exp, key, "", 40).await,
@@ -1019,10 +1019,9 @@ async fn a_database_of_schema_15_orders_its_runs_by_metric_after_migrating() {
     assert_eq!(ordered_by(&store, 0, "acc", "", 10).await, ["a", "c", "r", "b"]);
 }
 
-#[tokio::test]
-async fn latest_values_read_back_bit_for_bit() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn latest_values_read_back_bit_for_bit<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     let exp = new_experiment(&store, "bits").await;
     new_run(&store, exp, "b", 1).await;
     let values = [
@@ -1159,7 +1158,7 @@ async fn latest_values_left_unfolded_by_a_crash_are_read_and_then_folded() {
     // The writer cannot fold while this connection holds the write lock.
     let mut lock = raw.acquire().await.unwrap();
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *lock).await.unwrap();
-    let store = std::sync::Arc::new(open(&dir).await);
+    let store = open(&dir).await;
     let expected = [("a", 0.9), ("b", 0.5), ("c", f64::NAN), ("d", f64::MAX)];
     for (id, acc) in expected {
         let run = store.get_run(id).await.unwrap();
@@ -1222,3 +1221,12 @@ async fn latest_values_left_unfolded_by_a_crash_are_read_and_then_folded() {
         assert_eq!(got.to_bits(), acc.to_bits(), "{id} after the fold");
     }
 }
+
+conformance!(sqlite: crate::common::Sqlite;
+    experiments_and_runs_round_trip,
+    latest_metric_is_max_step_then_timestamp_then_value,
+    params_are_immutable_and_a_bad_batch_writes_nothing,
+    search_filters_orders_and_pages,
+    a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart,
+    latest_values_read_back_bit_for_bit,
+);

@@ -4,6 +4,10 @@
 use spotsweep_core::sweep::SweepSpec;
 use spotsweep_store::*;
 
+#[macro_use]
+mod common;
+use common::{Backend, Stores};
+
 async fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&SqliteOptions::new(dir.path().join("t.db")))
         .await
@@ -33,10 +37,9 @@ fn request(agent: &str, slots: u32) -> LeaseRequest {
     }
 }
 
-#[tokio::test]
-async fn leases_respect_parallelism_max_trials_and_share_fairly() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn leases_respect_parallelism_max_trials_and_share_fairly<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     let a = store.create_sweep(spec("a", 3, 2, 0), 1).await.unwrap();
     let b = store.create_sweep(spec("b", 3, 2, 0), 2).await.unwrap();
     let leased = store.lease_trials(&request("agent", 8)).await.unwrap();
@@ -68,10 +71,9 @@ async fn leases_respect_parallelism_max_trials_and_share_fairly() {
     assert_eq!(store.list_trials(a.id).await.unwrap().len(), 3);
 }
 
-#[tokio::test]
-async fn expired_leases_requeue_the_same_trial_until_retries_run_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn expired_leases_requeue_the_same_trial_until_retries_run_out<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     let s = store.create_sweep(spec("e", 1, 1, 1), 3).await.unwrap();
     let first = store.lease_trials(&request("a1", 1)).await.unwrap().remove(0);
     assert_eq!(store.expire_leases(now_ms() + 120_000).await.unwrap(), 1);
@@ -99,10 +101,9 @@ async fn expired_leases_requeue_the_same_trial_until_retries_run_out() {
     assert_eq!(store.get_sweep(s.id).await.unwrap().state, SweepState::Completed);
 }
 
-#[tokio::test]
-async fn late_results_of_untouched_trials_are_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn late_results_of_untouched_trials_are_kept<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     store.create_sweep(spec("late", 1, 1, 3), 4).await.unwrap();
     let lease = store.lease_trials(&request("a1", 1)).await.unwrap().remove(0);
     store.expire_leases(now_ms() + 120_000).await.unwrap();
@@ -122,10 +123,9 @@ async fn late_results_of_untouched_trials_are_kept() {
     assert_eq!(again.state, TrialState::Completed);
 }
 
-#[tokio::test]
-async fn retried_lease_requests_get_the_same_trials() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn retried_lease_requests_get_the_same_trials<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     store.create_sweep(spec("r", 10, 10, 0), 5).await.unwrap();
     let mut req = request("a", 3);
     req.request_id = Some("req-1".into());
@@ -147,10 +147,9 @@ async fn retried_lease_requests_get_the_same_trials() {
     assert_eq!(first, again);
 }
 
-#[tokio::test]
-async fn objective_comes_from_the_run_and_preemption_is_free() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn objective_comes_from_the_run_and_preemption_is_free<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     let s = store.create_sweep(spec("o", 2, 2, 0), 6).await.unwrap();
     let leases = store.lease_trials(&request("a", 2)).await.unwrap();
     let (l0, l1) = (&leases[0], &leases[1]);
@@ -201,10 +200,9 @@ async fn objective_comes_from_the_run_and_preemption_is_free() {
     assert_eq!(store.get_sweep(s.id).await.unwrap().state, SweepState::Completed);
 }
 
-#[tokio::test]
-async fn cancel_stops_everything_and_is_final() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn cancel_stops_everything_and_is_final<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     let s = store.create_sweep(spec("c", 5, 1, 0), 7).await.unwrap();
     let lease = store.lease_trials(&request("a", 1)).await.unwrap().remove(0);
     store
@@ -231,10 +229,9 @@ async fn cancel_stops_everything_and_is_final() {
 /// Many workers leasing and completing at once: their transactions are committed in groups, and
 /// a job that fails (an unknown lease, a conflicting second outcome) fails alone without taking
 /// its group's leases and completions with it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_workers_lose_nothing_and_bad_jobs_fail_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn concurrent_workers_lose_nothing_and_bad_jobs_fail_alone<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     let sweep = store.create_sweep(spec("busy", 300, 64, 0), 3).await.unwrap();
     let mut workers = Vec::new();
     for w in 0..64 {
@@ -308,7 +305,7 @@ fn tpe_spec() -> SweepSpec {
 }
 
 /// Leases and completes `n` trials of the only sweep, the value a function of the params.
-async fn run_trials(store: &SqliteStore, n: usize) -> Vec<spotsweep_core::sweep::Params> {
+async fn run_trials(store: &impl Stores, n: usize) -> Vec<spotsweep_core::sweep::Params> {
     let mut seen = Vec::new();
     for _ in 0..n {
         let lease = store.lease_trials(&request("a", 1)).await.unwrap().remove(0);
@@ -326,8 +323,7 @@ async fn run_trials(store: &SqliteStore, n: usize) -> Vec<spotsweep_core::sweep:
     seen
 }
 
-#[tokio::test]
-async fn tpe_suggests_the_same_after_a_restart() {
+async fn tpe_suggests_the_same_after_a_restart<B: Backend>() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Without a restart: 16 trials.
     let store = open(&d1).await;
@@ -357,10 +353,9 @@ async fn tpe_suggests_the_same_after_a_restart() {
     assert!(best_late < 1.0, "{xs:?}");
 }
 
-#[tokio::test]
-async fn trials_are_packed_onto_gpus_by_memory_and_an_oom_doubles_the_next_placement() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn trials_are_packed_onto_gpus_by_memory_and_an_oom_doubles_the_next_placement<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     let mut packed = spec("packed", 6, 6, 0);
     packed.resources = Some(spotsweep_core::sweep::Resources {
         gpus: None,
@@ -430,10 +425,9 @@ async fn trials_are_packed_onto_gpus_by_memory_and_an_oom_doubles_the_next_place
 /// A sweep has its own run, named after it, holding its spec's summary as params; its trials'
 /// runs are its children and carry its source tags; the run ends with the sweep: FINISHED when
 /// it completes, KILLED when it is cancelled.
-#[tokio::test]
-async fn a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     let mut with_source = spec("parent", 2, 2, 0);
     with_source.source = Some(spotsweep_core::sweep::Source {
         commit: Some("abc123".into()),
@@ -490,10 +484,9 @@ async fn a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them() {
     assert_eq!(run.info.status, RunStatus::Killed);
 }
 
-#[tokio::test]
-async fn a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     // TPE from the second trial on, so that its proposals depend on the history.
     let mut tpe = serde_json::to_value(tpe_spec()).unwrap();
     tpe["max_trials"] = 3.into();
@@ -557,7 +550,7 @@ async fn a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool() {
     // The search goes on to its last trial (after a restart, which reads the sampler's history
     // from the database): the history ignores the rerun.
     drop(store);
-    let store = open(&dir).await;
+    let store = db.open().await;
     let last = store.lease_trials(&request("a", 4)).await.unwrap();
     assert_eq!(last.iter().map(|l| l.trial.number).collect::<Vec<_>>(), vec![2]);
     store
@@ -623,10 +616,9 @@ async fn a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool() {
     );
 }
 
-#[tokio::test]
-async fn the_objective_of_a_wide_write_is_read_before_it_is_folded() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn the_objective_of_a_wide_write_is_read_before_it_is_folded<B: Backend>() {
+    let db = B::start().await;
+    let store = db.open().await;
     store.create_sweep(spec("w", 1, 1, 0), 6).await.unwrap();
     let lease = store.lease_trials(&request("a", 1)).await.unwrap().remove(0);
     // Forty keys in one write: its latest values are folded later (see `latest_fold`); the
@@ -710,3 +702,18 @@ async fn a_stored_state_this_build_does_not_know_is_an_error_not_a_default() {
     let e = store.set_sweep_state(s.id, SweepState::Paused).await.unwrap_err();
     assert!(matches!(e, StoreError::Incompatible(_)), "{e:?}");
 }
+
+conformance!(sqlite: crate::common::Sqlite;
+    leases_respect_parallelism_max_trials_and_share_fairly,
+    expired_leases_requeue_the_same_trial_until_retries_run_out,
+    late_results_of_untouched_trials_are_kept,
+    retried_lease_requests_get_the_same_trials,
+    objective_comes_from_the_run_and_preemption_is_free,
+    cancel_stops_everything_and_is_final,
+    concurrent_workers_lose_nothing_and_bad_jobs_fail_alone,
+    tpe_suggests_the_same_after_a_restart,
+    trials_are_packed_onto_gpus_by_memory_and_an_oom_doubles_the_next_placement,
+    a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them,
+    a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool,
+    the_objective_of_a_wide_write_is_read_before_it_is_folded,
+);
