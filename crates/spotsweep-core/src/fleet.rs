@@ -87,6 +87,15 @@ impl PoolTerms {
     }
 }
 
+/// How many trials of a running sweep want a slot beside its `running` ones: those waiting
+/// and those not proposed yet (`unproposed`), up to its parallelism.
+pub fn sweep_waiting_demand(parallelism: i64, unproposed: i64, running: i64, waiting: i64) -> u64 {
+    let wanted = parallelism
+        .min(running + waiting + unproposed.max(0))
+        .max(running);
+    (wanted - running).max(0) as u64
+}
+
 /// The typical length of an attempt on a pool (the median of the attempts that ended; `None`
 /// before any).
 pub fn typical_attempt_seconds(mut ended: Vec<f64>) -> Option<f64> {
@@ -190,6 +199,17 @@ mod tests {
         assert_eq!(t.vms_wanted(1, 0), 1);
         assert_eq!(t.vms_wanted(2, 1), 2);
         assert_eq!(t.vms_wanted(100, 4), 8);
+    }
+
+    #[test]
+    fn a_sweep_wants_slots_for_its_waiting_and_unproposed_trials_up_to_its_parallelism() {
+        assert_eq!(sweep_waiting_demand(4, 10, 1, 0), 3);
+        assert_eq!(sweep_waiting_demand(4, 0, 1, 1), 1);
+        assert_eq!(sweep_waiting_demand(4, 0, 0, 0), 0);
+        // More running than its parallelism (it was lowered): none more.
+        assert_eq!(sweep_waiting_demand(2, 5, 3, 2), 0);
+        // A grid that proposed past its end counts nothing unproposed.
+        assert_eq!(sweep_waiting_demand(4, -2, 0, 1), 1);
     }
 
     #[test]

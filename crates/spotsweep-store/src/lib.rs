@@ -11,12 +11,15 @@
 //! (key syntax, lengths) belongs to the mlflow crate, which calls this one.
 
 pub mod model;
+mod postgres;
+mod rows;
 mod sqlite;
 pub mod stored;
 
 use async_trait::async_trait;
 
 pub use model::*;
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use stored::Stored;
 

@@ -11,7 +11,7 @@ use spotsweep_store::*;
 
 #[macro_use]
 mod common;
-use common::{Backend, Stores};
+use common::{Backend, Close, Stores};
 
 fn kv(k: &str, v: &str) -> KeyValue {
     KeyValue {
@@ -78,7 +78,7 @@ async fn new_run(store: &impl Stores) -> String {
         .artifact_uri
 }
 
-async fn registered_models_are_unique_and_carry_description_and_tags<B: Backend>() {
+async fn registered_models_are_unique_and_carry_description_and_tags<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     let created = store
@@ -128,7 +128,7 @@ async fn registered_models_are_unique_and_carry_description_and_tags<B: Backend>
     ));
 }
 
-async fn version_numbers_are_never_reused_until_the_model_is_deleted<B: Backend>() {
+async fn version_numbers_are_never_reused_until_the_model_is_deleted<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     new_model(&store, "reg").await;
@@ -168,7 +168,7 @@ async fn version_numbers_are_never_reused_until_the_model_is_deleted<B: Backend>
     assert!(first.tags.is_empty() && first.aliases.is_empty());
 }
 
-async fn sources_resolve_to_where_the_files_are<B: Backend>() {
+async fn sources_resolve_to_where_the_files_are<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     let run_root = new_run(&store).await;
@@ -284,7 +284,7 @@ async fn sources_resolve_to_where_the_files_are<B: Backend>() {
     ));
 }
 
-async fn aliases_point_at_live_versions_and_latest_is_reserved_for_the_highest<B: Backend>() {
+async fn aliases_point_at_live_versions_and_latest_is_reserved_for_the_highest<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     new_model(&store, "reg").await;
@@ -364,7 +364,7 @@ async fn aliases_point_at_live_versions_and_latest_is_reserved_for_the_highest<B
     ));
 }
 
-async fn stages_archive_others_and_latest_versions_are_per_stage<B: Backend>() {
+async fn stages_archive_others_and_latest_versions_are_per_stage<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     new_model(&store, "reg").await;
@@ -434,7 +434,7 @@ async fn stages_archive_others_and_latest_versions_are_per_stage<B: Backend>() {
     );
 }
 
-async fn renaming_takes_versions_tags_and_aliases_along<B: Backend>() {
+async fn renaming_takes_versions_tags_and_aliases_along<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     new_model(&store, "old").await;
@@ -493,7 +493,7 @@ fn names(page: &Page<RegisteredModel>) -> Vec<&str> {
     page.items.iter().map(|m| m.name.as_str()).collect()
 }
 
-async fn searching_models_leaves_prompts_out_and_pages_in_name_order<B: Backend>() {
+async fn searching_models_leaves_prompts_out_and_pages_in_name_order<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     for name in ["b-model", "a-model", "c-model", "prompt-1"] {
@@ -588,7 +588,7 @@ async fn searching_models_leaves_prompts_out_and_pages_in_name_order<B: Backend>
     assert_eq!(names(&recent), vec!["b-model"]);
 }
 
-async fn searching_versions_filters_on_name_run_number_source_and_tags<B: Backend>() {
+async fn searching_versions_filters_on_name_run_number_source_and_tags<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     new_run(&store).await;

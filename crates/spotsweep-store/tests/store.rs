@@ -8,7 +8,7 @@ use spotsweep_store::*;
 
 #[macro_use]
 mod common;
-use common::{Backend, Stores};
+use common::{Backend, Close, Stores};
 
 async fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&SqliteOptions::new(dir.path().join("t.db")))
@@ -73,7 +73,7 @@ async fn log_metrics(store: &impl Stores, run_id: &str, metrics: Vec<Metric>) {
         .unwrap();
 }
 
-async fn experiments_and_runs_round_trip<B: Backend>() {
+async fn experiments_and_runs_round_trip<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     let default = store.get_experiment(0).await.unwrap();
@@ -142,7 +142,7 @@ async fn experiments_and_runs_round_trip<B: Backend>() {
         .unwrap();
 }
 
-async fn latest_metric_is_max_step_then_timestamp_then_value<B: Backend>() {
+async fn latest_metric_is_max_step_then_timestamp_then_value<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     new_run(&store, 0, "r", 1).await;
@@ -210,7 +210,7 @@ async fn latest_metric_is_max_step_then_timestamp_then_value<B: Backend>() {
     );
 }
 
-async fn params_are_immutable_and_a_bad_batch_writes_nothing<B: Backend>() {
+async fn params_are_immutable_and_a_bad_batch_writes_nothing<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     new_run(&store, 0, "r", 1).await;
@@ -254,7 +254,7 @@ async fn params_are_immutable_and_a_bad_batch_writes_nothing<B: Backend>() {
     assert!(!run.tags.iter().any(|t| t.key == "t"));
 }
 
-async fn search_filters_orders_and_pages<B: Backend>() {
+async fn search_filters_orders_and_pages<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     let exp = new_experiment(&store, "s").await;
@@ -887,7 +887,7 @@ fn expected_order(
 }
 
 async fn a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart<
-    B: Backend,
+    B: Backend<Store: Stores>,
 >() {
     let db = B::start().await;
     let store = db.open().await;
@@ -1019,7 +1019,7 @@ async fn a_database_of_schema_15_orders_its_runs_by_metric_after_migrating() {
     assert_eq!(ordered_by(&store, 0, "acc", "", 10).await, ["a", "c", "r", "b"]);
 }
 
-async fn latest_values_read_back_bit_for_bit<B: Backend>() {
+async fn latest_values_read_back_bit_for_bit<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     let exp = new_experiment(&store, "bits").await;

@@ -37,7 +37,7 @@ fn request(agent: &str, slots: u32) -> LeaseRequest {
     }
 }
 
-async fn leases_respect_parallelism_max_trials_and_share_fairly<B: Backend>() {
+async fn leases_respect_parallelism_max_trials_and_share_fairly<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     let a = store.create_sweep(spec("a", 3, 2, 0), 1).await.unwrap();
@@ -71,7 +71,7 @@ async fn leases_respect_parallelism_max_trials_and_share_fairly<B: Backend>() {
     assert_eq!(store.list_trials(a.id).await.unwrap().len(), 3);
 }
 
-async fn expired_leases_requeue_the_same_trial_until_retries_run_out<B: Backend>() {
+async fn expired_leases_requeue_the_same_trial_until_retries_run_out<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     let s = store.create_sweep(spec("e", 1, 1, 1), 3).await.unwrap();
@@ -101,7 +101,7 @@ async fn expired_leases_requeue_the_same_trial_until_retries_run_out<B: Backend>
     assert_eq!(store.get_sweep(s.id).await.unwrap().state, SweepState::Completed);
 }
 
-async fn late_results_of_untouched_trials_are_kept<B: Backend>() {
+async fn late_results_of_untouched_trials_are_kept<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     store.create_sweep(spec("late", 1, 1, 3), 4).await.unwrap();
@@ -123,7 +123,7 @@ async fn late_results_of_untouched_trials_are_kept<B: Backend>() {
     assert_eq!(again.state, TrialState::Completed);
 }
 
-async fn retried_lease_requests_get_the_same_trials<B: Backend>() {
+async fn retried_lease_requests_get_the_same_trials<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     store.create_sweep(spec("r", 10, 10, 0), 5).await.unwrap();
@@ -147,7 +147,7 @@ async fn retried_lease_requests_get_the_same_trials<B: Backend>() {
     assert_eq!(first, again);
 }
 
-async fn objective_comes_from_the_run_and_preemption_is_free<B: Backend>() {
+async fn objective_comes_from_the_run_and_preemption_is_free<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     let s = store.create_sweep(spec("o", 2, 2, 0), 6).await.unwrap();
@@ -200,7 +200,7 @@ async fn objective_comes_from_the_run_and_preemption_is_free<B: Backend>() {
     assert_eq!(store.get_sweep(s.id).await.unwrap().state, SweepState::Completed);
 }
 
-async fn cancel_stops_everything_and_is_final<B: Backend>() {
+async fn cancel_stops_everything_and_is_final<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     let s = store.create_sweep(spec("c", 5, 1, 0), 7).await.unwrap();
@@ -229,7 +229,7 @@ async fn cancel_stops_everything_and_is_final<B: Backend>() {
 /// Many workers leasing and completing at once: their transactions are committed in groups, and
 /// a job that fails (an unknown lease, a conflicting second outcome) fails alone without taking
 /// its group's leases and completions with it.
-async fn concurrent_workers_lose_nothing_and_bad_jobs_fail_alone<B: Backend>() {
+async fn concurrent_workers_lose_nothing_and_bad_jobs_fail_alone<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     let sweep = store.create_sweep(spec("busy", 300, 64, 0), 3).await.unwrap();
@@ -323,7 +323,7 @@ async fn run_trials(store: &impl Stores, n: usize) -> Vec<spotsweep_core::sweep:
     seen
 }
 
-async fn tpe_suggests_the_same_after_a_restart<B: Backend>() {
+async fn tpe_suggests_the_same_after_a_restart<B: Backend<Store: Stores>>() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Without a restart: 16 trials.
     let store = open(&d1).await;
@@ -353,7 +353,9 @@ async fn tpe_suggests_the_same_after_a_restart<B: Backend>() {
     assert!(best_late < 1.0, "{xs:?}");
 }
 
-async fn trials_are_packed_onto_gpus_by_memory_and_an_oom_doubles_the_next_placement<B: Backend>() {
+async fn trials_are_packed_onto_gpus_by_memory_and_an_oom_doubles_the_next_placement<
+    B: Backend<Store: Stores>,
+>() {
     let db = B::start().await;
     let store = db.open().await;
     let mut packed = spec("packed", 6, 6, 0);
@@ -425,7 +427,7 @@ async fn trials_are_packed_onto_gpus_by_memory_and_an_oom_doubles_the_next_place
 /// A sweep has its own run, named after it, holding its spec's summary as params; its trials'
 /// runs are its children and carry its source tags; the run ends with the sweep: FINISHED when
 /// it completes, KILLED when it is cancelled.
-async fn a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them<B: Backend>() {
+async fn a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     let mut with_source = spec("parent", 2, 2, 0);
@@ -484,7 +486,7 @@ async fn a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them<B: Backend>(
     assert_eq!(run.info.status, RunStatus::Killed);
 }
 
-async fn a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool<B: Backend>() {
+async fn a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     // TPE from the second trial on, so that its proposals depend on the history.
@@ -616,7 +618,7 @@ async fn a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool<B: 
     );
 }
 
-async fn the_objective_of_a_wide_write_is_read_before_it_is_folded<B: Backend>() {
+async fn the_objective_of_a_wide_write_is_read_before_it_is_folded<B: Backend<Store: Stores>>() {
     let db = B::start().await;
     let store = db.open().await;
     store.create_sweep(spec("w", 1, 1, 0), 6).await.unwrap();

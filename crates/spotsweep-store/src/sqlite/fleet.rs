@@ -1,50 +1,11 @@
 //! The fleet's records: VMs, the work per pool, the daemon's install id.
 
 use async_trait::async_trait;
+use spotsweep_core::fleet::sweep_waiting_demand;
 
 use super::{SqliteStore, commit, map_err, now_ms};
-use crate::{FleetStore, LeaseCost, NewVm, PoolDemand, Result, StoreError, Stored, Vm, VmState, VmUpdate};
-
-type VmRow = (
-    i64,
-    String,
-    String,
-    String,
-    Stored<VmState>,
-    String,
-    Option<String>,
-    Option<String>,
-    f64,
-    i64,
-    i64,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-);
-
-const VM_COLUMNS: &str = "id, pool, name, zone, state, request_id, operation, token_hash, price_per_hour, \
-                          slots, created_at, running_at, busy_at, ended_at, reason";
-
-fn vm_of(r: VmRow) -> Result<Vm> {
-    Ok(Vm {
-        id: r.0,
-        pool: r.1,
-        name: r.2,
-        zone: r.3,
-        state: r.4.0,
-        request_id: r.5,
-        operation: r.6,
-        token_hash: r.7,
-        price_per_hour: r.8,
-        slots: r.9.max(1) as u32,
-        created_at: r.10,
-        running_at: r.11,
-        busy_at: r.12,
-        ended_at: r.13,
-        reason: r.14,
-    })
-}
+use crate::rows::{VM_COLUMNS, VmRow, vm_of};
+use crate::{FleetStore, LeaseCost, NewVm, PoolDemand, Result, StoreError, Vm, VmState, VmUpdate};
 
 #[async_trait]
 impl FleetStore for SqliteStore {
@@ -176,11 +137,8 @@ impl FleetStore for SqliteStore {
         .map_err(map_err)?;
         let mut demand = PoolDemand::default();
         for (parallelism, unproposed, running, waiting) in rows {
-            let wanted = parallelism
-                .min(running + waiting + unproposed.max(0))
-                .max(running);
-            demand.running += running as u64;
-            demand.waiting += (wanted - running) as u64;
+            demand.running += running.max(0) as u64;
+            demand.waiting += sweep_waiting_demand(parallelism, unproposed, running, waiting);
         }
         // Reruns on this pool, whatever their sweep's pool and state (a paused sweep holds its
         // waiting ones).

@@ -3,41 +3,8 @@
 use async_trait::async_trait;
 
 use super::{SqliteStore, commit, map_err, now_ms};
+use crate::rows::TokenRow;
 use crate::{ApiToken, NewToken, Result, StoreError, TokenRole, TokenScope, TokenStore};
-
-// The queries below select the columns of [`TokenRow`] from live tokens: neither revoked nor
-// expired (`?1` is now).
-
-#[derive(sqlx::FromRow)]
-struct TokenRow {
-    id: String,
-    name: String,
-    role: String,
-    scope: String,
-    created_at: i64,
-    expires_at: Option<i64>,
-}
-
-impl TryFrom<TokenRow> for ApiToken {
-    type Error = StoreError;
-
-    fn try_from(row: TokenRow) -> Result<Self> {
-        let role = TokenRole::parse(&row.role).ok_or_else(|| {
-            StoreError::Incompatible(format!("token {} has an unknown role '{}'", row.id, row.role))
-        })?;
-        let scope = TokenScope::parse(&row.scope).ok_or_else(|| {
-            StoreError::Incompatible(format!("token {} has an unknown scope '{}'", row.id, row.scope))
-        })?;
-        Ok(Self {
-            id: row.id,
-            name: row.name,
-            role,
-            scope,
-            created_at: row.created_at,
-            expires_at: row.expires_at,
-        })
-    }
-}
 
 async fn insert(conn: &mut sqlx::SqliteConnection, new: NewToken<'_>) -> Result<ApiToken> {
     let token = ApiToken {

@@ -1,34 +1,54 @@
 //! The backend conformance suite's harness: every store test that is not about one backend's
 //! files is written once, generic over a [`Backend`], and [`conformance!`] runs it on each
-//! backend (`sqlite::<test>` in the test names; a second backend adds its own line).
+//! backend that has the traits it needs (`sqlite::<test>`, `postgres::<test>` in the test
+//! names).
+//!
+//! PostgreSQL: `SPOTSWEEP_TEST_DATABASE_URL` names a server where the tests may create
+//! databases (`scripts/test` starts a throw-away cluster and sets it); each test gets a fresh
+//! database. Without it the PostgreSQL tests fail, saying how to run them.
 
 #![allow(dead_code)]
 
 use std::future::Future;
 
 use spotsweep_store::{
-    FleetStore, ModelStore, RegistryStore, SqliteOptions, SqliteStore, SweepStore, TokenStore, TraceStore,
-    TrackingStore,
+    FleetStore, ModelStore, PgOptions, PgStore, RegistryStore, SqliteOptions, SqliteStore, SweepStore,
+    TokenStore, TraceStore, TrackingStore,
 };
 
-/// Every store trait, and closing.
-pub trait Stores:
-    TrackingStore + SweepStore + FleetStore + TokenStore + RegistryStore + ModelStore + TraceStore + Clone
-{
-    /// Lets go of the database (what a restart does).
+/// A store that can let go of its database (what a restart does).
+pub trait Close: Clone + Send + Sync + 'static {
+    /// Closes every connection.
     fn close(&self) -> impl Future<Output = ()>;
 }
 
-impl Stores for SqliteStore {
+impl Close for SqliteStore {
     async fn close(&self) {
         SqliteStore::close(self).await;
     }
 }
 
+impl Close for PgStore {
+    async fn close(&self) {
+        PgStore::close(self).await;
+    }
+}
+
+/// Every store trait: what a backend the daemon can run on has.
+pub trait Stores:
+    Close + TrackingStore + SweepStore + FleetStore + TokenStore + RegistryStore + ModelStore + TraceStore
+{
+}
+
+impl<S> Stores for S where
+    S: Close + TrackingStore + SweepStore + FleetStore + TokenStore + RegistryStore + ModelStore + TraceStore
+{
+}
+
 /// A database for one test: empty when made, and opened (again) as often as the test likes.
 pub trait Backend: Sized {
     /// The store on it.
-    type Store: Stores;
+    type Store: Close;
 
     /// A fresh, empty database.
     fn start() -> impl Future<Output = Self>;
@@ -55,6 +75,43 @@ impl Backend for Sqlite {
         SqliteStore::open(&SqliteOptions::new(self.dir.path().join("t.db")))
             .await
             .unwrap()
+    }
+}
+
+/// PostgreSQL: a fresh database on the server of `SPOTSWEEP_TEST_DATABASE_URL`.
+pub struct Postgres {
+    url: String,
+}
+
+impl Backend for Postgres {
+    type Store = PgStore;
+
+    async fn start() -> Self {
+        use sqlx::Connection;
+        let admin = std::env::var("SPOTSWEEP_TEST_DATABASE_URL").unwrap_or_else(|_| {
+            panic!(
+                "SPOTSWEEP_TEST_DATABASE_URL is not set: run scripts/test (it starts a throw-away PostgreSQL), \
+                 or point it at a server where these tests may create databases, e.g. \
+                 postgres://user@127.0.0.1:5432/postgres"
+            )
+        });
+        let (server, _) = admin
+            .rsplit_once('/')
+            .expect("SPOTSWEEP_TEST_DATABASE_URL ends with /DATABASE");
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        Self {
+            url: format!("{server}/{name}"),
+        }
+    }
+
+    async fn open(&self) -> PgStore {
+        PgStore::open(&PgOptions::new(&self.url)).await.unwrap()
     }
 }
 

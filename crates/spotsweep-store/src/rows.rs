@@ -1,0 +1,79 @@
+//! Rows read the same way from every backend: each type decodes from SQLite's and
+//! PostgreSQL's rows alike (sqlx's `FromRow` is generic over the row), so a backend differs in
+//! its statements, not in how it reads a record.
+
+use crate::{ApiToken, Result, StoreError, Stored, TokenRole, TokenScope, Vm, VmState};
+
+/// A token as stored (`id, name, role, scope, created_at, expires_at`).
+#[derive(sqlx::FromRow)]
+pub(crate) struct TokenRow {
+    id: String,
+    name: String,
+    role: String,
+    scope: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+}
+
+impl TryFrom<TokenRow> for ApiToken {
+    type Error = StoreError;
+
+    fn try_from(row: TokenRow) -> Result<Self> {
+        let role = TokenRole::parse(&row.role).ok_or_else(|| {
+            StoreError::Incompatible(format!("token {} has an unknown role '{}'", row.id, row.role))
+        })?;
+        let scope = TokenScope::parse(&row.scope).ok_or_else(|| {
+            StoreError::Incompatible(format!("token {} has an unknown scope '{}'", row.id, row.scope))
+        })?;
+        Ok(Self {
+            id: row.id,
+            name: row.name,
+            role,
+            scope,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+        })
+    }
+}
+
+/// A VM as stored: the columns of [`VM_COLUMNS`].
+pub(crate) type VmRow = (
+    i64,
+    String,
+    String,
+    String,
+    Stored<VmState>,
+    String,
+    Option<String>,
+    Option<String>,
+    f64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
+
+pub(crate) const VM_COLUMNS: &str = "id, pool, name, zone, state, request_id, operation, token_hash, price_per_hour, \
+                          slots, created_at, running_at, busy_at, ended_at, reason";
+
+pub(crate) fn vm_of(r: VmRow) -> Result<Vm> {
+    Ok(Vm {
+        id: r.0,
+        pool: r.1,
+        name: r.2,
+        zone: r.3,
+        state: r.4.0,
+        request_id: r.5,
+        operation: r.6,
+        token_hash: r.7,
+        price_per_hour: r.8,
+        slots: r.9.max(1) as u32,
+        created_at: r.10,
+        running_at: r.11,
+        busy_at: r.12,
+        ended_at: r.13,
+        reason: r.14,
+    })
+}
