@@ -9,6 +9,7 @@
 
 pub mod fleet;
 pub mod importance;
+pub mod leader;
 pub mod optimize;
 pub mod queue;
 pub mod registry;

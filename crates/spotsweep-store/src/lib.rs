@@ -264,6 +264,20 @@ pub trait FleetStore: Send + Sync + 'static {
     async fn list_vms(&self, pool: Option<&str>, include_ended: bool) -> Result<Vec<Vm>>;
 }
 
+/// Leader leases for the loops that must run on one daemon at a time (see
+/// `spotsweep_core::leader`).
+#[async_trait]
+pub trait LeaderStore: Send + Sync + 'static {
+    /// Takes or renews the lease of `role` for `holder` for `ttl_ms` from now: true when
+    /// `holder` holds it now (it was free, had run out, or was already its own). Of daemons
+    /// that try at once, one wins.
+    async fn lead(&self, role: &str, holder: &str, ttl_ms: i64) -> Result<bool>;
+    /// Gives up `role` if `holder` holds it, so that another daemon takes it at its next try.
+    async fn resign(&self, role: &str, holder: &str) -> Result<()>;
+    /// Who holds `role` now (`None`: nobody, or the lease ran out).
+    async fn leader(&self, role: &str) -> Result<Option<String>>;
+}
+
 /// API tokens: stored as SHA-256 hashes, never as secrets.
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {

@@ -1,11 +1,18 @@
 //! The control plane's records on every backend: API tokens (live, expired, revoked, the admin
-//! reset) and the fleet's (the daemon's id and secret, VM records, a pool's work when idle).
+//! reset), the fleet's (the daemon's id and secret, VM records, a pool's work when idle), and
+//! leader leases, with several stores on one database as several daemons are.
 
 use spotsweep_store::*;
 
 #[macro_use]
 mod common;
 use common::{Backend, Close};
+
+/// A moment, so that records made one after the other have different times (lists are oldest
+/// first, ties by id).
+async fn tick() {
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+}
 
 fn new_token<'a>(name: &'a str, hash: &'a str, role: TokenRole, expires_at: Option<i64>) -> NewToken<'a> {
     NewToken {
@@ -24,6 +31,7 @@ async fn tokens_live_expire_and_revoke<B: Backend<Store: TokenStore>>() {
         .create_token(new_token("admin", "h-admin", TokenRole::Admin, None))
         .await
         .unwrap();
+    tick().await;
     let reader = store
         .create_token(NewToken {
             scope: TokenScope::Read,
@@ -31,10 +39,12 @@ async fn tokens_live_expire_and_revoke<B: Backend<Store: TokenStore>>() {
         })
         .await
         .unwrap();
+    tick().await;
     let expired = store
         .create_token(new_token("old", "h-old", TokenRole::User, Some(now_ms() - 1)))
         .await
         .unwrap();
+    tick().await;
     assert_eq!(admin.id.len(), 32);
     assert_ne!(admin.id, reader.id);
 
@@ -90,10 +100,12 @@ async fn an_admin_reset_revokes_every_admin_and_makes_one<B: Backend<Store: Toke
         .create_token(new_token("admin", "h1", TokenRole::Admin, None))
         .await
         .unwrap();
+    tick().await;
     let user = store
         .create_token(new_token("user", "h2", TokenRole::User, None))
         .await
         .unwrap();
+    tick().await;
     let fresh = store.reset_admin_token("h3").await.unwrap();
     assert_eq!((fresh.role, fresh.name.as_str()), (TokenRole::Admin, "admin"));
     assert!(matches!(
@@ -278,12 +290,70 @@ async fn an_idle_pool_wants_nothing_and_has_cost_nothing<B: Backend<Store: Fleet
     store.close().await;
 }
 
+async fn one_daemon_leads_a_role_until_it_resigns_or_its_lease_runs_out<B: Backend<Store: LeaderStore>>() {
+    let db = B::start().await;
+    // Two daemons on one database.
+    let (one, two) = (db.open().await, db.open().await);
+    assert_eq!(one.leader("expiry").await.unwrap(), None);
+    assert!(one.lead("expiry", "daemon-1", 60_000).await.unwrap());
+    assert!(one.lead("expiry", "daemon-1", 60_000).await.unwrap(), "a renewal");
+    assert!(!two.lead("expiry", "daemon-2", 60_000).await.unwrap());
+    assert_eq!(two.leader("expiry").await.unwrap().as_deref(), Some("daemon-1"));
+    // Roles are apart.
+    assert!(two.lead("fleet:a100", "daemon-2", 60_000).await.unwrap());
+    assert!(!one.lead("fleet:a100", "daemon-1", 60_000).await.unwrap());
+    // A resignation frees the role at once; another's resignation changes nothing.
+    two.resign("expiry", "daemon-2").await.unwrap();
+    assert_eq!(one.leader("expiry").await.unwrap().as_deref(), Some("daemon-1"));
+    one.resign("expiry", "daemon-1").await.unwrap();
+    assert_eq!(two.leader("expiry").await.unwrap(), None);
+    assert!(two.lead("expiry", "daemon-2", 60_000).await.unwrap());
+    // A holder that stops renewing loses the role when its lease runs out.
+    assert!(one.lead("upkeep", "daemon-1", 300).await.unwrap());
+    assert!(!two.lead("upkeep", "daemon-2", 60_000).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(two.leader("upkeep").await.unwrap(), None);
+    assert!(two.lead("upkeep", "daemon-2", 60_000).await.unwrap());
+    assert!(!one.lead("upkeep", "daemon-1", 300).await.unwrap(), "taken over");
+    one.close().await;
+    two.close().await;
+}
+
+async fn of_daemons_that_try_at_once_one_leads<B: Backend<Store: LeaderStore>>() {
+    let db = B::start().await;
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(db.open().await);
+    }
+    for round in 0..5 {
+        let role = format!("role-{round}");
+        let tries = stores.iter().enumerate().flat_map(|(i, s)| {
+            let role = role.clone();
+            (0..4).map(move |j| {
+                let (s, role) = (s.clone(), role.clone());
+                async move { s.lead(&role, &format!("d{i}-{j}"), 60_000).await.unwrap() }
+            })
+        });
+        let won = futures::future::join_all(tries)
+            .await
+            .into_iter()
+            .filter(|w| *w)
+            .count();
+        assert_eq!(won, 1, "round {round}");
+    }
+    for s in stores {
+        s.close().await;
+    }
+}
+
 conformance!(sqlite: crate::common::Sqlite;
     tokens_live_expire_and_revoke,
     an_admin_reset_revokes_every_admin_and_makes_one,
     the_daemon_s_id_and_secret_are_made_once_and_kept,
     vm_records_move_through_their_states,
     an_idle_pool_wants_nothing_and_has_cost_nothing,
+    one_daemon_leads_a_role_until_it_resigns_or_its_lease_runs_out,
+    of_daemons_that_try_at_once_one_leads,
 );
 
 conformance!(postgres: crate::common::Postgres;
@@ -292,4 +362,6 @@ conformance!(postgres: crate::common::Postgres;
     the_daemon_s_id_and_secret_are_made_once_and_kept,
     vm_records_move_through_their_states,
     an_idle_pool_wants_nothing_and_has_cost_nothing,
+    one_daemon_leads_a_role_until_it_resigns_or_its_lease_runs_out,
+    of_daemons_that_try_at_once_one_leads,
 );

@@ -1,13 +1,14 @@
 //! The PostgreSQL backend (`postgres://` URLs), for a lab's shared control plane: several daemons
 //! on one database. It lands trait by trait, each on the store's conformance suite
-//! (`tests/common`); so far the API tokens ([`crate::TokenStore`]) and the fleet's records
-//! ([`crate::FleetStore`]). The daemon does not offer it until every trait is here.
+//! (`tests/common`); so far the API tokens ([`crate::TokenStore`]), the fleet's records
+//! ([`crate::FleetStore`]) and leader leases ([`crate::LeaderStore`]). The daemon does not offer it until every trait is here.
 //!
 //! Its own migrations (`migrations/postgres`); plain `sqlx::query` with bound parameters; the
 //! rows are read through the same types as SQLite's (`crate::rows`). Transactions run at READ
 //! COMMITTED; a statement that needs more takes row locks itself.
 
 mod fleet;
+mod leaders;
 mod tokens;
 
 use std::time::Duration;

@@ -10,6 +10,7 @@
 mod fleet;
 mod history_cache;
 mod latest_fold;
+mod leaders;
 mod metric_blocks;
 mod metric_order;
 mod metrics_writer;
