@@ -92,6 +92,8 @@ pub struct PoolManager {
     /// The same deadlines as the fleet page shows them, shared with the API.
     shown_backoffs: Arc<std::sync::Mutex<crate::ZoneBackoffs>>,
     last_reconcile: Option<Instant>,
+    /// Whether this daemon manages the pool now.
+    leadership: Arc<crate::leadership::Leadership>,
 }
 
 fn request_id() -> String {
@@ -148,6 +150,7 @@ impl PoolManager {
             auth: state.auth.clone(),
             signals: state.signals.clone(),
             budget_blocked: state.budget_blocked.clone(),
+            leadership: state.leadership.clone(),
             shown_backoffs: state.zone_backoffs.clone(),
             public_url: public_url.to_string(),
             timing,
@@ -158,7 +161,13 @@ impl PoolManager {
 
     /// Runs ticks until `stop` changes.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        // One daemon manages a pool's VMs (see `leadership`); another takes over, and adopts
+        // them from the records, when it goes.
+        let mut role = self.leadership.role(&format!("fleet:{}", self.name)).await;
         loop {
+            if !crate::leadership::until_held(&mut role, &mut stop).await {
+                return;
+            }
             let name = self.name.clone();
             match crate::caught("a fleet tick", self.tick()).await {
                 Some(Ok(())) => {}

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dashboard;
 pub mod events;
 pub mod fleet;
+pub mod leadership;
 pub mod local;
 pub mod pools;
 pub mod pools_api;
@@ -73,6 +74,8 @@ pub struct AppState {
     pub code: Arc<code::CodeStore>,
     /// The artifact store behind the MLflow proxy (the daemon logs sweep runs' artifacts).
     pub artifacts: Arc<ArtifactRepo>,
+    /// Which of the loops that must run once this daemon runs.
+    pub leadership: Arc<leadership::Leadership>,
 }
 
 /// Zones backed off after a stockout: pool, then zone, then until when (ms since the epoch).
@@ -350,6 +353,9 @@ pub async fn run(
         tracing::warn!("--no-auth: every request is accepted without a token (loopback only)");
     }
     let artifacts = Arc::new(ArtifactRepo::open(&config.artifacts_destination)?);
+    // One daemon owns a SQLite data dir (the lock above), so it leads under the install's id:
+    // after a crash it takes its roles back at once instead of waiting out its old leases.
+    let leadership = leadership::Leadership::new(store.clone(), store.daemon_id().await?);
     tracing::info!(artifacts = artifacts.location(), database = %config.database_path().display(), "storage ready");
 
     let state = AppState {
@@ -373,6 +379,7 @@ pub async fn run(
                 .with_context(|| format!("cannot open the code store in {}", config.data_dir.display()))?,
         ),
         artifacts: artifacts.clone(),
+        leadership: leadership.clone(),
         agent_binary: Arc::new(match &config.agent_binary {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find the spotsweep executable")?,
@@ -390,7 +397,9 @@ pub async fn run(
     let (stop_loops, loops_stopped) = tokio::sync::watch::channel(false);
     let expiry = tokio::spawn(sweeps::expire_leases_loop(state.clone(), loops_stopped.clone()));
     let loops_stopped_fleet = loops_stopped.clone();
-    let checkpoints = tokio::spawn(checkpoint_loop(store.clone(), loops_stopped));
+    // The WAL upkeep is the SQLite file's own: one daemon per file, no role needed.
+    let checkpoints = tokio::spawn(checkpoint_loop(store.clone(), loops_stopped.clone()));
+    let leading = tokio::spawn(leadership.clone().run(loops_stopped));
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     // The CLI on this machine finds the daemon here.
@@ -442,6 +451,8 @@ pub async fn run(
     for f in fleet {
         let _ = f.await;
     }
+    // Its roles pass to another daemon at once.
+    let _ = leading.await;
     store.close().await;
     Ok(())
 }

@@ -900,10 +900,16 @@ async fn drain_bad_vm(s: &AppState, agent_name: &str, reason: &str) -> Result<()
     Ok(())
 }
 
-/// The lease expiry loop: sleeps until the next lease's deadline (or until a new lease may have
-/// an earlier one), requeues what expired, and wakes long-polling agents when it did.
+/// The lease expiry loop, on the daemon that leads `expiry`: sleeps until the next lease's
+/// deadline (or until a new lease may have an earlier one), requeues what expired, and wakes
+/// long-polling agents when it did.
 pub async fn expire_leases_loop(s: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    // One daemon expires leases (see `leadership`).
+    let mut role = s.leadership.role("expiry").await;
     loop {
+        if !crate::leadership::until_held(&mut role, &mut shutdown).await {
+            return;
+        }
         let next = match s.sweeps.next_lease_expiry().await {
             Ok(next) => next,
             Err(e) => {

@@ -2,7 +2,7 @@
 //! PostgreSQL's rows alike (sqlx's `FromRow` is generic over the row), so a backend differs in
 //! its statements, not in how it reads a record.
 
-use crate::{ApiToken, Result, StoreError, Stored, TokenRole, TokenScope, Vm, VmState};
+use crate::{ApiToken, LeaseCost, Result, StoreError, Stored, TokenRole, TokenScope, Vm, VmState};
 
 /// A token as stored (`id, name, role, scope, created_at, expires_at`).
 #[derive(sqlx::FromRow)]
@@ -76,4 +76,22 @@ pub(crate) fn vm_of(r: VmRow) -> Result<Vm> {
         ended_at: r.13,
         reason: r.14,
     })
+}
+
+/// A lease on a fleet VM as read for its cost: the VM's pool, the trial's sweep and number, the
+/// lease's outcome, start and end (now for an open one), the VM's price and slots.
+pub(crate) type LeaseCostRow = (String, i64, i64, Option<String>, i64, i64, f64, i64);
+
+/// What a lease cost: its time on the VM at the VM's price per slot.
+pub(crate) fn lease_cost_of(row: LeaseCostRow) -> LeaseCost {
+    let (pool, sweep_id, trial_number, outcome, start, end, price, slots) = row;
+    let seconds = (end - start).max(0) as f64 / 1000.0;
+    LeaseCost {
+        pool,
+        sweep_id,
+        trial_number,
+        outcome,
+        seconds,
+        usd: seconds / 3600.0 * price / slots.max(1) as f64,
+    }
 }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use spotsweep_core::fleet::{sweep_waiting_demand, vm_name};
 
 use super::{PgStore, commit, map_err};
-use crate::rows::{VM_COLUMNS, VmRow, vm_of};
+use crate::rows::{LeaseCostRow, VM_COLUMNS, VmRow, lease_cost_of, vm_of};
 use crate::{
     FleetStore, LeaseCost, NewVm, PoolDemand, Result, StoreError, Stored, Vm, VmState, VmUpdate, now_ms,
 };
@@ -88,7 +88,7 @@ impl FleetStore for PgStore {
 
     async fn lease_costs(&self, pool: Option<&str>, sweep_id: Option<i64>) -> Result<Vec<LeaseCost>> {
         let now = now_ms();
-        let rows: Vec<(String, i64, i64, Option<String>, i64, i64, f64, i64)> = sqlx::query_as(
+        let rows: Vec<LeaseCostRow> = sqlx::query_as(
             "SELECT v.pool, t.sweep_id, t.number, l.outcome, l.created_at, COALESCE(l.ended_at, $2), \
                     v.price_per_hour, v.slots \
              FROM leases l JOIN trials t ON t.id = l.trial_id \
@@ -102,22 +102,7 @@ impl FleetStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(pool, sweep_id, trial_number, outcome, start, end, price, slots)| {
-                    let seconds = (end - start).max(0) as f64 / 1000.0;
-                    LeaseCost {
-                        pool,
-                        sweep_id,
-                        trial_number,
-                        outcome,
-                        seconds,
-                        usd: seconds / 3600.0 * price / slots.max(1) as f64,
-                    }
-                },
-            )
-            .collect())
+        Ok(rows.into_iter().map(lease_cost_of).collect())
     }
 
     async fn pool_demand(&self, pool: &str) -> Result<PoolDemand> {
