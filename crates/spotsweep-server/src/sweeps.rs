@@ -324,15 +324,15 @@ async fn log_best_value(s: &AppState, trial: &Trial) {
         return;
     }
     let result = async {
-        let sweep = s.sweeps.get_sweep(trial.sweep_id).await?;
-        let (Some(run_id), Some((number, value, _))) = (&sweep.run_id, sweep.best) else {
+        let best = s.sweeps.sweep_best(trial.sweep_id).await?;
+        let (Some(run_id), Some((number, value, _))) = (&best.run_id, best.best) else {
             return anyhow::Ok(());
         };
         if number != trial.number {
             return Ok(());
         }
         let metric = spotsweep_store::Metric {
-            key: format!("best_{}", sweep.spec.objective.metric),
+            key: format!("best_{}", best.metric),
             value,
             timestamp: spotsweep_store::now_ms(),
             step: number,

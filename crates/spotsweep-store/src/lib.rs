@@ -204,6 +204,9 @@ pub trait SweepStore: Send + Sync + 'static {
     /// Pauses, resumes or cancels a sweep. Cancelling cancels queued trials and asks running
     /// ones to stop; a finished sweep cannot change.
     async fn set_sweep_state(&self, id: i64, state: SweepState) -> Result<Sweep>;
+    /// A sweep's best completed trial and where to log it, without the counts `get_sweep`
+    /// reads (every completion asks).
+    async fn sweep_best(&self, sweep_id: i64) -> Result<SweepBest>;
     /// A sweep's trials by number.
     async fn list_trials(&self, sweep_id: i64) -> Result<Vec<Trial>>;
     /// Queues a trial with fixed parameters (counts towards `max_trials`).

@@ -449,6 +449,18 @@ pub struct Sweep {
     pub run_id: Option<String>,
 }
 
+/// A sweep's best completed trial (reruns aside), with the sweep's own run and objective metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepBest {
+    /// The sweep's parent run, where its best value is logged (`None` for a sweep from before
+    /// sweeps had one).
+    pub run_id: Option<String>,
+    /// The objective metric.
+    pub metric: String,
+    /// (number, value, run id) of the best trial so far.
+    pub best: Option<(i64, f64, String)>,
+}
+
 /// Which sweeps a page of the list holds.
 #[derive(Debug, Clone, Default)]
 pub struct SweepQuery {

@@ -664,6 +664,19 @@ mod tests {
                 "{sql}: {steps:?}"
             );
         }
+        // A sweep's best trial (asked at every completion) is read from `trials_best`, its first
+        // entry in order, not found among the sweep's trials.
+        for sql in [
+            crate::sqlite::sweeps::BEST_TRIAL_MIN,
+            crate::sqlite::sweeps::BEST_TRIAL_MAX,
+        ] {
+            let steps = explain(&store, sql).await;
+            assert!(
+                steps.iter().any(|s| s.contains("INDEX trials_best"))
+                    && !steps.iter().any(|s| s.starts_with("SCAN t")),
+                "{sql}: {steps:?}"
+            );
+        }
         let listed = explain(&store, crate::sqlite::latest_fold::LISTED).await;
         assert!(
             listed

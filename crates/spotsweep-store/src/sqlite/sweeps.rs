@@ -24,7 +24,7 @@ use super::tracking::insert_experiment;
 use super::{SqliteStore, commit, map_err, now_ms, queue_writer, words_sql};
 use crate::{
     AgentSummary, Attempt, HeartbeatAction, LeaseRequest, LeasedTrial, NewExperiment, Outcome, Result,
-    StoreError, Stored, Sweep, SweepQuery, SweepState, SweepStore, Trial, TrialCounts, TrialState,
+    StoreError, Stored, Sweep, SweepBest, SweepQuery, SweepState, SweepStore, Trial, TrialCounts, TrialState,
     TrialSummary,
 };
 use spotsweep_core::queue::{
@@ -350,6 +350,32 @@ async fn end_sweep_run(conn: &mut SqliteConnection, sweep_id: i64, state: SweepS
     .await
     .map_err(map_err)?;
     Ok(())
+}
+
+/// The best completed trial of a sweep, reruns aside: (number, value, run id). Read through
+/// `trials_best` without touching the sweep's other trials.
+pub(crate) const BEST_TRIAL_MIN: &str = "SELECT t.number, t.value, r.run_uuid FROM trials t \
+     JOIN runs r ON r.id = t.run_id WHERE t.sweep_id = ?1 AND t.state = 'completed' AND t.rerun_of IS NULL \
+     ORDER BY t.value ASC, t.number ASC LIMIT 1";
+/// [`BEST_TRIAL_MIN`] for a sweep that maximizes.
+pub(crate) const BEST_TRIAL_MAX: &str = "SELECT t.number, t.value, r.run_uuid FROM trials t \
+     JOIN runs r ON r.id = t.run_id WHERE t.sweep_id = ?1 AND t.state = 'completed' AND t.rerun_of IS NULL \
+     ORDER BY t.value DESC, t.number ASC LIMIT 1";
+
+async fn best_trial(
+    pool: &sqlx::SqlitePool,
+    sweep_id: i64,
+    goal: Goal,
+) -> Result<Option<(i64, f64, String)>> {
+    let sql = match goal {
+        Goal::Minimize => BEST_TRIAL_MIN,
+        Goal::Maximize => BEST_TRIAL_MAX,
+    };
+    sqlx::query_as(sql)
+        .bind(sweep_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(map_err)
 }
 
 /// Ends a lease (its end time kept if it already ended) with the outcome it records, and sets
@@ -1316,21 +1342,7 @@ impl SqliteStore {
                 .position(|s| *s == state)
                 .unwrap_or_default()] = n;
         }
-        let best_sql = match spec.objective.goal {
-            Goal::Minimize => {
-                "SELECT t.number, t.value, r.run_uuid FROM trials t JOIN runs r ON r.id = t.run_id \
-                 WHERE t.sweep_id = ? AND t.state = 'completed' AND t.rerun_of IS NULL ORDER BY t.value ASC, t.number LIMIT 1"
-            }
-            Goal::Maximize => {
-                "SELECT t.number, t.value, r.run_uuid FROM trials t JOIN runs r ON r.id = t.run_id \
-                 WHERE t.sweep_id = ? AND t.state = 'completed' AND t.rerun_of IS NULL ORDER BY t.value DESC, t.number LIMIT 1"
-            }
-        };
-        let best: Option<(i64, f64, String)> = sqlx::query_as(best_sql)
-            .bind(row.id)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(map_err)?;
+        let best = best_trial(&self.reader, row.id, spec.objective.goal).await?;
         Ok(Sweep {
             id: row.id,
             spec,
@@ -1500,6 +1512,28 @@ impl SweepStore for SqliteStore {
         self.queue.forget_history(id);
         committed?;
         self.get_sweep(id).await
+    }
+
+    async fn sweep_best(&self, sweep_id: i64) -> Result<SweepBest> {
+        let spec = match self.queue.cached_spec(sweep_id) {
+            Some(spec) => spec,
+            None => {
+                self.queue
+                    .spec_of(&mut *self.reader.acquire().await?, sweep_id)
+                    .await?
+            }
+        };
+        let (run_id,): (Option<String>,) = sqlx::query_as("SELECT run_uuid FROM sweeps WHERE id = ?")
+            .bind(sweep_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("no sweep with id {sweep_id}")))?;
+        Ok(SweepBest {
+            run_id,
+            metric: spec.objective.metric.clone(),
+            best: best_trial(&self.reader, sweep_id, spec.objective.goal).await?,
+        })
     }
 
     async fn list_trials(&self, sweep_id: i64) -> Result<Vec<Trial>> {
