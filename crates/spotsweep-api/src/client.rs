@@ -3,8 +3,6 @@
 //! The CLI, the agent and the tests use it; none of them builds URLs or reads error bodies by
 //! hand.
 
-use std::time::Duration;
-
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -77,15 +75,6 @@ impl Client {
             base: base.trim_end_matches('/').to_owned(),
             token,
         }
-    }
-
-    /// A client whose whole calls end after `timeout` (answers to long polls included).
-    pub fn with_timeout(base: &str, token: Option<String>, timeout: Duration) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| Error::Unreachable(e.to_string()))?;
-        Ok(Self::with_http(http, base, token))
     }
 
     /// The daemon's base URL.

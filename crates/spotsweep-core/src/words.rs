@@ -46,7 +46,7 @@ macro_rules! words {
 
             /// The variant spelled `s` (`None` for a word this build does not know).
             pub fn parse(s: &str) -> Option<Self> {
-                Self::ALL.iter().copied().find(|w| w.as_str() == s)
+                <Self as $crate::words::Word>::parse(s)
             }
         }
 

@@ -29,11 +29,6 @@ impl Leadership {
         })
     }
 
-    /// The name this daemon holds roles under.
-    pub fn holder(&self) -> &str {
-        &self.holder
-    }
-
     /// Takes part in `role`, trying for it now: the watch says whether this daemon holds it,
     /// from now on.
     pub async fn role(&self, role: &str) -> watch::Receiver<bool> {
@@ -43,20 +38,6 @@ impl Leadership {
             roles.insert(role.to_owned(), tx);
         }
         rx
-    }
-
-    /// The roles this daemon holds now.
-    pub fn held(&self) -> Vec<String> {
-        self.roles.lock().map_or_else(
-            |_| Vec::new(),
-            |roles| {
-                roles
-                    .iter()
-                    .filter(|(_, tx)| *tx.borrow())
-                    .map(|(r, _)| r.clone())
-                    .collect()
-            },
-        )
     }
 
     /// Renews the roles held and tries the others every [`RENEW_EVERY`] until `stop`; then

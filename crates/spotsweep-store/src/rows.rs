@@ -58,8 +58,8 @@ pub(crate) type VmRow = (
 pub(crate) const VM_COLUMNS: &str = "id, pool, name, zone, state, request_id, operation, token_hash, price_per_hour, \
                           slots, created_at, running_at, busy_at, ended_at, reason";
 
-pub(crate) fn vm_of(r: VmRow) -> Result<Vm> {
-    Ok(Vm {
+pub(crate) fn vm_of(r: VmRow) -> Vm {
+    Vm {
         id: r.0,
         pool: r.1,
         name: r.2,
@@ -75,7 +75,7 @@ pub(crate) fn vm_of(r: VmRow) -> Result<Vm> {
         busy_at: r.12,
         ended_at: r.13,
         reason: r.14,
-    })
+    }
 }
 
 /// A lease on a fleet VM as read for its cost: the VM's pool, the trial's sweep and number, the

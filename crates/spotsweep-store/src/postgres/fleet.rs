@@ -165,7 +165,7 @@ impl FleetStore for PgStore {
         .await
         .map_err(map_err)?;
         commit(tx).await?;
-        vm_of(row)
+        Ok(vm_of(row))
     }
 
     async fn update_vm(&self, id: i64, u: &VmUpdate) -> Result<Vm> {
@@ -195,7 +195,9 @@ impl FleetStore for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;
-        vm_of(row.ok_or_else(|| StoreError::NotFound(format!("no VM with id {id}")))?)
+        Ok(vm_of(row.ok_or_else(|| {
+            StoreError::NotFound(format!("no VM with id {id}"))
+        })?))
     }
 
     async fn list_vms(&self, pool: Option<&str>, include_ended: bool) -> Result<Vec<Vm>> {
@@ -208,6 +210,6 @@ impl FleetStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        rows.into_iter().map(vm_of).collect()
+        Ok(rows.into_iter().map(vm_of).collect())
     }
 }

@@ -171,7 +171,7 @@ impl FleetStore for SqliteStore {
         .await
         .map_err(map_err)?;
         commit(tx).await?;
-        vm_of(row)
+        Ok(vm_of(row))
     }
 
     async fn update_vm(&self, id: i64, u: &VmUpdate) -> Result<Vm> {
@@ -213,7 +213,7 @@ impl FleetStore for SqliteStore {
         .await
         .map_err(map_err)?;
         commit(tx).await?;
-        vm_of(row)
+        Ok(vm_of(row))
     }
 
     async fn list_vms(&self, pool: Option<&str>, include_ended: bool) -> Result<Vec<Vm>> {
@@ -226,6 +226,6 @@ impl FleetStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(map_err)?;
-        rows.into_iter().map(vm_of).collect()
+        Ok(rows.into_iter().map(vm_of).collect())
     }
 }

@@ -378,6 +378,17 @@ async fn best_trial(
         .map_err(map_err)
 }
 
+/// Where sweep `?1` stands for [`queue::sweep_done`]: its state, trials proposed, budget of
+/// trials, and trials not ended. Built once: it is read at every trial's end.
+static SWEEP_PROGRESS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT state, trials_created, max_trials, \
+           (SELECT COUNT(*) FROM trials WHERE sweep_id = ?1 AND state IN ({})) \
+         FROM sweeps WHERE id = ?1",
+        words_sql(&TrialState::UNFINISHED)
+    )
+});
+
 /// Ends a lease (its end time kept if it already ended) with the outcome it records, and sets
 /// its trial's state, value (?2, a real: a float through JSON text could change), reason and
 /// failures, and its run's status when the trial's story ends.
@@ -1012,14 +1023,8 @@ impl Queue {
 
     /// Completes sweep `sweep_id` and ends its run if it is done (see [`queue::sweep_done`]).
     async fn complete_sweep_if_done(&self, conn: &mut SqliteConnection, sweep_id: i64) -> Result<()> {
-        let sql = format!(
-            "SELECT state, trials_created, max_trials, \
-               (SELECT COUNT(*) FROM trials WHERE sweep_id = ?1 AND state IN ({})) \
-             FROM sweeps WHERE id = ?1",
-            words_sql(&TrialState::UNFINISHED)
-        );
         let (Stored(state), trials_created, max_trials, unfinished): (Stored<SweepState>, i64, i64, i64) =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            sqlx::query_as(sqlx::AssertSqlSafe(SWEEP_PROGRESS.as_str()))
                 .bind(sweep_id)
                 .fetch_one(&mut *conn)
                 .await
