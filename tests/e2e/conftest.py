@@ -9,6 +9,10 @@ Environment variables:
   SPOTSWEEP_E2E_URL      optional: use an already running server at this URL instead of
                          starting one (SPOTSWEEP_E2E_TOKEN gives its token); tests that need
                          to control the process are skipped
+  SPOTSWEEP_E2E_POSTGRES optional: a PostgreSQL server where the suite may create databases
+                         (postgres://USER@HOST:PORT/postgres): every daemon then runs on a
+                         fresh database there (one per data dir, kept across restarts) instead
+                         of its SQLite file; tests marked sqlite_only are skipped
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGET = os.environ.get("SPOTSWEEP_E2E_TARGET", "spotsweep").strip().lower()
 IS_REFERENCE = TARGET == "reference"
 EXTERNAL_URL = os.environ.get("SPOTSWEEP_E2E_URL", "").strip().rstrip("/")
+POSTGRES = os.environ.get("SPOTSWEEP_E2E_POSTGRES", "").strip()
 
 SPOTSWEEP_START_TIMEOUT_S = 10.0
 REFERENCE_START_TIMEOUT_S = 120.0
@@ -41,6 +46,24 @@ DEFAULT_TEST_TIMEOUT_S = 180
 
 _LISTEN_RE = re.compile(r"listening on (http://127\.0\.0\.1:(\d+))")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+_databases: dict[Path, str] = {}
+
+
+def database_url_for(data_dir: Path) -> str:
+    """The PostgreSQL database of a data dir: made at the first start, the same ever after."""
+    data_dir = Path(data_dir).resolve()
+    if data_dir not in _databases:
+        name = f"e2e_{uuid.uuid4().hex[:16]}"
+        subprocess.run(
+            ["psql", "-q", "-v", "ON_ERROR_STOP=1", POSTGRES, "-c", f"CREATE DATABASE {name}"],
+            check=True,
+            capture_output=True,
+        )
+        server, _, _ = POSTGRES.rpartition("/")
+        _databases[data_dir] = f"{server}/{name}"
+    return _databases[data_dir]
 
 
 def spotsweep_bin() -> Path:
@@ -89,6 +112,10 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "needs_process: the test starts/stops its own server process"
     )
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only(why): about the SQLite file itself; skipped when SPOTSWEEP_E2E_POSTGRES is set",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -99,6 +126,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_ref)
         if EXTERNAL_URL and item.get_closest_marker("needs_process"):
             item.add_marker(skip_ext)
+        sqlite_only = item.get_closest_marker("sqlite_only")
+        if POSTGRES and sqlite_only:
+            why = sqlite_only.args[0] if sqlite_only.args else "about the SQLite file"
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {why}"))
         # A hung server must not hang the suite (pytest-timeout reads this marker).
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT_S))
@@ -182,6 +213,8 @@ class ServerHandle:
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [str(binary), "serve", "--listen", self.listen, "--data-dir", str(self.data_dir)]
+        if POSTGRES and "--database-url" not in self.extra_args:
+            cmd += ["--database-url", database_url_for(self.data_dir)]
         if not self.auth:
             cmd.append("--no-auth")
         cmd += self.extra_args

@@ -63,12 +63,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// With the daemon stopped: revoke the admin token and write a new one to
-    /// <data-dir>/admin.token (mode 0600). Other tokens keep working.
+    /// Revoke the admin token and write a new one to <data-dir>/admin.token (mode 0600).
+    /// Other tokens keep working. On the SQLite file, with the daemon stopped; on PostgreSQL
+    /// (--database-url) the daemons may run.
     ResetAdmin {
         /// The daemon's data dir.
         #[arg(long, env = "SPOTSWEEP_DATA_DIR", default_value = "spotsweep-data")]
         data_dir: PathBuf,
+        /// The daemons' PostgreSQL database, if they use one.
+        #[arg(long, env = "SPOTSWEEP_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
 }
 
@@ -83,6 +87,10 @@ struct ServeArgs {
     /// Directory for spotsweep.db, artifacts/ and admin.token [default: ./spotsweep-data].
     #[arg(long, env = "SPOTSWEEP_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// A PostgreSQL database instead of the SQLite file, shared by every daemon of a lab:
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE [default: <data-dir>/spotsweep.db].
+    #[arg(long, env = "SPOTSWEEP_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Where artifacts are stored: a directory or gs://bucket/prefix [default: <data-dir>/artifacts].
     #[arg(long, env = "SPOTSWEEP_ARTIFACTS_DESTINATION")]
     artifacts_destination: Option<String>,
@@ -348,6 +356,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         listen: args.listen,
         data_dir: args.data_dir,
+        database_url: args.database_url,
         artifacts_destination: args.artifacts_destination,
         log_format: args.log_format,
         no_auth: args.no_auth,
@@ -789,8 +798,14 @@ fn main() -> anyhow::Result<()> {
             print!("{}", spotsweep_server::api::openapi_json());
             Ok(())
         }
-        Command::Token(TokenCommand::ResetAdmin { data_dir }) => runtime.block_on(async {
-            let path = spotsweep_server::reset_admin_token(&data_dir).await?;
+        Command::Token(TokenCommand::ResetAdmin { data_dir, database_url }) => runtime.block_on(async {
+            let url = match database_url.as_deref().map(str::trim) {
+                Some(url) if !url.is_empty() => Some(
+                    spotsweep_server::config::DatabaseUrl::parse(url).map_err(anyhow::Error::msg)?,
+                ),
+                _ => None,
+            };
+            let path = spotsweep_server::reset_admin_token(&data_dir, url.as_ref()).await?;
             eprintln!(
                 "the admin token was replaced: the new one is in {} (the old one no longer works)",
                 path.display()

@@ -1,7 +1,9 @@
 //! Bearer tokens. Secrets are random 256-bit values shown once; the database keeps only their
 //! SHA-256, and the daemon keeps the live tokens in memory so that checking a request costs one
-//! hash and one map lookup, not a database read. Only this daemon creates and revokes tokens,
-//! so the in-memory set is updated in the same place as the database.
+//! hash and one map lookup, not a database read. A daemon alone on its database creates and
+//! revokes every token itself, so the in-memory set is updated in the same place as the
+//! database. Daemons sharing a PostgreSQL database also [`Reloader::reload`] what the others
+//! made or revoked: when one announces it, and before refusing a token they do not know.
 //!
 //! Four kinds, least privilege first:
 //! - a **trial's** token (`sstr_`), handed to each leased trial as `MLFLOW_TRACKING_TOKEN`: its
@@ -214,9 +216,110 @@ impl Auth {
         matches!(self.access(token), Some(Access::Api(_)))
     }
 
+    /// Replaces the live API tokens with those read from the database.
+    fn replace_api(&self, live: HashMap<String, ApiToken>) {
+        if let Ok(mut m) = self.live.write() {
+            *m = live;
+        }
+    }
+
+    /// Replaces the VMs' tokens with those read from the database; the local agents' tokens
+    /// (this daemon's own, never stored) stay.
+    fn replace_vms(&self, vms: impl IntoIterator<Item = (String, VmScope)>) {
+        if let Ok(mut m) = self.agents.write() {
+            m.retain(|_, scope| scope.pool == crate::local::POOL);
+            m.extend(vms);
+        }
+    }
+
+    /// Makes the trial tokens of the open leases read at `read_at` live and forgets those of
+    /// leases that ended (a token made live after the read stays: its lease is newer).
+    pub fn sync_trials(&self, daemon_secret: &str, open: &[(String, String, i64)], read_at: i64) {
+        let ids: std::collections::HashSet<&str> = open.iter().map(|(lease, _, _)| lease.as_str()).collect();
+        self.retain_trials_open_at(&ids, read_at);
+        for (lease_id, run_id, experiment_id) in open {
+            self.add_trial(
+                &trial_token(daemon_secret, lease_id),
+                TrialScope {
+                    lease_id: lease_id.clone(),
+                    run_id: run_id.clone(),
+                    experiment_id: experiment_id.to_string(),
+                    issued_at: read_at,
+                },
+            );
+        }
+    }
+
     /// Whether any API token exists yet.
     pub fn is_empty(&self) -> bool {
         self.live.read().map(|s| s.is_empty()).unwrap_or(true)
+    }
+}
+
+/// Reads the tokens that other daemons on the same database made or revoked: API tokens, the
+/// VMs' tokens (the fleet's leader makes them) and the trial tokens of leases taken elsewhere.
+pub struct Reloader {
+    tokens: Arc<dyn TokenStore>,
+    fleet: Arc<dyn spotsweep_store::FleetStore>,
+    daemon_secret: Arc<String>,
+    /// When the latest reload began. Held while reloading, so that reloads run one at a time
+    /// and requests waiting on one share it.
+    began: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// Reloads for unknown tokens run at most this often: a stream of bad tokens costs the database
+/// ten reads a second, not one per request.
+const RELOAD_AT_MOST_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Reloader {
+    /// A reloader reading these stores.
+    pub fn new(
+        tokens: Arc<dyn TokenStore>,
+        fleet: Arc<dyn spotsweep_store::FleetStore>,
+        daemon_secret: Arc<String>,
+    ) -> Self {
+        Self {
+            tokens,
+            fleet,
+            daemon_secret,
+            began: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Reads every kind of token again (another daemon announced a change, or the
+    /// announcements were interrupted).
+    pub async fn reload(&self, auth: &Auth) -> Result<(), StoreError> {
+        let mut began = self.began.lock().await;
+        *began = Some(std::time::Instant::now());
+        self.read(auth).await
+    }
+
+    /// For a request with a token unknown here that arrived at `arrived`: reloads, unless a
+    /// reload began after it arrived (that one saw every token committed before the request).
+    async fn reload_for(&self, auth: &Auth, arrived: std::time::Instant) -> Result<(), StoreError> {
+        let mut began = self.began.lock().await;
+        if began.is_some_and(|at| at >= arrived) {
+            return Ok(());
+        }
+        if let Some(at) = *began {
+            tokio::time::sleep_until((at + RELOAD_AT_MOST_EVERY).into()).await;
+        }
+        *began = Some(std::time::Instant::now());
+        self.read(auth).await
+    }
+
+    async fn read(&self, auth: &Auth) -> Result<(), StoreError> {
+        let read_at = spotsweep_store::now_ms();
+        let api = self.tokens.live_tokens().await?;
+        let vms = self.fleet.list_vms(None, false).await?;
+        let open = self.fleet.open_lease_runs().await?;
+        auth.replace_api(api.into_iter().collect());
+        auth.replace_vms(vms.into_iter().filter_map(|vm| {
+            let hash = vm.token_hash?;
+            Some((hash, VmScope { name: vm.name, pool: vm.pool }))
+        }));
+        auth.sync_trials(&self.daemon_secret, &open, read_at);
+        Ok(())
     }
 }
 
@@ -398,11 +501,14 @@ pub struct AuthState {
     pub traces: Arc<dyn spotsweep_store::TraceStore>,
     /// The daemon's secret, which signs browser sessions.
     pub daemon_secret: Arc<String>,
+    /// With other daemons on the database: where to look for a token this one does not know.
+    pub reloader: Option<Arc<Reloader>>,
 }
 
 /// Middleware: every route except `/health` and `/version` needs a live bearer token. The
 /// refusal is MLflow's error envelope, which the MLflow client shows as is.
 pub async fn require_token(State(state): State<AuthState>, req: Request, next: Next) -> Response {
+    let arrived = std::time::Instant::now();
     let auth = &state.auth;
     let path = req.uri().path();
     if !auth.enabled || path == "/health" || path == "/version" || crate::ui::is_public(path) {
@@ -431,7 +537,16 @@ pub async fn require_token(State(state): State<AuthState>, req: Request, next: N
         req.extensions_mut().insert(Caller(token));
         return next.run(req).await;
     }
-    let message = match bearer(req.headers()).map(|t| auth.access(t)) {
+    let mut access = bearer(req.headers()).map(|t| auth.access(t));
+    // A token another daemon made a moment ago (a trial's lease taken there, a new API token):
+    // look in the database before refusing it.
+    if let (Some(None), Some(reloader), Some(token)) = (&access, &state.reloader, bearer(req.headers())) {
+        match reloader.reload_for(auth, arrived).await {
+            Ok(()) => access = Some(auth.access(token)),
+            Err(e) => tracing::warn!(error = %e, "cannot read the tokens other daemons made"),
+        }
+    }
+    let message = match access {
         Some(Some(Access::Api(token))) => {
             if let Some(refusal) = read_only_refusal(&token, &req) {
                 return refusal;

@@ -29,11 +29,60 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// A PostgreSQL URL (`postgres://user:password@host/db`). Its `Debug` and `Display` hide the
+/// password: configurations are logged, secrets never are.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Checks the scheme; anything but PostgreSQL is refused with what to write instead.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self(url.to_owned()))
+        } else {
+            Err(format!(
+                "database URL '{}' is not a PostgreSQL URL: write postgres://USER:PASSWORD@HOST:PORT/DATABASE, \
+                 or leave it out for the SQLite file in the data dir",
+                Self(url.to_owned())
+            ))
+        }
+    }
+
+    /// The URL itself, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // scheme://user:password@rest -> scheme://user:***@rest
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
+        match rest.split_once('@') {
+            Some((userinfo, host)) if userinfo.contains(':') => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                write!(f, "{scheme}://{user}:***@{host}")
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
 /// The resolved configuration of `spotsweep serve`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Address to listen on (default `127.0.0.1:5000`).
     pub listen: SocketAddr,
+    /// A PostgreSQL database shared by several daemons; `None`: the SQLite file
+    /// `<data_dir>/spotsweep.db`.
+    pub database_url: Option<DatabaseUrl>,
     /// Holds `spotsweep.db`, `artifacts/` and `admin.token` (default `./spotsweep-data`).
     pub data_dir: PathBuf,
     /// Where artifact bytes go: a directory or `gs://bucket/prefix` (default
@@ -69,6 +118,7 @@ pub const DEFAULT_CODE_MAX_MB: u64 = 512;
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    database_url: Option<String>,
     data_dir: Option<PathBuf>,
     artifacts_destination: Option<String>,
     log_format: Option<LogFormat>,
@@ -98,6 +148,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     /// `--data-dir` / `SPOTSWEEP_DATA_DIR`
     pub data_dir: Option<PathBuf>,
+    /// `--database-url` / `SPOTSWEEP_DATABASE_URL`
+    pub database_url: Option<String>,
     /// `--artifacts-destination` / `SPOTSWEEP_ARTIFACTS_DESTINATION`
     pub artifacts_destination: Option<String>,
     /// `--log-format` / `SPOTSWEEP_LOG_FORMAT`
@@ -125,6 +177,9 @@ pub enum ConfigError {
          (127.0.0.1 or ::1); drop --no-auth and use the admin token, or listen on loopback"
     )]
     NoAuthOffLoopback(SocketAddr),
+    /// The database URL is not one the daemon can use.
+    #[error("{0}")]
+    Database(String),
 }
 
 fn fleet_timing(f: FleetFile) -> Result<crate::fleet::FleetTiming, String> {
@@ -161,11 +216,16 @@ impl Config {
             .artifacts_destination
             .or(from_file.artifacts_destination)
             .unwrap_or_else(|| data_dir.join("artifacts").display().to_string());
+        let database_url = match overrides.database_url.or(from_file.database_url) {
+            Some(url) if !url.trim().is_empty() => Some(DatabaseUrl::parse(&url).map_err(ConfigError::Database)?),
+            _ => None,
+        };
         let config = Self {
             listen: overrides
                 .listen
                 .or(from_file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5000))),
+            database_url,
             data_dir,
             artifacts_destination,
             log_format: overrides.log_format.or(from_file.log_format).unwrap_or_default(),
@@ -193,7 +253,7 @@ impl Config {
         Ok(config)
     }
 
-    /// The database file.
+    /// The SQLite database file (used when no `database_url` is set).
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("spotsweep.db")
     }
@@ -233,6 +293,25 @@ mod tests {
         let d = Config::load(None, Overrides::default()).unwrap();
         assert_eq!(d.listen, "127.0.0.1:5000".parse().unwrap());
         assert_eq!(d.data_dir, PathBuf::from("./spotsweep-data"));
+    }
+
+    #[test]
+    fn a_database_url_must_be_postgres_and_never_shows_its_password() {
+        let o = |url: &str| Overrides {
+            database_url: Some(url.into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(None, o("postgres://lab:s3cret@db.internal:5432/spotsweep")).unwrap();
+        let url = c.database_url.clone().unwrap();
+        assert_eq!(url.expose(), "postgres://lab:s3cret@db.internal:5432/spotsweep");
+        assert_eq!(url.to_string(), "postgres://lab:***@db.internal:5432/spotsweep");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(Config::load(None, o("postgresql:///spotsweep?host=/run/postgresql")).is_ok());
+        assert!(Config::load(None, o("")).unwrap().database_url.is_none());
+        let Err(ConfigError::Database(why)) = Config::load(None, o("mysql://root:pw@h/db")) else {
+            panic!("a MySQL URL was accepted");
+        };
+        assert!(why.contains("postgres://") && !why.contains(":pw@"), "{why}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::replicas::News;
 
 /// The route of live events.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -40,12 +41,15 @@ pub enum Change {
     Any,
 }
 
-/// Where changes are announced.
+/// Where changes are announced: to this daemon's streams, and to the other daemons on the same
+/// database when there are (see `replicas`).
 #[derive(Debug)]
 pub struct Changes {
     tx: broadcast::Sender<Change>,
     /// Set when the daemon shuts down: every stream ends, so that the server can drain.
     closing: tokio::sync::watch::Sender<bool>,
+    /// News for the other daemons, set once at start when the database is shared.
+    peers: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<News>>,
 }
 
 impl Default for Changes {
@@ -53,6 +57,7 @@ impl Default for Changes {
         Self {
             tx: broadcast::channel(4096).0,
             closing: tokio::sync::watch::channel(false).0,
+            peers: std::sync::OnceLock::new(),
         }
     }
 }
@@ -60,17 +65,37 @@ impl Default for Changes {
 impl Changes {
     /// A sweep's state or trials changed.
     pub fn sweep(&self, id: i64) {
-        let _ = self.tx.send(Change::Sweep(id));
+        self.local(Change::Sweep(id));
+        self.tell(News::Sweep(id));
     }
 
     /// The fleet changed.
     pub fn fleet(&self) {
-        let _ = self.tx.send(Change::Fleet);
+        self.local(Change::Fleet);
+        self.tell(News::Fleet);
     }
 
     /// Trials of some sweeps changed.
     pub fn any(&self) {
-        let _ = self.tx.send(Change::Any);
+        self.local(Change::Any);
+        self.tell(News::Any);
+    }
+
+    /// Tells this daemon's streams only (what another daemon announced).
+    pub(crate) fn local(&self, change: Change) {
+        let _ = self.tx.send(change);
+    }
+
+    /// Tells the other daemons on the database, if there are any; costs nothing otherwise.
+    pub fn tell(&self, news: News) {
+        if let Some(peers) = self.peers.get() {
+            let _ = peers.send(news);
+        }
+    }
+
+    /// Sends [`Changes::tell`]'s news to `peers` from now on.
+    pub(crate) fn connect_peers(&self, peers: tokio::sync::mpsc::UnboundedSender<News>) {
+        let _ = self.peers.set(peers);
     }
 
     /// Ends every stream (the daemon is shutting down).

@@ -444,6 +444,7 @@ impl PoolManager {
                 pool: self.name.clone(),
             },
         );
+        self.signals.changes.tell(crate::replicas::News::Vms);
         match self
             .client
             .insert_instance(&vm.zone, &self.instance(vm, &token), &vm.request_id)
@@ -524,6 +525,7 @@ impl PoolManager {
     async fn end(&self, vm: &Vm, state: VmState, reason: &str) -> anyhow::Result<()> {
         self.auth
             .remove_vm(&hash_token(&vm_token(&self.daemon_secret, vm.id, &vm.request_id)));
+        self.signals.changes.tell(crate::replicas::News::Vms);
         let leases = self.store.open_leases_of_agent(&vm.name).await?;
         // Its trials' tokens end with their leases.
         self.auth

@@ -16,6 +16,7 @@ pub mod leadership;
 pub mod local;
 pub mod pools;
 pub mod pools_api;
+pub mod replicas;
 pub mod sweeps;
 pub mod tokens;
 pub mod ui;
@@ -30,7 +31,10 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use spotsweep_mlflow::{ArtifactRepo, MlflowState};
-use spotsweep_store::{FleetStore, SqliteOptions, SqliteStore, SweepStore, TokenStore};
+use spotsweep_store::{
+    FleetStore, LeaderStore, ModelStore, PgOptions, PgStore, RegistryStore, SqliteOptions, SqliteStore, SweepStore,
+    TokenStore, TraceStore, TrackingStore,
+};
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, LogFormat, Overrides};
@@ -76,6 +80,8 @@ pub struct AppState {
     pub artifacts: Arc<ArtifactRepo>,
     /// Which of the loops that must run once this daemon runs.
     pub leadership: Arc<leadership::Leadership>,
+    /// With other daemons on the database: reads the tokens they made.
+    pub reloader: Option<Arc<auth::Reloader>>,
 }
 
 /// Zones backed off after a stockout: pool, then zone, then until when (ms since the epoch).
@@ -128,6 +134,7 @@ pub fn router(state: AppState, mlflow: MlflowState) -> Router {
                 models,
                 traces,
                 daemon_secret: state.daemon_secret.clone(),
+                reloader: state.reloader.clone(),
             },
             auth::require_token,
         ))
@@ -204,7 +211,7 @@ fn local_agent_tokens(state: &AppState, agents: u32) -> Vec<String> {
                 auth::hash_token(&token),
                 auth::VmScope {
                     name: local::agent_name(i),
-                    pool: "local".into(),
+                    pool: local::POOL.into(),
                 },
             );
             token
@@ -261,9 +268,31 @@ fn restrict_database_files(database: &std::path::Path) {
     }
 }
 
-/// `spotsweep token reset-admin`: with no daemon on `data_dir`, revokes the admin token and
-/// writes a new one to `<data-dir>/admin.token`. Returns that path.
-pub async fn reset_admin_token(data_dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+/// `spotsweep token reset-admin`: revokes the admin token and writes a new one to
+/// `<data-dir>/admin.token`. Returns that path. On the SQLite file, with no daemon on
+/// `data_dir`; on PostgreSQL the daemons may run: they hear of it and drop the old token.
+pub async fn reset_admin_token(
+    data_dir: &std::path::Path,
+    database_url: Option<&config::DatabaseUrl>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let path = data_dir.join("admin.token");
+    if let Some(url) = database_url {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+        let store = PgStore::open(&PgOptions::new(url.expose()))
+            .await
+            .with_context(|| format!("cannot open database {url}"))?;
+        let done = auth::reset_admin_token(&store, &path).await;
+        if done.is_ok() {
+            // Live daemons read the tokens again (any name but theirs will do as the sender).
+            let _ = store
+                .announce(&format!("reset-admin {}", replicas::News::Tokens.word()))
+                .await;
+        }
+        store.close().await;
+        done?;
+        return Ok(path);
+    }
     let _lock = DataDirLock::acquire(data_dir)?;
     let database = data_dir.join("spotsweep.db");
     anyhow::ensure!(
@@ -274,11 +303,37 @@ pub async fn reset_admin_token(data_dir: &std::path::Path) -> anyhow::Result<std
     let store = SqliteStore::open(&SqliteOptions::new(&database))
         .await
         .with_context(|| format!("cannot open database {}", database.display()))?;
-    let path = data_dir.join("admin.token");
     let done = auth::reset_admin_token(&store, &path).await;
     store.close().await;
     done?;
     Ok(path)
+}
+
+/// Several replicas share one database but not their data dirs: artifacts written under one
+/// replica's data dir are missing on the others. Says so at start when another daemon is live
+/// on the database (it holds a role) and the artifact root is the default one.
+async fn warn_if_artifacts_are_local_to_a_replica(config: &Config, store: &dyn LeaderStore, me: &str) {
+    let default_root = config.data_dir.join("artifacts").display().to_string();
+    if config.artifacts_destination != default_root {
+        return;
+    }
+    let mut others = Vec::new();
+    for role in ["expiry"] {
+        if let Ok(Some(holder)) = store.leader(role).await
+            && holder != me
+        {
+            others.push(holder);
+        }
+    }
+    if !others.is_empty() {
+        tracing::warn!(
+            other_daemons = ?others,
+            artifacts = %default_root,
+            "other daemons are live on this database, and artifacts go to this daemon's own data dir: \
+             runs logged through one daemon will miss their artifacts on the others; give every daemon the \
+             same --artifacts-destination (gs://BUCKET/PREFIX, or a directory they all mount)"
+        );
+    }
 }
 
 /// Starts a manager per Compute Engine pool; their tasks end when `stop` changes.
@@ -326,6 +381,25 @@ async fn start_fleet(
     Ok(tasks)
 }
 
+/// Every store the daemon uses: what a database it can run on implements.
+pub trait Backend:
+    TrackingStore + SweepStore + FleetStore + TokenStore + RegistryStore + ModelStore + TraceStore + LeaderStore
+{
+}
+
+impl<S> Backend for S where
+    S: TrackingStore + SweepStore + FleetStore + TokenStore + RegistryStore + ModelStore + TraceStore + LeaderStore
+{
+}
+
+/// The database the daemon runs on, for what only one kind of database needs.
+enum Database {
+    /// The SQLite file in the data dir: this daemon alone, its WAL kept small by a loop.
+    Sqlite(Arc<SqliteStore>),
+    /// A PostgreSQL database that other daemons may share: news goes between them.
+    Postgres(Arc<PgStore>),
+}
+
 /// Runs the daemon on `listener` until `shutdown` completes, then lets in-flight requests
 /// finish and closes the database cleanly.
 pub async fn run(
@@ -336,12 +410,35 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let _lock = DataDirLock::acquire(&config.data_dir)?;
-    let store = Arc::new(
-        SqliteStore::open(&SqliteOptions::new(config.database_path()))
-            .await
-            .with_context(|| format!("cannot open database {}", config.database_path().display()))?,
-    );
-    restrict_database_files(&config.database_path());
+    match &config.database_url {
+        None => {
+            let store = Arc::new(
+                SqliteStore::open(&SqliteOptions::new(config.database_path()))
+                    .await
+                    .with_context(|| format!("cannot open database {}", config.database_path().display()))?,
+            );
+            restrict_database_files(&config.database_path());
+            serve(config, listener, shutdown, store.clone(), Database::Sqlite(store)).await
+        }
+        Some(url) => {
+            let store = Arc::new(
+                PgStore::open(&PgOptions::new(url.expose()))
+                    .await
+                    .with_context(|| format!("cannot open database {url}"))?,
+            );
+            serve(config, listener, shutdown, store.clone(), Database::Postgres(store)).await
+        }
+    }
+}
+
+/// [`run`] on an open store.
+async fn serve<S: Backend>(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    store: Arc<S>,
+    database: Database,
+) -> anyhow::Result<()> {
     let auth = Arc::new(Auth::load(store.as_ref(), !config.no_auth).await?);
     let token_path = config.admin_token_path();
     if auth::bootstrap_admin_token(store.as_ref(), &auth, &token_path).await? {
@@ -353,10 +450,34 @@ pub async fn run(
         tracing::warn!("--no-auth: every request is accepted without a token (loopback only)");
     }
     let artifacts = Arc::new(ArtifactRepo::open(&config.artifacts_destination)?);
-    // One daemon owns a SQLite data dir (the lock above), so it leads under the install's id:
-    // after a crash it takes its roles back at once instead of waiting out its old leases.
-    let leadership = leadership::Leadership::new(store.clone(), store.daemon_id().await?);
-    tracing::info!(artifacts = artifacts.location(), database = %config.database_path().display(), "storage ready");
+    let daemon_secret = Arc::new(store.daemon_secret().await?);
+    let (holder, reloader, database_name) = match &database {
+        // One daemon owns a SQLite data dir (the lock above), so it leads under the install's
+        // id: after a crash it takes its roles back at once instead of waiting out its old
+        // leases.
+        Database::Sqlite(_) => (
+            store.daemon_id().await?,
+            None,
+            config.database_path().display().to_string(),
+        ),
+        // Replicas share the install's id: each start is a holder of its own, and after a
+        // crash another replica (or this one, restarted) takes the roles within a lease.
+        Database::Postgres(_) => {
+            let url = config.database_url.as_ref().map(|u| u.to_string()).unwrap_or_default();
+            let holder = format!(
+                "{}/{}",
+                listener.local_addr()?,
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            );
+            let reloader = auth::Reloader::new(store.clone(), store.clone(), daemon_secret.clone());
+            (holder, Some(Arc::new(reloader)), url)
+        }
+    };
+    let leadership = leadership::Leadership::new(store.clone(), holder.clone());
+    tracing::info!(artifacts = artifacts.location(), database = %database_name, daemon = %holder, "storage ready");
+    if let Database::Postgres(_) = &database {
+        warn_if_artifacts_are_local_to_a_replica(&config, store.as_ref(), &holder).await;
+    }
 
     let state = AppState {
         tokens: store.clone(),
@@ -368,7 +489,7 @@ pub async fn run(
         pools: Arc::new(config.pools.clone()),
         budget_blocked: Arc::default(),
         zone_backoffs: Arc::default(),
-        daemon_secret: Arc::new(store.daemon_secret().await?),
+        daemon_secret,
         mlflow_ui: Arc::new(ui::locate(config.mlflow_ui.as_deref()).await),
         secure_cookies: config
             .public_url
@@ -380,6 +501,7 @@ pub async fn run(
         ),
         artifacts: artifacts.clone(),
         leadership: leadership.clone(),
+        reloader: reloader.clone(),
         agent_binary: Arc::new(match &config.agent_binary {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find the spotsweep executable")?,
@@ -397,8 +519,17 @@ pub async fn run(
     let (stop_loops, loops_stopped) = tokio::sync::watch::channel(false);
     let expiry = tokio::spawn(sweeps::expire_leases_loop(state.clone(), loops_stopped.clone()));
     let loops_stopped_fleet = loops_stopped.clone();
-    // The WAL upkeep is the SQLite file's own: one daemon per file, no role needed.
-    let checkpoints = tokio::spawn(checkpoint_loop(store.clone(), loops_stopped.clone()));
+    let mut upkeep = Vec::new();
+    match &database {
+        // The WAL upkeep is the SQLite file's own: one daemon per file, no role needed.
+        Database::Sqlite(sqlite) => {
+            upkeep.push(tokio::spawn(checkpoint_loop(sqlite.clone(), loops_stopped.clone())));
+        }
+        Database::Postgres(pg) => {
+            let reloader = reloader.clone().expect("a shared database has a reloader");
+            upkeep.extend(replicas::start(pg.clone(), &state, reloader, holder.clone(), loops_stopped.clone()));
+        }
+    }
     let leading = tokio::spawn(leadership.clone().run(loops_stopped));
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
@@ -447,12 +578,17 @@ pub async fn run(
     tracing::info!("shutting down: requests drained, closing the database");
     let _ = stop_loops.send(true);
     let _ = expiry.await;
-    let _ = checkpoints.await;
+    for task in upkeep {
+        let _ = task.await;
+    }
     for f in fleet {
         let _ = f.await;
     }
     // Its roles pass to another daemon at once.
     let _ = leading.await;
-    store.close().await;
+    match database {
+        Database::Sqlite(sqlite) => sqlite.close().await,
+        Database::Postgres(pg) => pg.close().await,
+    }
     Ok(())
 }

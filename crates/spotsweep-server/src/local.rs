@@ -8,6 +8,9 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+/// The local pool's name.
+pub const POOL: &str = "local";
+
 /// How to start the local agents.
 #[derive(Debug, Clone)]
 pub struct LocalPool {
@@ -91,7 +94,7 @@ fn spawn_agent(pool: &LocalPool, i: u32) -> std::io::Result<Child> {
         .arg("--slots")
         .arg("1")
         .arg("--pool")
-        .arg("local")
+        .arg(POOL)
         .arg("--name")
         .arg(agent_name(i))
         .arg("--work-dir")

@@ -63,6 +63,19 @@ pub struct Signals {
 }
 
 impl Signals {
+    /// Work may have become available, here or (told) on the other daemons.
+    pub fn more_work(&self) {
+        self.work.notify_waiters();
+        self.changes.tell(crate::replicas::News::Work);
+    }
+
+    /// A lease was taken or ended: the expiry loop (wherever it runs) looks at the deadlines
+    /// again, and the other daemons learn its trial token.
+    pub fn leases_changed(&self) {
+        self.leases.notify_one();
+        self.changes.tell(crate::replicas::News::Leases);
+    }
+
     /// Whether an agent should be recorded now (first seen, or not for a minute).
     fn should_record_agent(&self, agent_id: &str) -> bool {
         let Ok(mut seen) = self.agents_seen.lock() else {
@@ -169,20 +182,7 @@ pub async fn sync_trial_tokens(s: &AppState) -> Result<(), spotsweep_store::Stor
     // older than a token says nothing about it).
     let read_at = spotsweep_store::now_ms();
     let open = s.fleet.open_lease_runs().await?;
-    let ids: std::collections::HashSet<&str> = open.iter().map(|(lease, _, _)| lease.as_str()).collect();
-    s.auth.retain_trials_open_at(&ids, read_at);
-    for (lease_id, run_id, experiment_id) in &open {
-        let token = trial_token(&s.daemon_secret, lease_id);
-        s.auth.add_trial(
-            &token,
-            TrialScope {
-                lease_id: lease_id.clone(),
-                run_id: run_id.clone(),
-                experiment_id: experiment_id.to_string(),
-                issued_at: read_at,
-            },
-        );
-    }
+    s.auth.sync_trials(&s.daemon_secret, &open, read_at);
     Ok(())
 }
 
@@ -285,7 +285,7 @@ pub async fn create_sweep(
     let sweep = s.sweeps.create_sweep(spec, seed).await?;
     tracing::info!(id = sweep.id, name = %sweep.spec.name, "sweep created");
     log_sweep_artifacts(&s, &sweep, diff).await;
-    s.signals.work.notify_waiters();
+    s.signals.more_work();
     s.signals.changes.sweep(sweep.id);
     Ok((StatusCode::CREATED, Json(sweep_body(&sweep))))
 }
@@ -452,7 +452,7 @@ pub async fn get_sweep(
 async fn change_state(s: &AppState, id: i64, state: SweepState) -> Result<Json<SweepBody>, ApiError> {
     let sweep = s.sweeps.set_sweep_state(id, state).await?;
     tracing::info!(id, state = state.as_str(), "sweep state changed");
-    s.signals.work.notify_waiters();
+    s.signals.more_work();
     s.signals.changes.sweep(id);
     Ok(Json(sweep_body(&sweep)))
 }
@@ -544,7 +544,7 @@ pub async fn enqueue_trial(
         })
         .collect();
     let trial = s.sweeps.enqueue_trial(id, params).await?;
-    s.signals.work.notify_waiters();
+    s.signals.more_work();
     s.signals.changes.sweep(id);
     Ok((StatusCode::CREATED, Json(trial_body(&trial))))
 }
@@ -599,7 +599,7 @@ pub async fn rerun_trial(
         rerun_of = number,
         "rerun queued"
     );
-    s.signals.work.notify_waiters();
+    s.signals.more_work();
     s.signals.changes.sweep(id);
     s.signals.changes.fleet();
     Ok((StatusCode::CREATED, Json(trial_body(&trial))))
@@ -781,7 +781,7 @@ pub async fn lease_trials(
         notified.as_mut().enable();
         let leased = s.sweeps.lease_trials(&request).await?;
         if !leased.is_empty() {
-            s.signals.leases.notify_one();
+            s.signals.leases_changed();
             // The trials run now, on an agent the fleet page shows busier.
             for l in &leased {
                 s.signals.changes.sweep(l.trial.sweep_id);
@@ -862,11 +862,13 @@ pub async fn complete_trial(
     let trial = s.sweeps.complete_trial(&id, outcome).await?;
     log_best_value(&s, &trial).await;
     s.auth.retain_trials(|lease| lease != id);
+    // Its trial token dies on the other daemons too.
+    s.signals.changes.tell(crate::replicas::News::Leases);
     if let Some(agent) = agent {
         drain_bad_vm(&s, &agent, &reason_of(&trial)).await?;
     }
     // The trial freed a slot of its sweep, or went back to the queue.
-    s.signals.work.notify_waiters();
+    s.signals.more_work();
     s.signals.changes.sweep(trial.sweep_id);
     s.signals.changes.fleet();
     Ok(Json(trial_body(&trial)))
@@ -936,7 +938,8 @@ pub async fn expire_leases_loop(s: AppState, mut shutdown: tokio::sync::watch::R
             Some(Ok(0)) | None => {}
             Some(Ok(n)) => {
                 tracing::info!(expired = n, "leases expired; their trials are requeued or failed");
-                s.signals.work.notify_waiters();
+                s.signals.more_work();
+                s.signals.changes.tell(crate::replicas::News::Leases);
                 s.signals.changes.any();
             }
             Some(Err(e)) => tracing::warn!(error = %e, "expiring leases failed; will retry"),

@@ -99,6 +99,7 @@ pub async fn create_token(
         })
         .await?;
     s.auth.add(hash, record.clone());
+    s.signals.changes.tell(crate::replicas::News::Tokens);
     tracing::info!(id = %record.id, name = %record.name, "token created");
     Ok((
         StatusCode::CREATED,
@@ -170,6 +171,7 @@ pub async fn revoke_token(
     }
     s.tokens.revoke_token(&id).await?;
     s.auth.remove(&id);
+    s.signals.changes.tell(crate::replicas::News::Tokens);
     tracing::info!(%id, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -19,7 +19,7 @@ pub mod stored;
 use async_trait::async_trait;
 
 pub use model::*;
-pub use postgres::{PgOptions, PgStore};
+pub use postgres::{Announcements, PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use stored::Stored;
 

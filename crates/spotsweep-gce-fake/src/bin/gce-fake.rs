@@ -7,6 +7,7 @@
 //! commands on stdin, one per line, and answers each with one line:
 //! - `preempt ZONE NAME`: a preemption notice to that instance (`true`, or `false` if unknown);
 //! - `instances`: every instance as JSON (`[{"zone", "name", "status"}]`);
+//! - `inserts`: how many inserts created an instance (a repeated `requestId` does not count);
 //! - `quit` (or the end of stdin): stops, deleting every guest.
 
 use std::io::BufRead;
@@ -65,6 +66,7 @@ async fn main() -> std::io::Result<()> {
                     .collect();
                 println!("{}", serde_json::Value::Array(all));
             }
+            ["inserts"] => println!("{}", fake.inserts_executed()),
             ["quit"] => break,
             _ => println!(
                 "{}",

@@ -31,6 +31,21 @@ impl TestServer {
         Self::start_with(data_dir, no_auth, |_| {}).await
     }
 
+    /// Starts on the PostgreSQL database at `url` with a data dir of its own. The first daemon
+    /// on a database writes the admin token; the others are given it (`token`).
+    pub async fn start_on_database(url: &str, token: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_path_buf();
+        if let Some(token) = token {
+            // As an operator copies it from the first daemon.
+            std::fs::write(data_dir.join("admin.token"), format!("{token}\n")).unwrap();
+        }
+        let database_url = spotsweep_server::config::DatabaseUrl::parse(url).unwrap();
+        let mut s = Self::start_with(data_dir, false, |c| c.database_url = Some(database_url)).await;
+        s._dir = Some(dir);
+        s
+    }
+
     /// Starts in `data_dir` with the config changed by `change` (pools, fleet timings).
     pub async fn start_with(data_dir: PathBuf, no_auth: bool, change: impl FnOnce(&mut Config)) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -38,6 +53,7 @@ impl TestServer {
         let addr: SocketAddr = listener.local_addr().unwrap();
         let config = Config {
             listen: addr,
+            database_url: None,
             data_dir: data_dir.clone(),
             artifacts_destination: data_dir.join("artifacts").display().to_string(),
             log_format: LogFormat::Text,

@@ -14,7 +14,7 @@ mod tokens;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
 use crate::{Result, StoreError};
 
@@ -71,6 +71,43 @@ impl PgStore {
     /// Closes every connection; waits for in-flight queries.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Tells every daemon listening on this database ([`PgStore::announcements`]) `payload`
+    /// (under 8,000 bytes). PostgreSQL delivers it to listeners' connections, this one's too.
+    pub async fn announce(&self, payload: &str) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(PEER_CHANNEL)
+            .bind(payload)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// What daemons announce from now on, on a connection of its own.
+    pub async fn announcements(&self) -> Result<Announcements> {
+        let mut listener = PgListener::connect_with(&self.pool).await.map_err(map_err)?;
+        listener.listen(PEER_CHANNEL).await.map_err(map_err)?;
+        Ok(Announcements(listener))
+    }
+}
+
+/// The channel of [`PgStore::announce`].
+const PEER_CHANNEL: &str = "spotsweep_peers";
+
+/// A stream of announcements (`LISTEN`).
+pub struct Announcements(PgListener);
+
+impl Announcements {
+    /// The next announcement. `Ok(None)`: the connection was lost and has been made again;
+    /// whatever was announced meanwhile is lost, so the caller looks at the database again.
+    /// `Err`: the database cannot be reached now (the next call tries again).
+    pub async fn next(&mut self) -> Result<Option<String>> {
+        match self.0.try_recv().await.map_err(map_err)? {
+            Some(notification) => Ok(Some(notification.payload().to_owned())),
+            None => Ok(None),
+        }
     }
 }
 
