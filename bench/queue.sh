@@ -7,6 +7,7 @@
 #   bench/queue.sh                 # setup (idempotent) + both + the table
 #   bench/queue.sh --save          # ... and write the table to bench/QUEUE-RESULTS.md
 #   bench/queue.sh --only spotsweep|optuna
+#   bench/queue.sh --postgres      # instead: 3 daemons on one throw-away PostgreSQL (QUEUE_DAEMONS)
 #   bench/queue.sh --setup-only    # only the venv (and the binary, if missing)
 #
 # The release binary target/release/spotsweep is used as it is; it is built (cargo build --release
@@ -30,12 +31,13 @@ while [ $# -gt 0 ]; do
     --save) save=1 ;;
     --setup-only) setup_only=1 ;;
     --only) only="$2"; shift ;;
+    --postgres) only=postgres ;;
     -h|--help) awk 'NR>1 && /^#/ {sub(/^# ?/, ""); print; next} NR>1 {exit}' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
 done
-case "$only" in ""|spotsweep|optuna) ;; *) echo "--only spotsweep|optuna" >&2; exit 2 ;; esac
+case "$only" in ""|spotsweep|optuna|postgres) ;; *) echo "--only spotsweep|optuna" >&2; exit 2 ;; esac
 
 started=$(date +%s)
 log() { printf '[queue %4ss] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
@@ -77,9 +79,22 @@ cleanup() {
     kill -KILL -- "-$pg" 2>/dev/null || true
   done
   rm -rf "$work"
+  if declare -F stop_postgres >/dev/null; then stop_postgres; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+if [ "$only" = postgres ]; then
+  # PostgreSQL's own durability defaults (fsync, synchronous commit), as a lab would run it.
+  SPOTSWEEP_PG_DURABLE=1 source scripts/test-postgres.sh
+  trap cleanup EXIT
+  log "=== spotsweep, ${QUEUE_DAEMONS:-3} daemons on one PostgreSQL ==="
+  db="${SPOTSWEEP_TEST_DATABASE_URL%/*}/queue_bench"
+  psql -q "$SPOTSWEEP_TEST_DATABASE_URL" -c "CREATE DATABASE queue_bench"
+  "$PY" bench/queue_bench.py spotsweep-pg --bin "$BIN" --work "$work" --out "$work/pg.json" \
+    --database-url "$db" --daemons "${QUEUE_DAEMONS:-3}"
+  exit 0
+fi
 
 args=()
 if [ -z "$only" ] || [ "$only" = spotsweep ]; then

@@ -4,6 +4,9 @@ bench/queue.sh runs it (and bench/optuna_bench.py for the Optuna anchor), then `
 JSON files into one markdown table. Subcommands:
 
   spotsweep --bin BIN --work DIR --out FILE   start a fresh daemon on SQLite and measure it
+  spotsweep-pg --bin BIN --work DIR --out FILE --database-url URL [--daemons 3]
+                                              the same load over several daemons on one PostgreSQL
+                                              database, and long polls woken from another daemon
   report --spotsweep FILE --optuna FILE ...   print the table (and --save it)
 
 The load generator is not Python threads: QUEUE_CLIENT_PROCS processes (default 2), each an
@@ -175,25 +178,33 @@ def top_procs(p0: dict, p1: dict, seconds: float, n: int = 6) -> list[dict]:
 
 
 class Server:
-    def __init__(self, binary: str, work: Path):
+    def __init__(self, binary: str, work: Path, database_url: str | None = None, token: str | None = None):
         self.binary = str(Path(binary).resolve())
         self.dir = Path(tempfile.mkdtemp(prefix="queue-spotsweep-", dir=work))
-        self.pgid_file = work / "spotsweep.pgid"
+        self.pgid_file = self.dir / "spotsweep.pgid"
+        self.work = work
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.token = ""
+        self.database_url = database_url
+        if token:  # a replica: the first daemon on the database wrote the admin token
+            (self.dir / "data").mkdir(parents=True)
+            (self.dir / "data" / "admin.token").write_text(token + "\n")
 
     def start(self, timeout: float = 30) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOTSWEEP_", "MLFLOW_", "QUEUE_"))}
         env.setdefault("RUST_LOG", "warn")
         self.log_path = self.dir / "server.log"
         logf = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.dir / "data")],
-            cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        self.pgid_file.write_text(str(self.proc.pid))
+        cmd = [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.dir / "data")]
+        if self.database_url:
+            cmd += ["--database-url", self.database_url]
+        self.proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=logf,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        # queue.sh's cleanup stops whatever a crashed driver left.
+        (self.work / f"spotsweep-{self.port}.pgid").write_text(str(self.proc.pid))
+        self.pgid_file = self.work / f"spotsweep-{self.port}.pgid"
         token_file = self.dir / "data" / "admin.token"
         deadline = time.monotonic() + timeout
         while True:
@@ -319,9 +330,12 @@ async def worker(conn: Conn, wid: int, sweep_id: int, deadline: float, st: dict)
             st["complete_errors"].append(f"{number}: {status} {body[:200]!r}")
 
 
-def client_proc(idx: int, port: int, token: str, sweep_id: int, wids: list[int], ready, go, shared, out) -> None:
+def client_proc(idx: int, ports: list[int], token: str, sweep_id: int, wids: list[int], ready, go, shared,
+                out) -> None:
     async def main() -> dict:
-        conns = [Conn(port, token) for _ in wids]
+        # Worker w talks to daemon w mod n all along, as an agent behind a load balancer keeps
+        # its connection.
+        conns = [Conn(ports[w % len(ports)], token) for w in wids]
         for c in conns:
             await c.open()
         ready.put(idx)
@@ -347,7 +361,11 @@ def client_proc(idx: int, port: int, token: str, sweep_id: int, wids: list[int],
     out.put(asyncio.run(main()))
 
 
-def run_load(server: Server, sweep_id: int, window_s: float = WINDOW_S) -> dict:
+def run_load(server: Server | list[Server], sweep_id: int, window_s: float = WINDOW_S) -> dict:
+    servers = server if isinstance(server, list) else [server]
+    server = servers[0]
+    ports = [s.port for s in servers]
+    server_pids = {s.proc.pid for s in servers}
     ctx = mp.get_context("fork")
     ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     shared = ctx.Array("d", 3, lock=False)
@@ -355,7 +373,7 @@ def run_load(server: Server, sweep_id: int, window_s: float = WINDOW_S) -> dict:
     for i in range(CLIENT_PROCS):
         wids = list(range(i, WORKERS, CLIENT_PROCS))
         p = ctx.Process(target=client_proc,
-                        args=(i, server.port, server.token, sweep_id, wids, ready, go, shared, out), daemon=True)
+                        args=(i, ports, server.token, sweep_id, wids, ready, go, shared, out), daemon=True)
         p.start()
         procs.append(p)
     for _ in procs:
@@ -366,16 +384,16 @@ def run_load(server: Server, sweep_id: int, window_s: float = WINDOW_S) -> dict:
     shared[0], shared[1], shared[2] = start_at, window_from, deadline
     go.set()
     time.sleep(max(0.0, window_from - time.monotonic()))
-    s0, m0, p0, th0 = server.cpu_s(), machine_cpu(), all_procs_cpu(), threads_cpu(server.proc.pid)
+    s0, m0, p0, th0 = sum(s.cpu_s() for s in servers), machine_cpu(), all_procs_cpu(), threads_cpu(server.proc.pid)
     t0 = time.monotonic()
     time.sleep(max(0.0, deadline - time.monotonic()))
-    s1, m1, p1, th1 = server.cpu_s(), machine_cpu(), all_procs_cpu(), threads_cpu(server.proc.pid)
+    s1, m1, p1, th1 = sum(s.cpu_s() for s in servers), machine_cpu(), all_procs_cpu(), threads_cpu(server.proc.pid)
     t1 = time.monotonic()
     client_pids = {p.pid for p in procs}
-    others = others_cpu_pct(p0, p1, t1 - t0, client_pids | {server.proc.pid, os.getpid()})
+    others = others_cpu_pct(p0, p1, t1 - t0, client_pids | server_pids | {os.getpid()})
     top = top_procs(p0, p1, t1 - t0)
     for row in top:
-        row["role"] = ("spotsweep server" if row["pid"] == server.proc.pid
+        row["role"] = ("spotsweep server" if row["pid"] in server_pids
                        else "load generator" if row["pid"] in client_pids
                        else "bench driver" if row["pid"] == os.getpid() else "other")
     results = [out.get(timeout=120) for _ in procs]
@@ -390,6 +408,7 @@ def run_load(server: Server, sweep_id: int, window_s: float = WINDOW_S) -> dict:
     client_cpu = sum(r["cpu"]["to"][1] - r["cpu"]["from"][1] for r in results)
     return {
         "workers": WORKERS,
+        "daemons": len(servers),
         "client_procs": CLIENT_PROCS,
         "warmup_s": WARMUP_S,
         "window_s": window_s,
@@ -489,9 +508,11 @@ def long_poll_once(server: Server, sweep_id: int, trigger) -> tuple[float, float
     return 1000 * (box["t"] - t_send), 1000 * (box["t"] - t_back), leases[0]
 
 
-def long_poll_bench(server: Server) -> dict:
-    sess = server.session()
-    url = server.url
+def long_poll_bench(server: Server, trigger_on: Server | None = None) -> dict:
+    """Long polls on `server`, made to answer by requests to `trigger_on` (another daemon on the
+    same database), or to `server` itself."""
+    sess = (trigger_on or server).session()
+    url = (trigger_on or server).url
     out = {}
 
     # (a) parallelism reached: a holder has the only slot; completing its trial frees the slot.
@@ -584,6 +605,51 @@ def cmd_spotsweep(args) -> None:
     finally:
         server.stop()
     Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+def cmd_spotsweep_pg(args) -> None:
+    """Several daemons on one PostgreSQL database, the workers spread over them."""
+    work = Path(args.work)
+    servers = [Server(args.bin, work, args.database_url)]
+    try:
+        log(f"starting {args.daemons} spotsweep daemons on one PostgreSQL database")
+        servers[0].start()
+        for _ in range(args.daemons - 1):
+            servers.append(Server(args.bin, work, args.database_url, token=servers[0].token))
+            servers[-1].start()
+        sess = servers[0].session()
+        sweep_id = create_sweep(sess, servers[0].url, "queue-bench-pg", MAX_TRIALS, WORKERS)
+        quiet_s = wait_quiet()
+        log(f"load: {WORKERS} workers over {len(servers)} daemons in {CLIENT_PROCS} client processes, "
+            f"lease → complete, {WARMUP_S:g} s warm-up + {WINDOW_S:g} s window")
+        load = run_load(servers, sweep_id)
+        log(f"  {load['trials_per_s']:.0f} trials/s ({load['completed_in_window']} in the window); "
+            f"daemons' CPU {load['server_cpu_pct']:.0f}%, client CPU {load['client_cpu_pct']:.0f}%")
+        check = verify(servers[-1], sweep_id, load)
+        log(f"  integrity: {'ok' if check['ok'] else 'FAILED: ' + '; '.join(check['problems'])} "
+            f"({check['trials']} trials)")
+        log(f"long poll on one daemon, woken by another: {POLLS} × slot freed, {POLLS} × sweep resumed")
+        lp = long_poll_bench(servers[0], trigger_on=servers[1 % len(servers)])
+        for k, v in lp.items():
+            log(f"  {k}: p50 {statistics.median(v['ms_from_send']):.1f} ms, max {max(v['ms_from_send']):.1f} ms")
+        for k in ("leased", "completed"):
+            load.pop(k)
+        result = {"quiet_wait_s": quiet_s, "load": load, "integrity": check, "long_poll": lp}
+    finally:
+        for server in servers:
+            server.stop()
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    L = result["load"]
+    lines = [
+        f"| daemons | workers | trials/s | integrity | trials | long poll p50, slot freed elsewhere | "
+        "sweep resumed elsewhere |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        f"| {L['daemons']} | {L['workers']} | {L['trials_per_s']:,.0f} | "
+        f"{'ok' if check['ok'] else 'FAILED'} | {check['trials']:,} | "
+        f"{statistics.median(lp['slot_freed']['ms_from_send']):.1f} ms | "
+        f"{statistics.median(lp['sweep_resumed']['ms_from_send']):.1f} ms |",
+    ]
+    print("\n".join(lines))
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -731,6 +797,12 @@ def main() -> None:
     a.add_argument("--bin", required=True)
     a.add_argument("--work", required=True)
     a.add_argument("--out", required=True)
+    g = sub.add_parser("spotsweep-pg")
+    g.add_argument("--bin", required=True)
+    g.add_argument("--work", required=True)
+    g.add_argument("--out", required=True)
+    g.add_argument("--database-url", required=True)
+    g.add_argument("--daemons", type=int, default=3)
     r = sub.add_parser("report")
     r.add_argument("--spotsweep")
     r.add_argument("--optuna")
@@ -739,7 +811,7 @@ def main() -> None:
     r.add_argument("--elapsed", default="?")
     r.add_argument("--save")
     args = ap.parse_args()
-    {"spotsweep": cmd_spotsweep, "report": cmd_report}[args.cmd](args)
+    {"spotsweep": cmd_spotsweep, "spotsweep-pg": cmd_spotsweep_pg, "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -29,11 +29,13 @@ if [ "$(id -u)" = 0 ]; then
 fi
 as_pg "$pg_bin/initdb" -D "$pg_dir/data" -U spotsweep -A trust --no-sync >/dev/null
 pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-# Loopback only, no durability needed for a test cluster (fsync off), enough connections for
-# the tests run in parallel.
-as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -o \
-  "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
-  start >/dev/null
+# Loopback only, enough connections for the tests run in parallel, no durability needed for a
+# test cluster (fsync off) unless SPOTSWEEP_PG_DURABLE=1 (benchmarks: PostgreSQL's defaults).
+pg_opts="-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c max_connections=400"
+if [ "${SPOTSWEEP_PG_DURABLE:-0}" != 1 ]; then
+  pg_opts="$pg_opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+fi
+as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -o "$pg_opts" start >/dev/null
 stop_postgres() {
   as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$pg_dir"

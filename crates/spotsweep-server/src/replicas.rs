@@ -168,26 +168,35 @@ async fn listen(
         }
     };
     // What was said before the LISTEN began is in the database: look once.
-    apply(&state, &reloader, &everything).await;
+    let mut reload = wake(&state, &everything);
+    let mut last_reload = tokio::time::Instant::now() - RELOAD_AT_MOST_EVERY;
     let mut look_again = tokio::time::interval(LOOK_AGAIN_EVERY);
     look_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Token reloads are gathered: under load a daemon hears of leases hundreds of times a
+        // second, and one read of the tokens serves all the news heard meanwhile.
+        let reload_at = last_reload + RELOAD_AT_MOST_EVERY;
         let next = tokio::select! {
             next = announcements.next() => next,
+            _ = tokio::time::sleep_until(reload_at), if reload => {
+                reload_tokens(&state, &reloader).await;
+                (reload, last_reload) = (false, tokio::time::Instant::now());
+                continue;
+            }
             _ = look_again.tick() => {
-                apply(&state, &reloader, &[News::Work, News::Leases].into()).await;
+                reload |= wake(&state, &[News::Work, News::Leases].into());
                 continue;
             }
             _ = stop.changed() => return,
         };
         match next {
             Ok(Some(payload)) => match decode(&payload) {
-                Some((from, news)) if from != me => apply(&state, &reloader, &news).await,
+                Some((from, news)) if from != me => reload |= wake(&state, &news),
                 _ => {}
             },
             Ok(None) => {
                 tracing::info!("the connection for the other daemons' news was made again; looking at everything");
-                apply(&state, &reloader, &everything).await;
+                reload |= wake(&state, &everything);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot hear the other daemons; retrying in 1 s");
@@ -195,14 +204,18 @@ async fn listen(
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.changed() => return,
                 }
-                apply(&state, &reloader, &everything).await;
+                reload |= wake(&state, &everything);
             }
         }
     }
 }
 
-/// Wakes what the news concerns, here only (never told back to the others).
-async fn apply(state: &AppState, reloader: &Reloader, news: &BTreeSet<News>) {
+/// Reads of the tokens other daemons made happen at most this often.
+const RELOAD_AT_MOST_EVERY: Duration = Duration::from_millis(50);
+
+/// Wakes what the news concerns, here only (never told back to the others); true when the
+/// tokens should be read again.
+fn wake(state: &AppState, news: &BTreeSet<News>) -> bool {
     let mut reload = false;
     for n in news {
         match *n {
@@ -217,10 +230,12 @@ async fn apply(state: &AppState, reloader: &Reloader, news: &BTreeSet<News>) {
             News::Any => state.signals.changes.local(Change::Any),
         }
     }
-    if reload
-        && state.auth.enabled
-        && let Some(Err(e)) = crate::caught("reading other daemons' tokens", reloader.reload(&state.auth)).await
-    {
+    reload && state.auth.enabled
+}
+
+/// Reads the tokens other daemons made or revoked.
+async fn reload_tokens(state: &AppState, reloader: &Reloader) {
+    if let Some(Err(e)) = crate::caught("reading other daemons' tokens", reloader.reload(&state.auth)).await {
         tracing::warn!(error = %e, "cannot read the tokens other daemons made; will retry at their next news");
     }
 }
