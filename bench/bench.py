@@ -108,12 +108,26 @@ class Server:
         self.log_path = self.dir / "server.log"
         self.launch_s: float | None = None
 
+    def database(self) -> str | None:
+        """With BENCH_POSTGRES (a PostgreSQL server where databases may be created; run.sh
+        --postgres sets it): a fresh database for this server, as a URL."""
+        server = os.environ.get("BENCH_POSTGRES", "").strip()
+        if not server:
+            return None
+        name = f"bench_{self.kind}_{self.port}"
+        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", server, "-c", f"CREATE DATABASE {name}"],
+                       check=True, capture_output=True)
+        return f"{server.rsplit('/', 1)[0]}/{name}"
+
     def command(self) -> list[str]:
+        database = self.database()
         if self.kind == "spotsweep":
-            return [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}",
-                    "--data-dir", str(self.dir / "data")]
+            cmd = [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.dir / "data")]
+            return cmd + (["--database-url", database] if database else [])
         mlflow = str(Path(sys.executable).parent / "mlflow")
-        return [mlflow, "server", "--backend-store-uri", f"sqlite:///{self.dir}/mlflow.db",
+        # SQLAlchemy's name for the psycopg2 driver.
+        store = database.replace("postgres://", "postgresql://", 1) if database else f"sqlite:///{self.dir}/mlflow.db"
+        return [mlflow, "server", "--backend-store-uri", store,
                 "--artifacts-destination", str(self.dir / "artifacts"),
                 "--host", "127.0.0.1", "--port", str(self.port)]
 

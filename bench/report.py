@@ -39,10 +39,15 @@ def machine(build: str) -> list[str]:
         f"- CPU: {os.cpu_count()} × {cpu}; memory {mem_kb / 1024 / 1024:.1f} GiB; {osname}, "
         f"Linux {platform.release()}",
         f"- spotsweep: `target/release/spotsweep` (release profile), {build}",
-        f"- reference: mlflow 3.17.2 `mlflow server` (SQLite backend, default 4 uvicorn workers), "
+        f"- reference: mlflow 3.17.2 `mlflow server` ({backend()} backend, default 4 uvicorn workers), "
         f"Python {platform.python_version()}",
         f"- load generator: {wrk_v}; Python drivers in `.venv-bench`",
     ]
+
+
+def backend() -> str:
+    """Which database both servers ran on (run.sh --postgres passes it on)."""
+    return os.environ.get("BENCH_BACKEND_NAME", "SQLite")
 
 
 def fmt(v, unit="", digits=3):

@@ -7,6 +7,8 @@
 #   bench/run.sh --save          # ... and write the table to bench/RESULTS.md
 #   bench/run.sh --setup-only    # only install wrk, the venv and build the release binary
 #   bench/run.sh --only spotsweep|reference   # one server (the other column is left empty)
+#   bench/run.sh --postgres      # both servers on PostgreSQL (a throw-away cluster with its
+#                                # durability defaults, a fresh database each)
 #
 # Knobs (environment): BENCH_DURATION (seconds per wrk load, default 15), BENCH_WARMUP (default 3),
 # BENCH_RUNS (runs seeded for the search, default 10000), BENCH_HISTORY (points of the long metric,
@@ -24,12 +26,14 @@ orig_cmd="$({ env | grep -E '^BENCH_[A-Z_]+=' || true; } | sort | tr '\n' ' ')be
 save=0
 setup_only=0
 only=""
+postgres=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --save) save=1 ;;
     --setup-only) setup_only=1 ;;
     --only) only="$2"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --postgres) postgres=1 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -104,9 +108,15 @@ cleanup() {
     kill -KILL -- "-$pg" 2>/dev/null || true
   done
   rm -rf "$work"
+  if declare -F stop_postgres >/dev/null; then stop_postgres; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+if [ "$postgres" = 1 ]; then
+  SPOTSWEEP_PG_DURABLE=1 source scripts/test-postgres.sh
+  trap cleanup EXIT
+  export BENCH_POSTGRES="$SPOTSWEEP_TEST_DATABASE_URL" BENCH_BACKEND_NAME="PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}')"
+fi
 
 targets="reference spotsweep"
 [ -n "$only" ] && targets="$only"
