@@ -11,6 +11,7 @@
 //! (key syntax, lengths) belongs to the mlflow crate, which calls this one.
 
 pub mod model;
+mod points;
 mod postgres;
 mod rows;
 mod sqlite;
