@@ -14,6 +14,7 @@ pub mod model;
 mod points;
 mod postgres;
 mod rows;
+mod search_sql;
 mod sqlite;
 pub mod stored;
 

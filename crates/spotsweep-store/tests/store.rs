@@ -1235,4 +1235,7 @@ conformance!(postgres: crate::common::Postgres;
     experiments_and_runs_round_trip,
     latest_metric_is_max_step_then_timestamp_then_value,
     params_are_immutable_and_a_bad_batch_writes_nothing,
+    search_filters_orders_and_pages,
+    a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart,
+    latest_values_read_back_bit_for_bit,
 );

@@ -16,11 +16,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres};
 
 use super::{PgStore, commit, map_err};
 use crate::points::{Point, sample_rows};
 use crate::rows::{EXPERIMENT_COLUMNS, ExperimentRow, RUN_COLUMNS, RunRow, page};
+use crate::search_sql::{experiment_search_sql, run_search_sql};
 use crate::{
     Batch, DatasetInput, DatasetSummary, Experiment, ExperimentQuery, KeyValue, LifecycleStage, Metric,
     NewExperiment, NewRun, Page, Result, Run, RunInfo, RunQuery, RunStatus, RunUpdate, StoreError,
@@ -645,8 +646,11 @@ impl TrackingStore for PgStore {
     }
 
     async fn search_experiments(&self, query: &ExperimentQuery) -> Result<Page<Experiment>> {
-        let _ = query;
-        Err(StoreError::Invalid("not on PostgreSQL yet".into()))
+        let mut qb = experiment_search_sql::<Postgres>(query, EXPERIMENT_COLUMNS);
+        let rows: Vec<ExperimentRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(map_err)?;
+        let (rows, next_offset) = page(rows, query.limit, query.offset);
+        let items = self.experiments_of(rows).await?;
+        Ok(Page { items, next_offset })
     }
 
     async fn create_run(&self, new: NewRun) -> Result<Run> {
@@ -836,8 +840,19 @@ impl TrackingStore for PgStore {
     }
 
     async fn search_runs(&self, query: &RunQuery) -> Result<Page<Run>> {
-        let _ = (query, page::<Run>);
-        Err(StoreError::Invalid("not on PostgreSQL yet".into()))
+        if query.experiment_ids.is_empty() {
+            return Ok(Page {
+                items: vec![],
+                next_offset: None,
+            });
+        }
+        // Latest values are upserted with their points, so a search sees every write
+        // acknowledged before it (on any replica) without waiting for anything.
+        let mut qb = run_search_sql::<Postgres>(query, RUN_COLUMNS);
+        let rows: Vec<RunRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(map_err)?;
+        let (rows, next_offset) = page(rows, query.limit, query.offset);
+        let items = self.load_runs(rows).await?;
+        Ok(Page { items, next_offset })
     }
 
     async fn metric_history(&self, run_id: &str, key: &str, offset: u64, limit: u32) -> Result<Page<Metric>> {
