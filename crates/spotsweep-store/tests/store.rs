@@ -1390,6 +1390,46 @@ async fn a_replica_sees_the_other_replicas_names_and_deletions<B: Backend<Store:
     assert_eq!(metric_value(&a.get_run("r").await.unwrap(), "m"), Some(3.0));
 }
 
+/// `LIKE` has no escape character (a backslash matches itself, as on SQLite), and text sort
+/// keys sort by bytes: upper case before lower case, punctuation by its code.
+async fn like_has_no_escape_character_and_text_sorts_by_bytes<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    let exp = new_experiment(&store, "text").await;
+    for (i, value) in ["a\\b", "a%b", "B", "b", "a_"].iter().enumerate() {
+        let id = format!("t{i}");
+        new_run(&store, exp, &id, 1).await;
+        let batch = Batch {
+            tags: vec![kv("t", value)],
+            ..Batch::default()
+        };
+        store.log_batch(&id, batch).await.unwrap();
+    }
+    let search = |filter: &str, order: &str| RunQuery {
+        experiment_ids: vec![exp],
+        filter: parse_run_filter(filter).unwrap(),
+        order_by: vec![parse_run_order_by(order).unwrap()],
+        view: ViewType::ActiveOnly,
+        limit: 100,
+        offset: 0,
+    };
+    let ids = |page: Page<Run>| -> Vec<String> { page.items.into_iter().map(|r| r.info.run_id).collect() };
+    let got = ids(store
+        .search_runs(&search("tags.t LIKE 'a\\%'", "tags.t ASC"))
+        .await
+        .unwrap());
+    assert_eq!(got, ["t0"]);
+    let got = ids(store
+        .search_runs(&search("tags.t LIKE 'a_'", "tags.t ASC"))
+        .await
+        .unwrap());
+    assert_eq!(got, ["t4"]);
+    let got = ids(store.search_runs(&search("", "tags.t ASC")).await.unwrap());
+    assert_eq!(got, ["t2", "t1", "t0", "t4", "t3"]);
+    let got = ids(store.search_runs(&search("", "tags.t DESC")).await.unwrap());
+    assert_eq!(got, ["t3", "t4", "t0", "t1", "t2"]);
+}
+
 conformance!(sqlite: crate::common::Sqlite;
     experiments_and_runs_round_trip,
     latest_metric_is_max_step_then_timestamp_then_value,
@@ -1398,6 +1438,7 @@ conformance!(sqlite: crate::common::Sqlite;
     a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart,
     latest_values_read_back_bit_for_bit,
     history_is_the_same_whether_logged_one_by_one_or_in_batches,
+    like_has_no_escape_character_and_text_sorts_by_bytes,
 );
 
 // The replica tests (two stores on one database) are PostgreSQL's only: SQLite has one daemon.
@@ -1409,6 +1450,7 @@ conformance!(postgres: crate::common::Postgres;
     a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart,
     latest_values_read_back_bit_for_bit,
     history_is_the_same_whether_logged_one_by_one_or_in_batches,
+    like_has_no_escape_character_and_text_sorts_by_bytes,
     two_replicas_writing_one_run_at_once_keep_every_point_and_the_latest,
     two_replicas_logging_one_param_differently_keep_one_value_and_refuse_the_other,
     a_replica_sees_the_other_replicas_names_and_deletions,
