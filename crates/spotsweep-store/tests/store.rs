@@ -3,6 +3,7 @@
 
 use spotsweep_core::search::{parse_run_filter, parse_run_order_by};
 use std::collections::HashMap;
+use std::future::Future;
 
 use spotsweep_store::*;
 
@@ -662,27 +663,20 @@ async fn a_row_per_point_database_is_converted_to_blocks() {
     pool.close().await;
 }
 
-#[tokio::test]
-async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
-    new_run(&store, 0, "w", 1).await;
-    let db = dir.path().join("t.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    let count = |table: &'static str| {
-        let pool = pool.clone();
-        async move {
-            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            n
-        }
-    };
-    let keys: Vec<String> = (0..300).map(|k| format!("acc/class_{k}")).collect();
-    let mut logged: std::collections::HashMap<String, Vec<(i64, i64, f64)>> = Default::default();
+/// The keys of the wide-batch tests: per-class accuracies.
+fn wide_keys() -> Vec<String> {
+    (0..300).map(|k| format!("acc/class_{k}")).collect()
+}
+
+/// Logs 150 wide batches to run `w`: every key at one step, some twice (a retried request), one
+/// a NaN, one an infinity; some steps also carry a long run of one key (`loss`). `after_write`
+/// is called after each, with its step. Returns every point logged per key.
+async fn log_wide_batches<F: Future<Output = ()>>(
+    store: &impl Tracking,
+    keys: &[String],
+    mut after_write: impl FnMut(i64) -> F,
+) -> HashMap<String, Vec<(i64, i64, f64)>> {
+    let mut logged: HashMap<String, Vec<(i64, i64, f64)>> = Default::default();
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move |n: u64| {
         x ^= x << 13;
@@ -691,8 +685,6 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
         x % n
     };
     for step in 0..150i64 {
-        // Every key at one step, some twice (a retried request), one a NaN, one an infinity;
-        // some steps also carry a long run of one key (a block of its own).
         let mut metrics: Vec<Metric> = Vec::new();
         for (k, key) in keys.iter().enumerate() {
             let value = match next(50) {
@@ -727,19 +719,21 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
             )
             .await
             .unwrap();
-        if step == 0 {
-            // The 300 small keys went into one write row; the 100-point key got a block.
-            assert_eq!(
-                (count("metric_writes").await, count("metric_blocks").await),
-                (1, 1)
-            );
-        }
+        after_write(step).await;
     }
-    // 150 writes: compacted twice (at 64 rows), the rest still rows.
-    assert_eq!(count("metric_writes").await, 150 - 128);
+    logged
+}
+
+/// Every key of run `w` has exactly its logged history and the rule's latest point, and a
+/// search sees the latest values at once.
+async fn check_wide_run(
+    store: &impl Tracking,
+    keys: &[String],
+    logged: &HashMap<String, Vec<(i64, i64, f64)>>,
+) {
     for key in keys.iter().chain(std::iter::once(&"loss".to_owned())) {
         assert_eq!(
-            whole_history(&store, "w", key).await,
+            whole_history(store, "w", key).await,
             expected_history(&logged[key]),
             "{key}"
         );
@@ -772,6 +766,63 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
         .await
         .unwrap();
     assert_eq!(found.items.len(), usize::from(!latest.is_nan()), "{filter}");
+}
+
+async fn wide_batches_keep_every_keys_exact_history<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    new_run(&store, 0, "w", 1).await;
+    let keys = wide_keys();
+    let logged = log_wide_batches(&store, &keys, |_| async {}).await;
+    check_wide_run(&store, &keys, &logged).await;
+    // And after a restart.
+    store.close().await;
+    let store = db.open().await;
+    for key in ["acc/class_0", "acc/class_299", "loss"] {
+        assert_eq!(
+            whole_history(&store, "w", key).await,
+            expected_history(&logged[key]),
+            "{key}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    new_run(&store, 0, "w", 1).await;
+    let db = dir.path().join("t.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let count = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    let keys = wide_keys();
+    let logged = log_wide_batches(&store, &keys, |step| {
+        let count = count.clone();
+        async move {
+            if step == 0 {
+                // The 300 small keys went into one write row; the 100-point key got a block.
+                assert_eq!(
+                    (count("metric_writes").await, count("metric_blocks").await),
+                    (1, 1)
+                );
+            }
+        }
+    })
+    .await;
+    // 150 writes: compacted twice (at 64 rows), the rest still rows.
+    assert_eq!(count("metric_writes").await, 150 - 128);
+    check_wide_run(&store, &keys, &logged).await;
     // And after a restart, from the rows as from the blocks.
     store.close().await;
     let store = open(&dir).await;
@@ -1439,6 +1490,7 @@ conformance!(sqlite: crate::common::Sqlite;
     latest_values_read_back_bit_for_bit,
     history_is_the_same_whether_logged_one_by_one_or_in_batches,
     like_has_no_escape_character_and_text_sorts_by_bytes,
+    wide_batches_keep_every_keys_exact_history,
 );
 
 // The replica tests (two stores on one database) are PostgreSQL's only: SQLite has one daemon.
@@ -1451,6 +1503,7 @@ conformance!(postgres: crate::common::Postgres;
     latest_values_read_back_bit_for_bit,
     history_is_the_same_whether_logged_one_by_one_or_in_batches,
     like_has_no_escape_character_and_text_sorts_by_bytes,
+    wide_batches_keep_every_keys_exact_history,
     two_replicas_writing_one_run_at_once_keep_every_point_and_the_latest,
     two_replicas_logging_one_param_differently_keep_one_value_and_refuse_the_other,
     a_replica_sees_the_other_replicas_names_and_deletions,
