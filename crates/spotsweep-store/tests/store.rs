@@ -808,7 +808,6 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
     };
     let keys = wide_keys();
     let logged = log_wide_batches(&store, &keys, |step| {
-        let count = count.clone();
         async move {
             if step == 0 {
                 // The 300 small keys went into one write row; the 100-point key got a block.
