@@ -3,12 +3,13 @@
 
 use spotsweep_core::search::{parse_run_filter, parse_run_order_by};
 use std::collections::HashMap;
+use std::future::Future;
 
 use spotsweep_store::*;
 
 #[macro_use]
 mod common;
-use common::{Backend, Close, Stores};
+use common::{Backend, Close, Tracking};
 
 async fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&SqliteOptions::new(dir.path().join("t.db")))
@@ -32,7 +33,7 @@ fn metric(k: &str, value: f64, timestamp: i64, step: i64) -> Metric {
     }
 }
 
-async fn new_run(store: &impl Stores, exp: i64, id: &str, start: i64) {
+async fn new_run(store: &impl Tracking, exp: i64, id: &str, start: i64) {
     store
         .create_run(NewRun {
             experiment_id: exp,
@@ -46,7 +47,7 @@ async fn new_run(store: &impl Stores, exp: i64, id: &str, start: i64) {
         .unwrap();
 }
 
-async fn new_experiment(store: &impl Stores, name: &str) -> i64 {
+async fn new_experiment(store: &impl Tracking, name: &str) -> i64 {
     store
         .create_experiment(NewExperiment {
             name: name.into(),
@@ -60,7 +61,7 @@ async fn new_experiment(store: &impl Stores, name: &str) -> i64 {
 }
 
 /// Logs metric points alone (the group-committed path).
-async fn log_metrics(store: &impl Stores, run_id: &str, metrics: Vec<Metric>) {
+async fn log_metrics(store: &impl Tracking, run_id: &str, metrics: Vec<Metric>) {
     store
         .log_batch(
             run_id,
@@ -73,7 +74,7 @@ async fn log_metrics(store: &impl Stores, run_id: &str, metrics: Vec<Metric>) {
         .unwrap();
 }
 
-async fn experiments_and_runs_round_trip<B: Backend<Store: Stores>>() {
+async fn experiments_and_runs_round_trip<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     let default = store.get_experiment(0).await.unwrap();
@@ -142,7 +143,7 @@ async fn experiments_and_runs_round_trip<B: Backend<Store: Stores>>() {
         .unwrap();
 }
 
-async fn latest_metric_is_max_step_then_timestamp_then_value<B: Backend<Store: Stores>>() {
+async fn latest_metric_is_max_step_then_timestamp_then_value<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     new_run(&store, 0, "r", 1).await;
@@ -210,7 +211,7 @@ async fn latest_metric_is_max_step_then_timestamp_then_value<B: Backend<Store: S
     );
 }
 
-async fn params_are_immutable_and_a_bad_batch_writes_nothing<B: Backend<Store: Stores>>() {
+async fn params_are_immutable_and_a_bad_batch_writes_nothing<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     new_run(&store, 0, "r", 1).await;
@@ -254,7 +255,7 @@ async fn params_are_immutable_and_a_bad_batch_writes_nothing<B: Backend<Store: S
     assert!(!run.tags.iter().any(|t| t.key == "t"));
 }
 
-async fn search_filters_orders_and_pages<B: Backend<Store: Stores>>() {
+async fn search_filters_orders_and_pages<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     let exp = new_experiment(&store, "s").await;
@@ -418,7 +419,7 @@ fn expected_history(points: &[(i64, i64, f64)]) -> Vec<(i64, i64, u64)> {
     sorted.iter().map(|&(t, s, v)| (t, s, v.to_bits())).collect()
 }
 
-async fn whole_history(store: &impl Stores, run: &str, key: &str) -> Vec<(i64, i64, u64)> {
+async fn whole_history(store: &impl Tracking, run: &str, key: &str) -> Vec<(i64, i64, u64)> {
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
@@ -435,12 +436,11 @@ async fn whole_history(store: &impl Stores, run: &str, key: &str) -> Vec<(i64, i
     }
 }
 
-#[tokio::test]
-async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
-    new_run(&store, 0, "r", 1).await;
-    // A fixed pseudo-random sequence: out-of-order steps, repeated points, NaN and infinities.
+/// Logs a fixed pseudo-random sequence of points of `loss` to run `r`: out-of-order steps,
+/// repeated points, NaN and infinities, mostly single points, sometimes a batch, several writes
+/// in flight at once (SQLite's writer commits them in groups). Returns every point logged, as
+/// (timestamp, step, value), and how many writes there were.
+async fn log_a_mixed_history(store: &impl Tracking) -> (Vec<(i64, i64, f64)>, usize) {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move |n: u64| {
         x ^= x << 13;
@@ -461,8 +461,6 @@ async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
         };
         logged.push(point);
         pending.push(metric("loss", point.2, point.0, point.1));
-        // Mostly single points, sometimes a batch; several writes in flight at once, so the
-        // writer commits them in groups.
         if next(10) == 0 || pending.len() > 1 || i % 3 == 0 {
             let batch = Batch {
                 metrics: std::mem::take(&mut pending),
@@ -505,21 +503,16 @@ async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
     for write in in_flight {
         write.await.unwrap();
     }
+    (logged, writes)
+}
+
+async fn history_is_the_same_whether_logged_one_by_one_or_in_batches<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    new_run(&store, 0, "r", 1).await;
+    let (logged, _) = log_a_mixed_history(&store).await;
     let want = expected_history(&logged);
     assert_eq!(whole_history(&store, "r", "loss").await, want);
-
-    // Small writes were merged: far fewer blocks than writes.
-    let db = dir.path().join("t.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    let (blocks,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM metric_blocks")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    // (About 1,000 writes in groups of up to 8: some 130 blocks unmerged, about 30 merged.)
-    assert!(blocks * 20 < writes, "{blocks} blocks for {writes} writes");
-    pool.close().await;
 
     // Charts see the same points in step order.
     let chart = store
@@ -550,8 +543,35 @@ async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
     assert_eq!((latest.step, latest.timestamp), (top.1, top.0));
 
     store.close().await;
-    let store = open(&dir).await;
+    let store = db.open().await;
     assert_eq!(whole_history(&store, "r", "loss").await, want);
+}
+
+#[tokio::test]
+async fn small_metric_writes_are_merged_into_few_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    new_run(&store, 0, "r", 1).await;
+    let (logged, writes) = log_a_mixed_history(&store).await;
+    assert_eq!(
+        whole_history(&store, "r", "loss").await,
+        expected_history(&logged)
+    );
+    // Small writes were merged: far fewer blocks than writes.
+    let db = dir.path().join("t.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let (blocks,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM metric_blocks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // (About 1,000 writes in groups of up to 8: some 130 blocks unmerged, about 30 merged.)
+    assert!(
+        (blocks as usize) * 20 < writes,
+        "{blocks} blocks for {writes} writes"
+    );
+    pool.close().await;
 }
 
 /// `t.db` in `dir` as the migrations before `first_missing` (`"0005"`) left it, with run 7 (`r`);
@@ -643,27 +663,20 @@ async fn a_row_per_point_database_is_converted_to_blocks() {
     pool.close().await;
 }
 
-#[tokio::test]
-async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
-    new_run(&store, 0, "w", 1).await;
-    let db = dir.path().join("t.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    let count = |table: &'static str| {
-        let pool = pool.clone();
-        async move {
-            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            n
-        }
-    };
-    let keys: Vec<String> = (0..300).map(|k| format!("acc/class_{k}")).collect();
-    let mut logged: std::collections::HashMap<String, Vec<(i64, i64, f64)>> = Default::default();
+/// The keys of the wide-batch tests: per-class accuracies.
+fn wide_keys() -> Vec<String> {
+    (0..300).map(|k| format!("acc/class_{k}")).collect()
+}
+
+/// Logs 150 wide batches to run `w`: every key at one step, some twice (a retried request), one
+/// a NaN, one an infinity; some steps also carry a long run of one key (`loss`). `after_write`
+/// is called after each, with its step. Returns every point logged per key.
+async fn log_wide_batches<F: Future<Output = ()>>(
+    store: &impl Tracking,
+    keys: &[String],
+    mut after_write: impl FnMut(i64) -> F,
+) -> HashMap<String, Vec<(i64, i64, f64)>> {
+    let mut logged: HashMap<String, Vec<(i64, i64, f64)>> = Default::default();
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move |n: u64| {
         x ^= x << 13;
@@ -672,8 +685,6 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
         x % n
     };
     for step in 0..150i64 {
-        // Every key at one step, some twice (a retried request), one a NaN, one an infinity;
-        // some steps also carry a long run of one key (a block of its own).
         let mut metrics: Vec<Metric> = Vec::new();
         for (k, key) in keys.iter().enumerate() {
             let value = match next(50) {
@@ -708,19 +719,21 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
             )
             .await
             .unwrap();
-        if step == 0 {
-            // The 300 small keys went into one write row; the 100-point key got a block.
-            assert_eq!(
-                (count("metric_writes").await, count("metric_blocks").await),
-                (1, 1)
-            );
-        }
+        after_write(step).await;
     }
-    // 150 writes: compacted twice (at 64 rows), the rest still rows.
-    assert_eq!(count("metric_writes").await, 150 - 128);
+    logged
+}
+
+/// Every key of run `w` has exactly its logged history and the rule's latest point, and a
+/// search sees the latest values at once.
+async fn check_wide_run(
+    store: &impl Tracking,
+    keys: &[String],
+    logged: &HashMap<String, Vec<(i64, i64, f64)>>,
+) {
     for key in keys.iter().chain(std::iter::once(&"loss".to_owned())) {
         assert_eq!(
-            whole_history(&store, "w", key).await,
+            whole_history(store, "w", key).await,
             expected_history(&logged[key]),
             "{key}"
         );
@@ -753,6 +766,62 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
         .await
         .unwrap();
     assert_eq!(found.items.len(), usize::from(!latest.is_nan()), "{filter}");
+}
+
+async fn wide_batches_keep_every_keys_exact_history<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    new_run(&store, 0, "w", 1).await;
+    let keys = wide_keys();
+    let logged = log_wide_batches(&store, &keys, |_| async {}).await;
+    check_wide_run(&store, &keys, &logged).await;
+    // And after a restart.
+    store.close().await;
+    let store = db.open().await;
+    for key in ["acc/class_0", "acc/class_299", "loss"] {
+        assert_eq!(
+            whole_history(&store, "w", key).await,
+            expected_history(&logged[key]),
+            "{key}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    new_run(&store, 0, "w", 1).await;
+    let db = dir.path().join("t.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let count = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    let keys = wide_keys();
+    let logged = log_wide_batches(&store, &keys, |step| {
+        async move {
+            if step == 0 {
+                // The 300 small keys went into one write row; the 100-point key got a block.
+                assert_eq!(
+                    (count("metric_writes").await, count("metric_blocks").await),
+                    (1, 1)
+                );
+            }
+        }
+    })
+    .await;
+    // 150 writes: compacted twice (at 64 rows), the rest still rows.
+    assert_eq!(count("metric_writes").await, 150 - 128);
+    check_wide_run(&store, &keys, &logged).await;
     // And after a restart, from the rows as from the blocks.
     store.close().await;
     let store = open(&dir).await;
@@ -848,7 +917,7 @@ async fn a_database_of_schema_13_keeps_its_blocks_and_takes_wide_writes_after_mi
 }
 
 /// The runs of `exp` ordered by `key` DESC, as search answers it (first `limit`).
-async fn ordered_by(store: &impl Stores, exp: i64, key: &str, filter: &str, limit: u32) -> Vec<String> {
+async fn ordered_by(store: &impl Tracking, exp: i64, key: &str, filter: &str, limit: u32) -> Vec<String> {
     let query = RunQuery {
         experiment_ids: vec![exp],
         filter: parse_run_filter(filter).unwrap(),
@@ -887,7 +956,7 @@ fn expected_order(
 }
 
 async fn a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart<
-    B: Backend<Store: Stores>,
+    B: Backend<Store: Tracking>,
 >() {
     let db = B::start().await;
     let store = db.open().await;
@@ -1019,7 +1088,7 @@ async fn a_database_of_schema_15_orders_its_runs_by_metric_after_migrating() {
     assert_eq!(ordered_by(&store, 0, "acc", "", 10).await, ["a", "c", "r", "b"]);
 }
 
-async fn latest_values_read_back_bit_for_bit<B: Backend<Store: Stores>>() {
+async fn latest_values_read_back_bit_for_bit<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     let exp = new_experiment(&store, "bits").await;
@@ -1222,6 +1291,470 @@ async fn latest_values_left_unfolded_by_a_crash_are_read_and_then_folded() {
     }
 }
 
+/// Two replicas (two stores on one database) write the same run at once, each batch's keys in
+/// its own order: every point is kept, and each key's latest point is the rule's over all of
+/// them, whichever replica committed last.
+async fn two_replicas_writing_one_run_at_once_keep_every_point_and_the_latest<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let exp = new_experiment(&a, "replicas").await;
+    new_run(&a, exp, "r", 1).await;
+    let keys = ["k0", "k1", "k2", "k3", "k4"];
+    let mut writes = Vec::new();
+    let mut logged: HashMap<&str, Vec<(i64, i64, f64)>> = HashMap::new();
+    for w in 0..40i64 {
+        let mut metrics = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            // Steps and timestamps that tie across writes, so that values decide too.
+            let point = (
+                (w * 7 + i as i64) % 5,
+                (w * 3) % 11,
+                ((w * 13 + i as i64) % 17) as f64,
+            );
+            logged.entry(key).or_default().push(point);
+            metrics.push(metric(key, point.2, point.0, point.1));
+        }
+        if w % 2 == 1 {
+            metrics.reverse();
+        }
+        let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+        writes.push(tokio::spawn(async move {
+            store
+                .log_batch(
+                    "r",
+                    Batch {
+                        metrics,
+                        ..Batch::default()
+                    },
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    for write in writes {
+        write.await.unwrap();
+    }
+    for store in [&a, &b] {
+        let run = store.get_run("r").await.unwrap();
+        for key in keys {
+            let points = &logged[key];
+            let top = points
+                .iter()
+                .max_by(|x, y| (x.1, x.0).cmp(&(y.1, y.0)).then(x.2.partial_cmp(&y.2).unwrap()))
+                .unwrap();
+            let got = run.metrics.iter().find(|m| m.key == key).unwrap();
+            assert_eq!(
+                (got.step, got.timestamp, got.value),
+                (top.1, top.0, top.2),
+                "{key}"
+            );
+            assert_eq!(
+                whole_history(store, "r", key).await,
+                expected_history(points),
+                "{key}"
+            );
+        }
+    }
+}
+
+/// Two replicas log the same params with different values at once: for each key one of them
+/// wins and the other is refused as a change of an immutable param, never both kept silently.
+async fn two_replicas_logging_one_param_differently_keep_one_value_and_refuse_the_other<
+    B: Backend<Store: Tracking>,
+>() {
+    let db = B::start().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let exp = new_experiment(&a, "params").await;
+    new_run(&a, exp, "r", 1).await;
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        for (store, value) in [(a.clone(), "from-a"), (b.clone(), "from-b")] {
+            tasks.push(tokio::spawn(async move {
+                let result = store
+                    .log_batch(
+                        "r",
+                        Batch {
+                            params: vec![kv(&format!("p{i}"), value)],
+                            ..Batch::default()
+                        },
+                    )
+                    .await;
+                (i, value, result)
+            }));
+        }
+    }
+    let mut winners: HashMap<String, &str> = HashMap::new();
+    for task in tasks {
+        let (i, value, result) = task.await.unwrap();
+        match result {
+            Ok(()) => assert!(
+                winners.insert(format!("p{i}"), value).is_none(),
+                "p{i} kept twice"
+            ),
+            Err(StoreError::Invalid(message)) => {
+                assert!(
+                    message.contains("Changing param values is not allowed"),
+                    "{message}"
+                )
+            }
+            Err(e) => panic!("p{i}: {e}"),
+        }
+    }
+    let run = b.get_run("r").await.unwrap();
+    assert_eq!(run.params.len(), 30);
+    for p in &run.params {
+        assert_eq!(winners.get(&p.key), Some(&p.value.as_str()), "{}", p.key);
+    }
+}
+
+/// What one replica changes, the other sees at once: a name taken, a run deleted or restored.
+async fn a_replica_sees_the_other_replicas_names_and_deletions<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let exp = new_experiment(&a, "shared").await;
+    new_run(&a, exp, "r", 1).await;
+    log_metrics(&b, "r", vec![metric("m", 1.0, 1, 1)]).await;
+    let taken = b
+        .create_experiment(NewExperiment {
+            name: "shared".into(),
+            artifact_location: None,
+            artifact_root: "mlflow-artifacts:".into(),
+            tags: vec![],
+            now: 1,
+        })
+        .await;
+    assert!(matches!(taken, Err(StoreError::AlreadyExists(_))), "{taken:?}");
+    a.set_run_lifecycle("r", LifecycleStage::Deleted).await.unwrap();
+    let refused = b
+        .log_batch(
+            "r",
+            Batch {
+                metrics: vec![metric("m", 2.0, 2, 2)],
+                ..Batch::default()
+            },
+        )
+        .await;
+    assert!(matches!(refused, Err(StoreError::Invalid(_))), "{refused:?}");
+    a.set_run_lifecycle("r", LifecycleStage::Active).await.unwrap();
+    log_metrics(&b, "r", vec![metric("m", 3.0, 3, 3)]).await;
+    assert_eq!(metric_value(&a.get_run("r").await.unwrap(), "m"), Some(3.0));
+}
+
+/// `LIKE` has no escape character (a backslash matches itself, as on SQLite), and text sort
+/// keys sort by bytes: upper case before lower case, punctuation by its code.
+async fn like_has_no_escape_character_and_text_sorts_by_bytes<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    let exp = new_experiment(&store, "text").await;
+    for (i, value) in ["a\\b", "a%b", "B", "b", "a_"].iter().enumerate() {
+        let id = format!("t{i}");
+        new_run(&store, exp, &id, 1).await;
+        let batch = Batch {
+            tags: vec![kv("t", value)],
+            ..Batch::default()
+        };
+        store.log_batch(&id, batch).await.unwrap();
+    }
+    let search = |filter: &str, order: &str| RunQuery {
+        experiment_ids: vec![exp],
+        filter: parse_run_filter(filter).unwrap(),
+        order_by: vec![parse_run_order_by(order).unwrap()],
+        view: ViewType::ActiveOnly,
+        limit: 100,
+        offset: 0,
+    };
+    let ids = |page: Page<Run>| -> Vec<String> { page.items.into_iter().map(|r| r.info.run_id).collect() };
+    let got = ids(store
+        .search_runs(&search("tags.t LIKE 'a\\%'", "tags.t ASC"))
+        .await
+        .unwrap());
+    assert_eq!(got, ["t0"]);
+    let got = ids(store
+        .search_runs(&search("tags.t LIKE 'a_'", "tags.t ASC"))
+        .await
+        .unwrap());
+    assert_eq!(got, ["t4"]);
+    let got = ids(store.search_runs(&search("", "tags.t ASC")).await.unwrap());
+    assert_eq!(got, ["t2", "t1", "t0", "t4", "t3"]);
+    let got = ids(store.search_runs(&search("", "tags.t DESC")).await.unwrap());
+    assert_eq!(got, ["t3", "t4", "t0", "t1", "t2"]);
+}
+
+/// Experiments: artifact locations, renames (a taken name, a deleted experiment), tags, and
+/// searches by filter and view, ordered and paged.
+async fn experiments_rename_carry_tags_and_search_by_filter_order_and_page<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    let mut ids = Vec::new();
+    for i in 0..5i64 {
+        let id = store
+            .create_experiment(NewExperiment {
+                name: format!("exp-{i}"),
+                artifact_location: (i == 0).then(|| "gs://bucket/x".to_owned()),
+                artifact_root: "root/".into(),
+                tags: vec![
+                    kv("team", if i % 2 == 0 { "a" } else { "b" }),
+                    kv("team", "a-or-b"),
+                    kv("team", if i % 2 == 0 { "a" } else { "b" }),
+                ],
+                now: 100 + i,
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    assert_eq!(
+        store.get_experiment(ids[0]).await.unwrap().artifact_location,
+        "gs://bucket/x"
+    );
+    assert_eq!(
+        store.get_experiment(ids[1]).await.unwrap().artifact_location,
+        format!("root/{}", ids[1])
+    );
+    let taken = store.rename_experiment(ids[1], "exp-2").await;
+    assert!(matches!(taken, Err(StoreError::AlreadyExists(_))), "{taken:?}");
+    store.rename_experiment(ids[1], "renamed").await.unwrap();
+    assert_eq!(
+        store
+            .get_experiment_by_name("renamed")
+            .await
+            .unwrap()
+            .experiment_id,
+        ids[1]
+    );
+    assert!(matches!(
+        store.get_experiment_by_name("exp-1").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    store.set_experiment_tag(ids[0], "k", "v").await.unwrap();
+    store.set_experiment_tag(ids[0], "k", "w").await.unwrap();
+    let tags = store.get_experiment(ids[0]).await.unwrap().tags;
+    assert_eq!(tags, vec![kv("k", "w"), kv("team", "a")]);
+    store.delete_experiment_tag(ids[0], "k").await.unwrap();
+    assert!(matches!(
+        store.delete_experiment_tag(ids[0], "k").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.delete_experiment_tag(12345, "k").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    store
+        .set_experiment_lifecycle(ids[4], LifecycleStage::Deleted)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.rename_experiment(ids[4], "gone").await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.set_experiment_tag(ids[4], "k", "v").await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    let search = |filter: &str, order: &[&str], view: ViewType, limit: u32, offset: u64| ExperimentQuery {
+        filter: spotsweep_core::search::parse_experiment_filter(filter).unwrap(),
+        order_by: order
+            .iter()
+            .map(|o| spotsweep_core::search::parse_experiment_order_by(o).unwrap())
+            .collect(),
+        view,
+        limit,
+        offset,
+    };
+    let names =
+        |page: &Page<Experiment>| -> Vec<String> { page.items.iter().map(|e| e.name.clone()).collect() };
+    // Default order: newest first.
+    let page = store
+        .search_experiments(&search("tags.team = 'a'", &[], ViewType::ActiveOnly, 10, 0))
+        .await
+        .unwrap();
+    assert_eq!(names(&page), ["exp-2", "exp-0"]);
+    assert_eq!(page.items[1].tags, vec![kv("team", "a")]);
+    let page = store
+        .search_experiments(&search("", &[], ViewType::DeletedOnly, 10, 0))
+        .await
+        .unwrap();
+    assert_eq!(names(&page), ["exp-4"]);
+    let first = store
+        .search_experiments(&search(
+            "name LIKE 'exp-%'",
+            &["creation_time ASC"],
+            ViewType::All,
+            2,
+            0,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (names(&first), first.next_offset),
+        (vec!["exp-0".to_owned(), "exp-2".to_owned()], Some(2))
+    );
+    let second = store
+        .search_experiments(&search(
+            "name LIKE 'exp-%'",
+            &["creation_time ASC"],
+            ViewType::All,
+            2,
+            2,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (names(&second), second.next_offset),
+        (vec!["exp-3".to_owned(), "exp-4".to_owned()], None)
+    );
+    let page = store
+        .search_experiments(&search("", &["name DESC"], ViewType::ActiveOnly, 10, 0))
+        .await
+        .unwrap();
+    assert_eq!(names(&page), ["renamed", "exp-3", "exp-2", "exp-0", "Default"]);
+}
+
+/// Runs: updates (the name and its tag stay one fact), tag deletion, dataset inputs and their
+/// summaries, paged histories and down-sampled charts.
+async fn runs_update_inputs_summaries_histories_and_charts<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    let exp = new_experiment(&store, "runs").await;
+    new_run(&store, exp, "r", 5).await;
+    new_run(&store, exp, "s", 6).await;
+    let info = store
+        .update_run(
+            "r",
+            RunUpdate {
+                status: Some(RunStatus::Finished),
+                end_time: Some(9),
+                run_name: Some("renamed".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.status, info.end_time, info.run_name.as_str()),
+        (RunStatus::Finished, Some(9), "renamed")
+    );
+    let run = store.get_run("r").await.unwrap();
+    assert!(
+        run.tags.contains(&kv("mlflow.runName", "renamed")),
+        "{:?}",
+        run.tags
+    );
+    store
+        .log_batch(
+            "r",
+            Batch {
+                tags: vec![kv("mlflow.runName", "again"), kv("x", "1")],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let run = store.get_run("r").await.unwrap();
+    assert_eq!(run.info.run_name, "again");
+    assert_eq!(run.tags, vec![kv("mlflow.runName", "again"), kv("x", "1")]);
+    store.delete_run_tag("r", "x").await.unwrap();
+    assert!(matches!(
+        store.delete_run_tag("r", "x").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.update_run("nope", RunUpdate::default()).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let input = |name: &str, digest: &str, context: Option<&str>| DatasetInput {
+        name: name.into(),
+        digest: digest.into(),
+        source_type: "local".into(),
+        source: "{\"uri\": \"/data\"}".into(),
+        schema: Some("{}".into()),
+        profile: None,
+        tags: context
+            .map(|c| vec![kv("mlflow.data.context", c)])
+            .unwrap_or_default(),
+    };
+    store
+        .log_inputs(
+            "r",
+            vec![input("d2", "b", None), input("d1", "a", Some("training"))],
+        )
+        .await
+        .unwrap();
+    store
+        .log_inputs("s", vec![input("d1", "a", Some("training"))])
+        .await
+        .unwrap();
+    let inputs = store.get_run("r").await.unwrap().inputs;
+    assert_eq!(
+        inputs,
+        vec![input("d1", "a", Some("training")), input("d2", "b", None)]
+    );
+    let summary = |name: &str, digest: &str, context: Option<&str>| DatasetSummary {
+        experiment_id: exp,
+        name: name.into(),
+        digest: digest.into(),
+        context: context.map(str::to_owned),
+    };
+    let both = vec![summary("d1", "a", Some("training")), summary("d2", "b", None)];
+    assert_eq!(store.dataset_summaries(&[exp]).await.unwrap(), both);
+    store
+        .set_run_lifecycle("r", LifecycleStage::Deleted)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.dataset_summaries(&[exp]).await.unwrap(),
+        vec![summary("d1", "a", Some("training"))]
+    );
+    assert!(matches!(
+        store.log_inputs("r", vec![input("d3", "c", None)]).await,
+        Err(StoreError::Invalid(_))
+    ));
+    store
+        .set_run_lifecycle("r", LifecycleStage::Active)
+        .await
+        .unwrap();
+
+    // 20 points and one repeated (a retried request): 20 in history, 7 a page.
+    let mut points: Vec<Metric> = (0..20).map(|i| metric("c", i as f64, 100 + i, i)).collect();
+    points.push(metric("c", 5.0, 105, 5));
+    log_metrics(&store, "r", points).await;
+    let mut pages = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = store.metric_history("r", "c", offset, 7).await.unwrap();
+        pages.push((page.items.len(), page.next_offset));
+        match page.next_offset {
+            Some(next) => offset = next,
+            None => break,
+        }
+    }
+    assert_eq!(pages, [(7, Some(7)), (7, Some(14)), (6, None)]);
+    assert!(
+        store
+            .metric_history("nope", "c", 0, 7)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // Steps 2 to 15 (14 points) in 5 samples: the first of each bucket, and the last.
+    let chart = store
+        .metric_history_bulk_interval(
+            &["r".to_owned(), "s".to_owned(), "nope".to_owned()],
+            "c",
+            Some(2),
+            Some(15),
+            5,
+        )
+        .await
+        .unwrap();
+    let steps: Vec<(&str, i64)> = chart.iter().map(|(run, m)| (run.as_str(), m.step)).collect();
+    assert_eq!(steps, [("r", 2), ("r", 5), ("r", 8), ("r", 11), ("r", 15)]);
+}
+
 conformance!(sqlite: crate::common::Sqlite;
     experiments_and_runs_round_trip,
     latest_metric_is_max_step_then_timestamp_then_value,
@@ -1229,4 +1762,27 @@ conformance!(sqlite: crate::common::Sqlite;
     search_filters_orders_and_pages,
     a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart,
     latest_values_read_back_bit_for_bit,
+    history_is_the_same_whether_logged_one_by_one_or_in_batches,
+    like_has_no_escape_character_and_text_sorts_by_bytes,
+    wide_batches_keep_every_keys_exact_history,
+    experiments_rename_carry_tags_and_search_by_filter_order_and_page,
+    runs_update_inputs_summaries_histories_and_charts,
+);
+
+// The replica tests (two stores on one database) are PostgreSQL's only: SQLite has one daemon.
+conformance!(postgres: crate::common::Postgres;
+    experiments_and_runs_round_trip,
+    latest_metric_is_max_step_then_timestamp_then_value,
+    params_are_immutable_and_a_bad_batch_writes_nothing,
+    search_filters_orders_and_pages,
+    a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart,
+    latest_values_read_back_bit_for_bit,
+    history_is_the_same_whether_logged_one_by_one_or_in_batches,
+    like_has_no_escape_character_and_text_sorts_by_bytes,
+    wide_batches_keep_every_keys_exact_history,
+    experiments_rename_carry_tags_and_search_by_filter_order_and_page,
+    runs_update_inputs_summaries_histories_and_charts,
+    two_replicas_writing_one_run_at_once_keep_every_point_and_the_latest,
+    two_replicas_logging_one_param_differently_keep_one_value_and_refuse_the_other,
+    a_replica_sees_the_other_replicas_names_and_deletions,
 );

@@ -1,7 +1,8 @@
 //! The PostgreSQL backend (`postgres://` URLs), for a lab's shared control plane: several daemons
 //! on one database. It lands trait by trait, each on the store's conformance suite
 //! (`tests/common`); so far the API tokens ([`crate::TokenStore`]), the fleet's records
-//! ([`crate::FleetStore`]) and leader leases ([`crate::LeaderStore`]). The daemon does not offer it until every trait is here.
+//! ([`crate::FleetStore`]), leader leases ([`crate::LeaderStore`]) and the MLflow tracking tables
+//! ([`crate::TrackingStore`]). The daemon does not offer it until every trait is here.
 //!
 //! Its own migrations (`migrations/postgres`); plain `sqlx::query` with bound parameters; the
 //! rows are read through the same types as SQLite's (`crate::rows`). Transactions run at READ
@@ -10,6 +11,7 @@
 mod fleet;
 mod leaders;
 mod tokens;
+mod tracking;
 
 use std::time::Duration;
 
