@@ -13,6 +13,8 @@
 pub mod model;
 mod postgres;
 mod rows;
+mod shared_models;
+mod shared_search;
 mod sqlite;
 pub mod stored;
 

@@ -10,34 +10,8 @@ use spotsweep_core::search::{
 };
 
 use super::tracking::{json_ids, json_strings};
+use crate::shared_search::{num_op, push_kv_condition, push_str_cmp};
 use crate::{ExperimentQuery, RunQuery, ViewType};
-
-pub(crate) fn num_op(op: NumOp) -> &'static str {
-    match op {
-        NumOp::Eq => " = ",
-        NumOp::Ne => " != ",
-        NumOp::Lt => " < ",
-        NumOp::Le => " <= ",
-        NumOp::Gt => " > ",
-        NumOp::Ge => " >= ",
-    }
-}
-
-/// Pushes `<column> op ?` for a string comparison. `LIKE` is case-sensitive on our connections
-/// (`PRAGMA case_sensitive_like`); `ILIKE` lowers both sides.
-pub(crate) fn push_str_cmp(qb: &mut QueryBuilder<Sqlite>, column: &str, op: StrOp, value: &str) {
-    match op {
-        StrOp::Eq => qb.push(column).push(" = ").push_bind(value.to_owned()),
-        StrOp::Ne => qb.push(column).push(" != ").push_bind(value.to_owned()),
-        StrOp::Like => qb.push(column).push(" LIKE ").push_bind(value.to_owned()),
-        StrOp::ILike => qb
-            .push("LOWER(")
-            .push(column)
-            .push(") LIKE LOWER(")
-            .push_bind(value.to_owned())
-            .push(")"),
-    };
-}
 
 fn run_attr_column(attr: RunAttribute) -> &'static str {
     match attr {
@@ -57,29 +31,6 @@ fn dataset_column(field: DatasetField) -> &'static str {
         DatasetField::Digest => "d.digest",
         DatasetField::Context => "d.context",
     }
-}
-
-/// `[NOT] EXISTS (SELECT 1 FROM <rows> AND x.key = ? AND <cond>)` for a key-value table (run
-/// params and tags, experiment tags); `rows` names the table as `x` and ties it to the outer row.
-/// A comparison needs the key to exist, so `!=` never matches an entity without it.
-pub(crate) fn push_kv_condition(
-    qb: &mut QueryBuilder<Sqlite>,
-    rows: &str,
-    key: &str,
-    cond: &StringCondition,
-) {
-    let negate = matches!(cond, StringCondition::IsNull);
-    qb.push(if negate {
-        "NOT EXISTS (SELECT 1 FROM "
-    } else {
-        "EXISTS (SELECT 1 FROM "
-    });
-    qb.push(rows).push(" AND x.key = ").push_bind(key.to_owned());
-    if let StringCondition::Compare(op, value) = cond {
-        qb.push(" AND ");
-        push_str_cmp(qb, "x.value", *op, value);
-    }
-    qb.push(")");
 }
 
 const PARAM_ROWS: &str = "params x WHERE x.run_id = r.id";

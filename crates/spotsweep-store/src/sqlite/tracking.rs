@@ -11,6 +11,7 @@ use super::metric_blocks::{self, Point};
 use super::search::{experiment_search_sql, order_metric, run_search_by_order_sql, run_search_sql};
 use super::{RunKeys, SqliteStore, commit, map_err, now_ms};
 use crate::Stored;
+use crate::shared_search::page;
 use crate::{
     Batch, DatasetInput, DatasetSummary, Experiment, ExperimentQuery, KeyValue, LifecycleStage, Metric,
     NewExperiment, NewRun, Page, Result, Run, RunInfo, RunQuery, RunStatus, RunUpdate, StoreError,
@@ -1094,16 +1095,6 @@ pub fn sample_rows(n: usize, max: usize) -> Vec<usize> {
         picks.push(n - 1);
     }
     picks
-}
-
-/// Queries fetch `limit + 1` rows: the extra row only says whether another page exists.
-pub(super) fn page<T>(mut rows: Vec<T>, limit: u32, offset: u64) -> (Vec<T>, Option<u64>) {
-    if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        (rows, Some(offset + u64::from(limit)))
-    } else {
-        (rows, None)
-    }
 }
 
 #[cfg(test)]
