@@ -1453,6 +1453,80 @@ async fn traces_are_deleted_by_id_and_by_age_oldest_first<B: Backend<Store: Mode
     assert_eq!(again.tags.len(), 1);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Two daemons on one database, writing MLflow 3's records
+
+async fn two_stores_logging_metrics_of_the_same_models_at_once_never_deadlock<B: Backend<Store: Models>>() {
+    let db = B::start().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let (exp, _) = new_experiment(&a, "e").await;
+    let mut ids = Vec::new();
+    for name in ["x", "y", "z"] {
+        ids.push(
+            a.create_logged_model(new_logged_model(exp, name, 1))
+                .await
+                .unwrap()
+                .model_id,
+        );
+    }
+    // Each batch names the models in another order; all of them commit.
+    let mut tasks = Vec::new();
+    for i in 0..24i64 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let mut order = ids.clone();
+        order.rotate_left(i as usize % 3);
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        tasks.push(tokio::spawn(async move {
+            let rows = order
+                .into_iter()
+                .map(|id| (id, metric("m", i as f64, i, 0)))
+                .collect();
+            store.log_model_metrics(rows).await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    for id in &ids {
+        assert_eq!(b.get_logged_model(id, false).await.unwrap().metrics.len(), 24);
+    }
+}
+
+async fn two_stores_writing_one_trace_to_two_experiments_at_once_leave_it_in_one<
+    B: Backend<Store: Models>,
+>() {
+    let db = B::start().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let (first, _) = new_experiment(&a, "first").await;
+    let (second, _) = new_experiment(&a, "second").await;
+    for round in 0..12 {
+        let id = format!("tr-{round}");
+        let one = tokio::spawn({
+            let (a, id) = (a.clone(), id.clone());
+            async move { a.upsert_trace(trace(&id, first, 1)).await }
+        });
+        let other = tokio::spawn({
+            let (b, id) = (b.clone(), id.clone());
+            async move { b.upsert_trace(trace(&id, second, 1)).await }
+        });
+        let results = [one.await.unwrap(), other.await.unwrap()];
+        let won: Vec<i64> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(|t| t.experiment_id))
+            .collect();
+        assert_eq!(won.len(), 1, "{round}: {results:?}");
+        assert!(
+            results.iter().any(
+                |r| matches!(r, Err(StoreError::Invalid(m)) if m.contains("belongs to another experiment"))
+            ),
+            "{round}: {results:?}"
+        );
+        assert_eq!(a.get_trace(&id).await.unwrap().experiment_id, won[0]);
+    }
+}
+
 conformance!(sqlite: crate::common::Sqlite;
     registered_models_are_unique_and_carry_description_and_tags,
     version_numbers_are_never_reused_until_the_model_is_deleted,
@@ -1470,6 +1544,8 @@ conformance!(sqlite: crate::common::Sqlite;
     traces_are_upserted_with_their_artifact_location_and_keep_their_experiment,
     searching_traces_filters_orders_and_pages,
     traces_are_deleted_by_id_and_by_age_oldest_first,
+    two_stores_logging_metrics_of_the_same_models_at_once_never_deadlock,
+    two_stores_writing_one_trace_to_two_experiments_at_once_leave_it_in_one,
 );
 
 conformance!(postgres: crate::common::Postgres;
