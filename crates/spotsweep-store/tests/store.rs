@@ -8,7 +8,7 @@ use spotsweep_store::*;
 
 #[macro_use]
 mod common;
-use common::{Backend, Close, Stores};
+use common::{Backend, Close, Tracking};
 
 async fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&SqliteOptions::new(dir.path().join("t.db")))
@@ -32,7 +32,7 @@ fn metric(k: &str, value: f64, timestamp: i64, step: i64) -> Metric {
     }
 }
 
-async fn new_run(store: &impl Stores, exp: i64, id: &str, start: i64) {
+async fn new_run(store: &impl Tracking, exp: i64, id: &str, start: i64) {
     store
         .create_run(NewRun {
             experiment_id: exp,
@@ -46,7 +46,7 @@ async fn new_run(store: &impl Stores, exp: i64, id: &str, start: i64) {
         .unwrap();
 }
 
-async fn new_experiment(store: &impl Stores, name: &str) -> i64 {
+async fn new_experiment(store: &impl Tracking, name: &str) -> i64 {
     store
         .create_experiment(NewExperiment {
             name: name.into(),
@@ -60,7 +60,7 @@ async fn new_experiment(store: &impl Stores, name: &str) -> i64 {
 }
 
 /// Logs metric points alone (the group-committed path).
-async fn log_metrics(store: &impl Stores, run_id: &str, metrics: Vec<Metric>) {
+async fn log_metrics(store: &impl Tracking, run_id: &str, metrics: Vec<Metric>) {
     store
         .log_batch(
             run_id,
@@ -73,7 +73,7 @@ async fn log_metrics(store: &impl Stores, run_id: &str, metrics: Vec<Metric>) {
         .unwrap();
 }
 
-async fn experiments_and_runs_round_trip<B: Backend<Store: Stores>>() {
+async fn experiments_and_runs_round_trip<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     let default = store.get_experiment(0).await.unwrap();
@@ -142,7 +142,7 @@ async fn experiments_and_runs_round_trip<B: Backend<Store: Stores>>() {
         .unwrap();
 }
 
-async fn latest_metric_is_max_step_then_timestamp_then_value<B: Backend<Store: Stores>>() {
+async fn latest_metric_is_max_step_then_timestamp_then_value<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     new_run(&store, 0, "r", 1).await;
@@ -210,7 +210,7 @@ async fn latest_metric_is_max_step_then_timestamp_then_value<B: Backend<Store: S
     );
 }
 
-async fn params_are_immutable_and_a_bad_batch_writes_nothing<B: Backend<Store: Stores>>() {
+async fn params_are_immutable_and_a_bad_batch_writes_nothing<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     new_run(&store, 0, "r", 1).await;
@@ -254,7 +254,7 @@ async fn params_are_immutable_and_a_bad_batch_writes_nothing<B: Backend<Store: S
     assert!(!run.tags.iter().any(|t| t.key == "t"));
 }
 
-async fn search_filters_orders_and_pages<B: Backend<Store: Stores>>() {
+async fn search_filters_orders_and_pages<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     let exp = new_experiment(&store, "s").await;
@@ -418,7 +418,7 @@ fn expected_history(points: &[(i64, i64, f64)]) -> Vec<(i64, i64, u64)> {
     sorted.iter().map(|&(t, s, v)| (t, s, v.to_bits())).collect()
 }
 
-async fn whole_history(store: &impl Stores, run: &str, key: &str) -> Vec<(i64, i64, u64)> {
+async fn whole_history(store: &impl Tracking, run: &str, key: &str) -> Vec<(i64, i64, u64)> {
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
@@ -848,7 +848,7 @@ async fn a_database_of_schema_13_keeps_its_blocks_and_takes_wide_writes_after_mi
 }
 
 /// The runs of `exp` ordered by `key` DESC, as search answers it (first `limit`).
-async fn ordered_by(store: &impl Stores, exp: i64, key: &str, filter: &str, limit: u32) -> Vec<String> {
+async fn ordered_by(store: &impl Tracking, exp: i64, key: &str, filter: &str, limit: u32) -> Vec<String> {
     let query = RunQuery {
         experiment_ids: vec![exp],
         filter: parse_run_filter(filter).unwrap(),
@@ -887,7 +887,7 @@ fn expected_order(
 }
 
 async fn a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart<
-    B: Backend<Store: Stores>,
+    B: Backend<Store: Tracking>,
 >() {
     let db = B::start().await;
     let store = db.open().await;
@@ -1019,7 +1019,7 @@ async fn a_database_of_schema_15_orders_its_runs_by_metric_after_migrating() {
     assert_eq!(ordered_by(&store, 0, "acc", "", 10).await, ["a", "c", "r", "b"]);
 }
 
-async fn latest_values_read_back_bit_for_bit<B: Backend<Store: Stores>>() {
+async fn latest_values_read_back_bit_for_bit<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     let exp = new_experiment(&store, "bits").await;
@@ -1223,6 +1223,15 @@ async fn latest_values_left_unfolded_by_a_crash_are_read_and_then_folded() {
 }
 
 conformance!(sqlite: crate::common::Sqlite;
+    experiments_and_runs_round_trip,
+    latest_metric_is_max_step_then_timestamp_then_value,
+    params_are_immutable_and_a_bad_batch_writes_nothing,
+    search_filters_orders_and_pages,
+    a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart,
+    latest_values_read_back_bit_for_bit,
+);
+
+conformance!(postgres: crate::common::Postgres;
     experiments_and_runs_round_trip,
     latest_metric_is_max_step_then_timestamp_then_value,
     params_are_immutable_and_a_bad_batch_writes_nothing,

@@ -1,9 +1,10 @@
 //! The PostgreSQL backend (`postgres://` URLs), for a lab's shared control plane: several daemons
 //! on one database. It lands trait by trait, each on the store's conformance suite
 //! (`tests/common`); so far the API tokens ([`crate::TokenStore`]), the fleet's records
-//! ([`crate::FleetStore`]), leader leases ([`crate::LeaderStore`]), the model registry
-//! ([`crate::RegistryStore`]), logged models ([`crate::ModelStore`]) and traces
-//! ([`crate::TraceStore`]). The daemon does not offer it until every trait is here.
+//! ([`crate::FleetStore`]), leader leases ([`crate::LeaderStore`]), the MLflow tracking tables
+//! ([`crate::TrackingStore`]), the model registry ([`crate::RegistryStore`]), logged models
+//! ([`crate::ModelStore`]) and traces ([`crate::TraceStore`]). The daemon does not offer it until
+//! every trait is here.
 //!
 //! Its own migrations (`migrations/postgres`); plain `sqlx::query` with bound parameters; the
 //! rows are read through the same types as SQLite's (`crate::rows`). Transactions run at READ
@@ -15,6 +16,7 @@ mod models;
 mod registry;
 mod tokens;
 mod traces;
+mod tracking;
 
 use std::time::Duration;
 

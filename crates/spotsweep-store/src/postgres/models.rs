@@ -12,12 +12,12 @@ use async_trait::async_trait;
 use sqlx::{PgConnection, Postgres};
 
 use super::{PgStore, commit, map_err};
+use crate::model_search_sql::logged_model_search_sql;
 use crate::rows::{LOGGED_MODEL_COLUMNS, LoggedModelRow, ModelMetricRow, model_metric_of};
 use crate::shared_models::{
     experiment_not_active, experiment_not_found, logged_model_not_found, logged_model_tag_not_found,
     new_model_id, run_not_found,
 };
-use crate::shared_search::logged_model_search_sql;
 use crate::{
     KeyValue, LifecycleStage, LoggedModel, LoggedModelQuery, LoggedModelStatus, ModelDirection, ModelMetric,
     ModelStore, NewLoggedModel, Result, RunModels, Stored,

@@ -15,13 +15,14 @@ use spotsweep_core::registry::{Stage, VersionRef, VersionStatus};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
 use super::{PgStore, commit, map_err};
+use crate::model_search_sql::{model_version_search_sql, registered_model_search_sql};
+use crate::rows::page;
 use crate::rows::{REGISTERED_MODEL_COLUMNS, RegisteredModelRow, VERSION_COLUMNS, VERSIONS, VersionRow};
 use crate::shared_models::{
     ReferencedVersion, SourceLookups, alias_not_found, last_value_per_key, latest_version_not_found,
     logged_model_not_found, registered_model_exists, registered_model_not_found, resolve_source,
     stage_version_not_found, version_not_found,
 };
-use crate::shared_search::{model_version_search_sql, page, registered_model_search_sql};
 use crate::{
     KeyValue, ModelAlias, ModelVersion, ModelVersionQuery, NewModelVersion, NewRegisteredModel, Page,
     RegisteredModel, RegisteredModelQuery, RegistryStore, Result, StoreError, now_ms,

@@ -13,11 +13,11 @@ use sqlx::{PgConnection, Postgres};
 
 use super::models::active_experiment;
 use super::{PgStore, commit, map_err};
+use crate::model_search_sql::trace_search_sql;
 use crate::rows::{TRACE_COLUMNS, TraceRow};
 use crate::shared_models::{
     ARTIFACT_LOCATION_TAG, trace_in_other_experiment, trace_not_found, trace_tag_not_found,
 };
-use crate::shared_search::trace_search_sql;
 use crate::{KeyValue, Result, TraceDeletion, TraceInfo, TraceQuery, TraceStore};
 
 /// Locks a trace's row for a change of its tags; `NotFound` when there is none.

@@ -6,6 +6,7 @@ use sqlx::{Sqlite, SqliteConnection};
 
 use super::tracking::experiment_row;
 use super::{SqliteStore, commit, map_err};
+use crate::model_search_sql::logged_model_search_sql;
 use crate::rows::{
     LOGGED_MODEL_COLUMNS as COLUMNS, LoggedModelRow as ModelRow, ModelMetricRow, model_metric_of,
 };
@@ -13,7 +14,6 @@ use crate::shared_models::{
     experiment_not_active, logged_model_not_found as not_found, logged_model_tag_not_found, new_model_id,
     run_not_found,
 };
-use crate::shared_search::logged_model_search_sql;
 use crate::{
     KeyValue, LifecycleStage, LoggedModel, LoggedModelQuery, LoggedModelStatus, ModelDirection, ModelMetric,
     ModelStore, NewLoggedModel, Result, RunModels,

@@ -12,6 +12,8 @@ use spotsweep_core::registry::{Stage, VersionRef, VersionStatus};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{SqliteStore, commit, map_err, now_ms};
+use crate::model_search_sql::{model_version_search_sql, registered_model_search_sql};
+use crate::rows::page;
 use crate::rows::{
     REGISTERED_MODEL_COLUMNS as MODEL_COLUMNS, RegisteredModelRow as ModelRow, VERSION_COLUMNS, VERSIONS,
     VersionRow,
@@ -21,7 +23,6 @@ use crate::shared_models::{
     logged_model_not_found, registered_model_exists, registered_model_not_found as model_not_found,
     resolve_source, stage_version_not_found, version_not_found,
 };
-use crate::shared_search::{model_version_search_sql, page, registered_model_search_sql};
 use crate::{
     KeyValue, ModelAlias, ModelVersion, ModelVersionQuery, NewModelVersion, NewRegisteredModel, Page,
     RegisteredModel, RegisteredModelQuery, RegistryStore, Result, StoreError,

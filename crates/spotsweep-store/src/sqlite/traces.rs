@@ -7,12 +7,12 @@ use sqlx::{Sqlite, SqliteConnection};
 
 use super::tracking::experiment_row;
 use super::{SqliteStore, commit, map_err};
+use crate::model_search_sql::trace_search_sql;
 use crate::rows::{TRACE_COLUMNS as COLUMNS, TraceRow};
 use crate::shared_models::{
     ARTIFACT_LOCATION_TAG, experiment_not_active, trace_in_other_experiment, trace_not_found as not_found,
     trace_tag_not_found,
 };
-use crate::shared_search::trace_search_sql;
 use crate::{KeyValue, LifecycleStage, Result, StoreError, TraceDeletion, TraceInfo, TraceQuery, TraceStore};
 
 async fn exists(conn: &mut SqliteConnection, trace_id: &str) -> Result<()> {

@@ -45,6 +45,11 @@ impl<S> Stores for S where
 {
 }
 
+/// The tracking tables: what the MLflow tests need (and a restart).
+pub trait Tracking: Close + TrackingStore {}
+
+impl<S> Tracking for S where S: Close + TrackingStore {}
+
 /// A database for one test: empty when made, and opened (again) as often as the test likes.
 pub trait Backend: Sized {
     /// The store on it.

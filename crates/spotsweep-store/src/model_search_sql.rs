@@ -1,173 +1,42 @@
-//! Search translation shared by both backends: the typed predicates of
-//! [`spotsweep_core::search`] as SQL for the model registry, logged models and traces, and the
-//! comparisons the runs and experiments searches use too. The statements are generic over the
-//! backend ([`Dialect`]): placeholders come from sqlx's `QueryBuilder` (`?` or `$n`), and the
-//! text is written in the SQL both SQLite and PostgreSQL read the same way, so that a filter
-//! means the same on either. Every user-supplied value is a bound parameter; the only text
-//! spliced into a statement is chosen here from fixed column names, operators and generated
-//! aliases.
+//! The search translation of the model registry, logged models and traces, shared by both
+//! backends: the typed predicates of [`spotsweep_core::search`] as SQL with bound parameters,
+//! built from the pieces of [`crate::search_sql`] (comparisons, lists, the backend's
+//! [`Dialect`]). Text sorts by bytes on both backends: PostgreSQL's columns of these tables are
+//! `COLLATE "C"` (migration 0004). Every user-supplied value is a bound parameter; the only text
+//! spliced into a statement is chosen here from fixed column names and operators.
 
-use sqlx::{Database, Postgres, QueryBuilder, Sqlite};
+use sqlx::QueryBuilder;
 
 use spotsweep_core::search::{
     ModelAttribute, ModelOrderKey, ModelPredicate, ModelVersionAttribute, ModelVersionOrderKey,
-    ModelVersionPredicate, NumOp, RegisteredModelOrderKey, RegisteredModelPredicate, StrOp, StringCondition,
-    TraceAttribute, TracePredicate,
+    ModelVersionPredicate, RegisteredModelOrderKey, RegisteredModelPredicate, StrOp, TraceAttribute,
+    TracePredicate,
 };
 
 use crate::rows::{LOGGED_MODEL_COLUMNS, REGISTERED_MODEL_COLUMNS, TRACE_COLUMNS, VERSION_COLUMNS, VERSIONS};
+use crate::search_sql::{Dialect, num_op, push_kv_condition, push_str_cmp};
 use crate::{LoggedModelQuery, LoggedModelStatus, ModelVersionQuery, RegisteredModelQuery, TraceQuery};
 
-/// What differs between the backends in a search statement: how values bind, and how `LIKE`
-/// is told that a backslash is an ordinary character.
-pub(crate) trait Dialect: Database + Sized {
-    /// Appended to every `LIKE`: the patterns have the two wildcards and no escape character,
-    /// as SQLite reads them by default (PostgreSQL escapes with `\` unless told otherwise).
-    const LIKE_NO_ESCAPE: &'static str;
-    /// Binds a string.
-    fn bind_text(qb: &mut QueryBuilder<Self>, value: String);
-    /// Binds an integer.
-    fn bind_int(qb: &mut QueryBuilder<Self>, value: i64);
-    /// Binds a float.
-    fn bind_real(qb: &mut QueryBuilder<Self>, value: f64);
+/// `<column> [NOT] IN (<values>)`, the values bound as one list. An empty list matches nothing
+/// (`IN`) or everything (`NOT IN`).
+fn push_in<DB: Dialect>(qb: &mut QueryBuilder<DB>, column: &str, negated: bool, values: &[String]) {
+    qb.push(column).push(if negated { " NOT IN " } else { " IN " });
+    DB::push_text_list(qb, values);
 }
 
-macro_rules! dialect {
-    ($db:ty, $no_escape:expr) => {
-        impl Dialect for $db {
-            const LIKE_NO_ESCAPE: &'static str = $no_escape;
-            fn bind_text(qb: &mut QueryBuilder<Self>, value: String) {
-                qb.push_bind(value);
-            }
-            fn bind_int(qb: &mut QueryBuilder<Self>, value: i64) {
-                qb.push_bind(value);
-            }
-            fn bind_real(qb: &mut QueryBuilder<Self>, value: f64) {
-                qb.push_bind(value);
-            }
-        }
-    };
-}
-
-dialect!(Sqlite, "");
-dialect!(Postgres, " ESCAPE ''");
-
-/// ` = `, ` < `, ...
-pub(crate) fn num_op(op: NumOp) -> &'static str {
-    match op {
-        NumOp::Eq => " = ",
-        NumOp::Ne => " != ",
-        NumOp::Lt => " < ",
-        NumOp::Le => " <= ",
-        NumOp::Gt => " > ",
-        NumOp::Ge => " >= ",
-    }
-}
-
-/// Pushes `<column> op ?` for a string comparison. `LIKE` is case-sensitive on both backends
-/// (SQLite's connections set `PRAGMA case_sensitive_like`); `ILIKE` lowers both sides.
-pub(crate) fn push_str_cmp<DB: Dialect>(qb: &mut QueryBuilder<DB>, column: &str, op: StrOp, value: &str) {
-    match op {
-        StrOp::Eq => {
-            qb.push(column).push(" = ");
-            DB::bind_text(qb, value.to_owned());
-        }
-        StrOp::Ne => {
-            qb.push(column).push(" != ");
-            DB::bind_text(qb, value.to_owned());
-        }
-        StrOp::Like => {
-            qb.push(column).push(" LIKE ");
-            DB::bind_text(qb, value.to_owned());
-            qb.push(DB::LIKE_NO_ESCAPE);
-        }
-        StrOp::ILike => {
-            qb.push("LOWER(").push(column).push(") LIKE LOWER(");
-            DB::bind_text(qb, value.to_owned());
-            qb.push(")").push(DB::LIKE_NO_ESCAPE);
-        }
-    }
-}
-
-/// `[NOT] EXISTS (SELECT 1 FROM <rows> AND x.key = ? AND <cond>)` for a key-value table (params
-/// and tags); `rows` names the table as `x` and ties it to the outer row. A comparison needs the
-/// key to exist, so `!=` never matches an entity without it.
-pub(crate) fn push_kv_condition<DB: Dialect>(
-    qb: &mut QueryBuilder<DB>,
-    rows: &str,
-    key: &str,
-    cond: &StringCondition,
-) {
-    let negate = matches!(cond, StringCondition::IsNull);
-    qb.push(if negate {
-        "NOT EXISTS (SELECT 1 FROM "
-    } else {
-        "EXISTS (SELECT 1 FROM "
-    });
-    qb.push(rows).push(" AND x.key = ");
-    DB::bind_text(qb, key.to_owned());
-    if let StringCondition::Compare(op, value) = cond {
-        qb.push(" AND ");
-        push_str_cmp(qb, "x.value", *op, value);
-    }
-    qb.push(")");
-}
-
-/// `<column> [NOT] IN (?, ?, ...)`. An empty list matches nothing (`IN`) or everything
-/// (`NOT IN`).
-fn push_in<DB: Dialect>(
-    qb: &mut QueryBuilder<DB>,
-    column: &str,
-    negated: bool,
-    values: &[String],
-    bind: impl Fn(&mut QueryBuilder<DB>, &str),
-) {
-    if values.is_empty() {
-        qb.push(if negated { "1 = 1" } else { "1 = 0" });
-        return;
-    }
-    qb.push(column).push(if negated { " NOT IN (" } else { " IN (" });
-    for (i, value) in values.iter().enumerate() {
-        if i > 0 {
-            qb.push(", ");
-        }
-        bind(qb, value);
-    }
-    qb.push(")");
-}
-
-fn bind_string<DB: Dialect>(qb: &mut QueryBuilder<DB>, value: &str) {
-    DB::bind_text(qb, value.to_owned());
+/// `m.status [NOT] IN (<numbers>)` for status names.
+fn push_status_in<DB: Dialect>(qb: &mut QueryBuilder<DB>, negated: bool, values: &[String]) {
+    qb.push("m.status")
+        .push(if negated { " NOT IN " } else { " IN " });
+    let numbers: Vec<i64> = values.iter().map(|v| status_number(v)).collect();
+    DB::push_int_list(qb, &numbers);
 }
 
 /// ` LIMIT ? OFFSET ?` for a page of `limit` and one row more (that row says whether more
 /// follow).
 fn push_page<DB: Dialect>(qb: &mut QueryBuilder<DB>, limit: u32, offset: u64) {
-    qb.push(" LIMIT ");
-    DB::bind_int(qb, i64::from(limit) + 1);
-    qb.push(" OFFSET ");
-    DB::bind_int(qb, i64::try_from(offset).unwrap_or(i64::MAX));
-}
-
-/// A page of `limit` from the `limit + 1` rows a search read, and the offset of the next page
-/// when there is one.
-pub(crate) fn page<T>(mut rows: Vec<T>, limit: u32, offset: u64) -> (Vec<T>, Option<u64>) {
-    if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        (rows, Some(offset + u64::from(limit)))
-    } else {
-        (rows, None)
-    }
-}
-
-/// `m.id IN (...)` style list of bound integers.
-fn push_int_list<DB: Dialect>(qb: &mut QueryBuilder<DB>, values: &[i64]) {
-    for (i, value) in values.iter().enumerate() {
-        if i > 0 {
-            qb.push(", ");
-        }
-        DB::bind_int(qb, *value);
-    }
+    DB::bind_int(qb.push(" LIMIT "), i64::from(limit) + 1);
+    DB::bind_int(qb.push(" OFFSET "), i64::try_from(offset).unwrap_or(i64::MAX));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -200,7 +69,7 @@ fn model_version_order_column(key: ModelVersionOrderKey) -> &'static str {
 /// `EXISTS (SELECT 1 FROM <rows> AND x.key = ? AND x.value op ?)`: the tag must exist.
 fn push_tag<DB: Dialect>(qb: &mut QueryBuilder<DB>, rows: &str, key: &str, op: StrOp, value: &str) {
     qb.push("EXISTS (SELECT 1 FROM ").push(rows).push(" AND x.key = ");
-    DB::bind_text(qb, key.to_owned());
+    DB::bind_text(qb, key);
     qb.push(" AND ");
     push_str_cmp(qb, "x.value", op, value);
     qb.push(")");
@@ -217,7 +86,7 @@ pub(crate) fn registered_model_search_sql<DB: Dialect>(query: &RegisteredModelQu
         match predicate {
             RegisteredModelPredicate::Name { op, value } => push_str_cmp(&mut qb, "m.name", *op, value),
             RegisteredModelPredicate::NameIn { negated, values } => {
-                push_in(&mut qb, "m.name", *negated, values, bind_string)
+                push_in(&mut qb, "m.name", *negated, values)
             }
             RegisteredModelPredicate::Tag { key, op, value } => push_tag(
                 &mut qb,
@@ -232,7 +101,7 @@ pub(crate) fn registered_model_search_sql<DB: Dialect>(query: &RegisteredModelQu
         qb.push(
             " AND NOT EXISTS (SELECT 1 FROM registered_model_tags p WHERE p.registered_model_id = m.id AND p.key = ",
         );
-        DB::bind_text(&mut qb, spotsweep_core::registry::PROMPT_TAG_KEY.to_owned());
+        DB::bind_text(&mut qb, spotsweep_core::registry::PROMPT_TAG_KEY);
         qb.push(" AND p.value = 'true')");
     }
     qb.push(" ORDER BY ");
@@ -260,13 +129,7 @@ pub(crate) fn model_version_search_sql<DB: Dialect>(query: &ModelVersionQuery) -
                 attr,
                 negated,
                 values,
-            } => push_in(
-                &mut qb,
-                model_version_column(*attr),
-                *negated,
-                values,
-                bind_string,
-            ),
+            } => push_in(&mut qb, model_version_column(*attr), *negated, values),
             ModelVersionPredicate::VersionNumber { op, value } => {
                 qb.push("v.version").push(num_op(*op));
                 DB::bind_int(&mut qb, *value);
@@ -286,7 +149,7 @@ pub(crate) fn model_version_search_sql<DB: Dialect>(query: &ModelVersionQuery) -
             " AND NOT EXISTS (SELECT 1 FROM model_version_tags p WHERE p.registered_model_id = v.registered_model_id \
              AND p.key = ",
         );
-        DB::bind_text(&mut qb, spotsweep_core::registry::PROMPT_TAG_KEY.to_owned());
+        DB::bind_text(&mut qb, spotsweep_core::registry::PROMPT_TAG_KEY);
         qb.push(" AND p.value = 'true')");
     }
     qb.push(" ORDER BY ");
@@ -326,9 +189,9 @@ fn push_model_predicate<DB: Dialect>(qb: &mut QueryBuilder<DB>, p: &ModelPredica
             qb.push(
                 "EXISTS (SELECT 1 FROM logged_model_metrics x WHERE x.model_id = m.model_id AND x.key = ",
             );
-            DB::bind_text(qb, key.clone());
+            DB::bind_text(qb, key);
             qb.push(" AND x.value").push(num_op(*op));
-            DB::bind_real(qb, *value);
+            DB::bind_float(qb, *value);
             qb.push(")");
         }
         ModelPredicate::Param { key, cond } => {
@@ -360,11 +223,9 @@ fn push_model_predicate<DB: Dialect>(qb: &mut QueryBuilder<DB>, p: &ModelPredica
             values,
         } => {
             if *attr == ModelAttribute::Status {
-                push_in(qb, "m.status", *negated, values, |qb, v| {
-                    DB::bind_int(qb, status_number(v))
-                });
+                push_status_in(qb, *negated, values);
             } else {
-                push_in(qb, model_attr_column(*attr), *negated, values, bind_string);
+                push_in(qb, model_attr_column(*attr), *negated, values);
             }
         }
         ModelPredicate::AttributeNumber { attr, op, value } => {
@@ -383,14 +244,14 @@ fn push_metric_sort_value<DB: Dialect>(
     digest: Option<&str>,
 ) {
     qb.push("(SELECT x.value FROM logged_model_metrics x WHERE x.model_id = m.model_id AND x.key = ");
-    DB::bind_text(qb, key.to_owned());
+    DB::bind_text(qb, key);
     if let Some(name) = name {
         qb.push(" AND x.dataset_name = ");
-        DB::bind_text(qb, name.to_owned());
+        DB::bind_text(qb, name);
     }
     if let Some(digest) = digest {
         qb.push(" AND x.dataset_digest = ");
-        DB::bind_text(qb, digest.to_owned());
+        DB::bind_text(qb, digest);
     }
     qb.push(" ORDER BY x.timestamp DESC, x.step DESC, x.id DESC LIMIT 1)");
 }
@@ -399,10 +260,9 @@ fn push_metric_sort_value<DB: Dialect>(
 /// [`LOGGED_MODEL_COLUMNS`]; `query.experiment_ids` must not be empty.
 pub(crate) fn logged_model_search_sql<DB: Dialect>(query: &LoggedModelQuery) -> QueryBuilder<DB> {
     let mut qb: QueryBuilder<DB> = QueryBuilder::new(format!(
-        "SELECT {LOGGED_MODEL_COLUMNS} FROM logged_models m WHERE m.lifecycle_stage = 'active' AND m.experiment_id IN ("
+        "SELECT {LOGGED_MODEL_COLUMNS} FROM logged_models m WHERE m.lifecycle_stage = 'active' AND m.experiment_id IN "
     ));
-    push_int_list(&mut qb, &query.experiment_ids);
-    qb.push(")");
+    DB::push_int_list(&mut qb, &query.experiment_ids);
     for p in &query.filter {
         qb.push(" AND ");
         push_model_predicate(&mut qb, p);
@@ -469,7 +329,7 @@ fn push_trace_predicate<DB: Dialect>(qb: &mut QueryBuilder<DB>, p: &TracePredica
             attr,
             negated,
             values,
-        } => push_in(qb, trace_attr_column(*attr), *negated, values, bind_string),
+        } => push_in(qb, trace_attr_column(*attr), *negated, values),
         TracePredicate::AttributeNumber { attr, op, value } => {
             qb.push(trace_attr_column(*attr)).push(num_op(*op));
             DB::bind_int(qb, *value);
@@ -482,10 +342,9 @@ fn push_trace_predicate<DB: Dialect>(qb: &mut QueryBuilder<DB>, p: &TracePredica
 /// id, still in progress) sorts first going up and last going down, as SQLite orders NULL.
 pub(crate) fn trace_search_sql<DB: Dialect>(query: &TraceQuery) -> QueryBuilder<DB> {
     let mut qb: QueryBuilder<DB> = QueryBuilder::new(format!(
-        "SELECT {TRACE_COLUMNS} FROM traces t WHERE t.experiment_id IN ("
+        "SELECT {TRACE_COLUMNS} FROM traces t WHERE t.experiment_id IN "
     ));
-    push_int_list(&mut qb, &query.experiment_ids);
-    qb.push(")");
+    DB::push_int_list(&mut qb, &query.experiment_ids);
     for p in &query.filter {
         qb.push(" AND ");
         push_trace_predicate(&mut qb, p);
