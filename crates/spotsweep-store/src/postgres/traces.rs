@@ -212,14 +212,18 @@ impl TraceStore for PgStore {
     }
 
     async fn delete_traces(&self, experiment_id: i64, which: TraceDeletion) -> Result<u64> {
-        // One statement each: tags and metadata go with their traces (ON DELETE CASCADE).
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        // One statement each: tags and metadata go with their traces (ON DELETE CASCADE). A
+        // trace another daemon deletes meanwhile is counted by one of the two.
         let done = match which {
-            TraceDeletion::Ids(ids) => sqlx::query("DELETE FROM traces WHERE experiment_id = $1 AND trace_id = ANY($2)")
-                .bind(experiment_id)
-                .bind(&ids)
-                .execute(&self.pool)
-                .await
-                .map_err(map_err)?,
+            TraceDeletion::Ids(ids) => {
+                sqlx::query("DELETE FROM traces WHERE experiment_id = $1 AND trace_id = ANY($2)")
+                    .bind(experiment_id)
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+            }
             TraceDeletion::OlderThan {
                 max_timestamp_ms,
                 max,
@@ -230,10 +234,11 @@ impl TraceStore for PgStore {
             .bind(experiment_id)
             .bind(max_timestamp_ms)
             .bind(i64::from(max))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(map_err)?,
         };
+        commit(tx).await?;
         Ok(done.rows_affected())
     }
 }
