@@ -24,9 +24,9 @@ pub(crate) trait Dialect: sqlx::Database + Sized {
     const FALSE: &'static str;
     /// Appended to a text sort key so that it sorts by bytes (code points), as SQLite does.
     const TEXT_ORDER: &'static str;
-    /// Appended to every `LIKE`: the patterns have the two wildcards and no escape character,
-    /// as SQLite reads them (PostgreSQL escapes with `\` unless told otherwise).
-    const LIKE_NO_ESCAPE: &'static str;
+    /// Appended to a `LIKE` pattern so that it has no escape character (SQLite's default):
+    /// `\` matches itself.
+    const LIKE_ESCAPE: &'static str;
 
     /// Binds an integer.
     fn bind_int(qb: &mut QueryBuilder<Self>, value: i64) -> &mut QueryBuilder<Self>;
@@ -46,7 +46,7 @@ impl Dialect for Sqlite {
     const FALSE: &'static str = "0";
     // SQLite's default collation (BINARY) compares bytes.
     const TEXT_ORDER: &'static str = "";
-    const LIKE_NO_ESCAPE: &'static str = "";
+    const LIKE_ESCAPE: &'static str = "";
 
     fn bind_int(qb: &mut QueryBuilder<Self>, value: i64) -> &mut QueryBuilder<Self> {
         qb.push_bind(value)
@@ -81,7 +81,8 @@ impl Dialect for Postgres {
     const FALSE: &'static str = "FALSE";
     // The database's collation may be a language's (`en_US`: case and accents ignored at first).
     const TEXT_ORDER: &'static str = " COLLATE \"C\"";
-    const LIKE_NO_ESCAPE: &'static str = " ESCAPE ''";
+    // PostgreSQL's LIKE escapes with `\` unless told otherwise.
+    const LIKE_ESCAPE: &'static str = " ESCAPE ''";
 
     fn bind_int(qb: &mut QueryBuilder<Self>, value: i64) -> &mut QueryBuilder<Self> {
         qb.push_bind(value)
@@ -119,17 +120,16 @@ pub(crate) fn num_op(op: NumOp) -> &'static str {
     }
 }
 
-/// Pushes `<column> op ?` for a string comparison. `LIKE` is case-sensitive on both backends
-/// (SQLite's connections set `PRAGMA case_sensitive_like`) and has no escape character;
-/// `ILIKE` lowers both sides.
+/// Pushes `<column> op ?` for a string comparison. `LIKE` is case-sensitive (on SQLite through
+/// `PRAGMA case_sensitive_like`) and has no escape character; `ILIKE` lowers both sides.
 pub(crate) fn push_str_cmp<DB: Dialect>(qb: &mut QueryBuilder<DB>, column: &str, op: StrOp, value: &str) {
     match op {
         StrOp::Eq => DB::bind_text(qb.push(column).push(" = "), value),
         StrOp::Ne => DB::bind_text(qb.push(column).push(" != "), value),
-        StrOp::Like => DB::bind_text(qb.push(column).push(" LIKE "), value).push(DB::LIKE_NO_ESCAPE),
+        StrOp::Like => DB::bind_text(qb.push(column).push(" LIKE "), value).push(DB::LIKE_ESCAPE),
         StrOp::ILike => DB::bind_text(qb.push("LOWER(").push(column).push(") LIKE LOWER("), value)
             .push(")")
-            .push(DB::LIKE_NO_ESCAPE),
+            .push(DB::LIKE_ESCAPE),
     };
 }
 

@@ -3,6 +3,7 @@
 
 use spotsweep_core::search::{parse_run_filter, parse_run_order_by};
 use std::collections::HashMap;
+use std::future::Future;
 
 use spotsweep_store::*;
 
@@ -435,12 +436,11 @@ async fn whole_history(store: &impl Tracking, run: &str, key: &str) -> Vec<(i64,
     }
 }
 
-#[tokio::test]
-async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
-    new_run(&store, 0, "r", 1).await;
-    // A fixed pseudo-random sequence: out-of-order steps, repeated points, NaN and infinities.
+/// Logs a fixed pseudo-random sequence of points of `loss` to run `r`: out-of-order steps,
+/// repeated points, NaN and infinities, mostly single points, sometimes a batch, several writes
+/// in flight at once (SQLite's writer commits them in groups). Returns every point logged, as
+/// (timestamp, step, value), and how many writes there were.
+async fn log_a_mixed_history(store: &impl Tracking) -> (Vec<(i64, i64, f64)>, usize) {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move |n: u64| {
         x ^= x << 13;
@@ -461,8 +461,6 @@ async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
         };
         logged.push(point);
         pending.push(metric("loss", point.2, point.0, point.1));
-        // Mostly single points, sometimes a batch; several writes in flight at once, so the
-        // writer commits them in groups.
         if next(10) == 0 || pending.len() > 1 || i % 3 == 0 {
             let batch = Batch {
                 metrics: std::mem::take(&mut pending),
@@ -505,21 +503,16 @@ async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
     for write in in_flight {
         write.await.unwrap();
     }
+    (logged, writes)
+}
+
+async fn history_is_the_same_whether_logged_one_by_one_or_in_batches<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    new_run(&store, 0, "r", 1).await;
+    let (logged, _) = log_a_mixed_history(&store).await;
     let want = expected_history(&logged);
     assert_eq!(whole_history(&store, "r", "loss").await, want);
-
-    // Small writes were merged: far fewer blocks than writes.
-    let db = dir.path().join("t.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    let (blocks,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM metric_blocks")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    // (About 1,000 writes in groups of up to 8: some 130 blocks unmerged, about 30 merged.)
-    assert!(blocks * 20 < writes, "{blocks} blocks for {writes} writes");
-    pool.close().await;
 
     // Charts see the same points in step order.
     let chart = store
@@ -550,8 +543,35 @@ async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
     assert_eq!((latest.step, latest.timestamp), (top.1, top.0));
 
     store.close().await;
-    let store = open(&dir).await;
+    let store = db.open().await;
     assert_eq!(whole_history(&store, "r", "loss").await, want);
+}
+
+#[tokio::test]
+async fn small_metric_writes_are_merged_into_few_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    new_run(&store, 0, "r", 1).await;
+    let (logged, writes) = log_a_mixed_history(&store).await;
+    assert_eq!(
+        whole_history(&store, "r", "loss").await,
+        expected_history(&logged)
+    );
+    // Small writes were merged: far fewer blocks than writes.
+    let db = dir.path().join("t.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let (blocks,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM metric_blocks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // (About 1,000 writes in groups of up to 8: some 130 blocks unmerged, about 30 merged.)
+    assert!(
+        (blocks as usize) * 20 < writes,
+        "{blocks} blocks for {writes} writes"
+    );
+    pool.close().await;
 }
 
 /// `t.db` in `dir` as the migrations before `first_missing` (`"0005"`) left it, with run 7 (`r`);
@@ -643,27 +663,20 @@ async fn a_row_per_point_database_is_converted_to_blocks() {
     pool.close().await;
 }
 
-#[tokio::test]
-async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
-    new_run(&store, 0, "w", 1).await;
-    let db = dir.path().join("t.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    let count = |table: &'static str| {
-        let pool = pool.clone();
-        async move {
-            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            n
-        }
-    };
-    let keys: Vec<String> = (0..300).map(|k| format!("acc/class_{k}")).collect();
-    let mut logged: std::collections::HashMap<String, Vec<(i64, i64, f64)>> = Default::default();
+/// The keys of the wide-batch tests: per-class accuracies.
+fn wide_keys() -> Vec<String> {
+    (0..300).map(|k| format!("acc/class_{k}")).collect()
+}
+
+/// Logs 150 wide batches to run `w`: every key at one step, some twice (a retried request), one
+/// a NaN, one an infinity; some steps also carry a long run of one key (`loss`). `after_write`
+/// is called after each, with its step. Returns every point logged per key.
+async fn log_wide_batches<F: Future<Output = ()>>(
+    store: &impl Tracking,
+    keys: &[String],
+    mut after_write: impl FnMut(i64) -> F,
+) -> HashMap<String, Vec<(i64, i64, f64)>> {
+    let mut logged: HashMap<String, Vec<(i64, i64, f64)>> = Default::default();
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move |n: u64| {
         x ^= x << 13;
@@ -672,8 +685,6 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
         x % n
     };
     for step in 0..150i64 {
-        // Every key at one step, some twice (a retried request), one a NaN, one an infinity;
-        // some steps also carry a long run of one key (a block of its own).
         let mut metrics: Vec<Metric> = Vec::new();
         for (k, key) in keys.iter().enumerate() {
             let value = match next(50) {
@@ -708,19 +719,21 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
             )
             .await
             .unwrap();
-        if step == 0 {
-            // The 300 small keys went into one write row; the 100-point key got a block.
-            assert_eq!(
-                (count("metric_writes").await, count("metric_blocks").await),
-                (1, 1)
-            );
-        }
+        after_write(step).await;
     }
-    // 150 writes: compacted twice (at 64 rows), the rest still rows.
-    assert_eq!(count("metric_writes").await, 150 - 128);
+    logged
+}
+
+/// Every key of run `w` has exactly its logged history and the rule's latest point, and a
+/// search sees the latest values at once.
+async fn check_wide_run(
+    store: &impl Tracking,
+    keys: &[String],
+    logged: &HashMap<String, Vec<(i64, i64, f64)>>,
+) {
     for key in keys.iter().chain(std::iter::once(&"loss".to_owned())) {
         assert_eq!(
-            whole_history(&store, "w", key).await,
+            whole_history(store, "w", key).await,
             expected_history(&logged[key]),
             "{key}"
         );
@@ -753,6 +766,62 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
         .await
         .unwrap();
     assert_eq!(found.items.len(), usize::from(!latest.is_nan()), "{filter}");
+}
+
+async fn wide_batches_keep_every_keys_exact_history<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    new_run(&store, 0, "w", 1).await;
+    let keys = wide_keys();
+    let logged = log_wide_batches(&store, &keys, |_| async {}).await;
+    check_wide_run(&store, &keys, &logged).await;
+    // And after a restart.
+    store.close().await;
+    let store = db.open().await;
+    for key in ["acc/class_0", "acc/class_299", "loss"] {
+        assert_eq!(
+            whole_history(&store, "w", key).await,
+            expected_history(&logged[key]),
+            "{key}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    new_run(&store, 0, "w", 1).await;
+    let db = dir.path().join("t.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let count = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    let keys = wide_keys();
+    let logged = log_wide_batches(&store, &keys, |step| {
+        async move {
+            if step == 0 {
+                // The 300 small keys went into one write row; the 100-point key got a block.
+                assert_eq!(
+                    (count("metric_writes").await, count("metric_blocks").await),
+                    (1, 1)
+                );
+            }
+        }
+    })
+    .await;
+    // 150 writes: compacted twice (at 64 rows), the rest still rows.
+    assert_eq!(count("metric_writes").await, 150 - 128);
+    check_wide_run(&store, &keys, &logged).await;
     // And after a restart, from the rows as from the blocks.
     store.close().await;
     let store = open(&dir).await;
@@ -1222,6 +1291,195 @@ async fn latest_values_left_unfolded_by_a_crash_are_read_and_then_folded() {
     }
 }
 
+/// Two replicas (two stores on one database) write the same run at once, each batch's keys in
+/// its own order: every point is kept, and each key's latest point is the rule's over all of
+/// them, whichever replica committed last.
+async fn two_replicas_writing_one_run_at_once_keep_every_point_and_the_latest<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let exp = new_experiment(&a, "replicas").await;
+    new_run(&a, exp, "r", 1).await;
+    let keys = ["k0", "k1", "k2", "k3", "k4"];
+    let mut writes = Vec::new();
+    let mut logged: HashMap<&str, Vec<(i64, i64, f64)>> = HashMap::new();
+    for w in 0..40i64 {
+        let mut metrics = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            // Steps and timestamps that tie across writes, so that values decide too.
+            let point = (
+                (w * 7 + i as i64) % 5,
+                (w * 3) % 11,
+                ((w * 13 + i as i64) % 17) as f64,
+            );
+            logged.entry(key).or_default().push(point);
+            metrics.push(metric(key, point.2, point.0, point.1));
+        }
+        if w % 2 == 1 {
+            metrics.reverse();
+        }
+        let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+        writes.push(tokio::spawn(async move {
+            store
+                .log_batch(
+                    "r",
+                    Batch {
+                        metrics,
+                        ..Batch::default()
+                    },
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    for write in writes {
+        write.await.unwrap();
+    }
+    for store in [&a, &b] {
+        let run = store.get_run("r").await.unwrap();
+        for key in keys {
+            let points = &logged[key];
+            let top = points
+                .iter()
+                .max_by(|x, y| (x.1, x.0).cmp(&(y.1, y.0)).then(x.2.partial_cmp(&y.2).unwrap()))
+                .unwrap();
+            let got = run.metrics.iter().find(|m| m.key == key).unwrap();
+            assert_eq!(
+                (got.step, got.timestamp, got.value),
+                (top.1, top.0, top.2),
+                "{key}"
+            );
+            assert_eq!(
+                whole_history(store, "r", key).await,
+                expected_history(points),
+                "{key}"
+            );
+        }
+    }
+}
+
+/// Two replicas log the same params with different values at once: for each key one of them
+/// wins and the other is refused as a change of an immutable param, never both kept silently.
+async fn two_replicas_logging_one_param_differently_keep_one_value_and_refuse_the_other<
+    B: Backend<Store: Tracking>,
+>() {
+    let db = B::start().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let exp = new_experiment(&a, "params").await;
+    new_run(&a, exp, "r", 1).await;
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        for (store, value) in [(a.clone(), "from-a"), (b.clone(), "from-b")] {
+            tasks.push(tokio::spawn(async move {
+                let result = store
+                    .log_batch(
+                        "r",
+                        Batch {
+                            params: vec![kv(&format!("p{i}"), value)],
+                            ..Batch::default()
+                        },
+                    )
+                    .await;
+                (i, value, result)
+            }));
+        }
+    }
+    let mut winners: HashMap<String, &str> = HashMap::new();
+    for task in tasks {
+        let (i, value, result) = task.await.unwrap();
+        match result {
+            Ok(()) => assert!(
+                winners.insert(format!("p{i}"), value).is_none(),
+                "p{i} kept twice"
+            ),
+            Err(StoreError::Invalid(message)) => {
+                assert!(
+                    message.contains("Changing param values is not allowed"),
+                    "{message}"
+                )
+            }
+            Err(e) => panic!("p{i}: {e}"),
+        }
+    }
+    let run = b.get_run("r").await.unwrap();
+    assert_eq!(run.params.len(), 30);
+    for p in &run.params {
+        assert_eq!(winners.get(&p.key), Some(&p.value.as_str()), "{}", p.key);
+    }
+}
+
+/// What one replica changes, the other sees at once: a name taken, a run deleted or restored.
+async fn a_replica_sees_the_other_replicas_names_and_deletions<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let exp = new_experiment(&a, "shared").await;
+    new_run(&a, exp, "r", 1).await;
+    log_metrics(&b, "r", vec![metric("m", 1.0, 1, 1)]).await;
+    let taken = b
+        .create_experiment(NewExperiment {
+            name: "shared".into(),
+            artifact_location: None,
+            artifact_root: "mlflow-artifacts:".into(),
+            tags: vec![],
+            now: 1,
+        })
+        .await;
+    assert!(matches!(taken, Err(StoreError::AlreadyExists(_))), "{taken:?}");
+    a.set_run_lifecycle("r", LifecycleStage::Deleted).await.unwrap();
+    let refused = b
+        .log_batch(
+            "r",
+            Batch {
+                metrics: vec![metric("m", 2.0, 2, 2)],
+                ..Batch::default()
+            },
+        )
+        .await;
+    assert!(matches!(refused, Err(StoreError::Invalid(_))), "{refused:?}");
+    a.set_run_lifecycle("r", LifecycleStage::Active).await.unwrap();
+    log_metrics(&b, "r", vec![metric("m", 3.0, 3, 3)]).await;
+    assert_eq!(metric_value(&a.get_run("r").await.unwrap(), "m"), Some(3.0));
+}
+
+/// `LIKE` has no escape character (a backslash matches itself, as on SQLite), and text sort
+/// keys sort by bytes: upper case before lower case, punctuation by its code.
+async fn like_has_no_escape_character_and_text_sorts_by_bytes<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    let exp = new_experiment(&store, "text").await;
+    for (i, value) in ["a\\b", "a%b", "B", "b", "a_"].iter().enumerate() {
+        let id = format!("t{i}");
+        new_run(&store, exp, &id, 1).await;
+        let batch = Batch {
+            tags: vec![kv("t", value)],
+            ..Batch::default()
+        };
+        store.log_batch(&id, batch).await.unwrap();
+    }
+    let search = |filter: &str, order: &str| RunQuery {
+        experiment_ids: vec![exp],
+        filter: parse_run_filter(filter).unwrap(),
+        order_by: vec![parse_run_order_by(order).unwrap()],
+        view: ViewType::ActiveOnly,
+        limit: 100,
+        offset: 0,
+    };
+    let ids = |page: Page<Run>| -> Vec<String> { page.items.into_iter().map(|r| r.info.run_id).collect() };
+    let got = ids(store
+        .search_runs(&search("tags.t LIKE 'a\\%'", "tags.t ASC"))
+        .await
+        .unwrap());
+    assert_eq!(got, ["t0"]);
+    let got = ids(store
+        .search_runs(&search("tags.t LIKE 'a_'", "tags.t ASC"))
+        .await
+        .unwrap());
+    assert_eq!(got, ["t4"]);
+    let got = ids(store.search_runs(&search("", "tags.t ASC")).await.unwrap());
+    assert_eq!(got, ["t2", "t1", "t0", "t4", "t3"]);
+    let got = ids(store.search_runs(&search("", "tags.t DESC")).await.unwrap());
+    assert_eq!(got, ["t3", "t4", "t0", "t1", "t2"]);
+}
+
 conformance!(sqlite: crate::common::Sqlite;
     experiments_and_runs_round_trip,
     latest_metric_is_max_step_then_timestamp_then_value,
@@ -1229,8 +1487,12 @@ conformance!(sqlite: crate::common::Sqlite;
     search_filters_orders_and_pages,
     a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart,
     latest_values_read_back_bit_for_bit,
+    history_is_the_same_whether_logged_one_by_one_or_in_batches,
+    like_has_no_escape_character_and_text_sorts_by_bytes,
+    wide_batches_keep_every_keys_exact_history,
 );
 
+// The replica tests (two stores on one database) are PostgreSQL's only: SQLite has one daemon.
 conformance!(postgres: crate::common::Postgres;
     experiments_and_runs_round_trip,
     latest_metric_is_max_step_then_timestamp_then_value,
@@ -1238,4 +1500,10 @@ conformance!(postgres: crate::common::Postgres;
     search_filters_orders_and_pages,
     a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart,
     latest_values_read_back_bit_for_bit,
+    history_is_the_same_whether_logged_one_by_one_or_in_batches,
+    like_has_no_escape_character_and_text_sorts_by_bytes,
+    wide_batches_keep_every_keys_exact_history,
+    two_replicas_writing_one_run_at_once_keep_every_point_and_the_latest,
+    two_replicas_logging_one_param_differently_keep_one_value_and_refuse_the_other,
+    a_replica_sees_the_other_replicas_names_and_deletions,
 );
