@@ -1,10 +1,12 @@
 //! MLflow 3's logged models on PostgreSQL: their records, params, tags and metric rows, their
 //! search, and a run's model inputs and outputs.
 //!
-//! A write locks what it appends to: the model's row (`FOR UPDATE`) before its params (whose
-//! positions count the params before them) and the run's row (`FOR NO KEY UPDATE`, which does not
-//! wait for metric writes) before its model inputs and outputs, so that two daemons appending at
-//! once take turns. A model is read with its children in one snapshot ([`PgStore::snapshot`]).
+//! A write locks what it changes or appends to, so that two daemons writing at once take turns:
+//! the model's row (`FOR UPDATE`) before its status, tags or params (whose positions count the
+//! params before them); every model of a batch of metric rows at once, in id order (so that two
+//! batches naming the same models never wait on each other in a cycle); the run's row (`FOR NO
+//! KEY UPDATE`, which does not wait for metric writes to the run) before its model inputs and
+//! outputs. A model is read with its children in one snapshot ([`PgStore::snapshot`]).
 
 use std::collections::HashMap;
 
