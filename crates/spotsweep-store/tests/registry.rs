@@ -1029,6 +1029,9 @@ async fn searching_logged_models_filters_orders_and_pages<B: Backend<Store: Mode
         ("status IN ('READY', 'PENDING')", vec!["e", "d", "c", "b", "a"]),
         ("name IN ('a', 'c')", vec!["c", "a"]),
         ("name NOT IN ('a', 'c')", vec!["e", "d", "b"]),
+        // An empty list holds nothing.
+        ("name IN ()", vec![]),
+        ("name NOT IN ()", vec!["e", "d", "c", "b", "a"]),
         ("model_type = 'agent'", vec!["e"]),
         ("params.lr = '0.1'", vec!["e", "c", "a"]),
         ("tags.team = 'ml'", vec!["b", "a"]),
