@@ -109,6 +109,7 @@ impl Dialect for Postgres {
     }
 }
 
+/// A numeric comparison's operator, with spaces around it.
 pub(crate) fn num_op(op: NumOp) -> &'static str {
     match op {
         NumOp::Eq => " = ",
@@ -133,7 +134,8 @@ pub(crate) fn push_str_cmp<DB: Dialect>(qb: &mut QueryBuilder<DB>, column: &str,
     };
 }
 
-pub(crate) fn run_attr_column(attr: RunAttribute) -> &'static str {
+/// The column of a run attribute (`runs` as `r`).
+fn run_attr_column(attr: RunAttribute) -> &'static str {
     match attr {
         RunAttribute::RunId => "r.run_uuid",
         RunAttribute::Status => "r.status",
@@ -176,9 +178,9 @@ pub(crate) fn push_kv_condition<DB: Dialect>(
     qb.push(")");
 }
 
-pub(crate) const PARAM_ROWS: &str = "params x WHERE x.run_id = r.id";
-pub(crate) const TAG_ROWS: &str = "tags x WHERE x.run_id = r.id";
-pub(crate) const EXPERIMENT_TAG_ROWS: &str = "experiment_tags x WHERE x.experiment_id = e.experiment_id";
+const PARAM_ROWS: &str = "params x WHERE x.run_id = r.id";
+const TAG_ROWS: &str = "tags x WHERE x.run_id = r.id";
+const EXPERIMENT_TAG_ROWS: &str = "experiment_tags x WHERE x.experiment_id = e.experiment_id";
 
 fn push_run_predicate<DB: Dialect>(qb: &mut QueryBuilder<DB>, predicate: &RunPredicate) {
     match predicate {
@@ -296,7 +298,7 @@ pub(crate) fn push_join_condition<DB: Dialect>(qb: &mut QueryBuilder<DB>, a: &st
 }
 
 /// The table and key a sort key reads its value from; `None` for a run attribute.
-pub(crate) fn sort_table(key: &RunOrderKey) -> Option<(&'static str, &String)> {
+fn sort_table(key: &RunOrderKey) -> Option<(&'static str, &String)> {
     match key {
         RunOrderKey::Metric(k) => Some(("latest_metrics", k)),
         RunOrderKey::Param(k) => Some(("params", k)),
