@@ -11,10 +11,12 @@
 //! (key syntax, lengths) belongs to the mlflow crate, which calls this one.
 
 pub mod model;
+mod model_search_sql;
 mod points;
 mod postgres;
 mod rows;
 mod search_sql;
+mod shared_models;
 mod sqlite;
 pub mod stored;
 

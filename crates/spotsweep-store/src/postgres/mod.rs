@@ -1,8 +1,10 @@
 //! The PostgreSQL backend (`postgres://` URLs), for a lab's shared control plane: several daemons
 //! on one database. It lands trait by trait, each on the store's conformance suite
 //! (`tests/common`); so far the API tokens ([`crate::TokenStore`]), the fleet's records
-//! ([`crate::FleetStore`]), leader leases ([`crate::LeaderStore`]) and the MLflow tracking tables
-//! ([`crate::TrackingStore`]). The daemon does not offer it until every trait is here.
+//! ([`crate::FleetStore`]), leader leases ([`crate::LeaderStore`]), the MLflow tracking tables
+//! ([`crate::TrackingStore`]), the model registry ([`crate::RegistryStore`]), logged models
+//! ([`crate::ModelStore`]) and traces ([`crate::TraceStore`]). The daemon does not offer it until
+//! every trait is here.
 //!
 //! Its own migrations (`migrations/postgres`); plain `sqlx::query` with bound parameters; the
 //! rows are read through the same types as SQLite's (`crate::rows`). Transactions run at READ
@@ -10,7 +12,10 @@
 
 mod fleet;
 mod leaders;
+mod models;
+mod registry;
 mod tokens;
+mod traces;
 mod tracking;
 
 use std::time::Duration;
@@ -68,6 +73,16 @@ impl PgStore {
             other => StoreError::Incompatible(format!("cannot migrate the database: {other}")),
         })?;
         Ok(Self { pool })
+    }
+
+    /// A read-only transaction whose statements all see one snapshot, for a read that takes
+    /// several queries (a record with its tags, a page with its children): READ COMMITTED would
+    /// let a write that commits in between show in some of them and not in others.
+    pub(crate) async fn snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(map_err)
     }
 
     /// Closes every connection; waits for in-flight queries.

@@ -2,69 +2,22 @@
 //! run's model inputs and outputs.
 
 use async_trait::async_trait;
-use rand::RngExt;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{Sqlite, SqliteConnection};
 
-use spotsweep_core::search::{ModelAttribute, ModelOrderKey, ModelPredicate, StrOp};
-
-use super::search::{num_op, push_kv_condition, push_str_cmp};
 use super::tracking::experiment_row;
 use super::{SqliteStore, commit, map_err};
-use crate::Stored;
+use crate::model_search_sql::logged_model_search_sql;
+use crate::rows::{
+    LOGGED_MODEL_COLUMNS as COLUMNS, LoggedModelRow as ModelRow, ModelMetricRow, model_metric_of,
+};
+use crate::shared_models::{
+    experiment_not_active, logged_model_not_found as not_found, logged_model_tag_not_found, new_model_id,
+    run_not_found,
+};
 use crate::{
     KeyValue, LifecycleStage, LoggedModel, LoggedModelQuery, LoggedModelStatus, ModelDirection, ModelMetric,
-    ModelStore, NewLoggedModel, Result, RunModels, StoreError,
+    ModelStore, NewLoggedModel, Result, RunModels,
 };
-
-/// The columns of [`ModelRow`], read from `logged_models m`.
-const COLUMNS: &str = "m.model_id, m.experiment_id, m.name, m.model_type, m.source_run_id, m.status, \
-     m.artifact_uri, m.lifecycle_stage, m.creation_timestamp_ms, m.last_updated_timestamp_ms";
-
-#[derive(sqlx::FromRow)]
-struct ModelRow {
-    model_id: String,
-    experiment_id: i64,
-    name: String,
-    model_type: String,
-    source_run_id: String,
-    status: i64,
-    artifact_uri: String,
-    lifecycle_stage: Stored<LifecycleStage>,
-    creation_timestamp_ms: i64,
-    last_updated_timestamp_ms: i64,
-}
-
-impl From<ModelRow> for LoggedModel {
-    fn from(r: ModelRow) -> Self {
-        Self {
-            model_id: r.model_id,
-            experiment_id: r.experiment_id,
-            name: r.name,
-            model_type: r.model_type,
-            source_run_id: r.source_run_id,
-            status: LoggedModelStatus::from_number(r.status),
-            artifact_uri: r.artifact_uri,
-            lifecycle_stage: r.lifecycle_stage.0,
-            creation_timestamp_ms: r.creation_timestamp_ms,
-            last_updated_timestamp_ms: r.last_updated_timestamp_ms,
-            params: Vec::new(),
-            tags: Vec::new(),
-            metrics: Vec::new(),
-        }
-    }
-}
-
-/// A fresh model id: `m-` and 32 hex digits (a uuid4, as the reference's).
-fn new_model_id() -> String {
-    let mut b: [u8; 16] = rand::rng().random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    format!("m-{}", hex::encode(b))
-}
-
-fn not_found(model_id: &str) -> StoreError {
-    StoreError::NotFound(format!("Logged model with ID '{model_id}' not found."))
-}
 
 /// The model's row, which must exist and be active (for writes).
 async fn active_model(conn: &mut SqliteConnection, model_id: &str) -> Result<ModelRow> {
@@ -134,16 +87,7 @@ impl SqliteStore {
                     .fetch_all(&self.reader)
                     .await
                     .map_err(map_err)?;
-            #[allow(clippy::type_complexity)]
-            let metrics: Vec<(
-                String,
-                Option<f64>,
-                i64,
-                i64,
-                String,
-                Option<String>,
-                Option<String>,
-            )> = sqlx::query_as(
+            let metrics: Vec<ModelMetricRow> = sqlx::query_as(
                 "SELECT key, value, timestamp, step, run_id, dataset_name, dataset_digest \
                      FROM logged_model_metrics WHERE model_id = ? ORDER BY id",
             )
@@ -159,123 +103,11 @@ impl SqliteStore {
                 .into_iter()
                 .map(|(key, value)| KeyValue { key, value })
                 .collect();
-            model.metrics = metrics
-                .into_iter()
-                .map(
-                    |(key, value, timestamp, step, run_id, dataset_name, dataset_digest)| ModelMetric {
-                        key,
-                        // NULL stands for NaN (see the migration).
-                        value: value.unwrap_or(f64::NAN),
-                        timestamp,
-                        step,
-                        run_id,
-                        dataset_name,
-                        dataset_digest,
-                    },
-                )
-                .collect();
+            model.metrics = metrics.into_iter().map(model_metric_of).collect();
             out.push(model);
         }
         Ok(out)
     }
-}
-
-fn model_attr_column(attr: ModelAttribute) -> &'static str {
-    match attr {
-        ModelAttribute::Name => "m.name",
-        ModelAttribute::ModelId => "m.model_id",
-        ModelAttribute::ModelType => "m.model_type",
-        ModelAttribute::Status => "m.status",
-        ModelAttribute::SourceRunId => "m.source_run_id",
-        ModelAttribute::CreationTime => "m.creation_timestamp_ms",
-        ModelAttribute::LastUpdatedTime => "m.last_updated_timestamp_ms",
-    }
-}
-
-/// `status` is stored as its number but compared by name: `status = 'READY'` means ready.
-fn status_number(value: &str) -> i64 {
-    LoggedModelStatus::parse(value).map_or(-1, LoggedModelStatus::number)
-}
-
-fn push_predicate(qb: &mut QueryBuilder<Sqlite>, p: &ModelPredicate) {
-    match p {
-        ModelPredicate::Metric { key, op, value } => {
-            qb.push(
-                "EXISTS (SELECT 1 FROM logged_model_metrics x WHERE x.model_id = m.model_id AND x.key = ",
-            )
-            .push_bind(key.clone())
-            .push(" AND x.value")
-            .push(num_op(*op))
-            .push_bind(*value)
-            .push(")");
-        }
-        ModelPredicate::Param { key, cond } => {
-            push_kv_condition(
-                qb,
-                "logged_model_params x WHERE x.model_id = m.model_id",
-                key,
-                cond,
-            );
-        }
-        ModelPredicate::Tag { key, cond } => {
-            push_kv_condition(qb, "logged_model_tags x WHERE x.model_id = m.model_id", key, cond);
-        }
-        ModelPredicate::AttributeString {
-            attr: ModelAttribute::Status,
-            op,
-            value,
-        } => {
-            let cmp = if *op == StrOp::Ne { " != " } else { " = " };
-            qb.push("m.status").push(cmp).push_bind(status_number(value));
-        }
-        ModelPredicate::AttributeString { attr, op, value } => {
-            push_str_cmp(qb, model_attr_column(*attr), *op, value);
-        }
-        ModelPredicate::AttributeIn {
-            attr,
-            negated,
-            values,
-        } => {
-            qb.push(model_attr_column(*attr));
-            qb.push(if *negated { " NOT IN (" } else { " IN (" });
-            let mut list = qb.separated(", ");
-            for v in values {
-                if *attr == ModelAttribute::Status {
-                    list.push_bind(status_number(v));
-                } else {
-                    list.push_bind(v.clone());
-                }
-            }
-            if values.is_empty() {
-                list.push("NULL");
-            }
-            qb.push(")");
-        }
-        ModelPredicate::AttributeNumber { attr, op, value } => {
-            qb.push(model_attr_column(*attr))
-                .push(num_op(*op))
-                .push_bind(*value);
-        }
-    }
-}
-
-/// The SQL of the sort value of a metric: its latest row (by timestamp, then step), of the
-/// named dataset when one is given.
-fn push_metric_sort_value(
-    qb: &mut QueryBuilder<Sqlite>,
-    key: &str,
-    name: Option<&str>,
-    digest: Option<&str>,
-) {
-    qb.push("(SELECT x.value FROM logged_model_metrics x WHERE x.model_id = m.model_id AND x.key = ")
-        .push_bind(key.to_owned());
-    if let Some(name) = name {
-        qb.push(" AND x.dataset_name = ").push_bind(name.to_owned());
-    }
-    if let Some(digest) = digest {
-        qb.push(" AND x.dataset_digest = ").push_bind(digest.to_owned());
-    }
-    qb.push(" ORDER BY x.timestamp DESC, x.step DESC, x.id DESC LIMIT 1)");
 }
 
 #[async_trait]
@@ -284,10 +116,10 @@ impl ModelStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         let experiment = experiment_row(&mut tx, new.experiment_id).await?;
         if experiment.lifecycle_stage.0 != LifecycleStage::Active {
-            return Err(StoreError::Invalid(format!(
-                "The experiment {} must be in the 'active' state. Current state is {}.",
-                new.experiment_id, experiment.lifecycle_stage.0
-            )));
+            return Err(experiment_not_active(
+                new.experiment_id,
+                experiment.lifecycle_stage.0,
+            ));
         }
         let model_id = new_model_id();
         let artifact_uri = format!(
@@ -388,9 +220,7 @@ impl ModelStore for SqliteStore {
             .await
             .map_err(map_err)?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "No tag with key '{key}' found for model with ID '{model_id}'."
-            )));
+            return Err(logged_model_tag_not_found(model_id, key));
         }
         commit(tx).await
     }
@@ -399,42 +229,7 @@ impl ModelStore for SqliteStore {
         if query.experiment_ids.is_empty() {
             return Ok((Vec::new(), false));
         }
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {COLUMNS} FROM logged_models m WHERE m.lifecycle_stage = 'active' AND m.experiment_id IN ("
-        ));
-        let mut ids = qb.separated(", ");
-        for id in &query.experiment_ids {
-            ids.push_bind(*id);
-        }
-        qb.push(")");
-        for p in &query.filter {
-            qb.push(" AND ");
-            push_predicate(&mut qb, p);
-        }
-        qb.push(" ORDER BY ");
-        for o in &query.order_by {
-            let dir = if o.ascending { " ASC" } else { " DESC" };
-            match &o.key {
-                ModelOrderKey::Attribute(attr) => {
-                    qb.push(model_attr_column(*attr)).push(dir).push(", ");
-                }
-                // Models without the metric sort last in both directions.
-                ModelOrderKey::Metric {
-                    key,
-                    dataset_name,
-                    dataset_digest,
-                } => {
-                    push_metric_sort_value(&mut qb, key, dataset_name.as_deref(), dataset_digest.as_deref());
-                    qb.push(" IS NULL, ");
-                    push_metric_sort_value(&mut qb, key, dataset_name.as_deref(), dataset_digest.as_deref());
-                    qb.push(dir).push(", ");
-                }
-            }
-        }
-        qb.push("m.creation_timestamp_ms DESC, m.model_id ASC LIMIT ")
-            .push_bind(i64::from(query.limit) + 1)
-            .push(" OFFSET ")
-            .push_bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
+        let mut qb = logged_model_search_sql::<Sqlite>(&query);
         let mut rows: Vec<ModelRow> = qb
             .build_query_as()
             .fetch_all(&self.reader)
@@ -489,7 +284,7 @@ impl ModelStore for SqliteStore {
             .await
             .map_err(map_err)?;
         let Some((run,)) = run else {
-            return Err(StoreError::NotFound(format!("Run with id={run_id} not found")));
+            return Err(run_not_found(run_id));
         };
         let direction = match direction {
             ModelDirection::Input => "input",

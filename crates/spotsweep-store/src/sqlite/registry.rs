@@ -8,104 +8,25 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use spotsweep_core::registry::{
-    ModelSource, SourceContext, Stage, VersionRef, VersionStatus, check_inherited_lineage, check_source,
-    registered_version_uri,
-};
-use spotsweep_core::search::{
-    ModelVersionAttribute, ModelVersionOrderKey, ModelVersionPredicate, RegisteredModelOrderKey,
-    RegisteredModelPredicate,
-};
+use spotsweep_core::registry::{Stage, VersionRef, VersionStatus};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::search::{num_op, push_str_cmp};
-use super::tracking::{json_strings, page};
 use super::{SqliteStore, commit, map_err, now_ms};
+use crate::model_search_sql::{model_version_search_sql, registered_model_search_sql};
+use crate::rows::page;
+use crate::rows::{
+    REGISTERED_MODEL_COLUMNS as MODEL_COLUMNS, RegisteredModelRow as ModelRow, VERSION_COLUMNS, VERSIONS,
+    VersionRow,
+};
+use crate::shared_models::{
+    ReferencedVersion, SourceLookups, alias_not_found, last_value_per_key, latest_version_not_found,
+    logged_model_not_found, registered_model_exists, registered_model_not_found as model_not_found,
+    resolve_source, stage_version_not_found, version_not_found,
+};
 use crate::{
     KeyValue, ModelAlias, ModelVersion, ModelVersionQuery, NewModelVersion, NewRegisteredModel, Page,
     RegisteredModel, RegisteredModelQuery, RegistryStore, Result, StoreError,
 };
-
-/// A `registered_models` row.
-#[derive(sqlx::FromRow)]
-struct ModelRow {
-    id: i64,
-    name: String,
-    description: Option<String>,
-    creation_timestamp: i64,
-    last_updated_timestamp: i64,
-}
-
-const MODEL_COLUMNS: &str = "m.id, m.name, m.description, m.creation_timestamp, m.last_updated_timestamp";
-
-/// A `model_versions` row with its model's name, selected with [`VERSION_COLUMNS`] from
-/// [`VERSIONS`].
-#[derive(sqlx::FromRow)]
-struct VersionRow {
-    registered_model_id: i64,
-    name: String,
-    version: i64,
-    creation_timestamp: i64,
-    last_updated_timestamp: i64,
-    description: Option<String>,
-    source: String,
-    storage_location: String,
-    run_id: String,
-    model_id: Option<String>,
-    run_link: String,
-    current_stage: String,
-    status: String,
-}
-
-const VERSION_COLUMNS: &str = "v.registered_model_id, m.name, v.version, v.creation_timestamp, \
-     v.last_updated_timestamp, v.description, v.source, v.storage_location, v.run_id, v.model_id, v.run_link, \
-     v.current_stage, v.status";
-
-/// Live versions joined with their model, for [`VERSION_COLUMNS`].
-const VERSIONS: &str = "model_versions v JOIN registered_models m ON m.id = v.registered_model_id WHERE v.deleted_timestamp IS NULL";
-
-impl VersionRow {
-    /// The version without tags or aliases; a stage or status this binary does not know is an
-    /// error rather than a guess.
-    fn into_version(self) -> Result<ModelVersion> {
-        let unknown = |what: &str, value: &str| {
-            StoreError::Incompatible(format!(
-                "model version {} of '{}' has an unknown {what} '{value}'",
-                self.version, self.name
-            ))
-        };
-        let current_stage =
-            Stage::from_stored(&self.current_stage).ok_or_else(|| unknown("stage", &self.current_stage))?;
-        let status =
-            VersionStatus::from_stored(&self.status).ok_or_else(|| unknown("status", &self.status))?;
-        Ok(ModelVersion {
-            name: self.name,
-            version: self.version,
-            creation_timestamp: self.creation_timestamp,
-            last_updated_timestamp: self.last_updated_timestamp,
-            current_stage,
-            description: self.description,
-            source: self.source,
-            storage_location: self.storage_location,
-            run_id: self.run_id,
-            model_id: self.model_id,
-            run_link: self.run_link,
-            status,
-            tags: vec![],
-            aliases: vec![],
-        })
-    }
-}
-
-fn model_not_found(name: &str) -> StoreError {
-    StoreError::NotFound(format!("Registered Model with name={name} not found"))
-}
-
-fn version_not_found(name: &str, version: i64) -> StoreError {
-    StoreError::NotFound(format!(
-        "Model Version (name={name}, version={version}) not found"
-    ))
-}
 
 /// The registered model of this name.
 async fn model_row(conn: &mut SqliteConnection, name: &str) -> Result<ModelRow> {
@@ -154,20 +75,13 @@ async fn resolve_row(
             .fetch_optional(&mut *conn)
             .await
             .map_err(map_err)?
-            .ok_or_else(|| {
-                StoreError::NotFound(format!("Latest version not found for model {}.", model.name))
-            }),
+            .ok_or_else(|| latest_version_not_found(&model.name)),
         VersionRef::Stage(stage) => highest(Some(*stage))
             .build_query_as::<VersionRow>()
             .fetch_optional(&mut *conn)
             .await
             .map_err(map_err)?
-            .ok_or_else(|| {
-                StoreError::NotFound(format!(
-                    "No versions of model with name '{}' and stage '{stage}' found",
-                    model.name
-                ))
-            }),
+            .ok_or_else(|| stage_version_not_found(&model.name, *stage)),
         VersionRef::Alias(alias) => {
             let version: Option<(i64,)> = sqlx::query_as(
                 "SELECT version FROM registered_model_aliases WHERE registered_model_id = ? AND alias = ?",
@@ -177,9 +91,7 @@ async fn resolve_row(
             .fetch_optional(&mut *conn)
             .await
             .map_err(map_err)?;
-            // An unknown alias is the caller's mistake in the reference (400), not a 404.
-            let (version,) = version
-                .ok_or_else(|| StoreError::Invalid(format!("Registered model alias {alias} not found.")))?;
+            let (version,) = version.ok_or_else(|| alias_not_found(alias))?;
             version_row(conn, model, version).await
         }
     }
@@ -331,19 +243,6 @@ async fn load_model(conn: &mut SqliteConnection, row: ModelRow) -> Result<Regist
         .ok_or_else(|| StoreError::NotFound("the registered model disappeared".into()))
 }
 
-/// The tags of a request with a repeated key reduced to its last value, as if each were set in
-/// turn (one statement may not upsert the same row twice).
-fn last_value_per_key(tags: &[KeyValue]) -> Vec<&KeyValue> {
-    let mut last: Vec<&KeyValue> = Vec::with_capacity(tags.len());
-    for tag in tags {
-        match last.iter_mut().find(|t| t.key == tag.key) {
-            Some(slot) => *slot = tag,
-            None => last.push(tag),
-        }
-    }
-    last
-}
-
 async fn touch_model(conn: &mut SqliteConnection, model_id: i64, now: i64) -> Result<()> {
     sqlx::query("UPDATE registered_models SET last_updated_timestamp = ? WHERE id = ?")
         .bind(now)
@@ -362,7 +261,7 @@ async fn logged_model(conn: &mut SqliteConnection, model_id: &str) -> Result<(St
         .fetch_optional(&mut *conn)
         .await
         .map_err(map_err)?
-        .ok_or_else(|| StoreError::NotFound(format!("Logged model with ID '{model_id}' not found.")))
+        .ok_or_else(|| logged_model_not_found(model_id))
 }
 
 /// A run's artifact root, if the run exists.
@@ -375,209 +274,26 @@ async fn run_artifact_root(conn: &mut SqliteConnection, run_id: &str) -> Result<
     Ok(row.map(|(root,)| root))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Search translation: every value is a bound parameter; only fixed column names are spliced.
+impl SourceLookups for SqliteConnection {
+    async fn logged_model(&mut self, model_id: &str) -> Result<(String, String)> {
+        logged_model(self, model_id).await
+    }
 
-fn registered_model_order_column(key: RegisteredModelOrderKey) -> &'static str {
-    match key {
-        RegisteredModelOrderKey::Name => "m.name",
-        RegisteredModelOrderKey::LastUpdatedTimestamp => "m.last_updated_timestamp",
+    async fn registered_version(&mut self, name: &str, reference: &VersionRef) -> Result<ReferencedVersion> {
+        let model = model_row(self, name).await?;
+        let row = resolve_row(self, &model, reference).await?;
+        Ok(ReferencedVersion {
+            name: model.name,
+            version: row.version,
+            storage_location: row.storage_location,
+            run_id: row.run_id,
+            model_id: row.model_id,
+        })
     }
-}
 
-fn model_version_column(attr: ModelVersionAttribute) -> &'static str {
-    match attr {
-        ModelVersionAttribute::Name => "m.name",
-        ModelVersionAttribute::RunId => "v.run_id",
-        ModelVersionAttribute::SourcePath => "v.source",
+    async fn run_artifact_root(&mut self, run_id: &str) -> Result<Option<String>> {
+        run_artifact_root(self, run_id).await
     }
-}
-
-fn model_version_order_column(key: ModelVersionOrderKey) -> &'static str {
-    match key {
-        ModelVersionOrderKey::Name => "m.name",
-        ModelVersionOrderKey::VersionNumber => "v.version",
-        ModelVersionOrderKey::CreationTimestamp => "v.creation_timestamp",
-        ModelVersionOrderKey::LastUpdatedTimestamp => "v.last_updated_timestamp",
-    }
-}
-
-/// `[NOT] IN (SELECT value FROM json_each(?))` on a column.
-fn push_in(qb: &mut QueryBuilder<Sqlite>, column: &str, negated: bool, values: &[String]) {
-    qb.push(column)
-        .push(if negated { " NOT IN" } else { " IN" })
-        .push(" (SELECT value FROM json_each(")
-        .push_bind(json_strings(values))
-        .push("))");
-}
-
-/// `EXISTS (SELECT 1 FROM <rows> AND x.key = ? AND x.value op ?)`: the tag must exist.
-fn push_tag(
-    qb: &mut QueryBuilder<Sqlite>,
-    rows: &str,
-    key: &str,
-    op: spotsweep_core::search::StrOp,
-    value: &str,
-) {
-    qb.push("EXISTS (SELECT 1 FROM ")
-        .push(rows)
-        .push(" AND x.key = ")
-        .push_bind(key.to_owned())
-        .push(" AND ");
-    push_str_cmp(qb, "x.value", op, value);
-    qb.push(")");
-}
-
-fn registered_model_search_sql(query: &RegisteredModelQuery) -> QueryBuilder<Sqlite> {
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-        "SELECT {MODEL_COLUMNS} FROM registered_models m WHERE 1 = 1"
-    ));
-    for predicate in &query.filter {
-        qb.push(" AND ");
-        match predicate {
-            RegisteredModelPredicate::Name { op, value } => push_str_cmp(&mut qb, "m.name", *op, value),
-            RegisteredModelPredicate::NameIn { negated, values } => {
-                push_in(&mut qb, "m.name", *negated, values)
-            }
-            RegisteredModelPredicate::Tag { key, op, value } => push_tag(
-                &mut qb,
-                "registered_model_tags x WHERE x.registered_model_id = m.id",
-                key,
-                *op,
-                value,
-            ),
-        }
-    }
-    if query.exclude_prompts {
-        qb.push(" AND NOT EXISTS (SELECT 1 FROM registered_model_tags p WHERE p.registered_model_id = m.id AND p.key = ")
-            .push_bind(spotsweep_core::registry::PROMPT_TAG_KEY)
-            .push(" AND p.value = 'true')");
-    }
-    qb.push(" ORDER BY ");
-    for order in &query.order_by {
-        qb.push(registered_model_order_column(order.key))
-            .push(if order.ascending { " ASC, " } else { " DESC, " });
-    }
-    // Names are unique, so this only makes the statement well-formed after the trailing comma.
-    qb.push("m.id ASC LIMIT ")
-        .push_bind(i64::from(query.limit) + 1)
-        .push(" OFFSET ")
-        .push_bind(query.offset as i64);
-    qb
-}
-
-fn model_version_search_sql(query: &ModelVersionQuery) -> QueryBuilder<Sqlite> {
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {VERSION_COLUMNS} FROM {VERSIONS}"));
-    for predicate in &query.filter {
-        qb.push(" AND ");
-        match predicate {
-            ModelVersionPredicate::Attribute { attr, op, value } => {
-                push_str_cmp(&mut qb, model_version_column(*attr), *op, value)
-            }
-            ModelVersionPredicate::AttributeIn {
-                attr,
-                negated,
-                values,
-            } => push_in(&mut qb, model_version_column(*attr), *negated, values),
-            ModelVersionPredicate::VersionNumber { op, value } => {
-                qb.push("v.version").push(num_op(*op)).push_bind(*value);
-            }
-            ModelVersionPredicate::Tag { key, op, value } => push_tag(
-                &mut qb,
-                "model_version_tags x WHERE x.registered_model_id = v.registered_model_id AND x.version = v.version",
-                key,
-                *op,
-                value,
-            ),
-        }
-    }
-    if query.exclude_prompts {
-        // As the reference: a model any of whose versions is tagged as a prompt is a prompt.
-        qb.push(" AND NOT EXISTS (SELECT 1 FROM model_version_tags p WHERE p.registered_model_id = v.registered_model_id AND p.key = ")
-            .push_bind(spotsweep_core::registry::PROMPT_TAG_KEY)
-            .push(" AND p.value = 'true')");
-    }
-    qb.push(" ORDER BY ");
-    for order in &query.order_by {
-        qb.push(model_version_order_column(order.key))
-            .push(if order.ascending { " ASC, " } else { " DESC, " });
-    }
-    qb.push("v.registered_model_id ASC, v.version DESC LIMIT ")
-        .push_bind(i64::from(query.limit) + 1)
-        .push(" OFFSET ")
-        .push_bind(query.offset as i64);
-    qb
-}
-
-// ---------------------------------------------------------------------------------------------
-
-/// Where a new version's files are, and the lineage it inherits, once its source is resolved.
-struct Resolved {
-    source: String,
-    storage_location: String,
-    run_id: Option<String>,
-    model_id: Option<String>,
-}
-
-/// Resolves a new version's source inside the create transaction: looks up what it names,
-/// lets the core rule decide whether the request may register it, and says where its files are.
-async fn resolve_source(conn: &mut SqliteConnection, new: &NewModelVersion) -> Result<Resolved> {
-    let mut run_id = new.run_id.clone().filter(|r| !r.is_empty());
-    let mut model_id = new.model_id.clone().filter(|m| !m.is_empty());
-    let mut source = new.source.clone();
-    let named_model = match &model_id {
-        Some(id) => Some(logged_model(conn, id).await?),
-        None => None,
-    };
-    let mut storage_location = new.source.clone();
-    if let ModelSource::RegisteredVersion { name, version } = &new.parsed_source {
-        let referenced_model = model_row(conn, name).await?;
-        let referenced = resolve_row(conn, &referenced_model, version).await?;
-        check_inherited_lineage(
-            &new.source,
-            run_id.as_deref(),
-            model_id.as_deref(),
-            &referenced.run_id,
-            referenced.model_id.as_deref(),
-        )
-        .map_err(|e| StoreError::Invalid(e.0))?;
-        source = registered_version_uri(&referenced_model.name, referenced.version);
-        storage_location = referenced.storage_location;
-        run_id = run_id.or(Some(referenced.run_id).filter(|r| !r.is_empty()));
-        model_id = model_id.or(referenced.model_id);
-    }
-    let run_root = match (&new.parsed_source, &run_id) {
-        (ModelSource::Proxied | ModelSource::Local, Some(run)) => run_artifact_root(conn, run).await?,
-        _ => None,
-    };
-    let context = SourceContext {
-        run_artifact_root: run_root.as_deref(),
-        model_artifact_root: named_model.as_ref().map(|(root, _)| root.as_str()),
-    };
-    check_source(
-        &new.source,
-        &new.parsed_source,
-        run_id.as_deref(),
-        model_id.as_deref(),
-        context,
-    )
-    .map_err(|e| StoreError::Invalid(e.0))?;
-    if let (ModelSource::LoggedModel(_), Some((root, _))) = (&new.parsed_source, &named_model) {
-        // check_source made sure the source names the model of `model_id`.
-        storage_location = root.clone();
-    }
-    if run_id.is_none()
-        && let Some((_, source_run)) = &named_model
-        && !source_run.is_empty()
-    {
-        run_id = Some(source_run.clone());
-    }
-    Ok(Resolved {
-        source,
-        storage_location,
-        run_id,
-        model_id,
-    })
 }
 
 #[async_trait]
@@ -590,10 +306,7 @@ impl RegistryStore for SqliteStore {
             .await
             .map_err(map_err)?;
         if taken.is_some() {
-            return Err(StoreError::AlreadyExists(format!(
-                "Registered Model (name={}) already exists.",
-                new.name
-            )));
+            return Err(registered_model_exists(&new.name));
         }
         let now = now_ms();
         let (id,): (i64,) = sqlx::query_as(
@@ -668,9 +381,7 @@ impl RegistryStore for SqliteStore {
                 .await
                 .map_err(map_err)?;
             if taken.is_some() {
-                return Err(StoreError::AlreadyExists(format!(
-                    "Registered Model (name={new_name}) already exists."
-                )));
+                return Err(registered_model_exists(new_name));
             }
         }
         let now = now_ms();
@@ -708,7 +419,7 @@ impl RegistryStore for SqliteStore {
 
     async fn search_registered_models(&self, query: &RegisteredModelQuery) -> Result<Page<RegisteredModel>> {
         let mut tx = self.reader.begin().await.map_err(map_err)?;
-        let rows: Vec<ModelRow> = registered_model_search_sql(query)
+        let rows: Vec<ModelRow> = registered_model_search_sql::<Sqlite>(query)
             .build_query_as()
             .fetch_all(&mut *tx)
             .await
@@ -795,7 +506,7 @@ impl RegistryStore for SqliteStore {
     async fn create_model_version(&self, new: NewModelVersion) -> Result<ModelVersion> {
         let mut tx = self.begin_write().await?;
         let model = model_row(&mut tx, &new.name).await?;
-        let resolved = resolve_source(&mut tx, &new).await?;
+        let resolved = resolve_source(&mut *tx, &new).await?;
         // Deleted versions keep their rows, so their numbers are never handed out again. The
         // single writer makes this read-then-insert safe.
         let (version,): (i64,) = sqlx::query_as(
@@ -947,7 +658,7 @@ impl RegistryStore for SqliteStore {
 
     async fn search_model_versions(&self, query: &ModelVersionQuery) -> Result<Page<ModelVersion>> {
         let mut tx = self.reader.begin().await.map_err(map_err)?;
-        let rows: Vec<VersionRow> = model_version_search_sql(query)
+        let rows: Vec<VersionRow> = model_version_search_sql::<Sqlite>(query)
             .build_query_as()
             .fetch_all(&mut *tx)
             .await

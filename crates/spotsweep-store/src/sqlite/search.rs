@@ -7,9 +7,7 @@ use sqlx::{QueryBuilder, Sqlite};
 use spotsweep_core::search::{RunOrderBy, RunOrderKey, RunPredicate};
 
 use crate::RunQuery;
-pub(crate) use crate::search_sql::{
-    experiment_search_sql, num_op, push_kv_condition, push_str_cmp, run_search_sql,
-};
+pub(crate) use crate::search_sql::{experiment_search_sql, run_search_sql};
 use crate::search_sql::{
     is_kv_equality, joinable, joins, push_join_condition, push_order, push_run_conditions, push_sort_joins,
 };

@@ -3,36 +3,17 @@
 //! assigns (the tag `mlflow.artifactLocation`).
 
 use async_trait::async_trait;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{Sqlite, SqliteConnection};
 
-use spotsweep_core::search::{TraceAttribute, TracePredicate};
-
-use super::search::{num_op, push_kv_condition, push_str_cmp};
 use super::tracking::experiment_row;
 use super::{SqliteStore, commit, map_err};
+use crate::model_search_sql::trace_search_sql;
+use crate::rows::{TRACE_COLUMNS as COLUMNS, TraceRow};
+use crate::shared_models::{
+    ARTIFACT_LOCATION_TAG, experiment_not_active, trace_in_other_experiment, trace_not_found as not_found,
+    trace_tag_not_found,
+};
 use crate::{KeyValue, LifecycleStage, Result, StoreError, TraceDeletion, TraceInfo, TraceQuery, TraceStore};
-
-/// The tag that tells the client where to put (and find) a trace's spans.
-pub const ARTIFACT_LOCATION_TAG: &str = "mlflow.artifactLocation";
-
-const COLUMNS: &str = "t.trace_id, t.experiment_id, t.client_request_id, t.request_time_ms, \
-     t.execution_duration_ms, t.state, t.request_preview, t.response_preview";
-
-#[derive(sqlx::FromRow)]
-struct TraceRow {
-    trace_id: String,
-    experiment_id: i64,
-    client_request_id: Option<String>,
-    request_time_ms: i64,
-    execution_duration_ms: Option<i64>,
-    state: String,
-    request_preview: Option<String>,
-    response_preview: Option<String>,
-}
-
-fn not_found(trace_id: &str) -> StoreError {
-    StoreError::NotFound(format!("Trace with ID '{trace_id}' not found."))
-}
 
 async fn exists(conn: &mut SqliteConnection, trace_id: &str) -> Result<()> {
     let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM traces WHERE trace_id = ?")
@@ -81,71 +62,9 @@ impl SqliteStore {
             };
             let metadata = read("trace_metadata").await?;
             let tags = read("trace_tags").await?;
-            out.push(TraceInfo {
-                trace_id: r.trace_id,
-                experiment_id: r.experiment_id,
-                client_request_id: r.client_request_id,
-                request_time_ms: r.request_time_ms,
-                execution_duration_ms: r.execution_duration_ms,
-                state: r.state,
-                request_preview: r.request_preview,
-                response_preview: r.response_preview,
-                metadata,
-                tags,
-            });
+            out.push(r.into_trace(metadata, tags));
         }
         Ok(out)
-    }
-}
-
-fn attr_column(attr: TraceAttribute) -> &'static str {
-    match attr {
-        TraceAttribute::TraceId => "t.trace_id",
-        TraceAttribute::ClientRequestId => "t.client_request_id",
-        TraceAttribute::Status => "t.state",
-        TraceAttribute::Name => {
-            "(SELECT x.value FROM trace_tags x WHERE x.trace_id = t.trace_id AND x.key = 'mlflow.traceName')"
-        }
-        TraceAttribute::RunId => {
-            "(SELECT x.value FROM trace_metadata x WHERE x.trace_id = t.trace_id AND x.key = 'mlflow.sourceRun')"
-        }
-        TraceAttribute::ExperimentId => "t.experiment_id",
-        TraceAttribute::Timestamp => "t.request_time_ms",
-        TraceAttribute::ExecutionTime => "t.execution_duration_ms",
-        TraceAttribute::EndTime => "(t.request_time_ms + t.execution_duration_ms)",
-    }
-}
-
-fn push_predicate(qb: &mut QueryBuilder<Sqlite>, p: &TracePredicate) {
-    match p {
-        TracePredicate::Tag { key, cond } => {
-            push_kv_condition(qb, "trace_tags x WHERE x.trace_id = t.trace_id", key, cond);
-        }
-        TracePredicate::Metadata { key, cond } => {
-            push_kv_condition(qb, "trace_metadata x WHERE x.trace_id = t.trace_id", key, cond);
-        }
-        TracePredicate::AttributeString { attr, op, value } => {
-            push_str_cmp(qb, attr_column(*attr), *op, value);
-        }
-        TracePredicate::AttributeIn {
-            attr,
-            negated,
-            values,
-        } => {
-            qb.push(attr_column(*attr));
-            qb.push(if *negated { " NOT IN (" } else { " IN (" });
-            let mut list = qb.separated(", ");
-            for v in values {
-                list.push_bind(v.clone());
-            }
-            if values.is_empty() {
-                list.push("NULL");
-            }
-            qb.push(")");
-        }
-        TracePredicate::AttributeNumber { attr, op, value } => {
-            qb.push(attr_column(*attr)).push(num_op(*op)).push_bind(*value);
-        }
     }
 }
 
@@ -155,10 +74,10 @@ impl TraceStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         let experiment = experiment_row(&mut tx, info.experiment_id).await?;
         if experiment.lifecycle_stage.0 != LifecycleStage::Active {
-            return Err(StoreError::Invalid(format!(
-                "The experiment {} must be in the 'active' state. Current state is {}.",
-                info.experiment_id, experiment.lifecycle_stage.0
-            )));
+            return Err(experiment_not_active(
+                info.experiment_id,
+                experiment.lifecycle_stage.0,
+            ));
         }
         // A trace sent again (the client does, when it ends) keeps its experiment.
         let earlier: Option<(i64,)> = sqlx::query_as("SELECT experiment_id FROM traces WHERE trace_id = ?")
@@ -167,10 +86,7 @@ impl TraceStore for SqliteStore {
             .await
             .map_err(map_err)?;
         if earlier.is_some_and(|(e,)| e != info.experiment_id) {
-            return Err(StoreError::Invalid(format!(
-                "Trace '{}' belongs to another experiment",
-                info.trace_id
-            )));
+            return Err(trace_in_other_experiment(&info.trace_id));
         }
         sqlx::query(
             "INSERT INTO traces (trace_id, experiment_id, client_request_id, request_time_ms, \
@@ -226,27 +142,7 @@ impl TraceStore for SqliteStore {
         if query.experiment_ids.is_empty() {
             return Ok((Vec::new(), false));
         }
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {COLUMNS} FROM traces t WHERE t.experiment_id IN ("
-        ));
-        let mut ids = qb.separated(", ");
-        for id in &query.experiment_ids {
-            ids.push_bind(*id);
-        }
-        qb.push(")");
-        for p in &query.filter {
-            qb.push(" AND ");
-            push_predicate(&mut qb, p);
-        }
-        qb.push(" ORDER BY ");
-        for o in &query.order_by {
-            qb.push(attr_column(o.attr))
-                .push(if o.ascending { " ASC, " } else { " DESC, " });
-        }
-        qb.push("t.request_time_ms DESC, t.trace_id ASC LIMIT ")
-            .push_bind(i64::from(query.limit) + 1)
-            .push(" OFFSET ")
-            .push_bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
+        let mut qb = trace_search_sql::<Sqlite>(&query);
         let mut rows: Vec<TraceRow> = qb
             .build_query_as()
             .fetch_all(&self.reader)
@@ -283,9 +179,7 @@ impl TraceStore for SqliteStore {
             .await
             .map_err(map_err)?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "No trace tag with key '{key}' for trace with ID '{trace_id}'"
-            )));
+            return Err(trace_tag_not_found(trace_id, key));
         }
         commit(tx).await
     }

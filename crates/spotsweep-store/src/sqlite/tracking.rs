@@ -572,10 +572,6 @@ pub(super) fn json_ids(ids: &[i64]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())
 }
 
-pub(super) fn json_strings(values: &[String]) -> String {
-    serde_json::to_string(values).unwrap_or_else(|_| "[]".into())
-}
-
 #[async_trait]
 impl TrackingStore for SqliteStore {
     async fn create_experiment(&self, new: NewExperiment) -> Result<i64> {

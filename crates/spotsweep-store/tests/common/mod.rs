@@ -135,3 +135,14 @@ macro_rules! conformance {
         }
     };
 }
+
+/// The model registry alone.
+pub trait Registry: Close + RegistryStore {}
+
+impl<S> Registry for S where S: Close + RegistryStore {}
+
+/// Experiments and runs with what MLflow 3 keeps beside them: the registry (whose sources name
+/// runs and logged models), logged models and traces.
+pub trait Models: Close + TrackingStore + RegistryStore + ModelStore + TraceStore {}
+
+impl<S> Models for S where S: Close + TrackingStore + RegistryStore + ModelStore + TraceStore {}
