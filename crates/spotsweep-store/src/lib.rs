@@ -13,6 +13,7 @@
 pub mod model;
 mod postgres;
 mod rows;
+mod shared_queue;
 mod sqlite;
 pub mod stored;
 

@@ -1,7 +1,8 @@
 //! The PostgreSQL backend (`postgres://` URLs), for a lab's shared control plane: several daemons
 //! on one database. It lands trait by trait, each on the store's conformance suite
 //! (`tests/common`); so far the API tokens ([`crate::TokenStore`]), the fleet's records
-//! ([`crate::FleetStore`]) and leader leases ([`crate::LeaderStore`]). The daemon does not offer it until every trait is here.
+//! ([`crate::FleetStore`]), leader leases ([`crate::LeaderStore`]) and the trial queue
+//! ([`crate::SweepStore`]). The daemon does not offer it until every trait is here.
 //!
 //! Its own migrations (`migrations/postgres`); plain `sqlx::query` with bound parameters; the
 //! rows are read through the same types as SQLite's (`crate::rows`). Transactions run at READ
@@ -9,6 +10,7 @@
 
 mod fleet;
 mod leaders;
+mod sweeps;
 mod tokens;
 
 use std::time::Duration;
@@ -43,6 +45,8 @@ impl PgOptions {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The queue's sweep specs and grids, which never change once stored.
+    specs: sweeps::Specs,
 }
 
 impl PgStore {
@@ -65,7 +69,10 @@ impl PgStore {
             sqlx::migrate::MigrateError::Execute(e) => map_err(e),
             other => StoreError::Incompatible(format!("cannot migrate the database: {other}")),
         })?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            specs: sweeps::Specs::default(),
+        })
     }
 
     /// Closes every connection; waits for in-flight queries.

@@ -45,6 +45,16 @@ impl<S> Stores for S where
 {
 }
 
+/// The trial queue with the fleet's view of it: what the queue's tests that log nothing need.
+pub trait Queue: Close + SweepStore + FleetStore {}
+
+impl<S> Queue for S where S: Close + SweepStore + FleetStore {}
+
+/// The trial queue and the tracking store: for the queue's tests that log metrics or read runs.
+pub trait TrackedQueue: Queue + TrackingStore {}
+
+impl<S> TrackedQueue for S where S: Queue + TrackingStore {}
+
 /// A database for one test: empty when made, and opened (again) as often as the test likes.
 pub trait Backend: Sized {
     /// The store on it.
