@@ -12,7 +12,9 @@ use spotsweep_core::sweep::{Params, SamplerKind, SweepSpec, grid_points};
 
 use spotsweep_core::queue::LeaseOutcome;
 
-use crate::{KeyValue, NewExperiment, Result, StoreError, Stored, SweepState, Trial, TrialCounts, TrialState};
+use crate::{
+    KeyValue, NewExperiment, Result, StoreError, Stored, SweepState, Trial, TrialCounts, TrialState,
+};
 
 /// The artifact root of experiments created for sweeps: behind the daemon's artifact proxy.
 pub(crate) const SWEEP_ARTIFACT_ROOT: &str = "mlflow-artifacts:";
@@ -443,7 +445,17 @@ mod tests {
 
     #[test]
     fn a_curve_keeps_the_last_value_of_each_step() {
-        let c = curve_of(3, true, [p(0, 1, 5.0), p(0, 2, 4.0), p(1, 1, 3.0), p(2, 1, 2.0), p(2, 1, 2.5)]);
+        let c = curve_of(
+            3,
+            true,
+            [
+                p(0, 1, 5.0),
+                p(0, 2, 4.0),
+                p(1, 1, 3.0),
+                p(2, 1, 2.0),
+                p(2, 1, 2.5),
+            ],
+        );
         assert_eq!(c.number, 3);
         let steps: Vec<(i64, f64)> = c.points.iter().map(|p| (p.step, p.value)).collect();
         assert_eq!(steps, vec![(0, 4.0), (1, 3.0), (2, 2.5)]);

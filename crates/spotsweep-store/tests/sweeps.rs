@@ -699,7 +699,10 @@ async fn two_daemons_on_one_database_run_every_trial_once_within_parallelism<B: 
                 tokio::task::yield_now().await;
                 holding.fetch_sub(1, Ordering::SeqCst);
                 let outcome = Outcome::Succeeded(Some(lease.trial.number as f64));
-                let trial = mine.complete_trial(&lease.lease_id, outcome.clone()).await.unwrap();
+                let trial = mine
+                    .complete_trial(&lease.lease_id, outcome.clone())
+                    .await
+                    .unwrap();
                 assert_eq!(trial.state, TrialState::Completed);
                 if w % 4 == 0 {
                     let again = other.complete_trial(&lease.lease_id, outcome).await.unwrap();
@@ -732,7 +735,11 @@ async fn two_daemons_on_one_database_run_every_trial_once_within_parallelism<B: 
     }
     let sweep = stores[1].get_sweep(sweep.id).await.unwrap();
     assert_eq!(
-        (sweep.state, sweep.trials_created, sweep.counts.get(TrialState::Completed)),
+        (
+            sweep.state,
+            sweep.trials_created,
+            sweep.counts.get(TrialState::Completed)
+        ),
         (SweepState::Completed, i64::from(total), i64::from(total))
     );
 }
@@ -752,7 +759,9 @@ async fn two_daemons_leasing_at_once_never_overshoot_parallelism_or_max_trials<B
             let store = stores[a % 2].clone();
             let mut ask = request(&format!("a{a}"), 2);
             ask.sweep_id = Some(sweep.id);
-            asks.push(tokio::spawn(async move { store.lease_trials(&ask).await.unwrap() }));
+            asks.push(tokio::spawn(
+                async move { store.lease_trials(&ask).await.unwrap() },
+            ));
         }
         let mut leased = Vec::new();
         for a in asks {
@@ -781,7 +790,9 @@ async fn two_daemons_leasing_at_once_never_overshoot_parallelism_or_max_trials<B
             let store = stores[a % 2].clone();
             let mut ask = request(&format!("b{a}"), 3);
             ask.sweep_id = Some(sweep.id);
-            asks.push(tokio::spawn(async move { store.lease_trials(&ask).await.unwrap() }));
+            asks.push(tokio::spawn(
+                async move { store.lease_trials(&ask).await.unwrap() },
+            ));
         }
         let mut leased = Vec::new();
         for a in asks {
@@ -803,7 +814,11 @@ async fn two_daemons_leasing_at_once_never_overshoot_parallelism_or_max_trials<B
             e.await.unwrap();
         }
         let s = stores[1].get_sweep(sweep.id).await.unwrap();
-        assert_eq!((s.state, s.trials_created), (SweepState::Completed, 5), "round {round}");
+        assert_eq!(
+            (s.state, s.trials_created),
+            (SweepState::Completed, 5),
+            "round {round}"
+        );
     }
 }
 
@@ -813,7 +828,10 @@ async fn two_daemons_leasing_at_once_never_overshoot_parallelism_or_max_trials<B
 async fn two_daemons_expire_each_lease_once_and_answer_a_retried_request_alike<B: Backend<Store: Queue>>() {
     let db = B::start().await;
     let stores = [db.open().await, db.open().await];
-    let sweep = stores[0].create_sweep(spec("expire", 20, 20, 3), 4).await.unwrap();
+    let sweep = stores[0]
+        .create_sweep(spec("expire", 20, 20, 3), 4)
+        .await
+        .unwrap();
     let mut ask = request("a", 20);
     ask.request_id = Some("req-shared".into());
     // The same request sent to both daemons at once, as a retry after a timeout can be.

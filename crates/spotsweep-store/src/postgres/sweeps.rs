@@ -34,10 +34,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use spotsweep_core::optimize::prune::{self, Decision, Point};
 use spotsweep_core::optimize::{sample_qmc, suggest};
-use spotsweep_core::queue::{
-    self, Beat, LeaseOutcome, Pulse, RunEnd, SweepProgress, Verdict, place,
+use spotsweep_core::queue::{self, Beat, LeaseOutcome, Pulse, RunEnd, SweepProgress, Verdict, place};
+use spotsweep_core::sweep::{
+    Goal, Params, PrunerKind, SamplerKind, Summary, SweepSpec, grid_sequence, sample_random,
 };
-use spotsweep_core::sweep::{Goal, Params, PrunerKind, SamplerKind, Summary, SweepSpec, grid_sequence, sample_random};
 use sqlx::PgConnection;
 
 use super::{PgStore, commit, map_err};
@@ -48,8 +48,8 @@ use crate::shared_queue::{
 };
 use crate::{
     AgentSummary, Attempt, HeartbeatAction, LeaseRequest, LeasedTrial, NewExperiment, Outcome, Result,
-    StoreError, Stored, Sweep, SweepBest, SweepQuery, SweepState, SweepStore, Trial, TrialState, TrialSummary,
-    now_ms,
+    StoreError, Stored, Sweep, SweepBest, SweepQuery, SweepState, SweepStore, Trial, TrialState,
+    TrialSummary, now_ms,
 };
 
 /// What the queue keeps of each sweep: its parsed spec and, for a grid, its points. Neither
@@ -214,8 +214,7 @@ pub(super) async fn sweep_experiment_id(conn: &mut PgConnection, new: NewExperim
         .artifact_location
         .filter(|l| !l.is_empty())
         .unwrap_or_else(|| format!("{}/{id}", new.artifact_root.trim_end_matches('/')));
-    let (keys, values): (Vec<String>, Vec<String>) =
-        new.tags.into_iter().map(|t| (t.key, t.value)).unzip();
+    let (keys, values): (Vec<String>, Vec<String>) = new.tags.into_iter().map(|t| (t.key, t.value)).unzip();
     sqlx::query(
         "WITH e AS (UPDATE experiments SET artifact_location = $2 WHERE experiment_id = $1) \
          INSERT INTO experiment_tags (experiment_id, key, value) \
@@ -355,7 +354,14 @@ impl PgStore {
         sweep_id: i64,
         spec: &SweepSpec,
     ) -> Result<spotsweep_core::optimize::History> {
-        type Row = (i64, Stored<TrialState>, Option<f64>, Option<f64>, Option<bool>, String);
+        type Row = (
+            i64,
+            Stored<TrialState>,
+            Option<f64>,
+            Option<f64>,
+            Option<bool>,
+            String,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT t.number, t.state, t.value, lm.value, lm.is_nan, t.params \
              FROM trials t LEFT JOIN latest_metrics lm ON lm.run_id = t.run_id AND lm.key = $2 \
@@ -384,7 +390,12 @@ impl PgStore {
 
     /// A trial's objective, read from its run's metrics by the spec's summary rule (NaN and
     /// missing are `None`).
-    async fn objective_of(&self, conn: &mut PgConnection, trial: &Trial, spec: &SweepSpec) -> Result<Option<f64>> {
+    async fn objective_of(
+        &self,
+        conn: &mut PgConnection,
+        trial: &Trial,
+        spec: &SweepSpec,
+    ) -> Result<Option<f64>> {
         let sql = match spec.objective.summary {
             Summary::Last => {
                 "SELECT lm.value FROM trials t JOIN latest_metrics lm ON lm.run_id = t.run_id AND lm.key = $2 \
@@ -429,11 +440,13 @@ impl PgStore {
                 curve_of(
                     points[0].0 as u64,
                     points[0].1,
-                    points.iter().map(|&(_, _, step, timestamp, value, is_nan)| Point {
-                        step,
-                        value: if is_nan { f64::NAN } else { value },
-                        timestamp,
-                    }),
+                    points
+                        .iter()
+                        .map(|&(_, _, step, timestamp, value, is_nan)| Point {
+                            step,
+                            value: if is_nan { f64::NAN } else { value },
+                            timestamp,
+                        }),
                 )
             })
             .collect();
@@ -759,7 +772,12 @@ impl PgStore {
                 let placement = match &spec.resources {
                     None => None,
                     Some(resources) => {
-                        match place(resources, &mut gpus, request.gpu_overhead_mib, ooms.clamp(0, 32) as u32) {
+                        match place(
+                            resources,
+                            &mut gpus,
+                            request.gpu_overhead_mib,
+                            ooms.clamp(0, 32) as u32,
+                        ) {
                             Some(shares) => Some(shares),
                             None => continue,
                         }
@@ -772,7 +790,9 @@ impl PgStore {
                     expires_at: now_ms() + request.ttl_ms,
                 };
                 let gpus_json = gpus_json(placement.as_ref());
-                let mut trial = self.lease_waiting(tx, trial_id, &lease, gpus_json.as_deref()).await?;
+                let mut trial = self
+                    .lease_waiting(tx, trial_id, &lease, gpus_json.as_deref())
+                    .await?;
                 trial.gpus = placement;
                 leased.push(trial);
                 continue;
@@ -857,7 +877,9 @@ impl PgStore {
                 expires_at: now_ms() + request.ttl_ms,
             };
             if let Some((trial_id, _)) = waiting {
-                let mut trial = self.lease_waiting(tx, trial_id, &lease, gpus_json.as_deref()).await?;
+                let mut trial = self
+                    .lease_waiting(tx, trial_id, &lease, gpus_json.as_deref())
+                    .await?;
                 trial.gpus = placement;
                 leased.push(trial);
                 continue;
@@ -879,7 +901,15 @@ impl PgStore {
                 continue;
             };
             let trial = self
-                .insert_trial(tx, sweep, number, &params, Some(&lease), gpus_json.as_deref(), None)
+                .insert_trial(
+                    tx,
+                    sweep,
+                    number,
+                    &params,
+                    Some(&lease),
+                    gpus_json.as_deref(),
+                    None,
+                )
                 .await?;
             leased.push(LeasedTrial {
                 lease_id: lease_id.clone(),
@@ -1478,13 +1508,15 @@ impl SweepStore for PgStore {
     async fn complete_trial(&self, lease_id: &str, outcome: Outcome) -> Result<Trial> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         // The sweep first (see the lock order), then the lease and its trial.
-        let sweep: Option<(i64,)> =
-            sqlx::query_as("SELECT t.sweep_id FROM leases l JOIN trials t ON t.id = l.trial_id WHERE l.id = $1")
-                .bind(lease_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        let (sweep_id,) = sweep.ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
+        let sweep: Option<(i64,)> = sqlx::query_as(
+            "SELECT t.sweep_id FROM leases l JOIN trials t ON t.id = l.trial_id WHERE l.id = $1",
+        )
+        .bind(lease_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let (sweep_id,) =
+            sweep.ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
         lock_one_sweep(&mut tx, sweep_id).await?;
         let row = self
             .lock_lease(&mut tx, lease_id, None)
@@ -1546,10 +1578,11 @@ impl SweepStore for PgStore {
     }
 
     async fn next_lease_expiry(&self) -> Result<Option<i64>> {
-        let (next,): (Option<i64>,) = sqlx::query_as("SELECT MIN(expires_at) FROM leases WHERE ended_at IS NULL")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_err)?;
+        let (next,): (Option<i64>,) =
+            sqlx::query_as("SELECT MIN(expires_at) FROM leases WHERE ended_at IS NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_err)?;
         Ok(next)
     }
 }

@@ -29,7 +29,9 @@ use crate::{
     AgentSummary, Attempt, HeartbeatAction, LeaseRequest, LeasedTrial, Outcome, Result, StoreError, Stored,
     Sweep, SweepBest, SweepQuery, SweepState, SweepStore, Trial, TrialState, TrialSummary,
 };
-use spotsweep_core::queue::{self, Beat, LeaseOutcome, Pulse, RunEnd, SweepProgress, Verdict, observed, place};
+use spotsweep_core::queue::{
+    self, Beat, LeaseOutcome, Pulse, RunEnd, SweepProgress, Verdict, observed, place,
+};
 use spotsweep_core::words::Word;
 
 /// Trial `number` of a sweep; `NotFound` saying whether the sweep or the trial is missing.
@@ -1112,9 +1114,7 @@ impl SweepStore for SqliteStore {
                 )));
             }
             Some((id, _)) => id,
-            None => {
-                insert_experiment(&mut tx, sweep_experiment(name.clone(), now)).await?
-            }
+            None => insert_experiment(&mut tx, sweep_experiment(name.clone(), now)).await?,
         };
         let text = serde_json::to_string(&spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let (id,): (i64,) = sqlx::query_as(
