@@ -918,6 +918,49 @@ async fn a_stored_state_this_build_does_not_know_is_an_error_not_a_default() {
     assert!(matches!(e, StoreError::Incompatible(_)), "{e:?}");
 }
 
+/// PostgreSQL's reading of a stored state this build does not know (the SQLite test above):
+/// an error naming it, not a default.
+#[tokio::test]
+async fn on_postgres_a_stored_state_this_build_does_not_know_is_an_error_not_a_default() {
+    use sqlx::Connection;
+    let db = common::Postgres::start().await;
+    let store = db.open().await;
+    let s = store.create_sweep(spec("u", 2, 1, 0), 3).await.unwrap();
+    store.lease_trials(&request("a", 1)).await.unwrap();
+    // What a damaged database may hold (the schema's CHECK constraints dropped to write it).
+    let mut raw = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    for sql in [
+        "ALTER TABLE trials DROP CONSTRAINT trials_state_check",
+        "ALTER TABLE sweeps DROP CONSTRAINT sweeps_state_check",
+        "UPDATE trials SET state = 'suspended'",
+    ] {
+        sqlx::query(sql).execute(&mut raw).await.unwrap();
+    }
+    let e = store.list_trials(s.id).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Incompatible(m) if m.contains("unknown trial state \"suspended\"")),
+        "{e:?}"
+    );
+    let e = store.get_sweep(s.id).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Incompatible(m) if m.contains("unknown trial state \"suspended\"")),
+        "{e:?}"
+    );
+    for sql in [
+        "UPDATE trials SET state = 'running'",
+        "UPDATE sweeps SET state = 'hibernating'",
+    ] {
+        sqlx::query(sql).execute(&mut raw).await.unwrap();
+    }
+    let e = store.get_sweep(s.id).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Incompatible(m) if m.contains("unknown sweep state \"hibernating\"")),
+        "{e:?}"
+    );
+    let e = store.set_sweep_state(s.id, SweepState::Paused).await.unwrap_err();
+    assert!(matches!(e, StoreError::Incompatible(_)), "{e:?}");
+}
+
 conformance!(sqlite: crate::common::Sqlite;
     leases_respect_parallelism_max_trials_and_share_fairly,
     expired_leases_requeue_the_same_trial_until_retries_run_out,

@@ -93,6 +93,13 @@ pub struct Postgres {
     url: String,
 }
 
+impl Postgres {
+    /// The test database's URL, for a test that writes what no store would (a damaged row).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
 impl Backend for Postgres {
     type Store = PgStore;
 
