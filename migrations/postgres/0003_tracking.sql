@@ -3,6 +3,12 @@
 -- SQLite schema; times are milliseconds since the epoch. A NaN value is stored as 0 with
 -- is_nan = TRUE, as in SQLite, so that both backends order and filter NaN alike.
 
+-- MLflow's built-in experiment "0", which clients fall back to when none is set (as SQLite's
+-- migration 0001). Ids given by the database start at 1.
+INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage, creation_time, last_update_time)
+VALUES (0, 'Default', 'mlflow-artifacts:/0', 'active',
+        (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT, (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT);
+
 CREATE TABLE experiment_tags (
     experiment_id BIGINT NOT NULL REFERENCES experiments (experiment_id),
     key           TEXT   NOT NULL,

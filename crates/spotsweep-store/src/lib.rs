@@ -11,8 +11,10 @@
 //! (key syntax, lengths) belongs to the mlflow crate, which calls this one.
 
 pub mod model;
+mod points;
 mod postgres;
 mod rows;
+mod search_sql;
 mod shared_queue;
 mod sqlite;
 pub mod stored;

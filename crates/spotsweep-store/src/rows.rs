@@ -2,7 +2,10 @@
 //! PostgreSQL's rows alike (sqlx's `FromRow` is generic over the row), so a backend differs in
 //! its statements, not in how it reads a record.
 
-use crate::{ApiToken, LeaseCost, Result, StoreError, Stored, TokenRole, TokenScope, Vm, VmState};
+use crate::{
+    ApiToken, Experiment, KeyValue, LeaseCost, LifecycleStage, Result, RunInfo, RunStatus, StoreError,
+    Stored, TokenRole, TokenScope, Vm, VmState,
+};
 
 /// A token as stored (`id, name, role, scope, created_at, expires_at`).
 #[derive(sqlx::FromRow)]
@@ -93,5 +96,84 @@ pub(crate) fn lease_cost_of(row: LeaseCostRow) -> LeaseCost {
         outcome,
         seconds,
         usd: seconds / 3600.0 * price / slots.max(1) as f64,
+    }
+}
+
+/// The columns of `runs` that make a [`RunInfo`], plus the internal key, in [`RunRow`] order.
+pub(crate) const RUN_COLUMNS: &str = "r.id, r.run_uuid, r.experiment_id, r.name, r.user_id, r.status, \
+     r.start_time, r.end_time, r.artifact_uri, r.lifecycle_stage";
+
+/// A run as stored (its [`RUN_COLUMNS`]): its internal key and its [`RunInfo`].
+#[derive(sqlx::FromRow)]
+pub(crate) struct RunRow {
+    id: i64,
+    run_uuid: String,
+    experiment_id: i64,
+    name: String,
+    user_id: String,
+    status: Stored<RunStatus>,
+    start_time: i64,
+    end_time: Option<i64>,
+    artifact_uri: String,
+    lifecycle_stage: Stored<LifecycleStage>,
+}
+
+impl RunRow {
+    #[cfg(test)]
+    pub(crate) fn run_uuid(&self) -> &str {
+        &self.run_uuid
+    }
+
+    pub(crate) fn into_info(self) -> (i64, RunInfo) {
+        let info = RunInfo {
+            run_id: self.run_uuid,
+            experiment_id: self.experiment_id,
+            run_name: self.name,
+            user_id: self.user_id,
+            status: self.status.0,
+            start_time: self.start_time,
+            end_time: self.end_time,
+            artifact_uri: self.artifact_uri,
+            lifecycle_stage: self.lifecycle_stage.0,
+        };
+        (self.id, info)
+    }
+}
+
+/// An experiment as stored (its [`EXPERIMENT_COLUMNS`]), without its tags.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ExperimentRow {
+    pub(crate) experiment_id: i64,
+    name: String,
+    pub(crate) artifact_location: String,
+    pub(crate) lifecycle_stage: Stored<LifecycleStage>,
+    creation_time: i64,
+    last_update_time: i64,
+}
+
+impl ExperimentRow {
+    pub(crate) fn into_experiment(self, tags: Vec<KeyValue>) -> Experiment {
+        Experiment {
+            experiment_id: self.experiment_id,
+            name: self.name,
+            artifact_location: self.artifact_location,
+            lifecycle_stage: self.lifecycle_stage.0,
+            creation_time: self.creation_time,
+            last_update_time: self.last_update_time,
+            tags,
+        }
+    }
+}
+
+pub(crate) const EXPERIMENT_COLUMNS: &str =
+    "experiment_id, name, artifact_location, lifecycle_stage, creation_time, last_update_time";
+
+/// Queries fetch `limit + 1` rows: the extra row only says whether another page exists.
+pub(crate) fn page<T>(mut rows: Vec<T>, limit: u32, offset: u64) -> (Vec<T>, Option<u64>) {
+    if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        (rows, Some(offset + u64::from(limit)))
+    } else {
+        (rows, None)
     }
 }

@@ -8,7 +8,7 @@ use spotsweep_store::*;
 
 #[macro_use]
 mod common;
-use common::{Backend, Close, Stores};
+use common::{Backend, Close, Tracking};
 
 async fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&SqliteOptions::new(dir.path().join("t.db")))
@@ -32,7 +32,7 @@ fn metric(k: &str, value: f64, timestamp: i64, step: i64) -> Metric {
     }
 }
 
-async fn new_run(store: &impl Stores, exp: i64, id: &str, start: i64) {
+async fn new_run(store: &impl Tracking, exp: i64, id: &str, start: i64) {
     store
         .create_run(NewRun {
             experiment_id: exp,
@@ -46,7 +46,7 @@ async fn new_run(store: &impl Stores, exp: i64, id: &str, start: i64) {
         .unwrap();
 }
 
-async fn new_experiment(store: &impl Stores, name: &str) -> i64 {
+async fn new_experiment(store: &impl Tracking, name: &str) -> i64 {
     store
         .create_experiment(NewExperiment {
             name: name.into(),
@@ -60,7 +60,7 @@ async fn new_experiment(store: &impl Stores, name: &str) -> i64 {
 }
 
 /// Logs metric points alone (the group-committed path).
-async fn log_metrics(store: &impl Stores, run_id: &str, metrics: Vec<Metric>) {
+async fn log_metrics(store: &impl Tracking, run_id: &str, metrics: Vec<Metric>) {
     store
         .log_batch(
             run_id,
@@ -73,7 +73,7 @@ async fn log_metrics(store: &impl Stores, run_id: &str, metrics: Vec<Metric>) {
         .unwrap();
 }
 
-async fn experiments_and_runs_round_trip<B: Backend<Store: Stores>>() {
+async fn experiments_and_runs_round_trip<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     let default = store.get_experiment(0).await.unwrap();
@@ -142,7 +142,7 @@ async fn experiments_and_runs_round_trip<B: Backend<Store: Stores>>() {
         .unwrap();
 }
 
-async fn latest_metric_is_max_step_then_timestamp_then_value<B: Backend<Store: Stores>>() {
+async fn latest_metric_is_max_step_then_timestamp_then_value<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     new_run(&store, 0, "r", 1).await;
@@ -210,7 +210,7 @@ async fn latest_metric_is_max_step_then_timestamp_then_value<B: Backend<Store: S
     );
 }
 
-async fn params_are_immutable_and_a_bad_batch_writes_nothing<B: Backend<Store: Stores>>() {
+async fn params_are_immutable_and_a_bad_batch_writes_nothing<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     new_run(&store, 0, "r", 1).await;
@@ -254,7 +254,7 @@ async fn params_are_immutable_and_a_bad_batch_writes_nothing<B: Backend<Store: S
     assert!(!run.tags.iter().any(|t| t.key == "t"));
 }
 
-async fn search_filters_orders_and_pages<B: Backend<Store: Stores>>() {
+async fn search_filters_orders_and_pages<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     let exp = new_experiment(&store, "s").await;
@@ -418,7 +418,7 @@ fn expected_history(points: &[(i64, i64, f64)]) -> Vec<(i64, i64, u64)> {
     sorted.iter().map(|&(t, s, v)| (t, s, v.to_bits())).collect()
 }
 
-async fn whole_history(store: &impl Stores, run: &str, key: &str) -> Vec<(i64, i64, u64)> {
+async fn whole_history(store: &impl Tracking, run: &str, key: &str) -> Vec<(i64, i64, u64)> {
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
@@ -435,12 +435,11 @@ async fn whole_history(store: &impl Stores, run: &str, key: &str) -> Vec<(i64, i
     }
 }
 
-#[tokio::test]
-async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
-    new_run(&store, 0, "r", 1).await;
-    // A fixed pseudo-random sequence: out-of-order steps, repeated points, NaN and infinities.
+/// Logs a fixed pseudo-random sequence of points of `loss` to run `r`: out-of-order steps,
+/// repeated points, NaN and infinities, mostly single points, sometimes a batch, several writes
+/// in flight at once (SQLite's writer commits them in groups). Returns every point logged, as
+/// (timestamp, step, value), and how many writes there were.
+async fn log_a_mixed_history(store: &impl Tracking) -> (Vec<(i64, i64, f64)>, usize) {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move |n: u64| {
         x ^= x << 13;
@@ -461,8 +460,6 @@ async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
         };
         logged.push(point);
         pending.push(metric("loss", point.2, point.0, point.1));
-        // Mostly single points, sometimes a batch; several writes in flight at once, so the
-        // writer commits them in groups.
         if next(10) == 0 || pending.len() > 1 || i % 3 == 0 {
             let batch = Batch {
                 metrics: std::mem::take(&mut pending),
@@ -505,21 +502,16 @@ async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
     for write in in_flight {
         write.await.unwrap();
     }
+    (logged, writes)
+}
+
+async fn history_is_the_same_whether_logged_one_by_one_or_in_batches<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    new_run(&store, 0, "r", 1).await;
+    let (logged, _) = log_a_mixed_history(&store).await;
     let want = expected_history(&logged);
     assert_eq!(whole_history(&store, "r", "loss").await, want);
-
-    // Small writes were merged: far fewer blocks than writes.
-    let db = dir.path().join("t.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    let (blocks,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM metric_blocks")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    // (About 1,000 writes in groups of up to 8: some 130 blocks unmerged, about 30 merged.)
-    assert!(blocks * 20 < writes, "{blocks} blocks for {writes} writes");
-    pool.close().await;
 
     // Charts see the same points in step order.
     let chart = store
@@ -550,8 +542,35 @@ async fn history_is_the_same_whether_logged_one_by_one_or_in_batches() {
     assert_eq!((latest.step, latest.timestamp), (top.1, top.0));
 
     store.close().await;
-    let store = open(&dir).await;
+    let store = db.open().await;
     assert_eq!(whole_history(&store, "r", "loss").await, want);
+}
+
+#[tokio::test]
+async fn small_metric_writes_are_merged_into_few_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    new_run(&store, 0, "r", 1).await;
+    let (logged, writes) = log_a_mixed_history(&store).await;
+    assert_eq!(
+        whole_history(&store, "r", "loss").await,
+        expected_history(&logged)
+    );
+    // Small writes were merged: far fewer blocks than writes.
+    let db = dir.path().join("t.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let (blocks,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM metric_blocks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // (About 1,000 writes in groups of up to 8: some 130 blocks unmerged, about 30 merged.)
+    assert!(
+        (blocks as usize) * 20 < writes,
+        "{blocks} blocks for {writes} writes"
+    );
+    pool.close().await;
 }
 
 /// `t.db` in `dir` as the migrations before `first_missing` (`"0005"`) left it, with run 7 (`r`);
@@ -848,7 +867,7 @@ async fn a_database_of_schema_13_keeps_its_blocks_and_takes_wide_writes_after_mi
 }
 
 /// The runs of `exp` ordered by `key` DESC, as search answers it (first `limit`).
-async fn ordered_by(store: &impl Stores, exp: i64, key: &str, filter: &str, limit: u32) -> Vec<String> {
+async fn ordered_by(store: &impl Tracking, exp: i64, key: &str, filter: &str, limit: u32) -> Vec<String> {
     let query = RunQuery {
         experiment_ids: vec![exp],
         filter: parse_run_filter(filter).unwrap(),
@@ -887,7 +906,7 @@ fn expected_order(
 }
 
 async fn a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart<
-    B: Backend<Store: Stores>,
+    B: Backend<Store: Tracking>,
 >() {
     let db = B::start().await;
     let store = db.open().await;
@@ -1019,7 +1038,7 @@ async fn a_database_of_schema_15_orders_its_runs_by_metric_after_migrating() {
     assert_eq!(ordered_by(&store, 0, "acc", "", 10).await, ["a", "c", "r", "b"]);
 }
 
-async fn latest_values_read_back_bit_for_bit<B: Backend<Store: Stores>>() {
+async fn latest_values_read_back_bit_for_bit<B: Backend<Store: Tracking>>() {
     let db = B::start().await;
     let store = db.open().await;
     let exp = new_experiment(&store, "bits").await;
@@ -1222,6 +1241,155 @@ async fn latest_values_left_unfolded_by_a_crash_are_read_and_then_folded() {
     }
 }
 
+/// Two replicas (two stores on one database) write the same run at once, each batch's keys in
+/// its own order: every point is kept, and each key's latest point is the rule's over all of
+/// them, whichever replica committed last.
+async fn two_replicas_writing_one_run_at_once_keep_every_point_and_the_latest<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let exp = new_experiment(&a, "replicas").await;
+    new_run(&a, exp, "r", 1).await;
+    let keys = ["k0", "k1", "k2", "k3", "k4"];
+    let mut writes = Vec::new();
+    let mut logged: HashMap<&str, Vec<(i64, i64, f64)>> = HashMap::new();
+    for w in 0..40i64 {
+        let mut metrics = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            // Steps and timestamps that tie across writes, so that values decide too.
+            let point = (
+                (w * 7 + i as i64) % 5,
+                (w * 3) % 11,
+                ((w * 13 + i as i64) % 17) as f64,
+            );
+            logged.entry(key).or_default().push(point);
+            metrics.push(metric(key, point.2, point.0, point.1));
+        }
+        if w % 2 == 1 {
+            metrics.reverse();
+        }
+        let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+        writes.push(tokio::spawn(async move {
+            store
+                .log_batch(
+                    "r",
+                    Batch {
+                        metrics,
+                        ..Batch::default()
+                    },
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    for write in writes {
+        write.await.unwrap();
+    }
+    for store in [&a, &b] {
+        let run = store.get_run("r").await.unwrap();
+        for key in keys {
+            let points = &logged[key];
+            let top = points
+                .iter()
+                .max_by(|x, y| (x.1, x.0).cmp(&(y.1, y.0)).then(x.2.partial_cmp(&y.2).unwrap()))
+                .unwrap();
+            let got = run.metrics.iter().find(|m| m.key == key).unwrap();
+            assert_eq!(
+                (got.step, got.timestamp, got.value),
+                (top.1, top.0, top.2),
+                "{key}"
+            );
+            assert_eq!(
+                whole_history(store, "r", key).await,
+                expected_history(points),
+                "{key}"
+            );
+        }
+    }
+}
+
+/// Two replicas log the same params with different values at once: for each key one of them
+/// wins and the other is refused as a change of an immutable param, never both kept silently.
+async fn two_replicas_logging_one_param_differently_keep_one_value_and_refuse_the_other<
+    B: Backend<Store: Tracking>,
+>() {
+    let db = B::start().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let exp = new_experiment(&a, "params").await;
+    new_run(&a, exp, "r", 1).await;
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        for (store, value) in [(a.clone(), "from-a"), (b.clone(), "from-b")] {
+            tasks.push(tokio::spawn(async move {
+                let result = store
+                    .log_batch(
+                        "r",
+                        Batch {
+                            params: vec![kv(&format!("p{i}"), value)],
+                            ..Batch::default()
+                        },
+                    )
+                    .await;
+                (i, value, result)
+            }));
+        }
+    }
+    let mut winners: HashMap<String, &str> = HashMap::new();
+    for task in tasks {
+        let (i, value, result) = task.await.unwrap();
+        match result {
+            Ok(()) => assert!(
+                winners.insert(format!("p{i}"), value).is_none(),
+                "p{i} kept twice"
+            ),
+            Err(StoreError::Invalid(message)) => {
+                assert!(
+                    message.contains("Changing param values is not allowed"),
+                    "{message}"
+                )
+            }
+            Err(e) => panic!("p{i}: {e}"),
+        }
+    }
+    let run = b.get_run("r").await.unwrap();
+    assert_eq!(run.params.len(), 30);
+    for p in &run.params {
+        assert_eq!(winners.get(&p.key), Some(&p.value.as_str()), "{}", p.key);
+    }
+}
+
+/// What one replica changes, the other sees at once: a name taken, a run deleted or restored.
+async fn a_replica_sees_the_other_replicas_names_and_deletions<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let exp = new_experiment(&a, "shared").await;
+    new_run(&a, exp, "r", 1).await;
+    log_metrics(&b, "r", vec![metric("m", 1.0, 1, 1)]).await;
+    let taken = b
+        .create_experiment(NewExperiment {
+            name: "shared".into(),
+            artifact_location: None,
+            artifact_root: "mlflow-artifacts:".into(),
+            tags: vec![],
+            now: 1,
+        })
+        .await;
+    assert!(matches!(taken, Err(StoreError::AlreadyExists(_))), "{taken:?}");
+    a.set_run_lifecycle("r", LifecycleStage::Deleted).await.unwrap();
+    let refused = b
+        .log_batch(
+            "r",
+            Batch {
+                metrics: vec![metric("m", 2.0, 2, 2)],
+                ..Batch::default()
+            },
+        )
+        .await;
+    assert!(matches!(refused, Err(StoreError::Invalid(_))), "{refused:?}");
+    a.set_run_lifecycle("r", LifecycleStage::Active).await.unwrap();
+    log_metrics(&b, "r", vec![metric("m", 3.0, 3, 3)]).await;
+    assert_eq!(metric_value(&a.get_run("r").await.unwrap(), "m"), Some(3.0));
+}
+
 conformance!(sqlite: crate::common::Sqlite;
     experiments_and_runs_round_trip,
     latest_metric_is_max_step_then_timestamp_then_value,
@@ -1229,4 +1397,19 @@ conformance!(sqlite: crate::common::Sqlite;
     search_filters_orders_and_pages,
     a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart,
     latest_values_read_back_bit_for_bit,
+    history_is_the_same_whether_logged_one_by_one_or_in_batches,
+);
+
+// The replica tests (two stores on one database) are PostgreSQL's only: SQLite has one daemon.
+conformance!(postgres: crate::common::Postgres;
+    experiments_and_runs_round_trip,
+    latest_metric_is_max_step_then_timestamp_then_value,
+    params_are_immutable_and_a_bad_batch_writes_nothing,
+    search_filters_orders_and_pages,
+    a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart,
+    latest_values_read_back_bit_for_bit,
+    history_is_the_same_whether_logged_one_by_one_or_in_batches,
+    two_replicas_writing_one_run_at_once_keep_every_point_and_the_latest,
+    two_replicas_logging_one_param_differently_keep_one_value_and_refuse_the_other,
+    a_replica_sees_the_other_replicas_names_and_deletions,
 );

@@ -979,13 +979,14 @@ conformance!(sqlite: crate::common::Sqlite;
     two_daemons_expire_each_lease_once_and_answer_a_retried_request_alike,
 );
 
-// Until the tracking store lands here, the tests that log metrics or read runs
-// (TrackedQueue) run on SQLite only.
 conformance!(postgres: crate::common::Postgres;
     leases_respect_parallelism_max_trials_and_share_fairly,
     expired_leases_requeue_the_same_trial_until_retries_run_out,
     late_results_of_untouched_trials_are_kept,
     retried_lease_requests_get_the_same_trials,
+    objective_comes_from_the_run_and_preemption_is_free,
+    a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them,
+    the_objective_of_a_wide_write_is_read_before_it_is_folded,
     cancel_stops_everything_and_is_final,
     concurrent_workers_lose_nothing_and_bad_jobs_fail_alone,
     tpe_suggests_the_same_after_a_restart,

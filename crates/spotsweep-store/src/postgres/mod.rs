@@ -1,8 +1,9 @@
 //! The PostgreSQL backend (`postgres://` URLs), for a lab's shared control plane: several daemons
 //! on one database. It lands trait by trait, each on the store's conformance suite
 //! (`tests/common`); so far the API tokens ([`crate::TokenStore`]), the fleet's records
-//! ([`crate::FleetStore`]), leader leases ([`crate::LeaderStore`]) and the trial queue
-//! ([`crate::SweepStore`]). The daemon does not offer it until every trait is here.
+//! ([`crate::FleetStore`]), leader leases ([`crate::LeaderStore`]), the MLflow tracking tables
+//! ([`crate::TrackingStore`]) and the trial queue ([`crate::SweepStore`]). The daemon does not
+//! offer it until every trait is here.
 //!
 //! Its own migrations (`migrations/postgres`); plain `sqlx::query` with bound parameters; the
 //! rows are read through the same types as SQLite's (`crate::rows`). Transactions run at READ
@@ -12,6 +13,7 @@ mod fleet;
 mod leaders;
 mod sweeps;
 mod tokens;
+mod tracking;
 
 use std::time::Duration;
 

@@ -29,7 +29,7 @@
 //! kept.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
 use spotsweep_core::optimize::prune::{self, Decision, Point};
@@ -40,6 +40,7 @@ use spotsweep_core::sweep::{
 };
 use sqlx::PgConnection;
 
+use super::tracking::insert_experiment;
 use super::{PgStore, commit, map_err};
 use crate::shared_queue::{
     Candidate, HistoryRow, LeaseRow, NewLease, Rerun, SWEEP_COLUMNS, SweepRef, SweepRow, TRIAL_COLUMNS,
@@ -163,10 +164,11 @@ async fn trial_by_id(conn: &mut PgConnection, id: i64) -> Result<Trial> {
         .into_trial()
 }
 
-/// A sweep's experiment, for a new trial (the columns of [`SweepRef`]).
+/// A sweep's experiment, for a new trial (the columns of [`SweepRef`]). The experiment's row is
+/// share-locked, as for any new run: it cannot be deleted until the trial's run is in.
 const SWEEP_REF: &str = "SELECT s.id, s.seed, s.experiment_id, e.artifact_location, \
      e.lifecycle_stage AS experiment_stage, s.run_uuid FROM sweeps s JOIN experiments e ON e.experiment_id = s.experiment_id \
-     WHERE s.id = $1";
+     WHERE s.id = $1 FOR SHARE OF e";
 
 /// The running sweeps an agent may get a trial of, with their loads (the columns of
 /// [`Candidate`]): of pool `$1` and sweep `$2` when given, or only sweep `$3`.
@@ -180,54 +182,29 @@ const CANDIDATES: &str = "SELECT s.id, s.seed, s.experiment_id, e.artifact_locat
      WHERE s.state = 'running' AND ($1::TEXT IS NULL OR s.pool = $1) AND ($2::BIGINT IS NULL OR s.id = $2) \
        AND ($3::BIGINT IS NULL OR s.id = $3)";
 
-/// Inserts an experiment with its tags, or finds the active one of that name: what a sweep
-/// runs in. `Invalid` when that name is a deleted experiment's. Two daemons creating sweeps of a
-/// new experiment at once both get the one that was inserted first.
-///
-/// Written here until the tracking store's own insert helpers land (`postgres/tracking.rs`).
-pub(super) async fn sweep_experiment_id(conn: &mut PgConnection, new: NewExperiment) -> Result<i64> {
-    let inserted: Option<(i64,)> = sqlx::query_as(
-        "INSERT INTO experiments (name, artifact_location, lifecycle_stage, creation_time, last_update_time) \
-         VALUES ($1, '', 'active', $2, $2) ON CONFLICT (name) DO NOTHING RETURNING experiment_id",
-    )
-    .bind(&new.name)
-    .bind(new.now)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(map_err)?;
-    let Some((id,)) = inserted else {
-        let (id, stage): (i64, String) =
-            sqlx::query_as("SELECT experiment_id, lifecycle_stage FROM experiments WHERE name = $1")
-                .bind(&new.name)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(map_err)?;
-        if stage != "active" {
-            return Err(StoreError::Invalid(format!(
-                "experiment: '{}' is deleted; restore it or choose another experiment name",
-                new.name
-            )));
-        }
+/// [`CANDIDATES`] for the sweep a lease request has locked, its experiment share-locked (see
+/// [`SWEEP_REF`]).
+static LOCKED_CANDIDATE: LazyLock<String> = LazyLock::new(|| format!("{CANDIDATES} FOR SHARE OF e"));
+
+/// The experiment a sweep runs in: `new`, or the experiment of that name if there is one
+/// (`Invalid` when it is deleted). Two daemons creating sweeps of a new experiment at once both
+/// get the one inserted first.
+async fn sweep_experiment_id(conn: &mut PgConnection, new: NewExperiment) -> Result<i64> {
+    let name = new.name.clone();
+    if let Some(id) = insert_experiment(conn, new).await? {
         return Ok(id);
-    };
-    let location = new
-        .artifact_location
-        .filter(|l| !l.is_empty())
-        .unwrap_or_else(|| format!("{}/{id}", new.artifact_root.trim_end_matches('/')));
-    let (keys, values): (Vec<String>, Vec<String>) = new.tags.into_iter().map(|t| (t.key, t.value)).unzip();
-    sqlx::query(
-        "WITH e AS (UPDATE experiments SET artifact_location = $2 WHERE experiment_id = $1) \
-         INSERT INTO experiment_tags (experiment_id, key, value) \
-         SELECT $1, k, v FROM UNNEST($3::TEXT[], $4::TEXT[]) AS x(k, v) \
-         ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
-    )
-    .bind(id)
-    .bind(location)
-    .bind(keys)
-    .bind(values)
-    .execute(&mut *conn)
-    .await
-    .map_err(map_err)?;
+    }
+    let (id, stage): (i64, String) =
+        sqlx::query_as("SELECT experiment_id, lifecycle_stage FROM experiments WHERE name = $1")
+            .bind(&name)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    if stage != "active" {
+        return Err(StoreError::Invalid(format!(
+            "experiment: '{name}' is deleted; restore it or choose another experiment name"
+        )));
+    }
     Ok(id)
 }
 
@@ -814,7 +791,7 @@ impl PgStore {
                 passed.push(picked);
                 continue;
             }
-            let candidate: Option<Candidate> = sqlx::query_as(CANDIDATES)
+            let candidate: Option<Candidate> = sqlx::query_as(sqlx::AssertSqlSafe(LOCKED_CANDIDATE.as_str()))
                 .bind(&request.pool)
                 .bind(request.sweep_id)
                 .bind(picked)

@@ -23,7 +23,6 @@
 //! those the run's loose blocks are merged into sorted full ones, every due key of the run in
 //! one pass.
 
-use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +31,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use super::latest_fold::{self, DEFER_KEYS};
 use super::tracking::split_chunks;
 use super::{map_err, metric_order};
+pub(crate) use crate::points::{Point, sort_dedup};
 use crate::{Metric, Result, StoreError};
 
 /// Bytes of one point in a block.
@@ -50,82 +50,6 @@ const WRITES_DUE: u32 = 64;
 /// Points in one run's write rows that trigger its compaction (what a reader of one key of it
 /// scans at most, about, besides the blocks).
 const WRITE_POINTS_DUE: u64 = 65_536;
-
-/// One stored point. ±∞ are stored as ±`f64::MAX` (what the reference returns for them); NaN
-/// is stored as NaN and compares, as in the reference's table, like 0 followed by "is NaN".
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Point {
-    pub timestamp: i64,
-    pub step: i64,
-    pub value: f64,
-}
-
-impl Point {
-    pub(crate) fn from_metric(m: &Metric) -> Self {
-        let value = if m.value.is_nan() {
-            f64::NAN
-        } else if m.value.is_infinite() {
-            if m.value > 0.0 { f64::MAX } else { f64::MIN }
-        } else {
-            m.value
-        };
-        Self {
-            timestamp: m.timestamp,
-            step: m.step,
-            value,
-        }
-    }
-
-    pub(crate) fn to_metric(self, key: &str) -> Metric {
-        Metric {
-            key: key.to_owned(),
-            value: self.value,
-            timestamp: self.timestamp,
-            step: self.step,
-        }
-    }
-
-    /// The value as the SQL column holds it (0 for NaN) and the NaN flag.
-    pub(crate) fn stored(&self) -> (f64, bool) {
-        if self.value.is_nan() {
-            (0.0, true)
-        } else {
-            (self.value, false)
-        }
-    }
-
-    fn value_order(&self, other: &Self) -> Ordering {
-        let ((a, a_nan), (b, b_nan)) = (self.stored(), other.stored());
-        a.partial_cmp(&b)
-            .unwrap_or(Ordering::Equal)
-            .then(a_nan.cmp(&b_nan))
-    }
-
-    /// History order: timestamp, step, value (as the reference's `get-history`).
-    pub(crate) fn history_order(&self, other: &Self) -> Ordering {
-        self.timestamp
-            .cmp(&other.timestamp)
-            .then(self.step.cmp(&other.step))
-            .then_with(|| self.value_order(other))
-    }
-
-    /// Step order: step, timestamp, value (charts and pruning).
-    pub(crate) fn step_order(&self, other: &Self) -> Ordering {
-        self.step
-            .cmp(&other.step)
-            .then(self.timestamp.cmp(&other.timestamp))
-            .then_with(|| self.value_order(other))
-    }
-
-    /// Whether `self` replaces `current` as the latest point: a higher step, then a higher
-    /// timestamp, then a higher value (NaN counting as 0), strictly.
-    pub(crate) fn is_later_than(&self, current: &Self) -> bool {
-        let (a, _) = self.stored();
-        let (b, _) = current.stored();
-        (self.step, self.timestamp).cmp(&(current.step, current.timestamp)) == Ordering::Greater
-            || ((self.step, self.timestamp) == (current.step, current.timestamp) && a > b)
-    }
-}
 
 /// Packs points into a block.
 pub(crate) fn encode(points: &[Point]) -> Vec<u8> {
@@ -160,12 +84,6 @@ pub(crate) fn decode_into(block: &[u8], out: &mut Vec<Point>) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Sorts points with `order` and drops exact duplicates (equal in every column).
-pub(crate) fn sort_dedup(points: &mut Vec<Point>, order: fn(&Point, &Point) -> Ordering) {
-    points.sort_unstable_by(order);
-    points.dedup_by(|a, b| a.history_order(b) == Ordering::Equal);
 }
 
 /// The points of one key of one run (addressed by its MLflow id), from its blocks and its run's

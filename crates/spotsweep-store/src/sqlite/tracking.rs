@@ -10,85 +10,20 @@ use super::latest_fold;
 use super::metric_blocks::{self, Point};
 use super::search::{experiment_search_sql, order_metric, run_search_by_order_sql, run_search_sql};
 use super::{RunKeys, SqliteStore, commit, map_err, now_ms};
-use crate::Stored;
 use crate::{
     Batch, DatasetInput, DatasetSummary, Experiment, ExperimentQuery, KeyValue, LifecycleStage, Metric,
     NewExperiment, NewRun, Page, Result, Run, RunInfo, RunQuery, RunStatus, RunUpdate, StoreError,
     TrackingStore,
 };
 
-/// The columns of `runs` that make a [`RunInfo`], plus the internal key, in [`RunRow`] order.
 /// Runs a search ordered by a metric reads in that order before it falls back to the general
 /// plan (a few milliseconds of index walk when the filter matches rarely).
 const ORDER_CANDIDATES: u32 = 10_000;
 /// The deepest page (offset + limit) answered by walking a metric's order.
 const MAX_ORDER_WALK_ROWS: u64 = 2_000;
 
-pub(super) const RUN_COLUMNS: &str = "r.id, r.run_uuid, r.experiment_id, r.name, r.user_id, r.status, \
-     r.start_time, r.end_time, r.artifact_uri, r.lifecycle_stage";
-
-#[derive(sqlx::FromRow)]
-pub(super) struct RunRow {
-    id: i64,
-    run_uuid: String,
-    experiment_id: i64,
-    name: String,
-    user_id: String,
-    status: Stored<RunStatus>,
-    start_time: i64,
-    end_time: Option<i64>,
-    artifact_uri: String,
-    lifecycle_stage: Stored<LifecycleStage>,
-}
-
-impl RunRow {
-    #[cfg(test)]
-    pub(super) fn run_uuid(&self) -> &str {
-        &self.run_uuid
-    }
-
-    fn into_info(self) -> (i64, RunInfo) {
-        let info = RunInfo {
-            run_id: self.run_uuid,
-            experiment_id: self.experiment_id,
-            run_name: self.name,
-            user_id: self.user_id,
-            status: self.status.0,
-            start_time: self.start_time,
-            end_time: self.end_time,
-            artifact_uri: self.artifact_uri,
-            lifecycle_stage: self.lifecycle_stage.0,
-        };
-        (self.id, info)
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(super) struct ExperimentRow {
-    pub(super) experiment_id: i64,
-    name: String,
-    pub(super) artifact_location: String,
-    pub(super) lifecycle_stage: Stored<LifecycleStage>,
-    creation_time: i64,
-    last_update_time: i64,
-}
-
-impl ExperimentRow {
-    fn into_experiment(self, tags: Vec<KeyValue>) -> Experiment {
-        Experiment {
-            experiment_id: self.experiment_id,
-            name: self.name,
-            artifact_location: self.artifact_location,
-            lifecycle_stage: self.lifecycle_stage.0,
-            creation_time: self.creation_time,
-            last_update_time: self.last_update_time,
-            tags,
-        }
-    }
-}
-
-const EXPERIMENT_COLUMNS: &str =
-    "experiment_id, name, artifact_location, lifecycle_stage, creation_time, last_update_time";
+pub(super) use crate::points::sample_rows;
+pub(super) use crate::rows::{EXPERIMENT_COLUMNS, ExperimentRow, RUN_COLUMNS, RunRow, page};
 
 /// NaN cannot live in a REAL column: `latest_metrics` stores it as 0 with `is_nan = 1`.
 fn loaded_value(value: f64, is_nan: bool) -> f64 {
@@ -1076,36 +1011,6 @@ impl TrackingStore for SqliteStore {
     }
 }
 
-/// Which of `n` ordered rows a chart keeps when it may show `max` of them: the rows are cut into
-/// `max` nearly equal buckets (the first `n % max` one row longer), the first row of each is
-/// kept, and the last row always is, replacing the final sample when there is no room for it.
-/// This is the reference server's rule, so charts look the same against both.
-pub fn sample_rows(n: usize, max: usize) -> Vec<usize> {
-    if n <= max {
-        return (0..n).collect();
-    }
-    let max = max.max(1);
-    let (small, extra) = (n / max, n % max);
-    let mut picks: Vec<usize> = (0..max).map(|i| i * small + i.min(extra)).collect();
-    if picks.last() != Some(&(n - 1)) {
-        if picks.len() == max {
-            picks.pop();
-        }
-        picks.push(n - 1);
-    }
-    picks
-}
-
-/// Queries fetch `limit + 1` rows: the extra row only says whether another page exists.
-pub(super) fn page<T>(mut rows: Vec<T>, limit: u32, offset: u64) -> (Vec<T>, Option<u64>) {
-    if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        (rows, Some(offset + u64::from(limit)))
-    } else {
-        (rows, None)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1115,20 +1020,6 @@ mod tests {
         for n in 0..1200 {
             assert_eq!(split_chunks(n).iter().sum::<usize>(), n);
             assert!(split_chunks(n).len() <= 4 + 4 + 4 + 9 + n / 250);
-        }
-    }
-
-    #[test]
-    fn sampling_matches_the_reference_rule() {
-        assert_eq!(sample_rows(20, 6), vec![0, 4, 8, 11, 14, 19]);
-        assert_eq!(sample_rows(20, 1), vec![19]);
-        assert_eq!(sample_rows(5, 10), vec![0, 1, 2, 3, 4]);
-        for n in 1..300 {
-            for max in 1..40 {
-                let s = sample_rows(n, max);
-                assert!(s.len() <= max && s.windows(2).all(|w| w[0] < w[1]), "{n} {max}");
-                assert_eq!(s.last(), Some(&(n - 1)));
-            }
         }
     }
 }

@@ -45,6 +45,11 @@ impl<S> Stores for S where
 {
 }
 
+/// The tracking tables: what the MLflow tests need (and a restart).
+pub trait Tracking: Close + TrackingStore {}
+
+impl<S> Tracking for S where S: Close + TrackingStore {}
+
 /// The trial queue with the fleet's view of it: what the queue's tests that log nothing need.
 pub trait Queue: Close + SweepStore + FleetStore {}
 
