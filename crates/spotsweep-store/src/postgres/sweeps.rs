@@ -1486,15 +1486,17 @@ impl SweepStore for PgStore {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         // The sweep first (see the lock order), then the lease and its trial.
         let sweep: Option<(i64,)> = sqlx::query_as(
-            "SELECT t.sweep_id FROM leases l JOIN trials t ON t.id = l.trial_id WHERE l.id = $1",
+            "SELECT id FROM sweeps WHERE id = \
+               (SELECT t.sweep_id FROM leases l JOIN trials t ON t.id = l.trial_id WHERE l.id = $1) \
+             FOR UPDATE",
         )
         .bind(lease_id)
         .fetch_optional(&mut *tx)
         .await
         .map_err(map_err)?;
-        let (sweep_id,) =
-            sweep.ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
-        lock_one_sweep(&mut tx, sweep_id).await?;
+        if sweep.is_none() {
+            return Err(StoreError::NotFound(format!("no lease with id '{lease_id}'")));
+        }
         let row = self
             .lock_lease(&mut tx, lease_id, None)
             .await?
