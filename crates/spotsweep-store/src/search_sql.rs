@@ -24,6 +24,9 @@ pub(crate) trait Dialect: sqlx::Database + Sized {
     const FALSE: &'static str;
     /// Appended to a text sort key so that it sorts by bytes (code points), as SQLite does.
     const TEXT_ORDER: &'static str;
+    /// Appended to a `LIKE` pattern so that it has no escape character (SQLite's default):
+    /// `\` matches itself.
+    const LIKE_ESCAPE: &'static str;
 
     /// Binds an integer.
     fn bind_int(qb: &mut QueryBuilder<Self>, value: i64) -> &mut QueryBuilder<Self>;
@@ -43,6 +46,7 @@ impl Dialect for Sqlite {
     const FALSE: &'static str = "0";
     // SQLite's default collation (BINARY) compares bytes.
     const TEXT_ORDER: &'static str = "";
+    const LIKE_ESCAPE: &'static str = "";
 
     fn bind_int(qb: &mut QueryBuilder<Self>, value: i64) -> &mut QueryBuilder<Self> {
         qb.push_bind(value)
@@ -77,6 +81,8 @@ impl Dialect for Postgres {
     const FALSE: &'static str = "FALSE";
     // The database's collation may be a language's (`en_US`: case and accents ignored at first).
     const TEXT_ORDER: &'static str = " COLLATE \"C\"";
+    // PostgreSQL's LIKE escapes with `\` unless told otherwise.
+    const LIKE_ESCAPE: &'static str = " ESCAPE ''";
 
     fn bind_int(qb: &mut QueryBuilder<Self>, value: i64) -> &mut QueryBuilder<Self> {
         qb.push_bind(value)
@@ -103,6 +109,7 @@ impl Dialect for Postgres {
     }
 }
 
+/// A numeric comparison's operator, with spaces around it.
 pub(crate) fn num_op(op: NumOp) -> &'static str {
     match op {
         NumOp::Eq => " = ",
@@ -114,18 +121,21 @@ pub(crate) fn num_op(op: NumOp) -> &'static str {
     }
 }
 
-/// Pushes `<column> op ?` for a string comparison. `LIKE` is case-sensitive on our connections
-/// (`PRAGMA case_sensitive_like`); `ILIKE` lowers both sides.
+/// Pushes `<column> op ?` for a string comparison. `LIKE` is case-sensitive (on SQLite through
+/// `PRAGMA case_sensitive_like`) and has no escape character; `ILIKE` lowers both sides.
 pub(crate) fn push_str_cmp<DB: Dialect>(qb: &mut QueryBuilder<DB>, column: &str, op: StrOp, value: &str) {
     match op {
         StrOp::Eq => DB::bind_text(qb.push(column).push(" = "), value),
         StrOp::Ne => DB::bind_text(qb.push(column).push(" != "), value),
-        StrOp::Like => DB::bind_text(qb.push(column).push(" LIKE "), value),
-        StrOp::ILike => DB::bind_text(qb.push("LOWER(").push(column).push(") LIKE LOWER("), value).push(")"),
+        StrOp::Like => DB::bind_text(qb.push(column).push(" LIKE "), value).push(DB::LIKE_ESCAPE),
+        StrOp::ILike => DB::bind_text(qb.push("LOWER(").push(column).push(") LIKE LOWER("), value)
+            .push(")")
+            .push(DB::LIKE_ESCAPE),
     };
 }
 
-pub(crate) fn run_attr_column(attr: RunAttribute) -> &'static str {
+/// The column of a run attribute (`runs` as `r`).
+fn run_attr_column(attr: RunAttribute) -> &'static str {
     match attr {
         RunAttribute::RunId => "r.run_uuid",
         RunAttribute::Status => "r.status",
@@ -168,9 +178,9 @@ pub(crate) fn push_kv_condition<DB: Dialect>(
     qb.push(")");
 }
 
-pub(crate) const PARAM_ROWS: &str = "params x WHERE x.run_id = r.id";
-pub(crate) const TAG_ROWS: &str = "tags x WHERE x.run_id = r.id";
-pub(crate) const EXPERIMENT_TAG_ROWS: &str = "experiment_tags x WHERE x.experiment_id = e.experiment_id";
+const PARAM_ROWS: &str = "params x WHERE x.run_id = r.id";
+const TAG_ROWS: &str = "tags x WHERE x.run_id = r.id";
+const EXPERIMENT_TAG_ROWS: &str = "experiment_tags x WHERE x.experiment_id = e.experiment_id";
 
 fn push_run_predicate<DB: Dialect>(qb: &mut QueryBuilder<DB>, predicate: &RunPredicate) {
     match predicate {
@@ -288,7 +298,7 @@ pub(crate) fn push_join_condition<DB: Dialect>(qb: &mut QueryBuilder<DB>, a: &st
 }
 
 /// The table and key a sort key reads its value from; `None` for a run attribute.
-pub(crate) fn sort_table(key: &RunOrderKey) -> Option<(&'static str, &String)> {
+fn sort_table(key: &RunOrderKey) -> Option<(&'static str, &String)> {
     match key {
         RunOrderKey::Metric(k) => Some(("latest_metrics", k)),
         RunOrderKey::Param(k) => Some(("params", k)),

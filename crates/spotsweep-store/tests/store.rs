@@ -3,6 +3,7 @@
 
 use spotsweep_core::search::{parse_run_filter, parse_run_order_by};
 use std::collections::HashMap;
+use std::future::Future;
 
 use spotsweep_store::*;
 
@@ -662,27 +663,20 @@ async fn a_row_per_point_database_is_converted_to_blocks() {
     pool.close().await;
 }
 
-#[tokio::test]
-async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
-    new_run(&store, 0, "w", 1).await;
-    let db = dir.path().join("t.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    let count = |table: &'static str| {
-        let pool = pool.clone();
-        async move {
-            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            n
-        }
-    };
-    let keys: Vec<String> = (0..300).map(|k| format!("acc/class_{k}")).collect();
-    let mut logged: std::collections::HashMap<String, Vec<(i64, i64, f64)>> = Default::default();
+/// The keys of the wide-batch tests: per-class accuracies.
+fn wide_keys() -> Vec<String> {
+    (0..300).map(|k| format!("acc/class_{k}")).collect()
+}
+
+/// Logs 150 wide batches to run `w`: every key at one step, some twice (a retried request), one
+/// a NaN, one an infinity; some steps also carry a long run of one key (`loss`). `after_write`
+/// is called after each, with its step. Returns every point logged per key.
+async fn log_wide_batches<F: Future<Output = ()>>(
+    store: &impl Tracking,
+    keys: &[String],
+    mut after_write: impl FnMut(i64) -> F,
+) -> HashMap<String, Vec<(i64, i64, f64)>> {
+    let mut logged: HashMap<String, Vec<(i64, i64, f64)>> = Default::default();
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move |n: u64| {
         x ^= x << 13;
@@ -691,8 +685,6 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
         x % n
     };
     for step in 0..150i64 {
-        // Every key at one step, some twice (a retried request), one a NaN, one an infinity;
-        // some steps also carry a long run of one key (a block of its own).
         let mut metrics: Vec<Metric> = Vec::new();
         for (k, key) in keys.iter().enumerate() {
             let value = match next(50) {
@@ -727,19 +719,21 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
             )
             .await
             .unwrap();
-        if step == 0 {
-            // The 300 small keys went into one write row; the 100-point key got a block.
-            assert_eq!(
-                (count("metric_writes").await, count("metric_blocks").await),
-                (1, 1)
-            );
-        }
+        after_write(step).await;
     }
-    // 150 writes: compacted twice (at 64 rows), the rest still rows.
-    assert_eq!(count("metric_writes").await, 150 - 128);
+    logged
+}
+
+/// Every key of run `w` has exactly its logged history and the rule's latest point, and a
+/// search sees the latest values at once.
+async fn check_wide_run(
+    store: &impl Tracking,
+    keys: &[String],
+    logged: &HashMap<String, Vec<(i64, i64, f64)>>,
+) {
     for key in keys.iter().chain(std::iter::once(&"loss".to_owned())) {
         assert_eq!(
-            whole_history(&store, "w", key).await,
+            whole_history(store, "w", key).await,
             expected_history(&logged[key]),
             "{key}"
         );
@@ -772,6 +766,62 @@ async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
         .await
         .unwrap();
     assert_eq!(found.items.len(), usize::from(!latest.is_nan()), "{filter}");
+}
+
+async fn wide_batches_keep_every_keys_exact_history<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    new_run(&store, 0, "w", 1).await;
+    let keys = wide_keys();
+    let logged = log_wide_batches(&store, &keys, |_| async {}).await;
+    check_wide_run(&store, &keys, &logged).await;
+    // And after a restart.
+    store.close().await;
+    let store = db.open().await;
+    for key in ["acc/class_0", "acc/class_299", "loss"] {
+        assert_eq!(
+            whole_history(&store, "w", key).await,
+            expected_history(&logged[key]),
+            "{key}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn wide_batches_are_one_row_each_and_every_key_keeps_its_exact_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    new_run(&store, 0, "w", 1).await;
+    let db = dir.path().join("t.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let count = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    let keys = wide_keys();
+    let logged = log_wide_batches(&store, &keys, |step| {
+        async move {
+            if step == 0 {
+                // The 300 small keys went into one write row; the 100-point key got a block.
+                assert_eq!(
+                    (count("metric_writes").await, count("metric_blocks").await),
+                    (1, 1)
+                );
+            }
+        }
+    })
+    .await;
+    // 150 writes: compacted twice (at 64 rows), the rest still rows.
+    assert_eq!(count("metric_writes").await, 150 - 128);
+    check_wide_run(&store, &keys, &logged).await;
     // And after a restart, from the rows as from the blocks.
     store.close().await;
     let store = open(&dir).await;
@@ -1390,6 +1440,321 @@ async fn a_replica_sees_the_other_replicas_names_and_deletions<B: Backend<Store:
     assert_eq!(metric_value(&a.get_run("r").await.unwrap(), "m"), Some(3.0));
 }
 
+/// `LIKE` has no escape character (a backslash matches itself, as on SQLite), and text sort
+/// keys sort by bytes: upper case before lower case, punctuation by its code.
+async fn like_has_no_escape_character_and_text_sorts_by_bytes<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    let exp = new_experiment(&store, "text").await;
+    for (i, value) in ["a\\b", "a%b", "B", "b", "a_"].iter().enumerate() {
+        let id = format!("t{i}");
+        new_run(&store, exp, &id, 1).await;
+        let batch = Batch {
+            tags: vec![kv("t", value)],
+            ..Batch::default()
+        };
+        store.log_batch(&id, batch).await.unwrap();
+    }
+    let search = |filter: &str, order: &str| RunQuery {
+        experiment_ids: vec![exp],
+        filter: parse_run_filter(filter).unwrap(),
+        order_by: vec![parse_run_order_by(order).unwrap()],
+        view: ViewType::ActiveOnly,
+        limit: 100,
+        offset: 0,
+    };
+    let ids = |page: Page<Run>| -> Vec<String> { page.items.into_iter().map(|r| r.info.run_id).collect() };
+    let got = ids(store
+        .search_runs(&search("tags.t LIKE 'a\\%'", "tags.t ASC"))
+        .await
+        .unwrap());
+    assert_eq!(got, ["t0"]);
+    let got = ids(store
+        .search_runs(&search("tags.t LIKE 'a_'", "tags.t ASC"))
+        .await
+        .unwrap());
+    assert_eq!(got, ["t4"]);
+    let got = ids(store.search_runs(&search("", "tags.t ASC")).await.unwrap());
+    assert_eq!(got, ["t2", "t1", "t0", "t4", "t3"]);
+    let got = ids(store.search_runs(&search("", "tags.t DESC")).await.unwrap());
+    assert_eq!(got, ["t3", "t4", "t0", "t1", "t2"]);
+}
+
+/// Experiments: artifact locations, renames (a taken name, a deleted experiment), tags, and
+/// searches by filter and view, ordered and paged.
+async fn experiments_rename_carry_tags_and_search_by_filter_order_and_page<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    let mut ids = Vec::new();
+    for i in 0..5i64 {
+        let id = store
+            .create_experiment(NewExperiment {
+                name: format!("exp-{i}"),
+                artifact_location: (i == 0).then(|| "gs://bucket/x".to_owned()),
+                artifact_root: "root/".into(),
+                tags: vec![
+                    kv("team", if i % 2 == 0 { "a" } else { "b" }),
+                    kv("team", "a-or-b"),
+                    kv("team", if i % 2 == 0 { "a" } else { "b" }),
+                ],
+                now: 100 + i,
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    assert_eq!(
+        store.get_experiment(ids[0]).await.unwrap().artifact_location,
+        "gs://bucket/x"
+    );
+    assert_eq!(
+        store.get_experiment(ids[1]).await.unwrap().artifact_location,
+        format!("root/{}", ids[1])
+    );
+    let taken = store.rename_experiment(ids[1], "exp-2").await;
+    assert!(matches!(taken, Err(StoreError::AlreadyExists(_))), "{taken:?}");
+    store.rename_experiment(ids[1], "renamed").await.unwrap();
+    assert_eq!(
+        store
+            .get_experiment_by_name("renamed")
+            .await
+            .unwrap()
+            .experiment_id,
+        ids[1]
+    );
+    assert!(matches!(
+        store.get_experiment_by_name("exp-1").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    store.set_experiment_tag(ids[0], "k", "v").await.unwrap();
+    store.set_experiment_tag(ids[0], "k", "w").await.unwrap();
+    let tags = store.get_experiment(ids[0]).await.unwrap().tags;
+    assert_eq!(tags, vec![kv("k", "w"), kv("team", "a")]);
+    store.delete_experiment_tag(ids[0], "k").await.unwrap();
+    assert!(matches!(
+        store.delete_experiment_tag(ids[0], "k").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.delete_experiment_tag(12345, "k").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    store
+        .set_experiment_lifecycle(ids[4], LifecycleStage::Deleted)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.rename_experiment(ids[4], "gone").await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.set_experiment_tag(ids[4], "k", "v").await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    let search = |filter: &str, order: &[&str], view: ViewType, limit: u32, offset: u64| ExperimentQuery {
+        filter: spotsweep_core::search::parse_experiment_filter(filter).unwrap(),
+        order_by: order
+            .iter()
+            .map(|o| spotsweep_core::search::parse_experiment_order_by(o).unwrap())
+            .collect(),
+        view,
+        limit,
+        offset,
+    };
+    let names =
+        |page: &Page<Experiment>| -> Vec<String> { page.items.iter().map(|e| e.name.clone()).collect() };
+    // Default order: newest first.
+    let page = store
+        .search_experiments(&search("tags.team = 'a'", &[], ViewType::ActiveOnly, 10, 0))
+        .await
+        .unwrap();
+    assert_eq!(names(&page), ["exp-2", "exp-0"]);
+    assert_eq!(page.items[1].tags, vec![kv("team", "a")]);
+    let page = store
+        .search_experiments(&search("", &[], ViewType::DeletedOnly, 10, 0))
+        .await
+        .unwrap();
+    assert_eq!(names(&page), ["exp-4"]);
+    let first = store
+        .search_experiments(&search(
+            "name LIKE 'exp-%'",
+            &["creation_time ASC"],
+            ViewType::All,
+            2,
+            0,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (names(&first), first.next_offset),
+        (vec!["exp-0".to_owned(), "exp-2".to_owned()], Some(2))
+    );
+    let second = store
+        .search_experiments(&search(
+            "name LIKE 'exp-%'",
+            &["creation_time ASC"],
+            ViewType::All,
+            2,
+            2,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (names(&second), second.next_offset),
+        (vec!["exp-3".to_owned(), "exp-4".to_owned()], None)
+    );
+    let page = store
+        .search_experiments(&search("", &["name DESC"], ViewType::ActiveOnly, 10, 0))
+        .await
+        .unwrap();
+    assert_eq!(names(&page), ["renamed", "exp-3", "exp-2", "exp-0", "Default"]);
+}
+
+/// Runs: updates (the name and its tag stay one fact), tag deletion, dataset inputs and their
+/// summaries, paged histories and down-sampled charts.
+async fn runs_update_inputs_summaries_histories_and_charts<B: Backend<Store: Tracking>>() {
+    let db = B::start().await;
+    let store = db.open().await;
+    let exp = new_experiment(&store, "runs").await;
+    new_run(&store, exp, "r", 5).await;
+    new_run(&store, exp, "s", 6).await;
+    let info = store
+        .update_run(
+            "r",
+            RunUpdate {
+                status: Some(RunStatus::Finished),
+                end_time: Some(9),
+                run_name: Some("renamed".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.status, info.end_time, info.run_name.as_str()),
+        (RunStatus::Finished, Some(9), "renamed")
+    );
+    let run = store.get_run("r").await.unwrap();
+    assert!(
+        run.tags.contains(&kv("mlflow.runName", "renamed")),
+        "{:?}",
+        run.tags
+    );
+    store
+        .log_batch(
+            "r",
+            Batch {
+                tags: vec![kv("mlflow.runName", "again"), kv("x", "1")],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let run = store.get_run("r").await.unwrap();
+    assert_eq!(run.info.run_name, "again");
+    assert_eq!(run.tags, vec![kv("mlflow.runName", "again"), kv("x", "1")]);
+    store.delete_run_tag("r", "x").await.unwrap();
+    assert!(matches!(
+        store.delete_run_tag("r", "x").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.update_run("nope", RunUpdate::default()).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let input = |name: &str, digest: &str, context: Option<&str>| DatasetInput {
+        name: name.into(),
+        digest: digest.into(),
+        source_type: "local".into(),
+        source: "{\"uri\": \"/data\"}".into(),
+        schema: Some("{}".into()),
+        profile: None,
+        tags: context
+            .map(|c| vec![kv("mlflow.data.context", c)])
+            .unwrap_or_default(),
+    };
+    store
+        .log_inputs(
+            "r",
+            vec![input("d2", "b", None), input("d1", "a", Some("training"))],
+        )
+        .await
+        .unwrap();
+    store
+        .log_inputs("s", vec![input("d1", "a", Some("training"))])
+        .await
+        .unwrap();
+    let inputs = store.get_run("r").await.unwrap().inputs;
+    assert_eq!(
+        inputs,
+        vec![input("d1", "a", Some("training")), input("d2", "b", None)]
+    );
+    let summary = |name: &str, digest: &str, context: Option<&str>| DatasetSummary {
+        experiment_id: exp,
+        name: name.into(),
+        digest: digest.into(),
+        context: context.map(str::to_owned),
+    };
+    let both = vec![summary("d1", "a", Some("training")), summary("d2", "b", None)];
+    assert_eq!(store.dataset_summaries(&[exp]).await.unwrap(), both);
+    store
+        .set_run_lifecycle("r", LifecycleStage::Deleted)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.dataset_summaries(&[exp]).await.unwrap(),
+        vec![summary("d1", "a", Some("training"))]
+    );
+    assert!(matches!(
+        store.log_inputs("r", vec![input("d3", "c", None)]).await,
+        Err(StoreError::Invalid(_))
+    ));
+    store
+        .set_run_lifecycle("r", LifecycleStage::Active)
+        .await
+        .unwrap();
+
+    // 20 points and one repeated (a retried request): 20 in history, 7 a page.
+    let mut points: Vec<Metric> = (0..20).map(|i| metric("c", i as f64, 100 + i, i)).collect();
+    points.push(metric("c", 5.0, 105, 5));
+    log_metrics(&store, "r", points).await;
+    let mut pages = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = store.metric_history("r", "c", offset, 7).await.unwrap();
+        pages.push((page.items.len(), page.next_offset));
+        match page.next_offset {
+            Some(next) => offset = next,
+            None => break,
+        }
+    }
+    assert_eq!(pages, [(7, Some(7)), (7, Some(14)), (6, None)]);
+    assert!(
+        store
+            .metric_history("nope", "c", 0, 7)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // Steps 2 to 15 (14 points) in 5 samples: the first of each bucket, and the last.
+    let chart = store
+        .metric_history_bulk_interval(
+            &["r".to_owned(), "s".to_owned(), "nope".to_owned()],
+            "c",
+            Some(2),
+            Some(15),
+            5,
+        )
+        .await
+        .unwrap();
+    let steps: Vec<(&str, i64)> = chart.iter().map(|(run, m)| (run.as_str(), m.step)).collect();
+    assert_eq!(steps, [("r", 2), ("r", 5), ("r", 8), ("r", 11), ("r", 15)]);
+}
+
 conformance!(sqlite: crate::common::Sqlite;
     experiments_and_runs_round_trip,
     latest_metric_is_max_step_then_timestamp_then_value,
@@ -1398,6 +1763,10 @@ conformance!(sqlite: crate::common::Sqlite;
     a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart,
     latest_values_read_back_bit_for_bit,
     history_is_the_same_whether_logged_one_by_one_or_in_batches,
+    like_has_no_escape_character_and_text_sorts_by_bytes,
+    wide_batches_keep_every_keys_exact_history,
+    experiments_rename_carry_tags_and_search_by_filter_order_and_page,
+    runs_update_inputs_summaries_histories_and_charts,
 );
 
 // The replica tests (two stores on one database) are PostgreSQL's only: SQLite has one daemon.
@@ -1409,6 +1778,10 @@ conformance!(postgres: crate::common::Postgres;
     a_search_by_metric_sees_every_write_acknowledged_before_it_even_mid_stream_and_after_a_restart,
     latest_values_read_back_bit_for_bit,
     history_is_the_same_whether_logged_one_by_one_or_in_batches,
+    like_has_no_escape_character_and_text_sorts_by_bytes,
+    wide_batches_keep_every_keys_exact_history,
+    experiments_rename_carry_tags_and_search_by_filter_order_and_page,
+    runs_update_inputs_summaries_histories_and_charts,
     two_replicas_writing_one_run_at_once_keep_every_point_and_the_latest,
     two_replicas_logging_one_param_differently_keep_one_value_and_refuse_the_other,
     a_replica_sees_the_other_replicas_names_and_deletions,

@@ -34,7 +34,8 @@ enum Lock {
     /// `FOR SHARE`: writes under the row (a run in an experiment, points in a run) go on side by
     /// side, and its lifecycle cannot change until they commit.
     Share,
-    /// `FOR UPDATE`: the row itself changes.
+    /// `FOR NO KEY UPDATE`: the row itself changes (not its key, so rows referring to it may
+    /// still be inserted meanwhile, e.g. a trial's by the queue).
     Update,
 }
 
@@ -42,7 +43,7 @@ impl Lock {
     fn sql(self) -> &'static str {
         match self {
             Lock::Share => " FOR SHARE",
-            Lock::Update => " FOR UPDATE",
+            Lock::Update => " FOR NO KEY UPDATE",
         }
     }
 }
