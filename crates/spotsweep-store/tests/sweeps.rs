@@ -855,7 +855,9 @@ async fn two_daemons_expire_each_lease_once_and_answer_a_retried_request_alike<B
 
 /// A TPE sweep whose trials are leased and completed through two daemons in turn proposes
 /// exactly what it proposes through one: no daemon suggests from a history that the other has
-/// moved on. (PostgreSQL only: SQLite serves one daemon, which keeps the history in memory.)
+/// moved on. (PostgreSQL only: SQLite serves one daemon, which keeps the history in memory; two
+/// SQLite stores on one file each keep their own and fail this test, which is how it was checked
+/// to catch a history cache that another daemon's writes leave stale.)
 async fn a_tpe_sweep_served_by_two_daemons_in_turn_suggests_what_one_daemon_does<B: Backend<Store: Queue>>() {
     let (alone, shared) = (B::start().await, B::start().await);
     let store = alone.open().await;
