@@ -853,6 +853,24 @@ async fn two_daemons_expire_each_lease_once_and_answer_a_retried_request_alike<B
     assert_eq!(stores[0].next_lease_expiry().await.unwrap(), None);
 }
 
+/// Two daemons create sweeps of one new experiment at once: both sweeps are made, in the one
+/// experiment that was created, each with its own parent run.
+async fn two_daemons_creating_sweeps_of_one_new_experiment_at_once_share_it<B: Backend<Store: Queue>>() {
+    let db = B::start().await;
+    let stores = [db.open().await, db.open().await];
+    for round in 0..5 {
+        let mut a = spec(&format!("one{round}"), 2, 1, 0);
+        let mut b = spec(&format!("two{round}"), 2, 1, 0);
+        a.experiment = Some(format!("shared-{round}"));
+        b.experiment = a.experiment.clone();
+        let (a, b) = tokio::join!(stores[0].create_sweep(a, 1), stores[1].create_sweep(b, 2));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.experiment_id, b.experiment_id, "round {round}");
+        assert_ne!(a.id, b.id);
+        assert!(a.run_id.is_some() && a.run_id != b.run_id);
+    }
+}
+
 /// A TPE sweep whose trials are leased and completed through two daemons in turn proposes
 /// exactly what it proposes through one: no daemon suggests from a history that the other has
 /// moved on. (PostgreSQL only: SQLite serves one daemon, which keeps the history in memory; two
@@ -979,6 +997,7 @@ conformance!(sqlite: crate::common::Sqlite;
     two_daemons_on_one_database_run_every_trial_once_within_parallelism,
     two_daemons_leasing_at_once_never_overshoot_parallelism_or_max_trials,
     two_daemons_expire_each_lease_once_and_answer_a_retried_request_alike,
+    two_daemons_creating_sweeps_of_one_new_experiment_at_once_share_it,
 );
 
 conformance!(postgres: crate::common::Postgres;
@@ -997,5 +1016,6 @@ conformance!(postgres: crate::common::Postgres;
     two_daemons_on_one_database_run_every_trial_once_within_parallelism,
     two_daemons_leasing_at_once_never_overshoot_parallelism_or_max_trials,
     two_daemons_expire_each_lease_once_and_answer_a_retried_request_alike,
+    two_daemons_creating_sweeps_of_one_new_experiment_at_once_share_it,
     a_tpe_sweep_served_by_two_daemons_in_turn_suggests_what_one_daemon_does,
 );
