@@ -702,199 +702,24 @@ impl PgStore {
             }
         }
         let mut leased: Vec<LeasedTrial> = Vec::new();
-        // The sweeps whose lock this transaction holds.
-        let mut held: Vec<i64> = Vec::new();
-        // The agent's GPUs as this request fills them.
-        let mut gpus = request.gpus.clone();
-        // Sweeps passed over: their next trial does not fit, another transaction holds them,
-        // or they want no slot after all.
-        let mut passed: Vec<i64> = Vec::new();
-        // Reruns looked at already.
-        let mut reruns_passed: Vec<i64> = Vec::new();
+        let mut fill = Filling {
+            held: Vec::new(),
+            gpus: request.gpus.clone(),
+            passed: Vec::new(),
+            reruns_passed: Vec::new(),
+        };
         while leased.len() < request.slots as usize {
             // Reruns first: each was asked for by hand, and runs on its own pool whatever its
             // sweep's state (unless paused), outside the sweep's parallelism.
-            let rerun: Option<(i64, i64)> = sqlx::query_as(
-                "SELECT t.id, t.sweep_id FROM trials t JOIN sweeps s ON s.id = t.sweep_id \
-                 WHERE t.rerun_of IS NOT NULL AND t.state IN ('queued', 'preempted') AND s.state <> 'paused' \
-                   AND ($1::TEXT IS NULL OR COALESCE(t.pool, s.pool) = $1) AND ($2::BIGINT IS NULL OR s.id = $2) \
-                   AND NOT (t.id = ANY($3)) \
-                 ORDER BY t.id LIMIT 1",
-            )
-            .bind(&request.pool)
-            .bind(request.sweep_id)
-            .bind(&reruns_passed)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            if let Some((trial_id, sweep_id)) = rerun {
-                reruns_passed.push(trial_id);
-                if !lock_sweep(tx, &mut held, sweep_id).await? {
-                    continue;
-                }
-                // Under the sweep's lock: still waiting, its sweep still not paused.
-                let claimed: Option<(i64,)> = sqlx::query_as(
-                    "SELECT t.ooms FROM trials t JOIN sweeps s ON s.id = t.sweep_id \
-                     WHERE t.id = $1 AND t.state IN ('queued', 'preempted') AND s.state <> 'paused' \
-                     FOR UPDATE OF t SKIP LOCKED",
-                )
-                .bind(trial_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                let Some((ooms,)) = claimed else { continue };
-                let Ok(spec) = self.specs.spec_of(tx, sweep_id).await else {
-                    continue;
-                };
-                let placement = match &spec.resources {
-                    None => None,
-                    Some(resources) => {
-                        match place(
-                            resources,
-                            &mut gpus,
-                            request.gpu_overhead_mib,
-                            ooms.clamp(0, 32) as u32,
-                        ) {
-                            Some(shares) => Some(shares),
-                            None => continue,
-                        }
-                    }
-                };
-                let lease_id = new_lease_id();
-                let lease = NewLease {
-                    id: &lease_id,
-                    agent_id: &request.agent_id,
-                    expires_at: now_ms() + request.ttl_ms,
-                };
-                let gpus_json = gpus_json(placement.as_ref());
-                let mut trial = self
-                    .lease_waiting(tx, trial_id, &lease, gpus_json.as_deref())
-                    .await?;
-                trial.gpus = placement;
-                leased.push(trial);
-                continue;
+            match self.lease_rerun(tx, request, &mut fill).await? {
+                Step::Leased(trial) => leased.push(*trial),
+                Step::Passed => {}
+                Step::Nothing => match self.lease_of_sweeps(tx, request, &mut fill).await? {
+                    Step::Leased(trial) => leased.push(*trial),
+                    Step::Passed => {}
+                    Step::Nothing => break,
+                },
             }
-            let candidates: Vec<Candidate> = sqlx::query_as(CANDIDATES)
-                .bind(&request.pool)
-                .bind(request.sweep_id)
-                .bind(None::<i64>)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            // Fair share (see `next_sweep`), on loads read without locks: the pick is then
-            // locked and read again, and passed over if it no longer wants a slot.
-            let loads: Vec<queue::SweepLoad> = candidates.iter().map(Candidate::load).collect();
-            let Some(picked) = queue::next_sweep(&loads, &passed).map(|i| candidates[i].sweep.id) else {
-                break;
-            };
-            if !lock_sweep(tx, &mut held, picked).await? {
-                passed.push(picked);
-                continue;
-            }
-            let candidate: Option<Candidate> = sqlx::query_as(sqlx::AssertSqlSafe(LOCKED_CANDIDATE.as_str()))
-                .bind(&request.pool)
-                .bind(request.sweep_id)
-                .bind(picked)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            let Some(candidate) = candidate.filter(|c| c.load().wants_a_slot()) else {
-                passed.push(picked);
-                continue;
-            };
-            let spec = match self.specs.spec_of(tx, picked).await {
-                Ok(spec) => spec,
-                Err(StoreError::Invalid(reason)) => {
-                    sqlx::query("UPDATE sweeps SET state = 'paused' WHERE id = $1 AND state = 'running'")
-                        .bind(picked)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
-                    tracing::warn!(sweep = picked, %reason, "sweep paused");
-                    passed.push(picked);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            // A retried trial goes first; its out-of-memory exits say how much it needs.
-            let waiting: Option<(i64, i64)> = match candidate.next_waiting {
-                Some(_) => sqlx::query_as(
-                    "SELECT id, ooms FROM trials WHERE sweep_id = $1 AND state IN ('queued', 'preempted') \
-                       AND rerun_of IS NULL ORDER BY number LIMIT 1 FOR UPDATE SKIP LOCKED",
-                )
-                .bind(picked)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?,
-                None => None,
-            };
-            if waiting.is_none() && candidate.trials_created >= candidate.max_trials {
-                passed.push(picked);
-                continue;
-            }
-            let placement = match &spec.resources {
-                None => None,
-                Some(resources) => {
-                    let ooms = waiting.map_or(0, |(_, ooms)| ooms.clamp(0, 32) as u32);
-                    match place(resources, &mut gpus, request.gpu_overhead_mib, ooms) {
-                        Some(shares) => Some(shares),
-                        None => {
-                            // Waits for a GPU with room; other sweeps may still fit.
-                            passed.push(picked);
-                            continue;
-                        }
-                    }
-                }
-            };
-            let gpus_json = gpus_json(placement.as_ref());
-            let lease_id = new_lease_id();
-            let lease = NewLease {
-                id: &lease_id,
-                agent_id: &request.agent_id,
-                expires_at: now_ms() + request.ttl_ms,
-            };
-            if let Some((trial_id, _)) = waiting {
-                let mut trial = self
-                    .lease_waiting(tx, trial_id, &lease, gpus_json.as_deref())
-                    .await?;
-                trial.gpus = placement;
-                leased.push(trial);
-                continue;
-            }
-            let sweep = &candidate.sweep;
-            let number = candidate.trials_created;
-            let Some(params) = self.propose(tx, sweep.id, sweep.seed as u64, number).await? else {
-                // An exhausted grid: no more trials (and nothing placed).
-                for share in placement.iter().flatten() {
-                    if let Some(g) = gpus.iter_mut().find(|g| g.id == share.id) {
-                        g.free_mib += share.memory_mib;
-                    }
-                }
-                sqlx::query("UPDATE sweeps SET max_trials = trials_created WHERE id = $1")
-                    .bind(sweep.id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-                continue;
-            };
-            let trial = self
-                .insert_trial(
-                    tx,
-                    sweep,
-                    number,
-                    &params,
-                    Some(&lease),
-                    gpus_json.as_deref(),
-                    None,
-                )
-                .await?;
-            leased.push(LeasedTrial {
-                lease_id: lease_id.clone(),
-                expires_at: lease.expires_at,
-                spec,
-                trial,
-                gpus: placement,
-            });
         }
         // Only a request that leased something is remembered: an empty answer leases nothing
         // twice, and a long poll asks again with the same id until work comes.
@@ -912,6 +737,210 @@ impl PgStore {
             .map_err(map_err)?;
         }
         Ok(leased)
+    }
+
+    /// The next waiting rerun of the request's pool (or sweep), leased; `Passed` when the one
+    /// looked at cannot be leased now (another transaction holds its sweep, it was taken, it does
+    /// not fit); `Nothing` when no rerun waits.
+    async fn lease_rerun(
+        &self,
+        tx: &mut PgConnection,
+        request: &LeaseRequest,
+        fill: &mut Filling,
+    ) -> Result<Step> {
+        let rerun: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT t.id, t.sweep_id FROM trials t JOIN sweeps s ON s.id = t.sweep_id \
+             WHERE t.rerun_of IS NOT NULL AND t.state IN ('queued', 'preempted') AND s.state <> 'paused' \
+               AND ($1::TEXT IS NULL OR COALESCE(t.pool, s.pool) = $1) AND ($2::BIGINT IS NULL OR s.id = $2) \
+               AND NOT (t.id = ANY($3)) \
+             ORDER BY t.id LIMIT 1",
+        )
+        .bind(&request.pool)
+        .bind(request.sweep_id)
+        .bind(&fill.reruns_passed)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some((trial_id, sweep_id)) = rerun else {
+            return Ok(Step::Nothing);
+        };
+        fill.reruns_passed.push(trial_id);
+        if !lock_sweep(tx, &mut fill.held, sweep_id).await? {
+            return Ok(Step::Passed);
+        }
+        // Under the sweep's lock: still waiting, its sweep still not paused.
+        let claimed: Option<(i64,)> = sqlx::query_as(
+            "SELECT t.ooms FROM trials t JOIN sweeps s ON s.id = t.sweep_id \
+             WHERE t.id = $1 AND t.state IN ('queued', 'preempted') AND s.state <> 'paused' \
+             FOR UPDATE OF t SKIP LOCKED",
+        )
+        .bind(trial_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some((ooms,)) = claimed else {
+            return Ok(Step::Passed);
+        };
+        let Ok(spec) = self.specs.spec_of(tx, sweep_id).await else {
+            return Ok(Step::Passed);
+        };
+        let placement = match &spec.resources {
+            None => None,
+            Some(resources) => {
+                match place(
+                    resources,
+                    &mut fill.gpus,
+                    request.gpu_overhead_mib,
+                    ooms.clamp(0, 32) as u32,
+                ) {
+                    Some(shares) => Some(shares),
+                    None => return Ok(Step::Passed),
+                }
+            }
+        };
+        let lease_id = new_lease_id();
+        let lease = NewLease {
+            id: &lease_id,
+            agent_id: &request.agent_id,
+            expires_at: now_ms() + request.ttl_ms,
+        };
+        let gpus_json = gpus_json(placement.as_ref());
+        let mut trial = self
+            .lease_waiting(tx, trial_id, &lease, gpus_json.as_deref())
+            .await?;
+        trial.gpus = placement;
+        Ok(Step::Leased(Box::new(trial)))
+    }
+
+    /// A trial of the sweep that fair share picks, leased: its next waiting trial or a new one
+    /// from its sampler. `Passed` when the picked sweep is passed over (see [`Filling`]);
+    /// `Nothing` when no sweep wants a slot.
+    async fn lease_of_sweeps(
+        &self,
+        tx: &mut PgConnection,
+        request: &LeaseRequest,
+        fill: &mut Filling,
+    ) -> Result<Step> {
+        let candidates: Vec<Candidate> = sqlx::query_as(CANDIDATES)
+            .bind(&request.pool)
+            .bind(request.sweep_id)
+            .bind(None::<i64>)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        // Fair share (see `next_sweep`), on loads read without locks: the pick is then
+        // locked and read again, and passed over if it no longer wants a slot.
+        let loads: Vec<queue::SweepLoad> = candidates.iter().map(Candidate::load).collect();
+        let Some(picked) = queue::next_sweep(&loads, &fill.passed).map(|i| candidates[i].sweep.id) else {
+            return Ok(Step::Nothing);
+        };
+        if !lock_sweep(tx, &mut fill.held, picked).await? {
+            fill.passed.push(picked);
+            return Ok(Step::Passed);
+        }
+        let candidate: Option<Candidate> = sqlx::query_as(sqlx::AssertSqlSafe(LOCKED_CANDIDATE.as_str()))
+            .bind(&request.pool)
+            .bind(request.sweep_id)
+            .bind(picked)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let Some(candidate) = candidate.filter(|c| c.load().wants_a_slot()) else {
+            fill.passed.push(picked);
+            return Ok(Step::Passed);
+        };
+        let spec = match self.specs.spec_of(tx, picked).await {
+            Ok(spec) => spec,
+            Err(StoreError::Invalid(reason)) => {
+                sqlx::query("UPDATE sweeps SET state = 'paused' WHERE id = $1 AND state = 'running'")
+                    .bind(picked)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tracing::warn!(sweep = picked, %reason, "sweep paused");
+                fill.passed.push(picked);
+                return Ok(Step::Passed);
+            }
+            Err(e) => return Err(e),
+        };
+        // A retried trial goes first; its out-of-memory exits say how much it needs.
+        let waiting: Option<(i64, i64)> = match candidate.next_waiting {
+            Some(_) => sqlx::query_as(
+                "SELECT id, ooms FROM trials WHERE sweep_id = $1 AND state IN ('queued', 'preempted') \
+                   AND rerun_of IS NULL ORDER BY number LIMIT 1 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(picked)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?,
+            None => None,
+        };
+        if waiting.is_none() && candidate.trials_created >= candidate.max_trials {
+            fill.passed.push(picked);
+            return Ok(Step::Passed);
+        }
+        let placement = match &spec.resources {
+            None => None,
+            Some(resources) => {
+                let ooms = waiting.map_or(0, |(_, ooms)| ooms.clamp(0, 32) as u32);
+                match place(resources, &mut fill.gpus, request.gpu_overhead_mib, ooms) {
+                    Some(shares) => Some(shares),
+                    None => {
+                        // Waits for a GPU with room; other sweeps may still fit.
+                        fill.passed.push(picked);
+                        return Ok(Step::Passed);
+                    }
+                }
+            }
+        };
+        let gpus_json = gpus_json(placement.as_ref());
+        let lease_id = new_lease_id();
+        let lease = NewLease {
+            id: &lease_id,
+            agent_id: &request.agent_id,
+            expires_at: now_ms() + request.ttl_ms,
+        };
+        if let Some((trial_id, _)) = waiting {
+            let mut trial = self
+                .lease_waiting(tx, trial_id, &lease, gpus_json.as_deref())
+                .await?;
+            trial.gpus = placement;
+            return Ok(Step::Leased(Box::new(trial)));
+        }
+        let sweep = &candidate.sweep;
+        let number = candidate.trials_created;
+        let Some(params) = self.propose(tx, sweep.id, sweep.seed as u64, number).await? else {
+            // An exhausted grid: no more trials (and nothing placed).
+            for share in placement.iter().flatten() {
+                if let Some(g) = fill.gpus.iter_mut().find(|g| g.id == share.id) {
+                    g.free_mib += share.memory_mib;
+                }
+            }
+            sqlx::query("UPDATE sweeps SET max_trials = trials_created WHERE id = $1")
+                .bind(sweep.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            return Ok(Step::Passed);
+        };
+        let trial = self
+            .insert_trial(
+                tx,
+                sweep,
+                number,
+                &params,
+                Some(&lease),
+                gpus_json.as_deref(),
+                None,
+            )
+            .await?;
+        Ok(Step::Leased(Box::new(LeasedTrial {
+            lease_id: lease_id.clone(),
+            expires_at: lease.expires_at,
+            spec,
+            trial,
+            gpus: placement,
+        })))
     }
 
     /// The leases of an earlier answer (`response`: their ids as JSON) that are still open.
@@ -981,6 +1010,29 @@ impl PgStore {
         }
         Ok(out)
     }
+}
+
+/// A lease request as it fills its slots.
+struct Filling {
+    /// The sweeps whose lock this transaction holds.
+    held: Vec<i64>,
+    /// The agent's GPUs as this request fills them.
+    gpus: Vec<crate::GpuFree>,
+    /// Sweeps passed over: their next trial does not fit, another transaction holds them, or
+    /// they want no slot after all.
+    passed: Vec<i64>,
+    /// Reruns looked at already.
+    reruns_passed: Vec<i64>,
+}
+
+/// What one step of filling a lease request did.
+enum Step {
+    /// Leased a trial.
+    Leased(Box<LeasedTrial>),
+    /// Passed over a rerun or a sweep; look again.
+    Passed,
+    /// Found nothing to look at.
+    Nothing,
 }
 
 /// The GPUs a lease holds, as stored (JSON).
