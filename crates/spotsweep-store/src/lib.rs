@@ -17,6 +17,7 @@ mod postgres;
 mod rows;
 mod search_sql;
 mod shared_models;
+mod shared_queue;
 mod sqlite;
 pub mod stored;
 

@@ -6,7 +6,7 @@ use spotsweep_store::*;
 
 #[macro_use]
 mod common;
-use common::{Backend, Stores};
+use common::{Backend, Close, Queue, TrackedQueue};
 
 async fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&SqliteOptions::new(dir.path().join("t.db")))
@@ -37,7 +37,7 @@ fn request(agent: &str, slots: u32) -> LeaseRequest {
     }
 }
 
-async fn leases_respect_parallelism_max_trials_and_share_fairly<B: Backend<Store: Stores>>() {
+async fn leases_respect_parallelism_max_trials_and_share_fairly<B: Backend<Store: Queue>>() {
     let db = B::start().await;
     let store = db.open().await;
     let a = store.create_sweep(spec("a", 3, 2, 0), 1).await.unwrap();
@@ -71,7 +71,7 @@ async fn leases_respect_parallelism_max_trials_and_share_fairly<B: Backend<Store
     assert_eq!(store.list_trials(a.id).await.unwrap().len(), 3);
 }
 
-async fn expired_leases_requeue_the_same_trial_until_retries_run_out<B: Backend<Store: Stores>>() {
+async fn expired_leases_requeue_the_same_trial_until_retries_run_out<B: Backend<Store: Queue>>() {
     let db = B::start().await;
     let store = db.open().await;
     let s = store.create_sweep(spec("e", 1, 1, 1), 3).await.unwrap();
@@ -101,7 +101,7 @@ async fn expired_leases_requeue_the_same_trial_until_retries_run_out<B: Backend<
     assert_eq!(store.get_sweep(s.id).await.unwrap().state, SweepState::Completed);
 }
 
-async fn late_results_of_untouched_trials_are_kept<B: Backend<Store: Stores>>() {
+async fn late_results_of_untouched_trials_are_kept<B: Backend<Store: Queue>>() {
     let db = B::start().await;
     let store = db.open().await;
     store.create_sweep(spec("late", 1, 1, 3), 4).await.unwrap();
@@ -123,7 +123,7 @@ async fn late_results_of_untouched_trials_are_kept<B: Backend<Store: Stores>>() 
     assert_eq!(again.state, TrialState::Completed);
 }
 
-async fn retried_lease_requests_get_the_same_trials<B: Backend<Store: Stores>>() {
+async fn retried_lease_requests_get_the_same_trials<B: Backend<Store: Queue>>() {
     let db = B::start().await;
     let store = db.open().await;
     store.create_sweep(spec("r", 10, 10, 0), 5).await.unwrap();
@@ -147,7 +147,7 @@ async fn retried_lease_requests_get_the_same_trials<B: Backend<Store: Stores>>()
     assert_eq!(first, again);
 }
 
-async fn objective_comes_from_the_run_and_preemption_is_free<B: Backend<Store: Stores>>() {
+async fn objective_comes_from_the_run_and_preemption_is_free<B: Backend<Store: TrackedQueue>>() {
     let db = B::start().await;
     let store = db.open().await;
     let s = store.create_sweep(spec("o", 2, 2, 0), 6).await.unwrap();
@@ -200,7 +200,7 @@ async fn objective_comes_from_the_run_and_preemption_is_free<B: Backend<Store: S
     assert_eq!(store.get_sweep(s.id).await.unwrap().state, SweepState::Completed);
 }
 
-async fn cancel_stops_everything_and_is_final<B: Backend<Store: Stores>>() {
+async fn cancel_stops_everything_and_is_final<B: Backend<Store: Queue>>() {
     let db = B::start().await;
     let store = db.open().await;
     let s = store.create_sweep(spec("c", 5, 1, 0), 7).await.unwrap();
@@ -229,7 +229,7 @@ async fn cancel_stops_everything_and_is_final<B: Backend<Store: Stores>>() {
 /// Many workers leasing and completing at once: their transactions are committed in groups, and
 /// a job that fails (an unknown lease, a conflicting second outcome) fails alone without taking
 /// its group's leases and completions with it.
-async fn concurrent_workers_lose_nothing_and_bad_jobs_fail_alone<B: Backend<Store: Stores>>() {
+async fn concurrent_workers_lose_nothing_and_bad_jobs_fail_alone<B: Backend<Store: Queue>>() {
     let db = B::start().await;
     let store = db.open().await;
     let sweep = store.create_sweep(spec("busy", 300, 64, 0), 3).await.unwrap();
@@ -305,7 +305,7 @@ fn tpe_spec() -> SweepSpec {
 }
 
 /// Leases and completes `n` trials of the only sweep, the value a function of the params.
-async fn run_trials(store: &impl Stores, n: usize) -> Vec<spotsweep_core::sweep::Params> {
+async fn run_trials(store: &impl Queue, n: usize) -> Vec<spotsweep_core::sweep::Params> {
     let mut seen = Vec::new();
     for _ in 0..n {
         let lease = store.lease_trials(&request("a", 1)).await.unwrap().remove(0);
@@ -323,19 +323,19 @@ async fn run_trials(store: &impl Stores, n: usize) -> Vec<spotsweep_core::sweep:
     seen
 }
 
-async fn tpe_suggests_the_same_after_a_restart<B: Backend<Store: Stores>>() {
-    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+async fn tpe_suggests_the_same_after_a_restart<B: Backend<Store: Queue>>() {
+    let (d1, d2) = (B::start().await, B::start().await);
     // Without a restart: 16 trials.
-    let store = open(&d1).await;
+    let store = d1.open().await;
     store.create_sweep(tpe_spec(), 9).await.unwrap();
     let straight = run_trials(&store, 16).await;
     // With a restart after 12: the 13th to 16th come from the history in the database.
-    let store = open(&d2).await;
+    let store = d2.open().await;
     store.create_sweep(tpe_spec(), 9).await.unwrap();
     let mut restarted = run_trials(&store, 12).await;
     store.close().await;
     drop(store);
-    let store = open(&d2).await;
+    let store = d2.open().await;
     restarted.extend(run_trials(&store, 4).await);
     assert_eq!(straight, restarted);
     // The model took over after the 5 startup trials and moved x towards 1.
@@ -354,7 +354,7 @@ async fn tpe_suggests_the_same_after_a_restart<B: Backend<Store: Stores>>() {
 }
 
 async fn trials_are_packed_onto_gpus_by_memory_and_an_oom_doubles_the_next_placement<
-    B: Backend<Store: Stores>,
+    B: Backend<Store: Queue>,
 >() {
     let db = B::start().await;
     let store = db.open().await;
@@ -427,7 +427,7 @@ async fn trials_are_packed_onto_gpus_by_memory_and_an_oom_doubles_the_next_place
 /// A sweep has its own run, named after it, holding its spec's summary as params; its trials'
 /// runs are its children and carry its source tags; the run ends with the sweep: FINISHED when
 /// it completes, KILLED when it is cancelled.
-async fn a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them<B: Backend<Store: Stores>>() {
+async fn a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them<B: Backend<Store: TrackedQueue>>() {
     let db = B::start().await;
     let store = db.open().await;
     let mut with_source = spec("parent", 2, 2, 0);
@@ -486,7 +486,7 @@ async fn a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them<B: Backend<S
     assert_eq!(run.info.status, RunStatus::Killed);
 }
 
-async fn a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool<B: Backend<Store: Stores>>() {
+async fn a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool<B: Backend<Store: Queue>>() {
     let db = B::start().await;
     let store = db.open().await;
     // TPE from the second trial on, so that its proposals depend on the history.
@@ -561,8 +561,8 @@ async fn a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool<B: 
         .unwrap();
     assert_eq!(store.get_sweep(s.id).await.unwrap().state, SweepState::Completed);
     // The same sweep without the rerun proposes the same trials.
-    let twin_dir = tempfile::tempdir().unwrap();
-    let twin = open(&twin_dir).await;
+    let twin_db = B::start().await;
+    let twin = twin_db.open().await;
     twin.create_sweep(tpe, 11).await.unwrap();
     let mut twin_params = Vec::new();
     for value in [0.25, 0.5, 1.0] {
@@ -618,7 +618,7 @@ async fn a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool<B: 
     );
 }
 
-async fn the_objective_of_a_wide_write_is_read_before_it_is_folded<B: Backend<Store: Stores>>() {
+async fn the_objective_of_a_wide_write_is_read_before_it_is_folded<B: Backend<Store: TrackedQueue>>() {
     let db = B::start().await;
     let store = db.open().await;
     store.create_sweep(spec("w", 1, 1, 0), 6).await.unwrap();
@@ -656,6 +656,239 @@ async fn the_objective_of_a_wide_write_is_read_before_it_is_folded<B: Backend<St
         .await
         .unwrap();
     assert_eq!((t.state, t.value), (TrialState::Completed, Some(1.25)));
+}
+
+/// Two daemons on one database (two stores, each with its own connections), sixteen workers
+/// split between them leasing one trial at a time and completing it, sometimes twice (the second
+/// time through the other daemon, as a retry that lands elsewhere): every trial is proposed,
+/// leased and completed exactly once, `max_trials` is met exactly, and never more trials run at
+/// once than the sweep's parallelism.
+async fn two_daemons_on_one_database_run_every_trial_once_within_parallelism<B: Backend<Store: Queue>>() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let db = B::start().await;
+    let stores = [db.open().await, db.open().await];
+    let (total, parallelism) = (240, 6);
+    let sweep = stores[0]
+        .create_sweep(spec("shared", total, parallelism, 0), 8)
+        .await
+        .unwrap();
+    // Leases held by the workers now: taken after a lease commits and given back before the
+    // completion commits, so never more than the trials the database has running.
+    let holding = Arc::new(AtomicI64::new(0));
+    let most = Arc::new(AtomicI64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let (mine, other) = (stores[w % 2].clone(), stores[(w + 1) % 2].clone());
+        let (holding, most) = (holding.clone(), most.clone());
+        workers.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            let mut empty = 0;
+            // A worker stops after a few empty answers in a row: at the end of the sweep, or
+            // while the other workers hold every slot.
+            while empty < 20 {
+                let leased = mine.lease_trials(&request(&format!("w{w}"), 1)).await.unwrap();
+                let Some(lease) = leased.into_iter().next() else {
+                    empty += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    continue;
+                };
+                empty = 0;
+                let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                holding.fetch_sub(1, Ordering::SeqCst);
+                let outcome = Outcome::Succeeded(Some(lease.trial.number as f64));
+                let trial = mine
+                    .complete_trial(&lease.lease_id, outcome.clone())
+                    .await
+                    .unwrap();
+                assert_eq!(trial.state, TrialState::Completed);
+                if w % 4 == 0 {
+                    let again = other.complete_trial(&lease.lease_id, outcome).await.unwrap();
+                    assert_eq!((again.state, again.value), (TrialState::Completed, trial.value));
+                }
+                done.push(lease.trial.number);
+            }
+            done
+        }));
+    }
+    let mut numbers = Vec::new();
+    for w in workers {
+        numbers.extend(w.await.unwrap());
+    }
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (0..i64::from(total)).collect::<Vec<i64>>(),
+        "every trial leased and completed once"
+    );
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= i64::from(parallelism), "{most} trials ran at once");
+    let trials = stores[1].list_trials(sweep.id).await.unwrap();
+    assert_eq!(trials.len(), total as usize);
+    for t in &trials {
+        assert_eq!(
+            (t.state, t.attempt, t.value),
+            (TrialState::Completed, 1, Some(t.number as f64))
+        );
+    }
+    let sweep = stores[1].get_sweep(sweep.id).await.unwrap();
+    assert_eq!(
+        (
+            sweep.state,
+            sweep.trials_created,
+            sweep.counts.get(TrialState::Completed)
+        ),
+        (SweepState::Completed, i64::from(total), i64::from(total))
+    );
+}
+
+/// Two daemons lease from one sweep at once, many times over: between them they never hold
+/// more trials than its parallelism, nor create more than `max_trials`.
+async fn two_daemons_leasing_at_once_never_overshoot_parallelism_or_max_trials<B: Backend<Store: Queue>>() {
+    let db = B::start().await;
+    let stores = [db.open().await, db.open().await];
+    for round in 0..10 {
+        let sweep = stores[0]
+            .create_sweep(spec(&format!("race{round}"), 5, 3, 0), round)
+            .await
+            .unwrap();
+        let mut asks = Vec::new();
+        for a in 0..8 {
+            let store = stores[a % 2].clone();
+            let mut ask = request(&format!("a{a}"), 2);
+            ask.sweep_id = Some(sweep.id);
+            asks.push(tokio::spawn(
+                async move { store.lease_trials(&ask).await.unwrap() },
+            ));
+        }
+        let mut leased = Vec::new();
+        for a in asks {
+            leased.extend(a.await.unwrap());
+        }
+        assert_eq!(leased.len(), 3, "round {round}: parallelism 3");
+        let mut numbers: Vec<i64> = leased.iter().map(|l| l.trial.number).collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, vec![0, 1, 2]);
+        // Completing them all at once through both daemons frees the last two slots of five.
+        let mut ends = Vec::new();
+        for (i, l) in leased.into_iter().enumerate() {
+            let store = stores[i % 2].clone();
+            ends.push(tokio::spawn(async move {
+                store
+                    .complete_trial(&l.lease_id, Outcome::Succeeded(Some(1.0)))
+                    .await
+                    .unwrap()
+            }));
+        }
+        for e in ends {
+            e.await.unwrap();
+        }
+        let mut asks = Vec::new();
+        for a in 0..8 {
+            let store = stores[a % 2].clone();
+            let mut ask = request(&format!("b{a}"), 3);
+            ask.sweep_id = Some(sweep.id);
+            asks.push(tokio::spawn(
+                async move { store.lease_trials(&ask).await.unwrap() },
+            ));
+        }
+        let mut leased = Vec::new();
+        for a in asks {
+            leased.extend(a.await.unwrap());
+        }
+        assert_eq!(leased.len(), 2, "round {round}: max_trials 5");
+        // The last two end at once: the sweep completes (neither completion may miss it).
+        let mut ends = Vec::new();
+        for (i, l) in leased.into_iter().enumerate() {
+            let store = stores[i % 2].clone();
+            ends.push(tokio::spawn(async move {
+                store
+                    .complete_trial(&l.lease_id, Outcome::Succeeded(Some(1.0)))
+                    .await
+                    .unwrap()
+            }));
+        }
+        for e in ends {
+            e.await.unwrap();
+        }
+        let s = stores[1].get_sweep(sweep.id).await.unwrap();
+        assert_eq!(
+            (s.state, s.trials_created),
+            (SweepState::Completed, 5),
+            "round {round}"
+        );
+    }
+}
+
+/// Two daemons expire the same leases at once: each lease expires once, its trial goes back to
+/// the queue once with one failure counted, and a retried lease request answered by the other
+/// daemon gets the same trials.
+async fn two_daemons_expire_each_lease_once_and_answer_a_retried_request_alike<B: Backend<Store: Queue>>() {
+    let db = B::start().await;
+    let stores = [db.open().await, db.open().await];
+    let sweep = stores[0]
+        .create_sweep(spec("expire", 20, 20, 3), 4)
+        .await
+        .unwrap();
+    let mut ask = request("a", 20);
+    ask.request_id = Some("req-shared".into());
+    // The same request sent to both daemons at once, as a retry after a timeout can be.
+    let (first, second) = tokio::join!(stores[0].lease_trials(&ask), stores[1].lease_trials(&ask));
+    let ids = |v: Vec<LeasedTrial>| {
+        let mut ids: Vec<String> = v.into_iter().map(|l| l.lease_id).collect();
+        ids.sort();
+        ids
+    };
+    let (first, second) = (ids(first.unwrap()), ids(second.unwrap()));
+    assert_eq!(first.len(), 20);
+    assert_eq!(first, second);
+    let later = now_ms() + 120_000;
+    let (a, b) = tokio::join!(stores[0].expire_leases(later), stores[1].expire_leases(later));
+    assert_eq!(a.unwrap() + b.unwrap(), 20);
+    for t in stores[1].list_trials(sweep.id).await.unwrap() {
+        assert_eq!((t.state, t.failures, t.attempt), (TrialState::Queued, 1, 1));
+    }
+    assert_eq!(stores[0].next_lease_expiry().await.unwrap(), None);
+}
+
+/// Two daemons create sweeps of one new experiment at once: both sweeps are made, in the one
+/// experiment that was created, each with its own parent run.
+async fn two_daemons_creating_sweeps_of_one_new_experiment_at_once_share_it<B: Backend<Store: Queue>>() {
+    let db = B::start().await;
+    let stores = [db.open().await, db.open().await];
+    for round in 0..5 {
+        let mut a = spec(&format!("one{round}"), 2, 1, 0);
+        let mut b = spec(&format!("two{round}"), 2, 1, 0);
+        a.experiment = Some(format!("shared-{round}"));
+        b.experiment = a.experiment.clone();
+        let (a, b) = tokio::join!(stores[0].create_sweep(a, 1), stores[1].create_sweep(b, 2));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.experiment_id, b.experiment_id, "round {round}");
+        assert_ne!(a.id, b.id);
+        assert!(a.run_id.is_some() && a.run_id != b.run_id);
+    }
+}
+
+/// A TPE sweep whose trials are leased and completed through two daemons in turn proposes
+/// exactly what it proposes through one: no daemon suggests from a history that the other has
+/// moved on. (PostgreSQL only: SQLite serves one daemon, which keeps the history in memory; two
+/// SQLite stores on one file each keep their own and fail this test, which is how it was checked
+/// to catch a history cache that another daemon's writes leave stale.)
+async fn a_tpe_sweep_served_by_two_daemons_in_turn_suggests_what_one_daemon_does<B: Backend<Store: Queue>>() {
+    let (alone, shared) = (B::start().await, B::start().await);
+    let store = alone.open().await;
+    store.create_sweep(tpe_spec(), 9).await.unwrap();
+    let straight = run_trials(&store, 14).await;
+    let stores = [shared.open().await, shared.open().await];
+    stores[0].create_sweep(tpe_spec(), 9).await.unwrap();
+    let mut alternated = Vec::new();
+    for i in 0..14 {
+        // Each daemon leases after the other completed: it must see that trial's result.
+        alternated.extend(run_trials(&stores[i % 2], 1).await);
+    }
+    assert_eq!(straight, alternated);
 }
 
 #[tokio::test]
@@ -705,6 +938,49 @@ async fn a_stored_state_this_build_does_not_know_is_an_error_not_a_default() {
     assert!(matches!(e, StoreError::Incompatible(_)), "{e:?}");
 }
 
+/// PostgreSQL's reading of a stored state this build does not know (the SQLite test above):
+/// an error naming it, not a default.
+#[tokio::test]
+async fn on_postgres_a_stored_state_this_build_does_not_know_is_an_error_not_a_default() {
+    use sqlx::Connection;
+    let db = common::Postgres::start().await;
+    let store = db.open().await;
+    let s = store.create_sweep(spec("u", 2, 1, 0), 3).await.unwrap();
+    store.lease_trials(&request("a", 1)).await.unwrap();
+    // What a damaged database may hold (the schema's CHECK constraints dropped to write it).
+    let mut raw = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    for sql in [
+        "ALTER TABLE trials DROP CONSTRAINT trials_state_check",
+        "ALTER TABLE sweeps DROP CONSTRAINT sweeps_state_check",
+        "UPDATE trials SET state = 'suspended'",
+    ] {
+        sqlx::query(sql).execute(&mut raw).await.unwrap();
+    }
+    let e = store.list_trials(s.id).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Incompatible(m) if m.contains("unknown trial state \"suspended\"")),
+        "{e:?}"
+    );
+    let e = store.get_sweep(s.id).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Incompatible(m) if m.contains("unknown trial state \"suspended\"")),
+        "{e:?}"
+    );
+    for sql in [
+        "UPDATE trials SET state = 'running'",
+        "UPDATE sweeps SET state = 'hibernating'",
+    ] {
+        sqlx::query(sql).execute(&mut raw).await.unwrap();
+    }
+    let e = store.get_sweep(s.id).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Incompatible(m) if m.contains("unknown sweep state \"hibernating\"")),
+        "{e:?}"
+    );
+    let e = store.set_sweep_state(s.id, SweepState::Paused).await.unwrap_err();
+    assert!(matches!(e, StoreError::Incompatible(_)), "{e:?}");
+}
+
 conformance!(sqlite: crate::common::Sqlite;
     leases_respect_parallelism_max_trials_and_share_fairly,
     expired_leases_requeue_the_same_trial_until_retries_run_out,
@@ -718,4 +994,28 @@ conformance!(sqlite: crate::common::Sqlite;
     a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them,
     a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool,
     the_objective_of_a_wide_write_is_read_before_it_is_folded,
+    two_daemons_on_one_database_run_every_trial_once_within_parallelism,
+    two_daemons_leasing_at_once_never_overshoot_parallelism_or_max_trials,
+    two_daemons_expire_each_lease_once_and_answer_a_retried_request_alike,
+    two_daemons_creating_sweeps_of_one_new_experiment_at_once_share_it,
+);
+
+conformance!(postgres: crate::common::Postgres;
+    leases_respect_parallelism_max_trials_and_share_fairly,
+    expired_leases_requeue_the_same_trial_until_retries_run_out,
+    late_results_of_untouched_trials_are_kept,
+    retried_lease_requests_get_the_same_trials,
+    objective_comes_from_the_run_and_preemption_is_free,
+    a_sweep_is_the_parent_run_of_its_trials_and_ends_with_them,
+    the_objective_of_a_wide_write_is_read_before_it_is_folded,
+    cancel_stops_everything_and_is_final,
+    concurrent_workers_lose_nothing_and_bad_jobs_fail_alone,
+    tpe_suggests_the_same_after_a_restart,
+    trials_are_packed_onto_gpus_by_memory_and_an_oom_doubles_the_next_placement,
+    a_rerun_repeats_a_finished_trial_outside_the_search_on_its_own_pool,
+    two_daemons_on_one_database_run_every_trial_once_within_parallelism,
+    two_daemons_leasing_at_once_never_overshoot_parallelism_or_max_trials,
+    two_daemons_expire_each_lease_once_and_answer_a_retried_request_alike,
+    two_daemons_creating_sweeps_of_one_new_experiment_at_once_share_it,
+    a_tpe_sweep_served_by_two_daemons_in_turn_suggests_what_one_daemon_does,
 );

@@ -1,10 +1,11 @@
 //! The PostgreSQL backend (`postgres://` URLs), for a lab's shared control plane: several daemons
-//! on one database. It lands trait by trait, each on the store's conformance suite
-//! (`tests/common`); so far the API tokens ([`crate::TokenStore`]), the fleet's records
+//! on one database. It implements every store trait the daemon needs, each held to the store's
+//! conformance suite (`tests/common`): API tokens ([`crate::TokenStore`]), the fleet's records
 //! ([`crate::FleetStore`]), leader leases ([`crate::LeaderStore`]), the MLflow tracking tables
-//! ([`crate::TrackingStore`]), the model registry ([`crate::RegistryStore`]), logged models
-//! ([`crate::ModelStore`]) and traces ([`crate::TraceStore`]). The daemon does not offer it until
-//! every trait is here.
+//! ([`crate::TrackingStore`]), the trial queue ([`crate::SweepStore`]), the model registry
+//! ([`crate::RegistryStore`]), logged models ([`crate::ModelStore`]) and traces
+//! ([`crate::TraceStore`]). Daemons sharing a database tell each other what changed with
+//! [`PgStore::announce`].
 //!
 //! Its own migrations (`migrations/postgres`); plain `sqlx::query` with bound parameters; the
 //! rows are read through the same types as SQLite's (`crate::rows`). Transactions run at READ
@@ -14,6 +15,7 @@ mod fleet;
 mod leaders;
 mod models;
 mod registry;
+mod sweeps;
 mod tokens;
 mod traces;
 mod tracking;
@@ -50,6 +52,8 @@ impl PgOptions {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The queue's sweep specs and grids, which never change once stored.
+    specs: sweeps::Specs,
 }
 
 impl PgStore {
@@ -72,7 +76,10 @@ impl PgStore {
             sqlx::migrate::MigrateError::Execute(e) => map_err(e),
             other => StoreError::Incompatible(format!("cannot migrate the database: {other}")),
         })?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            specs: sweeps::Specs::default(),
+        })
     }
 
     /// A read-only transaction whose statements all see one snapshot, for a read that takes

@@ -287,6 +287,50 @@ async fn insert_metrics(conn: &mut PgConnection, run_key: i64, metrics: &[Metric
     Ok(())
 }
 
+/// Inserts an experiment with its tags; `None` when its name is taken (also by a replica
+/// inserting it at this moment: the unique name decides). The queue's sweeps create their
+/// experiments through it too.
+pub(super) async fn insert_experiment(conn: &mut PgConnection, new: NewExperiment) -> Result<Option<i64>> {
+    let id: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO experiments (name, artifact_location, lifecycle_stage, creation_time, last_update_time) \
+         VALUES ($1, '', 'active', $2, $2) ON CONFLICT (name) DO NOTHING RETURNING experiment_id",
+    )
+    .bind(&new.name)
+    .bind(new.now)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    let Some((id,)) = id else {
+        return Ok(None);
+    };
+    let location = new
+        .artifact_location
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| format!("{}/{id}", new.artifact_root.trim_end_matches('/')));
+    sqlx::query("UPDATE experiments SET artifact_location = $1 WHERE experiment_id = $2")
+        .bind(location)
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    if !new.tags.is_empty() {
+        let last = last_by_key(&new.tags);
+        let keys: Vec<&str> = last.keys().copied().collect();
+        let values: Vec<&str> = last.values().copied().collect();
+        sqlx::query(
+            "INSERT INTO experiment_tags (experiment_id, key, value) \
+             SELECT $1, k, v FROM UNNEST($2::text[], $3::text[]) AS t (k, v)",
+        )
+        .bind(id)
+        .bind(&keys)
+        .bind(&values)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(Some(id))
+}
+
 /// Inserts a run with its tags into an active experiment; returns its artifact URI.
 async fn insert_run(conn: &mut PgConnection, new: &NewRun) -> Result<String> {
     // Shared: runs may be created side by side, and the experiment cannot be deleted under them.
@@ -489,47 +533,12 @@ enum KeyValueTable {
 impl TrackingStore for PgStore {
     async fn create_experiment(&self, new: NewExperiment) -> Result<i64> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
-        // The unique name decides between replicas creating the same experiment at once.
-        let id: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO experiments (name, artifact_location, lifecycle_stage, creation_time, last_update_time) \
-             VALUES ($1, '', 'active', $2, $2) ON CONFLICT (name) DO NOTHING RETURNING experiment_id",
-        )
-        .bind(&new.name)
-        .bind(new.now)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let Some((id,)) = id else {
+        let name = new.name.clone();
+        let Some(id) = insert_experiment(&mut tx, new).await? else {
             return Err(StoreError::AlreadyExists(format!(
-                "Experiment '{}' already exists.",
-                new.name
+                "Experiment '{name}' already exists."
             )));
         };
-        let location = new
-            .artifact_location
-            .filter(|l| !l.is_empty())
-            .unwrap_or_else(|| format!("{}/{id}", new.artifact_root.trim_end_matches('/')));
-        sqlx::query("UPDATE experiments SET artifact_location = $1 WHERE experiment_id = $2")
-            .bind(location)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        if !new.tags.is_empty() {
-            let last = last_by_key(&new.tags);
-            let keys: Vec<&str> = last.keys().copied().collect();
-            let values: Vec<&str> = last.values().copied().collect();
-            sqlx::query(
-                "INSERT INTO experiment_tags (experiment_id, key, value) \
-                 SELECT $1, k, v FROM UNNEST($2::text[], $3::text[]) AS t (k, v)",
-            )
-            .bind(id)
-            .bind(&keys)
-            .bind(&values)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        }
         commit(tx).await?;
         Ok(id)
     }

@@ -9,12 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
-use rand::RngExt;
 use spotsweep_core::optimize::prune::{self, Curve, Decision, Point};
 use spotsweep_core::optimize::{History, Observed, sample_qmc, suggest};
 use spotsweep_core::sweep::{
-    Goal, Params, PrunerKind, SamplerKind, Summary, SweepSpec, grid_points, grid_sequence, sample_random,
-    trial_seed,
+    Goal, Params, PrunerKind, SamplerKind, Summary, SweepSpec, grid_sequence, sample_random,
 };
 use sqlx::SqliteConnection;
 
@@ -22,99 +20,19 @@ use super::latest_fold;
 use super::metric_blocks::{self, Point as MetricPoint};
 use super::tracking::insert_experiment;
 use super::{SqliteStore, commit, map_err, now_ms, queue_writer, words_sql};
+use crate::shared_queue::{
+    Candidate, HistoryRow, LeaseRow, NewLease, Rerun, SWEEP_COLUMNS, SweepRef, SweepRow, TRIAL_COLUMNS,
+    TrialRow, curve_of, history_of, lease_columns, max_trials_of, new_lease_id, parse_spec, runnable_spec,
+    sweep_experiment, sweep_of, sweep_run_tags_and_params, trial_run,
+};
 use crate::{
-    AgentSummary, Attempt, HeartbeatAction, LeaseRequest, LeasedTrial, NewExperiment, Outcome, Result,
-    StoreError, Stored, Sweep, SweepBest, SweepQuery, SweepState, SweepStore, Trial, TrialCounts, TrialState,
-    TrialSummary,
+    AgentSummary, Attempt, HeartbeatAction, LeaseRequest, LeasedTrial, Outcome, Result, StoreError, Stored,
+    Sweep, SweepBest, SweepQuery, SweepState, SweepStore, Trial, TrialState, TrialSummary,
 };
 use spotsweep_core::queue::{
-    self, Beat, LeaseOutcome, LeaseStanding, Pulse, RunEnd, SweepProgress, Verdict, observed, place,
+    self, Beat, LeaseOutcome, Pulse, RunEnd, SweepProgress, Verdict, observed, place,
 };
 use spotsweep_core::words::Word;
-
-/// The artifact root of experiments created for sweeps: behind the daemon's artifact proxy.
-const SWEEP_ARTIFACT_ROOT: &str = "mlflow-artifacts:";
-
-const TRIAL_COLUMNS: &str = "t.id, t.sweep_id, t.number, t.params, t.seed, r.run_uuid, r.experiment_id, r.artifact_uri, t.state, \
-     t.attempt, t.failures, t.value, t.reason, t.agent_id, t.created_at, t.started_at, t.finished_at, t.pruned_step, \
-     t.rerun_of, t.pool";
-
-#[derive(sqlx::FromRow)]
-struct TrialRow {
-    id: i64,
-    sweep_id: i64,
-    number: i64,
-    params: String,
-    seed: i64,
-    run_uuid: String,
-    experiment_id: i64,
-    artifact_uri: String,
-    state: Stored<TrialState>,
-    attempt: i64,
-    failures: i64,
-    value: Option<f64>,
-    reason: Option<String>,
-    agent_id: Option<String>,
-    created_at: i64,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
-    pruned_step: Option<i64>,
-    rerun_of: Option<i64>,
-    pool: Option<String>,
-}
-
-impl TrialRow {
-    /// The trial; a stored state or parameters this build cannot read are an error, never a
-    /// default.
-    fn into_trial(self) -> Result<Trial> {
-        let damaged = |what: &str| {
-            StoreError::Incompatible(format!(
-                "trial {} of sweep {} has {what}; the database is damaged or from a newer spotsweep",
-                self.number, self.sweep_id
-            ))
-        };
-        let params = serde_json::from_str(&self.params).map_err(|_| damaged("unreadable parameters"))?;
-        let state = self.state.0;
-        Ok(Trial {
-            id: self.id,
-            sweep_id: self.sweep_id,
-            number: self.number,
-            params,
-            seed: self.seed as u64,
-            run_id: self.run_uuid,
-            experiment_id: self.experiment_id,
-            artifact_uri: self.artifact_uri,
-            state,
-            attempt: self.attempt,
-            failures: self.failures,
-            value: self.value,
-            reason: self.reason,
-            agent_id: self.agent_id,
-            created_at: self.created_at,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-            pruned_step: self.pruned_step,
-            rerun_of: self.rerun_of,
-            pool: self.pool,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct SweepRow {
-    id: i64,
-    spec: String,
-    seed: i64,
-    experiment_id: i64,
-    state: Stored<SweepState>,
-    trials_created: i64,
-    created_at: i64,
-    finished_at: Option<i64>,
-    run_uuid: Option<String>,
-}
-
-const SWEEP_COLUMNS: &str =
-    "id, spec, seed, experiment_id, state, trials_created, created_at, finished_at, run_uuid";
 
 /// Trial `number` of a sweep; `NotFound` saying whether the sweep or the trial is missing.
 async fn trial_by_number(conn: &mut SqliteConnection, sweep_id: i64, number: i64) -> Result<Trial> {
@@ -150,68 +68,6 @@ async fn trial_by_id(conn: &mut SqliteConnection, id: i64) -> Result<Trial> {
         .map_err(map_err)?
         .ok_or_else(|| StoreError::NotFound(format!("no trial with id {id}")))?
         .into_trial()
-}
-
-fn new_lease_id() -> String {
-    let bytes: [u8; 16] = rand::rng().random();
-    format!("ls_{}", hex::encode(bytes))
-}
-
-fn parse_spec(text: &str) -> Result<SweepSpec> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Incompatible(format!("stored sweep spec is unreadable: {e}")))
-}
-
-/// A sweep that may get a trial now, as seen inside the leasing transaction.
-#[derive(sqlx::FromRow)]
-struct Candidate {
-    #[sqlx(flatten)]
-    sweep: SweepRef,
-    parallelism: i64,
-    max_trials: i64,
-    trials_created: i64,
-    running: i64,
-    next_waiting: Option<i64>,
-}
-
-/// A lease with its trial, as a completion finds them.
-#[derive(sqlx::FromRow)]
-struct LeaseRow {
-    lease_attempt: i64,
-    /// A pruner's verdict, when one told the trial to stop.
-    stop_reason: Option<String>,
-    lease_ended_at: Option<i64>,
-    lease_outcome: Option<Stored<LeaseOutcome>>,
-    #[sqlx(flatten)]
-    trial: TrialRow,
-}
-
-/// The sweep a new trial joins, as the writing transaction sees it.
-#[derive(sqlx::FromRow)]
-struct SweepRef {
-    id: i64,
-    seed: i64,
-    experiment_id: i64,
-    artifact_location: String,
-    experiment_stage: String,
-    /// The sweep's own run (the trials' parent), when it has one.
-    run_uuid: Option<String>,
-}
-
-/// What makes a new trial a rerun: the original's number, seed and run, and the pool it runs
-/// on when not the sweep's.
-struct Rerun<'a> {
-    of: i64,
-    seed: u64,
-    run_id: &'a str,
-    pool: Option<&'a str>,
-}
-
-/// A lease about to be granted.
-struct NewLease<'a> {
-    id: &'a str,
-    agent_id: &'a str,
-    expires_at: i64,
 }
 
 /// A sweep's experiment, for trials created outside a lease (the columns of [`SweepRef`]).
@@ -269,23 +125,7 @@ async fn insert_sweep_run(
     spec: &SweepSpec,
     now: i64,
 ) -> Result<()> {
-    let mut tags = serde_json::json!({
-        "mlflow.runName": spec.name,
-        "spotsweep.sweep_id": id.to_string(),
-        "spotsweep.sweep": spec.name,
-        "spotsweep.role": "sweep",
-    });
-    if let Some(code) = &spec.code {
-        tags["spotsweep.code"] = code.as_str().into();
-    }
-    for (key, value) in spec.source.iter().flat_map(|s| s.tags(spec.notebook.is_some())) {
-        tags[key] = value.into();
-    }
-    let params: serde_json::Map<String, serde_json::Value> = spec
-        .run_params()
-        .into_iter()
-        .map(|(k, v)| (k, v.into()))
-        .collect();
+    let (tags, params) = sweep_run_tags_and_params(id, spec);
     let args = serde_json::json!({
         "run_uuid": uuid::Uuid::new_v4().simple().to_string(),
         "run_name": spec.name,
@@ -438,16 +278,8 @@ impl Queue {
             .await
             .map_err(map_err)?
             .ok_or_else(|| StoreError::NotFound(format!("no sweep with id {sweep_id}")))?;
-        let spec = parse_spec(&text)?;
-        // Validation has grown stricter over time: a spec stored by an older daemon that no
-        // longer validates could make a sampler fail; such a sweep is paused (see `lease`).
-        if let Err(e) = spec.validate() {
-            return Err(StoreError::Invalid(format!(
-                "sweep {sweep_id}'s stored spec is no longer valid ({e}); it is paused: cancel it and submit \
-                 a corrected spec"
-            )));
-        }
-        let spec = Arc::new(spec);
+        // A spec that no longer validates pauses its sweep (see `lease`).
+        let spec = Arc::new(runnable_spec(sweep_id, &text)?);
         if let Ok(mut m) = self.specs.lock() {
             m.insert(sweep_id, spec.clone());
         }
@@ -542,51 +374,35 @@ impl Queue {
         );
         let rows: Vec<Row> = serde_json::from_str(&json)
             .map_err(|e| StoreError::Incompatible(format!("unreadable trial history: {e}")))?;
-        let rows = rows.into_iter().map(
-            |(number, state, value, run, timestamp, step, last, is_nan, params)| {
-                let stored = match (timestamp, step, last) {
-                    (Some(timestamp), Some(step), Some(v)) => Some(MetricPoint {
-                        timestamp,
-                        step,
-                        value: if is_nan == Some(1) { f64::NAN } else { v },
-                    }),
-                    _ => None,
-                };
-                let latest = later(
-                    stored,
-                    listed.get(&(run, spec.objective.metric.as_str())).copied(),
-                );
-                (
-                    number,
-                    state,
-                    value,
-                    latest.map(|p| p.value).filter(|v| !v.is_nan()),
-                    params,
-                )
-            },
-        );
-        let mut history = History::new(spec);
-        for (number, state, value, last_value, params) in rows {
-            // Trial numbers are dense; were one missing, it would stand in as a failed trial,
-            // which is no evidence, so that row `n` stays trial `n`.
-            while (history.len() as u64) < number {
-                history.push(spec, &Params::new(), Observed::Failed);
-            }
-            history.push(
-                spec,
-                &params,
-                observed(
-                    TrialState::parse(&state).ok_or_else(|| {
-                        StoreError::Incompatible(format!(
-                            "trial {number} of sweep {sweep_id}: {}",
-                            <TrialState as Word>::unknown(&state)
-                        ))
-                    })?,
-                    value,
-                    last_value,
-                ),
+        let mut history_rows: Vec<HistoryRow> = Vec::with_capacity(rows.len());
+        for (number, state, value, run, timestamp, step, last, is_nan, params) in rows {
+            let stored = match (timestamp, step, last) {
+                (Some(timestamp), Some(step), Some(v)) => Some(MetricPoint {
+                    timestamp,
+                    step,
+                    value: if is_nan == Some(1) { f64::NAN } else { v },
+                }),
+                _ => None,
+            };
+            let latest = later(
+                stored,
+                listed.get(&(run, spec.objective.metric.as_str())).copied(),
             );
+            let state = TrialState::parse(&state).ok_or_else(|| {
+                StoreError::Incompatible(format!(
+                    "trial {number} of sweep {sweep_id}: {}",
+                    <TrialState as Word>::unknown(&state)
+                ))
+            })?;
+            history_rows.push((
+                number,
+                state,
+                value,
+                latest.map(|p| p.value).filter(|v| !v.is_nan()),
+                params,
+            ));
         }
+        let history = history_of(spec, history_rows);
         let out = f(&history);
         if let Ok(mut h) = self.histories.lock() {
             h.insert(sweep_id, history);
@@ -710,23 +526,15 @@ impl Queue {
                 // Write rows of its run, none of them with this metric.
                 continue;
             }
-            let mut curve = Curve {
-                number: n as u64,
+            let curve = curve_of(
+                n as u64,
                 completed,
-                points: Vec::with_capacity(points.len()),
-            };
-            for p in &points {
-                let point = Point {
+                points.iter().map(|p| Point {
                     step: p.step,
                     value: p.value,
                     timestamp: p.timestamp,
-                };
-                // The last value logged at a step (the latest timestamp) is the step's value.
-                match curve.points.last_mut() {
-                    Some(last) if last.step == p.step => *last = point,
-                    _ => curve.points.push(point),
-                }
-            }
+                }),
+            );
             curves.push(curve);
         }
         let Some(mine) = curves.iter().find(|c| c.number == number) else {
@@ -748,61 +556,26 @@ impl Queue {
         lease: Option<&NewLease<'_>>,
         rerun: Option<&Rerun<'_>>,
     ) -> Result<Trial> {
-        if sweep.experiment_stage != "active" {
-            return Err(StoreError::Invalid(format!(
-                "the experiment {} of sweep {} is deleted; restore it to run more trials",
-                sweep.experiment_id, sweep.id
-            )));
-        }
+        sweep.check_active()?;
         let spec = self.spec_of(conn, sweep.id).await?;
-        let seed = rerun.map_or_else(|| trial_seed(sweep.seed as u64, number as u64), |r| r.seed);
+        let attempt = i64::from(lease.is_some());
+        let run = trial_run(sweep, &spec, number, params, attempt, rerun);
+        let seed = run.seed;
         let run_id = uuid::Uuid::new_v4().simple().to_string();
-        let run_name = format!("{}-{number}", spec.name);
         let artifact_uri = format!(
             "{}/{run_id}/artifacts",
             sweep.artifact_location.trim_end_matches('/')
         );
-        let attempt = i64::from(lease.is_some());
-        let mut tags = serde_json::json!({
-            "mlflow.runName": run_name,
-            "spotsweep.sweep_id": sweep.id.to_string(),
-            "spotsweep.sweep": spec.name,
-            "spotsweep.trial": number.to_string(),
-            "spotsweep.attempt": attempt.to_string(),
-            "spotsweep.seed": seed.to_string(),
-        });
-        // MLflow's UI folds a run under the run its `mlflow.parentRunId` names, and shows the
-        // code version from the `mlflow.source.*` tags.
-        if let Some(parent) = &sweep.run_uuid {
-            tags["mlflow.parentRunId"] = parent.as_str().into();
-        }
-        if let Some(code) = &spec.code {
-            tags["spotsweep.code"] = code.as_str().into();
-        }
-        for (key, value) in spec.source.iter().flat_map(|s| s.tags(spec.notebook.is_some())) {
-            tags[key] = value.into();
-        }
-        if let Some(r) = rerun {
-            tags["spotsweep.rerun_of"] = r.of.to_string().into();
-            tags["spotsweep.rerun_of_run"] = r.run_id.into();
-            if let Some(pool) = r.pool {
-                tags["spotsweep.pool"] = pool.into();
-            }
-        }
-        let param_values: serde_json::Map<String, serde_json::Value> = params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_string().into()))
-            .collect();
         let params_json = serde_json::to_string(params).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let now = now_ms();
         let args = serde_json::json!({
             "run_uuid": run_id,
             "experiment_id": sweep.experiment_id,
-            "run_name": run_name,
+            "run_name": run.name,
             "now": now,
             "artifact_uri": artifact_uri,
-            "tags": tags,
-            "params": param_values,
+            "tags": run.tags,
+            "params": run.params,
             "sweep_id": sweep.id,
             "number": number,
             "params_json": params_json,
@@ -1169,17 +942,7 @@ impl Queue {
             .map_err(map_err)?;
             // Fair share (see `next_sweep`); waiting (retried) trials before new ones within a
             // sweep.
-            let loads: Vec<queue::SweepLoad> = candidates
-                .iter()
-                .map(|c| queue::SweepLoad {
-                    sweep_id: c.sweep.id,
-                    running: c.running,
-                    parallelism: c.parallelism,
-                    has_waiting: c.next_waiting.is_some(),
-                    trials_created: c.trials_created,
-                    max_trials: c.max_trials,
-                })
-                .collect();
+            let loads: Vec<queue::SweepLoad> = candidates.iter().map(Candidate::load).collect();
             let pick = queue::next_sweep(&loads, &do_not_fit).map(|i| &candidates[i]);
             let Some(candidate) = pick else { break };
             let spec = match self.spec_of(tx, candidate.sweep.id).await {
@@ -1291,9 +1054,9 @@ impl Queue {
         outcome: Outcome,
     ) -> Result<Trial> {
         let sql = format!(
-            "SELECT l.attempt AS lease_attempt, l.ended_at AS lease_ended_at, l.outcome AS lease_outcome, t.stop_reason, \
-               {TRIAL_COLUMNS} FROM leases l JOIN trials t ON t.id = l.trial_id JOIN runs r ON r.id = t.run_id \
-             WHERE l.id = ?"
+            "SELECT {} FROM leases l JOIN trials t ON t.id = l.trial_id JOIN runs r ON r.id = t.run_id \
+             WHERE l.id = ?",
+            lease_columns()
         );
         let row: LeaseRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(lease_id)
@@ -1301,22 +1064,8 @@ impl Queue {
             .await
             .map_err(map_err)?
             .ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
-        let outcome = queue::reported(outcome, row.stop_reason);
-        let mut trial = row.trial.into_trial()?;
-        let lease = LeaseStanding {
-            ended: match (row.lease_ended_at, row.lease_outcome) {
-                (None, _) => None,
-                (Some(_), Some(Stored(how))) => Some(how),
-                (Some(_), None) => {
-                    return Err(StoreError::Incompatible(format!(
-                        "lease '{lease_id}' ended without an outcome; the database is damaged"
-                    )));
-                }
-            },
-            attempt: row.lease_attempt,
-            trial_state: trial.state,
-            trial_attempt: trial.attempt,
-        };
+        let (lease, stop_reason, mut trial) = row.standing(lease_id)?;
+        let outcome = queue::reported(outcome, stop_reason);
         match queue::judge(&lease, &outcome) {
             Verdict::Apply => {}
             Verdict::Repeat => return Ok(trial),
@@ -1340,41 +1089,15 @@ impl SqliteStore {
                 .fetch_all(&self.reader)
                 .await
                 .map_err(map_err)?;
-        let mut counts = TrialCounts::default();
-        for (Stored(state), n) in counts_rows {
-            counts.by_state[TrialState::ALL
-                .iter()
-                .position(|s| *s == state)
-                .unwrap_or_default()] = n;
-        }
         let best = best_trial(&self.reader, row.id, spec.objective.goal).await?;
-        Ok(Sweep {
-            id: row.id,
-            spec,
-            seed: row.seed as u64,
-            experiment_id: row.experiment_id,
-            state: row.state.0,
-            trials_created: row.trials_created,
-            counts,
-            best,
-            created_at: row.created_at,
-            finished_at: row.finished_at,
-            run_id: row.run_uuid,
-        })
+        Ok(sweep_of(row, spec, counts_rows, best))
     }
 }
 
 #[async_trait]
 impl SweepStore for SqliteStore {
     async fn create_sweep(&self, spec: SweepSpec, seed: u64) -> Result<Sweep> {
-        // A grid never has more trials than points.
-        let max_trials = match spec.sampler.kind {
-            SamplerKind::Grid => {
-                let points = grid_points(&spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
-                i64::from(spec.max_trials).min(points.len() as i64)
-            }
-            SamplerKind::Random | SamplerKind::Qmc | SamplerKind::Tpe => i64::from(spec.max_trials),
-        };
+        let max_trials = max_trials_of(&spec)?;
         let mut tx = self.begin_write().await?;
         let name = spec.experiment_name().to_owned();
         let existing: Option<(i64, String)> =
@@ -1391,24 +1114,7 @@ impl SweepStore for SqliteStore {
                 )));
             }
             Some((id, _)) => id,
-            None => {
-                insert_experiment(
-                    &mut tx,
-                    NewExperiment {
-                        name: name.clone(),
-                        artifact_location: None,
-                        artifact_root: SWEEP_ARTIFACT_ROOT.into(),
-                        // A sweep trains models: MLflow's UI opens such an experiment on its
-                        // training-runs views (runs table, charts) rather than guessing.
-                        tags: vec![crate::KeyValue {
-                            key: "mlflow.experimentKind".into(),
-                            value: "custom_model_development".into(),
-                        }],
-                        now,
-                    },
-                )
-                .await?
-            }
+            None => insert_experiment(&mut tx, sweep_experiment(name.clone(), now)).await?,
         };
         let text = serde_json::to_string(&spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let (id,): (i64,) = sqlx::query_as(

@@ -50,6 +50,16 @@ pub trait Tracking: Close + TrackingStore {}
 
 impl<S> Tracking for S where S: Close + TrackingStore {}
 
+/// The trial queue with the fleet's view of it: what the queue's tests that log nothing need.
+pub trait Queue: Close + SweepStore + FleetStore {}
+
+impl<S> Queue for S where S: Close + SweepStore + FleetStore {}
+
+/// The trial queue and the tracking store: for the queue's tests that log metrics or read runs.
+pub trait TrackedQueue: Queue + TrackingStore {}
+
+impl<S> TrackedQueue for S where S: Queue + TrackingStore {}
+
 /// A database for one test: empty when made, and opened (again) as often as the test likes.
 pub trait Backend: Sized {
     /// The store on it.
@@ -86,6 +96,13 @@ impl Backend for Sqlite {
 /// PostgreSQL: a fresh database on the server of `SPOTSWEEP_TEST_DATABASE_URL`.
 pub struct Postgres {
     url: String,
+}
+
+impl Postgres {
+    /// The test database's URL, for a test that writes what no store would (a damaged row).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
 }
 
 impl Backend for Postgres {
