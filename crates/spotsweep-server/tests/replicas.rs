@@ -249,7 +249,7 @@ async fn tpe_suggestions(daemons: &[TestServer]) -> Vec<serde_json::Value> {
                       "sampler": {"type": "tpe", "seed": 11, "startup_trials": 4},
                       "objective": {"metric": "loss", "goal": "minimize"},
                       "parameters": {"x": {"type": "float", "low": -5, "high": 5},
-                                     "k": {"type": "categorical", "values": ["a", "b", "c"]}}});
+                                     "k": {"type": "categorical", "choices": ["a", "b", "c"]}}});
     let sweep = daemons[0].api().submit_sweep(&spec).await.unwrap();
     let mut suggested = Vec::new();
     for i in 0.. {
