@@ -125,6 +125,7 @@ def fill(path: Path, leave_bytes: int, name: str = "filler"):
     return filler
 
 
+@pytest.mark.sqlite_only("fills the disk under the data dir, where the SQLite file is; a PostgreSQL server's disk is its own")
 def test_a_full_disk_is_refused_cleanly_and_writes_resume_once_space_is_freed(server_factory, tmp_path):
     with small_tmpfs(tmp_path, "24m") as disk:
         srv = server_factory(data_dir=disk / "data")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import spotsweep_bin
+from conftest import POSTGRES, database_url_for, spotsweep_bin
 
 pytestmark = [pytest.mark.spotsweep_only, pytest.mark.needs_process]
 
@@ -113,6 +113,7 @@ def test_token_creation_takes_json_without_a_content_type(server_factory):
     assert r.status_code == 201, r.text
 
 
+@pytest.mark.sqlite_only("the data dir's lock and its SQLite file; on PostgreSQL see the test below")
 def test_reset_admin_replaces_a_lost_admin_token_offline(server_factory):
     srv = server_factory()
     old = srv.token
@@ -139,6 +140,31 @@ def test_reset_admin_replaces_a_lost_admin_token_offline(server_factory):
     assert v1(srv, "GET", "tokens", token=old).status_code == 401
     assert v1(srv, "GET", "tokens", token=user["token"]).status_code == 200
     assert admin_id(srv)
+
+
+@pytest.mark.skipif(not POSTGRES, reason="needs a PostgreSQL server (SPOTSWEEP_E2E_POSTGRES)")
+def test_reset_admin_on_postgres_replaces_the_admin_token_while_the_daemon_runs(server_factory, tmp_path):
+    """On a shared database the daemons may keep running: the new admin token works at once, the
+    old one stops within a moment (the daemons hear of it), other tokens keep working."""
+    srv = server_factory()
+    old = srv.token
+    user = v1(srv, "POST", "tokens", {"name": "keeps-working"}).json()
+    elsewhere = tmp_path / "admin-machine"
+    done = subprocess.run(
+        [str(spotsweep_bin()), "token", "reset-admin", "--data-dir", str(elsewhere)],
+        capture_output=True, text=True, timeout=60,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("SPOTSWEEP_")},
+             "SPOTSWEEP_DATABASE_URL": database_url_for(srv.data_dir)},
+    )
+    assert done.returncode == 0, done.stderr
+    new = (elsewhere / "admin.token").read_text().strip()
+    assert stat.S_IMODE(os.stat(elsewhere / "admin.token").st_mode) == 0o600
+    assert v1(srv, "GET", "tokens", token=new).status_code == 200
+    deadline = time.monotonic() + 5
+    while v1(srv, "GET", "tokens", token=old).status_code != 401:
+        assert time.monotonic() < deadline, "the old admin token still works"
+        time.sleep(0.05)
+    assert v1(srv, "GET", "tokens", token=user["token"]).status_code == 200
 
 
 def test_one_daemon_per_data_dir_and_private_database_files(server_factory):

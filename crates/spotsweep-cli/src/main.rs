@@ -798,11 +798,14 @@ fn main() -> anyhow::Result<()> {
             print!("{}", spotsweep_server::api::openapi_json());
             Ok(())
         }
-        Command::Token(TokenCommand::ResetAdmin { data_dir, database_url }) => runtime.block_on(async {
+        Command::Token(TokenCommand::ResetAdmin {
+            data_dir,
+            database_url,
+        }) => runtime.block_on(async {
             let url = match database_url.as_deref().map(str::trim) {
-                Some(url) if !url.is_empty() => Some(
-                    spotsweep_server::config::DatabaseUrl::parse(url).map_err(anyhow::Error::msg)?,
-                ),
+                Some(url) if !url.is_empty() => {
+                    Some(spotsweep_server::config::DatabaseUrl::parse(url).map_err(anyhow::Error::msg)?)
+                }
                 _ => None,
             };
             let path = spotsweep_server::reset_admin_token(&data_dir, url.as_ref()).await?;

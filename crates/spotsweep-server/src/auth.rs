@@ -316,7 +316,13 @@ impl Reloader {
         auth.replace_api(api.into_iter().collect());
         auth.replace_vms(vms.into_iter().filter_map(|vm| {
             let hash = vm.token_hash?;
-            Some((hash, VmScope { name: vm.name, pool: vm.pool }))
+            Some((
+                hash,
+                VmScope {
+                    name: vm.name,
+                    pool: vm.pool,
+                },
+            ))
         }));
         auth.sync_trials(&self.daemon_secret, &open, read_at);
         Ok(())

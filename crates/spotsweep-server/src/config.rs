@@ -217,7 +217,9 @@ impl Config {
             .or(from_file.artifacts_destination)
             .unwrap_or_else(|| data_dir.join("artifacts").display().to_string());
         let database_url = match overrides.database_url.or(from_file.database_url) {
-            Some(url) if !url.trim().is_empty() => Some(DatabaseUrl::parse(&url).map_err(ConfigError::Database)?),
+            Some(url) if !url.trim().is_empty() => {
+                Some(DatabaseUrl::parse(&url).map_err(ConfigError::Database)?)
+            }
             _ => None,
         };
         let config = Self {

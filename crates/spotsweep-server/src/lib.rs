@@ -32,8 +32,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use spotsweep_mlflow::{ArtifactRepo, MlflowState};
 use spotsweep_store::{
-    FleetStore, LeaderStore, ModelStore, PgOptions, PgStore, RegistryStore, SqliteOptions, SqliteStore, SweepStore,
-    TokenStore, TraceStore, TrackingStore,
+    FleetStore, LeaderStore, ModelStore, PgOptions, PgStore, RegistryStore, SqliteOptions, SqliteStore,
+    SweepStore, TokenStore, TraceStore, TrackingStore,
 };
 use tokio::net::TcpListener;
 
@@ -388,7 +388,14 @@ pub trait Backend:
 }
 
 impl<S> Backend for S where
-    S: TrackingStore + SweepStore + FleetStore + TokenStore + RegistryStore + ModelStore + TraceStore + LeaderStore
+    S: TrackingStore
+        + SweepStore
+        + FleetStore
+        + TokenStore
+        + RegistryStore
+        + ModelStore
+        + TraceStore
+        + LeaderStore
 {
 }
 
@@ -426,7 +433,14 @@ pub async fn run(
                     .await
                     .with_context(|| format!("cannot open database {url}"))?,
             );
-            serve(config, listener, shutdown, store.clone(), Database::Postgres(store)).await
+            serve(
+                config,
+                listener,
+                shutdown,
+                store.clone(),
+                Database::Postgres(store),
+            )
+            .await
         }
     }
 }
@@ -463,7 +477,11 @@ async fn serve<S: Backend>(
         // Replicas share the install's id: each start is a holder of its own, and after a
         // crash another replica (or this one, restarted) takes the roles within a lease.
         Database::Postgres(_) => {
-            let url = config.database_url.as_ref().map(|u| u.to_string()).unwrap_or_default();
+            let url = config
+                .database_url
+                .as_ref()
+                .map(|u| u.to_string())
+                .unwrap_or_default();
             let holder = format!(
                 "{}/{}",
                 listener.local_addr()?,
@@ -523,11 +541,20 @@ async fn serve<S: Backend>(
     match &database {
         // The WAL upkeep is the SQLite file's own: one daemon per file, no role needed.
         Database::Sqlite(sqlite) => {
-            upkeep.push(tokio::spawn(checkpoint_loop(sqlite.clone(), loops_stopped.clone())));
+            upkeep.push(tokio::spawn(checkpoint_loop(
+                sqlite.clone(),
+                loops_stopped.clone(),
+            )));
         }
         Database::Postgres(pg) => {
             let reloader = reloader.clone().expect("a shared database has a reloader");
-            upkeep.extend(replicas::start(pg.clone(), &state, reloader, holder.clone(), loops_stopped.clone()));
+            upkeep.extend(replicas::start(
+                pg.clone(),
+                &state,
+                reloader,
+                holder.clone(),
+                loops_stopped.clone(),
+            ));
         }
     }
     let leading = tokio::spawn(leadership.clone().run(loops_stopped));

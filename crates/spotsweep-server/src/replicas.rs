@@ -195,7 +195,9 @@ async fn listen(
                 _ => {}
             },
             Ok(None) => {
-                tracing::info!("the connection for the other daemons' news was made again; looking at everything");
+                tracing::info!(
+                    "the connection for the other daemons' news was made again; looking at everything"
+                );
                 reload |= wake(&state, &everything);
             }
             Err(e) => {

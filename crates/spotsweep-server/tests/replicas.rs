@@ -123,7 +123,10 @@ async fn three_daemons_share_one_queue_and_every_trial_is_completed_once() {
         TRIALS as f64 / elapsed.as_secs_f64()
     );
     assert_eq!(completed.len(), TRIALS as usize, "every trial was completed");
-    assert!(completed.values().all(|&n| n == 1), "no trial was completed twice");
+    assert!(
+        completed.values().all(|&n| n == 1),
+        "no trial was completed twice"
+    );
     assert_eq!(*completed.keys().last().unwrap(), TRIALS - 1);
     // Every daemon reads the same end.
     for api in &apis {
@@ -131,7 +134,11 @@ async fn three_daemons_share_one_queue_and_every_trial_is_completed_once() {
         assert_eq!(s.state, SweepState::Completed);
         let trials = api.trials(sweep.id).await.unwrap().trials;
         assert_eq!(trials.len(), TRIALS as usize);
-        assert!(trials.iter().all(|t| t.state == TrialState::Completed && t.attempts == 1));
+        assert!(
+            trials
+                .iter()
+                .all(|t| t.state == TrialState::Completed && t.attempts == 1)
+        );
     }
     for d in &mut daemons {
         d.stop().await;
@@ -149,12 +156,15 @@ async fn a_long_poll_on_one_daemon_wakes_when_another_gets_work() {
     // Take the sweep's first trial and pause it, so that the poll below finds no work.
     let first = a.lease(&lease_request("w0", sweep.id, 0)).await.unwrap();
     assert_eq!(first.leases.len(), 1);
-    b.request(reqwest::Method::POST, &format!("/api/v1/sweeps/{}/pause", sweep.id))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    b.request(
+        reqwest::Method::POST,
+        &format!("/api/v1/sweeps/{}/pause", sweep.id),
+    )
+    .send()
+    .await
+    .unwrap()
+    .error_for_status()
+    .unwrap();
 
     // A poll on daemon A, then work on daemon B: A's poll answers well before its 20 s, and
     // before A's fallback look every 5 s could have found it.
@@ -168,16 +178,22 @@ async fn a_long_poll_on_one_daemon_wakes_when_another_gets_work() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let resumed_at = Instant::now();
-    b.request(reqwest::Method::POST, &format!("/api/v1/sweeps/{}/resume", sweep.id))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    b.request(
+        reqwest::Method::POST,
+        &format!("/api/v1/sweeps/{}/resume", sweep.id),
+    )
+    .send()
+    .await
+    .unwrap()
+    .error_for_status()
+    .unwrap();
     let (leased, waited) = poll.await.unwrap();
     let after_resume = resumed_at.elapsed();
     assert_eq!(leased.leases.len(), 1, "the poll got the resumed sweep's trial");
-    assert!(waited >= Duration::from_millis(400), "the poll waited for the work ({waited:?})");
+    assert!(
+        waited >= Duration::from_millis(400),
+        "the poll waited for the work ({waited:?})"
+    );
     assert!(
         after_resume < Duration::from_millis(2_000),
         "the poll on A woke {after_resume:?} after B resumed the sweep"
@@ -204,14 +220,23 @@ async fn tokens_made_on_one_daemon_work_on_the_others_and_revoked_ones_stop() {
     let secret = created["token"].as_str().unwrap().to_owned();
     let id = created["id"].as_str().unwrap().to_owned();
     // At once on the other daemon.
-    assert!(b.api_as(&secret).sweeps().await.is_ok(), "B accepts the token A made");
+    assert!(
+        b.api_as(&secret).sweeps().await.is_ok(),
+        "B accepts the token A made"
+    );
 
     // A trial's token, handed out by A, works on B for its own run.
     let spec = json!({"name": "tok", "command": "true", "max_trials": 1, "parallelism": 1,
                       "objective": {"metric": "loss"},
                       "parameters": {"x": {"type": "float", "low": 0, "high": 1}}});
     let sweep = a.api().submit_sweep(&spec).await.unwrap();
-    let lease = a.api().lease(&lease_request("w", sweep.id, 0)).await.unwrap().leases.remove(0);
+    let lease = a
+        .api()
+        .lease(&lease_request("w", sweep.id, 0))
+        .await
+        .unwrap()
+        .leases
+        .remove(0);
     let trial_token = lease.trial_token.clone().expect("a trial token");
     b.api_as(&trial_token)
         .set_run_tags(&lease.trial.run_id, &[("from", "b".into())])
@@ -276,7 +301,10 @@ async fn a_tpe_sweep_served_by_two_daemons_suggests_what_one_daemon_suggests() {
     let (mut two, _) = replicas(2).await;
     let shared = tpe_suggestions(&two).await;
     assert_eq!(alone.len(), 16);
-    assert_eq!(shared, alone, "the same suggestions, whichever daemon served them");
+    assert_eq!(
+        shared, alone,
+        "the same suggestions, whichever daemon served them"
+    );
     let distinct: HashSet<String> = alone.iter().map(|p| p.to_string()).collect();
     assert!(distinct.len() > 8, "TPE explored: {alone:?}");
     for d in one.iter_mut().chain(two.iter_mut()) {

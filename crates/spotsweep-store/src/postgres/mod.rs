@@ -14,6 +14,7 @@
 mod fleet;
 mod leaders;
 mod models;
+mod queue_writer;
 mod registry;
 mod sweeps;
 mod tokens;
@@ -54,6 +55,9 @@ pub struct PgStore {
     pool: PgPool,
     /// The queue's sweep specs and grids, which never change once stored.
     specs: sweeps::Specs,
+    /// Where leases and completions go to be committed in groups (`None` in the group writer's
+    /// own store).
+    queue_jobs: Option<tokio::sync::mpsc::Sender<queue_writer::QueueJob>>,
 }
 
 impl PgStore {
@@ -76,10 +80,13 @@ impl PgStore {
             sqlx::migrate::MigrateError::Execute(e) => map_err(e),
             other => StoreError::Incompatible(format!("cannot migrate the database: {other}")),
         })?;
-        Ok(Self {
+        let mut store = Self {
             pool,
             specs: sweeps::Specs::default(),
-        })
+            queue_jobs: None,
+        };
+        store.queue_jobs = Some(queue_writer::start(store.clone()));
+        Ok(store)
     }
 
     /// A read-only transaction whose statements all see one snapshot, for a read that takes

@@ -675,8 +675,52 @@ impl PgStore {
         Ok(trial)
     }
 
-    /// Leases up to `request.slots` trials inside the caller's transaction.
-    async fn lease(&self, tx: &mut PgConnection, request: &LeaseRequest) -> Result<Vec<LeasedTrial>> {
+    /// Completes a lease inside the caller's transaction, which holds the lock of the lease's
+    /// sweep or takes it here (the sweep first, see the lock order, then the lease and its
+    /// trial).
+    pub(super) async fn complete(
+        &self,
+        tx: &mut PgConnection,
+        lease_id: &str,
+        outcome: Outcome,
+    ) -> Result<Trial> {
+        let sweep: Option<(i64,)> = sqlx::query_as(
+            "SELECT id FROM sweeps WHERE id = \
+               (SELECT t.sweep_id FROM leases l JOIN trials t ON t.id = l.trial_id WHERE l.id = $1) \
+             FOR UPDATE",
+        )
+        .bind(lease_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if sweep.is_none() {
+            return Err(StoreError::NotFound(format!("no lease with id '{lease_id}'")));
+        }
+        let row = self
+            .lock_lease(tx, lease_id, None)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
+        let (lease, stop_reason, mut trial) = row.standing(lease_id)?;
+        let outcome = queue::reported(outcome, stop_reason);
+        match queue::judge(&lease, &outcome) {
+            Verdict::Apply => {}
+            Verdict::Repeat => return Ok(trial),
+            // The expiry counted a failure that did not happen.
+            Verdict::ApplyLate => trial.failures = (trial.failures - 1).max(0),
+            Verdict::Refuse(why) => return Err(StoreError::Conflict(format!("lease '{lease_id}' {why}"))),
+        }
+        self.end_lease(tx, lease_id, outcome.lease_outcome(), trial, &outcome)
+            .await
+    }
+
+    /// Leases up to `request.slots` trials inside the caller's transaction, which holds the
+    /// locks of the sweeps in `held` (and adds those it takes).
+    pub(super) async fn lease(
+        &self,
+        tx: &mut PgConnection,
+        request: &LeaseRequest,
+        held: &mut Vec<i64>,
+    ) -> Result<Vec<LeasedTrial>> {
         if let Some(request_id) = &request.request_id {
             // A retry sent while the first try still runs waits here for it to commit.
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
@@ -701,20 +745,32 @@ impl PgStore {
                 return self.leases_again(tx, &response).await;
             }
         }
-        let mut leased: Vec<LeasedTrial> = Vec::new();
         let mut fill = Filling {
-            held: Vec::new(),
+            held: std::mem::take(held),
             gpus: request.gpus.clone(),
             passed: Vec::new(),
             reruns_passed: Vec::new(),
         };
+        let leased = self.fill(tx, request, &mut fill).await;
+        *held = fill.held;
+        leased
+    }
+
+    /// Fills the slots of a lease request (see [`PgStore::lease`]).
+    async fn fill(
+        &self,
+        tx: &mut PgConnection,
+        request: &LeaseRequest,
+        fill: &mut Filling,
+    ) -> Result<Vec<LeasedTrial>> {
+        let mut leased: Vec<LeasedTrial> = Vec::new();
         while leased.len() < request.slots as usize {
             // Reruns first: each was asked for by hand, and runs on its own pool whatever its
             // sweep's state (unless paused), outside the sweep's parallelism.
-            match self.lease_rerun(tx, request, &mut fill).await? {
+            match self.lease_rerun(tx, request, fill).await? {
                 Step::Leased(trial) => leased.push(*trial),
                 Step::Passed => {}
-                Step::Nothing => match self.lease_of_sweeps(tx, request, &mut fill).await? {
+                Step::Nothing => match self.lease_of_sweeps(tx, request, fill).await? {
                     Step::Leased(trial) => leased.push(*trial),
                     Step::Passed => {}
                     Step::Nothing => break,
@@ -1459,10 +1515,15 @@ impl SweepStore for PgStore {
     }
 
     async fn lease_trials(&self, request: &LeaseRequest) -> Result<Vec<LeasedTrial>> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let leased = self.lease(&mut tx, request).await?;
-        commit(tx).await?;
-        Ok(leased)
+        match &self.queue_jobs {
+            Some(jobs) => super::queue_writer::lease(jobs, request.clone()).await,
+            None => {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let leased = self.lease(&mut tx, request, &mut Vec::new()).await?;
+                commit(tx).await?;
+                Ok(leased)
+            }
+        }
     }
 
     async fn heartbeat(&self, lease_id: &str, ttl_ms: i64) -> Result<HeartbeatAction> {
@@ -1535,38 +1596,15 @@ impl SweepStore for PgStore {
     }
 
     async fn complete_trial(&self, lease_id: &str, outcome: Outcome) -> Result<Trial> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        // The sweep first (see the lock order), then the lease and its trial.
-        let sweep: Option<(i64,)> = sqlx::query_as(
-            "SELECT id FROM sweeps WHERE id = \
-               (SELECT t.sweep_id FROM leases l JOIN trials t ON t.id = l.trial_id WHERE l.id = $1) \
-             FOR UPDATE",
-        )
-        .bind(lease_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if sweep.is_none() {
-            return Err(StoreError::NotFound(format!("no lease with id '{lease_id}'")));
+        match &self.queue_jobs {
+            Some(jobs) => super::queue_writer::complete(jobs, lease_id.to_owned(), outcome).await,
+            None => {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let trial = self.complete(&mut tx, lease_id, outcome).await?;
+                commit(tx).await?;
+                Ok(trial)
+            }
         }
-        let row = self
-            .lock_lease(&mut tx, lease_id, None)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no lease with id '{lease_id}'")))?;
-        let (lease, stop_reason, mut trial) = row.standing(lease_id)?;
-        let outcome = queue::reported(outcome, stop_reason);
-        match queue::judge(&lease, &outcome) {
-            Verdict::Apply => {}
-            Verdict::Repeat => return Ok(trial),
-            // The expiry counted a failure that did not happen.
-            Verdict::ApplyLate => trial.failures = (trial.failures - 1).max(0),
-            Verdict::Refuse(why) => return Err(StoreError::Conflict(format!("lease '{lease_id}' {why}"))),
-        }
-        let trial = self
-            .end_lease(&mut tx, lease_id, outcome.lease_outcome(), trial, &outcome)
-            .await?;
-        commit(tx).await?;
-        Ok(trial)
     }
 
     async fn expire_leases(&self, now: i64) -> Result<u64> {
