@@ -50,7 +50,15 @@ impl Answer {
 }
 
 impl QueueJob {
-    async fn run(&self, store: &PgStore, tx: &mut PgConnection, held: &mut Vec<i64>) -> Answer {
+    /// Runs the job in the group's transaction; `locked`: the leases whose sweeps the group
+    /// locked at its start.
+    async fn run(
+        &self,
+        store: &PgStore,
+        tx: &mut PgConnection,
+        held: &mut Vec<i64>,
+        locked: &[String],
+    ) -> Answer {
         match self {
             Self::Lease(request, _) => {
                 Answer::Leased(catch_panic("leasing trials", store.lease(tx, request, held)).await)
@@ -58,7 +66,7 @@ impl QueueJob {
             Self::Complete(lease_id, outcome, _) => Answer::Completed(Box::new(
                 catch_panic(
                     "completing a lease",
-                    store.complete(tx, lease_id, outcome.clone()),
+                    store.complete(tx, lease_id, outcome.clone(), locked.contains(lease_id)),
                 )
                 .await,
             )),
@@ -160,7 +168,8 @@ async fn run(store: PgStore, mut rx: mpsc::Receiver<QueueJob>) {
 /// commit failed.
 async fn run_group(store: &PgStore, jobs: &[QueueJob]) -> Result<Vec<Answer>> {
     let mut tx = store.pool.begin().await.map_err(map_err)?;
-    // The completions' sweeps first, in id order (see the module documentation).
+    // The completions' sweeps first, in id order (see the module documentation), with their
+    // experiments share-locked as every held sweep's is (see `sweeps::lock_sweep`).
     let completing: Vec<&str> = jobs
         .iter()
         .filter_map(|j| match j {
@@ -168,22 +177,25 @@ async fn run_group(store: &PgStore, jobs: &[QueueJob]) -> Result<Vec<Answer>> {
             QueueJob::Lease(..) => None,
         })
         .collect();
-    let mut held: Vec<i64> = if completing.is_empty() {
+    let locks: Vec<(i64, String)> = if completing.is_empty() {
         Vec::new()
     } else {
-        sqlx::query_scalar(
-            "SELECT s.id FROM sweeps s WHERE s.id IN \
-               (SELECT t.sweep_id FROM leases l JOIN trials t ON t.id = l.trial_id WHERE l.id = ANY($1)) \
-             ORDER BY s.id FOR UPDATE OF s",
+        sqlx::query_as(
+            "SELECT s.id, l.id FROM leases l JOIN trials t ON t.id = l.trial_id JOIN sweeps s ON s.id = t.sweep_id \
+               JOIN experiments e ON e.experiment_id = s.experiment_id \
+             WHERE l.id = ANY($1) ORDER BY s.id FOR UPDATE OF s FOR SHARE OF e",
         )
         .bind(&completing)
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?
     };
+    let mut held: Vec<i64> = locks.iter().map(|(sweep, _)| *sweep).collect();
+    held.dedup();
+    let locked: Vec<String> = locks.into_iter().map(|(_, lease)| lease).collect();
     let mut answers = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let answer = job.run(store, &mut tx, &mut held).await;
+        let answer = job.run(store, &mut tx, &mut held, &locked).await;
         if answer.is_err() {
             // Dropping the transaction rolls it back.
             return Err(StoreError::Conflict("a job of the group failed".into()));
@@ -200,7 +212,7 @@ async fn run_alone(store: &PgStore, job: &QueueJob) -> Answer {
         Ok(tx) => tx,
         Err(e) => return job.error(map_err(e)),
     };
-    let answer = job.run(store, &mut tx, &mut Vec::new()).await;
+    let answer = job.run(store, &mut tx, &mut Vec::new(), &[]).await;
     if answer.is_err() {
         return answer;
     }

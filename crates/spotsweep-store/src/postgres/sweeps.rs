@@ -101,11 +101,19 @@ impl Specs {
 /// waiting for it when `held` is empty or already has it, else only if it is free. Returns
 /// whether the lock is held now (false: no such sweep, or another transaction holds it).
 async fn lock_sweep(conn: &mut PgConnection, held: &mut Vec<i64>, sweep_id: i64) -> Result<bool> {
-    let wait = held.is_empty() || held.contains(&sweep_id);
+    if held.contains(&sweep_id) {
+        // Held since an earlier statement of this transaction (a group's earlier job).
+        return Ok(true);
+    }
+    let wait = held.is_empty();
+    // Its experiment share-locked too, as [`LOCKED_CANDIDATE`] does: a held sweep's new trials
+    // may be inserted without reading the candidate again.
     let sql = if wait {
-        "SELECT id FROM sweeps WHERE id = $1 FOR UPDATE"
+        "SELECT s.id FROM sweeps s JOIN experiments e ON e.experiment_id = s.experiment_id WHERE s.id = $1 \
+         FOR UPDATE OF s FOR SHARE OF e"
     } else {
-        "SELECT id FROM sweeps WHERE id = $1 FOR UPDATE SKIP LOCKED"
+        "SELECT s.id FROM sweeps s JOIN experiments e ON e.experiment_id = s.experiment_id WHERE s.id = $1 \
+         FOR UPDATE OF s SKIP LOCKED FOR SHARE OF e SKIP LOCKED"
     };
     let row: Option<(i64,)> = sqlx::query_as(sql)
         .bind(sweep_id)
@@ -602,13 +610,16 @@ impl PgStore {
         );
         let now = now_ms();
         let finished_at = update.state.is_terminal().then_some(now);
-        sqlx::query(
+        // Whether every trial the sweep may propose exists (under the sweep's lock, exact): only
+        // then can this trial be its last.
+        let (all_created,): (bool,) = sqlx::query_as(
             "WITH t AS ( \
                UPDATE trials SET state = $2, value = $3, reason = $4, failures = $5, finished_at = $6, \
                  ooms = ooms + $7 WHERE id = $1 RETURNING run_id), \
-             l AS (UPDATE leases SET ended_at = COALESCE(ended_at, $8), outcome = $9 WHERE id = $10) \
-             UPDATE runs SET status = $11, end_time = $8 \
-             WHERE $11::TEXT IS NOT NULL AND id = (SELECT run_id FROM t)",
+             l AS (UPDATE leases SET ended_at = COALESCE(ended_at, $8), outcome = $9 WHERE id = $10), \
+             rn AS (UPDATE runs SET status = $11, end_time = $8 \
+               WHERE $11::TEXT IS NOT NULL AND id = (SELECT run_id FROM t)) \
+             SELECT trials_created >= max_trials FROM sweeps WHERE id = $12",
         )
         .bind(trial.id)
         .bind(Stored(update.state))
@@ -621,7 +632,8 @@ impl PgStore {
         .bind(Stored(lease_outcome))
         .bind(lease_id)
         .bind(update.run_end.map(RunEnd::as_str))
-        .execute(&mut *conn)
+        .bind(trial.sweep_id)
+        .fetch_one(&mut *conn)
         .await
         .map_err(map_err)?;
         let mut reason = update.reason.clone();
@@ -663,8 +675,8 @@ impl PgStore {
                 }
             }
         }
-        // Only a trial that ended for good can be a sweep's last.
-        if update.state.is_terminal() {
+        // Only a trial that ended for good, once every trial exists, can be a sweep's last.
+        if update.state.is_terminal() && all_created {
             complete_sweep_if_done(conn, trial.sweep_id).await?;
         }
         trial.state = update.state;
@@ -683,18 +695,22 @@ impl PgStore {
         tx: &mut PgConnection,
         lease_id: &str,
         outcome: Outcome,
+        locked: bool,
     ) -> Result<Trial> {
-        let sweep: Option<(i64,)> = sqlx::query_as(
-            "SELECT id FROM sweeps WHERE id = \
-               (SELECT t.sweep_id FROM leases l JOIN trials t ON t.id = l.trial_id WHERE l.id = $1) \
-             FOR UPDATE",
-        )
-        .bind(lease_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if sweep.is_none() {
-            return Err(StoreError::NotFound(format!("no lease with id '{lease_id}'")));
+        // `locked`: the caller's group locked the lease's sweep already.
+        if !locked {
+            let sweep: Option<(i64,)> = sqlx::query_as(
+                "SELECT id FROM sweeps WHERE id = \
+                   (SELECT t.sweep_id FROM leases l JOIN trials t ON t.id = l.trial_id WHERE l.id = $1) \
+                 FOR UPDATE",
+            )
+            .bind(lease_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if sweep.is_none() {
+                return Err(StoreError::NotFound(format!("no lease with id '{lease_id}'")));
+            }
         }
         let row = self
             .lock_lease(tx, lease_id, None)
@@ -890,17 +906,24 @@ impl PgStore {
         let Some(picked) = queue::next_sweep(&loads, &fill.passed).map(|i| candidates[i].sweep.id) else {
             return Ok(Step::Nothing);
         };
+        // Read under this transaction's lock already (an earlier job of its group took it):
+        // the candidate as read is exact.
+        let read_locked = fill.held.contains(&picked);
         if !lock_sweep(tx, &mut fill.held, picked).await? {
             fill.passed.push(picked);
             return Ok(Step::Passed);
         }
-        let candidate: Option<Candidate> = sqlx::query_as(sqlx::AssertSqlSafe(LOCKED_CANDIDATE.as_str()))
-            .bind(&request.pool)
-            .bind(request.sweep_id)
-            .bind(picked)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let candidate: Option<Candidate> = if read_locked {
+            candidates.into_iter().find(|c| c.sweep.id == picked)
+        } else {
+            sqlx::query_as(sqlx::AssertSqlSafe(LOCKED_CANDIDATE.as_str()))
+                .bind(&request.pool)
+                .bind(request.sweep_id)
+                .bind(picked)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?
+        };
         let Some(candidate) = candidate.filter(|c| c.load().wants_a_slot()) else {
             fill.passed.push(picked);
             return Ok(Step::Passed);
@@ -1600,7 +1623,7 @@ impl SweepStore for PgStore {
             Some(jobs) => super::queue_writer::complete(jobs, lease_id.to_owned(), outcome).await,
             None => {
                 let mut tx = self.pool.begin().await.map_err(map_err)?;
-                let trial = self.complete(&mut tx, lease_id, outcome).await?;
+                let trial = self.complete(&mut tx, lease_id, outcome, false).await?;
                 commit(tx).await?;
                 Ok(trial)
             }
