@@ -1,7 +1,8 @@
 """A lab's control plane: three daemons on one PostgreSQL database behind a load balancer, a
 sweep on a gce pool of the fake Compute API, and the daemon that leads the pool's fleet killed
 with SIGKILL in the middle of the sweep. Another daemon takes the fleet over: no VM is orphaned
-or created twice, the sweep completes, and every trial is completed exactly once.
+or created twice, the sweep completes, and every trial is completed exactly once. Daemons that
+start while another is live, with artifacts in their own data dir, warn about it.
 
 Runs when SPOTSWEEP_E2E_POSTGRES names a PostgreSQL server (scripts/test sets it).
 """
@@ -128,6 +129,10 @@ reconcile = "2s"
             # As an operator copies it from the first daemon.
             (data_dir / "admin.token").write_text(daemons[0].token + "\n")
             daemons.append(server_factory(data_dir=data_dir, extra_args=args, env=FAST_TTL))
+        # Their artifacts go to each one's own data dir: the later ones say so at start.
+        warning = "artifacts go to this daemon's own data dir"
+        assert warning not in daemons[0].logs(), daemons[0].logs()
+        assert all(warning in d.logs() for d in daemons[1:]), daemons[1].logs()
         balancer.backends = [("127.0.0.1", int(d.url.rsplit(":", 1)[1])) for d in daemons]
         by_port = {d.url.rsplit(":", 1)[1]: d for d in daemons}
 

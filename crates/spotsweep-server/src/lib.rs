@@ -317,17 +317,12 @@ async fn warn_if_artifacts_are_local_to_a_replica(config: &Config, store: &dyn L
     if config.artifacts_destination != default_root {
         return;
     }
-    let mut others = Vec::new();
-    for role in ["expiry"] {
-        if let Ok(Some(holder)) = store.leader(role).await
-            && holder != me
-        {
-            others.push(holder);
-        }
-    }
-    if !others.is_empty() {
+    // The first daemon on a database takes `expiry` at once: its holder is live.
+    if let Ok(Some(other)) = store.leader("expiry").await
+        && other != me
+    {
         tracing::warn!(
-            other_daemons = ?others,
+            other_daemon = %other,
             artifacts = %default_root,
             "other daemons are live on this database, and artifacts go to this daemon's own data dir: \
              runs logged through one daemon will miss their artifacts on the others; give every daemon the \
