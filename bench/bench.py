@@ -125,8 +125,8 @@ class Server:
             cmd = [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.dir / "data")]
             return cmd + (["--database-url", database] if database else [])
         mlflow = str(Path(sys.executable).parent / "mlflow")
-        # SQLAlchemy's name for the psycopg2 driver.
-        store = database.replace("postgres://", "postgresql://", 1) if database else f"sqlite:///{self.dir}/mlflow.db"
+        # SQLAlchemy's name for the psycopg2 driver (bench/requirements.txt).
+        store = database.replace("postgres://", "postgresql+psycopg2://", 1) if database else f"sqlite:///{self.dir}/mlflow.db"
         return [mlflow, "server", "--backend-store-uri", store,
                 "--artifacts-destination", str(self.dir / "artifacts"),
                 "--host", "127.0.0.1", "--port", str(self.port)]
