@@ -169,13 +169,13 @@ async fn listen(
     };
     // What was said before the LISTEN began is in the database: look once.
     let mut reload = wake(&state, &everything);
-    let mut last_reload = tokio::time::Instant::now() - RELOAD_AT_MOST_EVERY;
+    let mut last_reload = tokio::time::Instant::now() - NEWS_TOKEN_READS_EVERY;
     let mut look_again = tokio::time::interval(LOOK_AGAIN_EVERY);
     look_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Token reloads are gathered: under load a daemon hears of leases hundreds of times a
         // second, and one read of the tokens serves all the news heard meanwhile.
-        let reload_at = last_reload + RELOAD_AT_MOST_EVERY;
+        let reload_at = last_reload + NEWS_TOKEN_READS_EVERY;
         let next = tokio::select! {
             next = announcements.next() => next,
             _ = tokio::time::sleep_until(reload_at), if reload => {
@@ -212,8 +212,9 @@ async fn listen(
     }
 }
 
-/// Reads of the tokens other daemons made happen at most this often.
-const RELOAD_AT_MOST_EVERY: Duration = Duration::from_millis(50);
+/// Reads of the tokens other daemons made, for their news, happen at most this often (a
+/// request with an unknown token has its own limit: `auth::RELOAD_AT_MOST_EVERY`).
+const NEWS_TOKEN_READS_EVERY: Duration = Duration::from_millis(50);
 
 /// Wakes what the news concerns, here only (never told back to the others); true when the
 /// tokens should be read again.
